@@ -1,0 +1,181 @@
+-- update_progress: apply one progress update atomically (CONTRACT, "The update rules").
+-- KEYS[1] job hash   KEYS[2] history stream
+-- ARGV[1] progress percent   ARGV[2] step   ARGV[3] status     ("" keeps the stored value)
+-- ARGV[4] message   ARGV[5] error   ARGV[6] result (a JSON object)
+--         ("" keeps; "=" .. value sets; "=" alone clears)
+-- ARGV[7] force "1" | "0"
+-- ARGV[8] the job's channel   ARGV[9] the all-jobs channel
+-- ARGV[10] history MAXLEN (approximate)   ARGV[11] TTL in seconds of a finished job
+-- returns {accepted 0|1, reason, seq, status after the update}
+--   reason: ok | unchanged | regression | terminal | not_found
+-- raises "INVALID <what>" on invalid input (rule 5); nothing is written then.
+local rcall = redis.call
+if redis.replicate_commands then pcall(redis.replicate_commands) end -- Redis < 7: TIME before writes
+
+local RANK = {pending = 0, running = 1, completed = 2, failed = 2, canceled = 2}
+
+-- rule 1: only an existing job
+if rcall('EXISTS', KEYS[1]) == 0 then
+  return {0, 'not_found', 0}
+end
+
+local cur = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'current_step',
+  'completed_count', 'steps', 'message', 'error', 'result', 'seq', 'started_at_ms', 'job_id',
+  'paper_id', 'finished_at_ms', 'completed_json', 'total_steps')
+local cur_status, cur_step = cur[1], cur[3] or ''
+local cur_progress = tonumber(cur[2]) or 0
+local cur_done = tonumber(cur[4]) or 0
+local seq = tonumber(cur[9]) or 0
+-- The steps are decoded only when a step is named or the job completes:
+-- a percent-only update, the common case, needs none of them.
+local steps_cache = nil
+local function steps()
+  if steps_cache == nil then steps_cache = cjson.decode(cur[5]) end
+  return steps_cache
+end
+local total_steps = tonumber(cur[15])
+local force = ARGV[7] == '1'
+
+-- rule 5: validation, before anything else and never lifted by force
+local progress = nil
+if ARGV[1] ~= '' then
+  progress = tonumber(ARGV[1])
+  if progress == nil or progress ~= progress or progress < 0 or progress > 100 then
+    return redis.error_reply('INVALID progress_percent must be a number from 0 to 100, got ' .. ARGV[1])
+  end
+end
+local status = nil
+if ARGV[3] ~= '' then
+  if RANK[ARGV[3]] == nil then
+    return redis.error_reply('INVALID status must be one of pending, running, completed, failed, canceled; got ' .. ARGV[3])
+  end
+  status = ARGV[3]
+end
+local step, step_index = nil, nil
+if ARGV[2] ~= '' then
+  for i, name in ipairs(steps()) do
+    if name == ARGV[2] then step_index = i end
+  end
+  if step_index == nil then
+    return redis.error_reply('INVALID current_step ' .. ARGV[2] .. ' is not one of the job\'s steps')
+  end
+  step = ARGV[2]
+end
+local function optional(raw, stored)
+  if raw == '' then return stored or '' end
+  return string.sub(raw, 2)
+end
+local message = optional(ARGV[4], cur[6])
+local err = optional(ARGV[5], cur[7])
+local result = optional(ARGV[6], cur[8])
+if result ~= '' and ARGV[6] ~= '' then
+  local ok, decoded = pcall(cjson.decode, result)
+  if not ok or type(decoded) ~= 'table' then
+    return redis.error_reply('INVALID result must be a JSON object')
+  end
+end
+
+-- rule 2: a finished job is final (unless forced)
+if RANK[cur_status] == 2 and not force then
+  return {0, 'terminal', seq, cur_status}
+end
+
+-- rule 3: nothing moves back (unless forced)
+if not force then
+  if progress ~= nil and progress < cur_progress then return {0, 'regression', seq, cur_status} end
+  if step_index ~= nil and step_index <= cur_done then return {0, 'regression', seq, cur_status} end
+  if status ~= nil and RANK[status] < RANK[cur_status] then return {0, 'regression', seq, cur_status} end
+end
+
+-- the new state
+local new_status = status or cur_status
+local new_progress = progress or cur_progress
+local new_step, new_done = cur_step, cur_done
+if step ~= nil then
+  new_step, new_done = step, step_index - 1
+end
+if new_status == 'pending' and status == nil and (step ~= nil or new_progress > cur_progress) then
+  new_status = 'running' -- work has begun; showing it as pending would be a lie
+end
+if new_status == 'running' and new_progress >= 100 then
+  new_status = 'completed' -- rule 6
+end
+if new_status == 'completed' then
+  new_progress, new_step, new_done = 100, '', #steps()
+end
+
+local t = rcall('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- rule 8: nothing changed
+if new_status == cur_status and new_progress == cur_progress and new_step == cur_step
+    and new_done == cur_done and message == (cur[6] or '') and err == (cur[7] or '')
+    and result == (cur[8] or '') then
+  rcall('HSET', KEYS[1], 'progress_updated_at_ms', now)
+  return {1, 'unchanged', seq, cur_status}
+end
+
+-- rules 7 and 9
+seq = seq + 1
+local fields = {'progress_percent', tostring(new_progress), 'seq', seq, 'progress_updated_at_ms', now}
+local function set(name, value) table.insert(fields, name); table.insert(fields, value) end
+if new_status ~= cur_status then set('status', new_status) end
+if new_step ~= cur_step then set('current_step', new_step) end
+if message ~= (cur[6] or '') then set('message', message) end
+if err ~= (cur[7] or '') then set('error', err) end
+if result ~= (cur[8] or '') then set('result', result) end
+local done_json = cur[14]
+if new_done ~= cur_done or done_json == nil or total_steps == nil then
+  local done_list = {}
+  for i = 1, new_done do done_list[i] = steps()[i] end
+  done_json = '[]'
+  if new_done > 0 then done_json = cjson.encode(done_list) end
+  total_steps = #steps()
+  set('completed_count', new_done); set('completed_json', done_json); set('total_steps', total_steps)
+end
+local started = cur[10] or ''
+if new_status == 'running' and cur_status ~= 'running' then
+  started = now
+  set('started_at_ms', now)
+end
+local finished = cur[13] or ''
+local terminal = RANK[new_status] == 2
+if terminal and RANK[cur_status] ~= 2 then
+  finished = now
+  set('finished_at_ms', now)
+elseif not terminal and RANK[cur_status] == 2 then
+  finished = '' -- forced back to life
+  set('finished_at_ms', '')
+end
+rcall('HSET', KEYS[1], unpack(fields))
+rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq, 'at', now,
+  'progress_percent', tostring(new_progress), 'current_step', new_step, 'status', new_status)
+
+local function jstr(s)
+  if s == nil or s == '' then return 'null' end
+  return cjson.encode(s)
+end
+local function jnum(s)
+  if s == nil or s == '' then return 'null' end
+  return tostring(s)
+end
+local payload = '{"job_id":' .. jstr(cur[11]) .. ',"paper_id":' .. jstr(cur[12])
+  .. ',"seq":' .. seq .. ',"status":' .. jstr(new_status)
+  .. ',"progress_percent":' .. tostring(new_progress)
+  .. ',"current_step":' .. jstr(new_step) .. ',"completed_steps":' .. done_json
+  .. ',"total_steps":' .. total_steps
+  .. ',"message":' .. jstr(message) .. ',"error":' .. jstr(err)
+  .. ',"result":' .. (result ~= '' and result or 'null')
+  .. ',"progress_updated_at_ms":' .. now
+  .. ',"started_at_ms":' .. jnum(started) .. ',"finished_at_ms":' .. jnum(finished) .. '}'
+rcall('PUBLISH', ARGV[8], payload)
+rcall('PUBLISH', ARGV[9], payload)
+
+if terminal then
+  rcall('EXPIRE', KEYS[1], ARGV[11])
+  rcall('EXPIRE', KEYS[2], ARGV[11])
+elseif RANK[cur_status] == 2 then
+  rcall('PERSIST', KEYS[1])
+  rcall('PERSIST', KEYS[2])
+end
+return {1, 'ok', seq, new_status}

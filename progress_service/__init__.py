@@ -1,0 +1,23 @@
+"""progress-service: one source of truth for the progress of long pipeline jobs."""
+
+from .config import Settings
+from .errors import (
+    BackendUnavailable,
+    InvalidInput,
+    JobConflict,
+    JobNotFound,
+    ProgressError,
+    Unauthorized,
+)
+from .keys import Keys
+from .models import Status
+from .scripts import UpdateResult
+from .store import ProgressStore
+from .throttle import Throttle
+
+__all__ = [
+    "BackendUnavailable", "InvalidInput", "JobConflict", "JobNotFound", "Keys",
+    "ProgressError", "ProgressStore", "Settings", "Status", "Throttle", "Unauthorized",
+    "UpdateResult",
+]
+__version__ = "0.1.0"

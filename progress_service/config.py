@@ -1,0 +1,89 @@
+"""Settings, read from the environment at an entry point and passed down.
+
+Nothing is read at import time: call :meth:`Settings.from_env` where a program
+starts (the CLI, ``create_app``, the RQ job) and hand the result on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+    raw = environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value != value or value < minimum or value == float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a finite number >= {minimum:g}")
+    return value
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "0").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be 0 or 1")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of CONTRACT's configuration table, with its default."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    progress_redis_url: str = DEFAULT_REDIS_URL
+    redis_cluster: bool = False
+    database_url: str = DEFAULT_DATABASE_URL
+    key_prefix: str = "progress"
+    stale_after: float = 60.0
+    pending_stale_after: float = 300.0
+    min_interval: float = 1.0
+    worker_lost_after: float = 30.0
+    job_ttl: int = 604800
+    api_token: str | None = None
+    queue_name: str = "pipelines"
+    history_maxlen: int = 1000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (``os.environ`` when None)."""
+        env = os.environ if environ is None else environ
+        redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
+        prefix = env.get("PROGRESS_KEY_PREFIX") or "progress"
+        if any(c in prefix for c in " {}\n"):
+            raise ConfigError(f"PROGRESS_KEY_PREFIX={prefix!r} may not hold spaces or braces")
+        return cls(
+            redis_url=redis_url,
+            progress_redis_url=env.get("PROGRESS_REDIS_URL") or redis_url,
+            redis_cluster=_flag(env, "PROGRESS_REDIS_CLUSTER"),
+            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            key_prefix=prefix,
+            stale_after=_number(env, "PROGRESS_STALE_AFTER", 60.0),
+            pending_stale_after=_number(env, "PROGRESS_PENDING_STALE_AFTER", 300.0),
+            min_interval=_number(env, "PROGRESS_MIN_INTERVAL", 1.0),
+            worker_lost_after=_number(env, "PROGRESS_WORKER_LOST_AFTER", 30.0, minimum=1),
+            job_ttl=int(_number(env, "PROGRESS_JOB_TTL", 604800, minimum=1)),
+            api_token=env.get("PROGRESS_API_TOKEN") or None,
+            queue_name=env.get("PROGRESS_QUEUE") or "pipelines",
+        )
+
+    def public(self) -> dict[str, object]:
+        """The settings as a dict with the token hidden, for logs and ``--help``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out["api_token"]:
+            out["api_token"] = "***"
+        return out

@@ -1,0 +1,550 @@
+"""Finished jobs -> PostgreSQL: the permanent record once Redis expires a job.
+
+When the store accepts a terminal update it adds the job id to the
+``<prefix>:mirror:due`` sorted set (scored by the time of the next try, in ms).
+A :class:`Mirror` drains that set::
+
+    mirror = Mirror(store, settings.database_url)
+    mirror.sweep()                      # every job due now, in batches
+    mirror.run_forever(stop_event)      # the same, in a loop (a worker's daemon thread)
+    mirror.backfill()                   # SCAN Redis for finished jobs PostgreSQL lacks
+    mirror.fetch(job_id)                # the snapshot PostgreSQL keeps, or None
+
+Each batch is claimed (so that the mirror loops of several workers share the
+work), then read from Redis in one pipelined round trip, then upserted with one
+``executemany`` in one transaction. The upsert keeps the row
+with the higher ``seq`` inside the statement (``ON CONFLICT ... WHERE
+progress_jobs.seq < EXCLUDED.seq``), so replays, racing sweepers and backfills
+never overwrite a newer row. A due entry is removed only after its row landed;
+when PostgreSQL fails, the batch's entries are re-scored with exponential
+back-off (``retry_base`` doubling up to ``retry_max`` seconds), so nothing is
+lost and a dead database is not hammered.
+
+The mirror creates no table itself: the schema comes from ``progress-service
+db upgrade`` (``progress_service.migrations``); without it every write fails
+with :class:`SchemaMissing`, which says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import BackendUnavailable, InvalidInput
+from .models import ID_PATTERN, TERMINAL, build_snapshot, iso_ms, validate_id
+from .scripts import script_source
+from .store import ProgressStore
+
+logger = logging.getLogger(__name__)
+
+TABLE = "progress_jobs"
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+# Every snapshot field but the derived is_stale / eta_seconds, then the history.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("job_id", "text"),
+    ("paper_id", "text"),
+    ("pipeline", "text"),
+    ("status", "text"),
+    ("progress_percent", "float8"),
+    ("current_step", "text"),
+    ("steps", "jsonb"),
+    ("completed_steps", "jsonb"),
+    ("total_steps", "int4"),
+    ("message", "text"),
+    ("error", "text"),
+    ("result", "jsonb"),
+    ("seq", "int8"),
+    ("created_at", "timestamptz"),
+    ("started_at", "timestamptz"),
+    ("progress_updated_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+    ("heartbeat_at", "timestamptz"),
+    ("history", "jsonb"),
+)
+_NAMES = [name for name, _ in COLUMNS]
+UPSERT = (
+    f"INSERT INTO {TABLE} ({', '.join(_NAMES)}, mirrored_at)"
+    f" VALUES ({', '.join(f'%s::{kind}' for _, kind in COLUMNS)}, now())"
+    f" ON CONFLICT (job_id) DO UPDATE SET "
+    + ", ".join(f"{name} = EXCLUDED.{name}" for name in _NAMES[1:])
+    + f", mirrored_at = now() WHERE {TABLE}.seq < EXCLUDED.seq"
+)
+_SNAPSHOT_FIELDS = _NAMES[:-1]  # without history
+SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class PostgresUnavailable(BackendUnavailable):
+    """PostgreSQL does not answer, or refuses the mirror's statements."""
+
+
+class SchemaMissing(PostgresUnavailable):
+    """PostgreSQL answers, but ``progress_jobs`` is missing or older than this code."""
+
+    code = "schema_missing"
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else iso_ms((value - _EPOCH) // _MS)
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _strip_nul(value: Any) -> Any:
+    """PostgreSQL's text and jsonb refuse NUL characters: replace them (the slow path)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_strip_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_strip_nul(k): _strip_nul(v) for k, v in value.items()}
+    return value
+
+
+def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> tuple:
+    """The ``progress_jobs`` row of a finished job's snapshot and history (UPSERT's parameters)."""
+    s = snapshot
+    return (
+        s["job_id"], s["paper_id"], s["pipeline"], s["status"], float(s["progress_percent"]),
+        s["current_step"], _dumps(s["steps"]), _dumps(s["completed_steps"]), s["total_steps"],
+        s["message"], s["error"], _dumps(s["result"]), s["seq"],
+        s["created_at"], s["started_at"], s["progress_updated_at"], s["finished_at"],
+        s["heartbeat_at"], _dumps(history),
+    )  # fmt: skip
+
+
+def history_entries(entries: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
+    """History stream entries' fields -> CONTRACT's history entries (as ``store.history``)."""
+    out = []
+    for e in entries:
+        out.append({
+            "seq": int(e["seq"]),
+            "at": iso_ms(int(e["at"])),
+            "progress_percent": _number(float(e.get("progress_percent") or 0)),
+            "current_step": e.get("current_step") or None,
+            "status": e.get("status"),
+        })
+    return out
+
+
+class Mirror:
+    """Copies finished jobs from the progress store into PostgreSQL's ``progress_jobs``.
+
+    One PostgreSQL connection, opened on first use and again after a failure;
+    a lock makes one Mirror safe to share between threads (the web app does).
+    """
+
+    def __init__(
+        self,
+        store: ProgressStore,
+        database_url: str,
+        *,
+        batch_size: int = 500,
+        retry_base: float = 1.0,
+        retry_max: float = 60.0,
+        lease: float = 60.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.store = store
+        self.database_url = database_url
+        self.batch_size = batch_size
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.lease = lease  # seconds a claimed due entry waits before another sweeper may take it
+        self.connect_timeout = connect_timeout
+        self.failures = 0  # PostgreSQL failures in a row, for the back-off
+        self.postgres_ok: bool | None = None  # None until the first write or read
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.RLock()
+        self._read = store.client.register_script(script_source("read_for_mirror"))
+        self._claim = store.client.register_script(script_source("claim_mirror_due"))
+
+    # -- writing ----------------------------------------------------------
+
+    def mirror_job(self, job_id: str) -> bool:
+        """Upsert one job now. True if it is finished and PostgreSQL holds it at its
+        current seq (or a newer one); False if Redis holds no finished job of that id.
+        Raises ``BackendUnavailable`` if PostgreSQL (or Redis) does not answer."""
+        validate_id(job_id)
+        rows, handled = self._load([job_id])
+        if not rows:
+            return False
+        self._write(rows)
+        self._settle(handled)
+        return True
+
+    def sweep(self, limit: int | None = 500) -> int:
+        """Mirror every job due now (at most ``limit``; None: no cap), in batches.
+
+        Each batch is claimed first (``lua/claim_mirror_due-1.lua``): sweepers in
+        several workers share the due jobs instead of all copying each one; a
+        claim left by a sweeper that died expires after ``lease`` seconds.
+
+        Returns the rows written (inserted, or updated to a higher seq). On a
+        PostgreSQL failure the entries not yet landed are re-scored with back-off
+        and ``BackendUnavailable`` (``SchemaMissing`` for a missing table) is raised.
+        """
+        written = 0
+        taken = 0
+        now = self._redis(self.store.server_time_ms)
+        due_key = self.store.keys.mirror_due
+        lease = int(self.lease * 1000)
+        while limit is None or taken < limit:
+            size = self.batch_size if limit is None else min(self.batch_size, limit - taken)
+            ids = [_text(x) for x in self._redis(
+                lambda size=size: self._claim(keys=[due_key], args=[now, size, lease]))]
+            if not ids:
+                break
+            taken += len(ids)
+            try:
+                written += self._mirror_batch(ids)
+            except PostgresUnavailable:
+                self._retry_later(ids)
+                raise
+        return written
+
+    def backfill(self) -> int:
+        """Mirror every finished job Redis holds that PostgreSQL lacks (or holds at a lower seq).
+
+        SCANs the job hashes, so it finds jobs whose due entry was lost (a writer
+        died between its update and the ZADD). Returns the rows written.
+        """
+        written = 0
+        batch: list[str] = []
+        for job_id in self._scan_job_ids():
+            batch.append(job_id)
+            if len(batch) >= self.batch_size:
+                written += self._backfill_batch(batch)
+                batch = []
+        if batch:
+            written += self._backfill_batch(batch)
+        return written
+
+    def run_forever(self, stop_event: threading.Event, interval: float = 1.0) -> None:
+        """Sweep every ``interval`` seconds until ``stop_event`` is set (a daemon thread's loop).
+
+        Logs one line when PostgreSQL (or Redis) goes down and one when it is back;
+        a full batch is followed at once by the next. Once ``stop_event`` is set it
+        sweeps one last time (unless PostgreSQL is down), so a burst worker's last
+        jobs land before it exits.
+        """
+        logger.info("mirror: started (every %gs, batches of %d)", interval, self.batch_size)
+        redis_down = False
+        while not stop_event.is_set():
+            busy = False
+            try:
+                busy = self.sweep(limit=self.batch_size * 10) > 0 and self._more_due()
+                if redis_down:
+                    logger.info("mirror: Redis is back")
+                    redis_down = False
+            except PostgresUnavailable:
+                pass  # logged once, when it went down, by _failed
+            except BackendUnavailable as exc:
+                if not redis_down:
+                    logger.warning("mirror: Redis is down (%s); retrying every %gs", exc, interval)
+                    redis_down = True
+            except Exception:
+                logger.exception("mirror: sweep failed; retrying in %gs", interval)
+            if not busy:
+                stop_event.wait(interval)
+        if self.postgres_ok is not False:
+            # One last sweep, so that a burst worker's final jobs land before it exits.
+            try:
+                self.sweep(limit=self.batch_size)
+            except Exception as exc:  # noqa: BLE001 - best effort; the due set keeps them
+                logger.info("mirror: the last sweep did not finish (%s); the due set keeps them", exc)
+        self.close()
+        logger.info("mirror: stopped")
+
+    # -- reading ----------------------------------------------------------
+
+    def fetch(self, job_id: str) -> dict[str, Any] | None:
+        """The snapshot PostgreSQL keeps of a finished job, or None (for a job Redis expired).
+
+        Besides CONTRACT's snapshot fields (``is_stale`` False, ``eta_seconds`` None)
+        it carries the row's ``history`` (a list) and ``mirrored_at`` (ISO-8601).
+        """
+        validate_id(job_id)
+        rows = self._query(f"SELECT {', '.join(_SNAPSHOT_FIELDS)}, history, mirrored_at"
+                           f" FROM {TABLE} WHERE job_id = %s", (job_id,))
+        if not rows:
+            return None
+        *fields, history, mirrored_at = rows[0]
+        return {**self._snapshot(fields), "history": history, "mirrored_at": _iso(mirrored_at)}
+
+    def history(self, job_id: str) -> list[dict[str, Any]] | None:
+        """The history PostgreSQL keeps of a finished job, or None."""
+        validate_id(job_id)
+        rows = self._query(f"SELECT history FROM {TABLE} WHERE job_id = %s", (job_id,))
+        return rows[0][0] if rows else None
+
+    def list_jobs(self, paper_id: str | None = None, status: str | None = None,
+                  limit: int = 50) -> list[dict[str, Any]]:
+        """Finished jobs' snapshots, newest first, filtered like ``ProgressStore.list_jobs``."""
+        where, params = [], []
+        if paper_id is not None:
+            where.append("paper_id = %s")
+            params.append(validate_id(paper_id, "paper_id"))
+        if status is not None:
+            if status not in TERMINAL_VALUES:
+                raise InvalidInput(f"PostgreSQL keeps finished jobs only; status {status!r} is none")
+            where.append("status = %s")
+            params.append(status)
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"limit must be from 1 to 1000, got {limit}")
+        sql = SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY created_at DESC NULLS LAST, job_id DESC LIMIT %s"
+        return [self._snapshot(row) for row in self._query(sql, (*params, limit))]
+
+    def count(self) -> int:
+        """How many rows ``progress_jobs`` holds."""
+        return int(self._query(f"SELECT count(*) FROM {TABLE}")[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Mirror:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals: Redis -------------------------------------------------
+
+    def _redis(self, call):
+        try:
+            return call()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    def _more_due(self) -> bool:
+        def first_due():
+            now = self.store.server_time_ms()
+            return self.store.client.zrangebyscore(self.store.keys.mirror_due, "-inf", now,
+                                                   start=0, num=1)
+        return bool(self._redis(first_due))
+
+    def load_rows(self, job_ids: Sequence[str]) -> list[tuple]:
+        """``progress_jobs`` rows (UPSERT's parameters) of the finished jobs among ``job_ids``."""
+        return self._load(job_ids)[0]
+
+    def _load(self, ids: Sequence[str]) -> tuple[list[tuple], dict[str, int | None]]:
+        """Rows of the finished jobs among ``ids``, and job id -> the seq handled (None: no row).
+
+        One script call per job (``lua/read_for_mirror-2.lua``), pipelined: the hash and
+        the whole history come back as one JSON string each.
+        """
+        valid = [j for j in ids if ID_PATTERN.match(j)]
+        k = self.store.keys
+        if self.store.is_cluster:  # redis-py refuses scripts in cluster pipelines
+            replies = [self._redis(lambda j=j: self._read(keys=[k.job(j), k.history(j)]))
+                       for j in valid]
+        else:
+            pipe = self.store.client.pipeline(transaction=False)
+            for job_id in valid:
+                self._read(keys=[k.job(job_id), k.history(job_id)], client=pipe)
+            replies = self._redis(pipe.execute) if valid else []
+        rows = []
+        handled: dict[str, int | None] = dict.fromkeys(ids)
+        s = self.store.settings
+        for job_id, reply in zip(valid, replies, strict=True):
+            if not reply:
+                logger.debug("job %s: gone from Redis; dropped from the mirror's due set", job_id)
+                continue
+            fields, raw_history = json.loads(_text(reply))
+            if fields.get("status") not in TERMINAL_VALUES:
+                logger.debug("job %s: not finished; dropped from the mirror's due set", job_id)
+                continue
+            snap = build_snapshot(fields, 0, stale_after=s.stale_after,
+                                  pending_stale_after=s.pending_stale_after)
+            rows.append(job_row(snap, history_entries(raw_history or [])))
+            handled[job_id] = snap["seq"]
+        return rows, handled
+
+    def _settle(self, handled: dict[str, int | None]) -> None:
+        """Remove handled entries from the due set; put back any job that changed meanwhile.
+
+        The job's seq and status are read AFTER the ZREM: an update that finished
+        the job again between our read and the ZREM shows there, and re-queues it.
+        """
+        if not handled:
+            return
+        keys = self.store.keys
+        ids = list(handled)
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.zrem(keys.mirror_due, *ids)
+        valid = [j for j in ids if ID_PATTERN.match(j)]
+        for job_id in valid:
+            pipe.hmget(keys.job(job_id), "status", "seq")
+        replies = self._redis(pipe.execute)[1:]
+        again = {}
+        for job_id, (status, seq) in zip(valid, replies, strict=True):
+            if status is None or _text(status) not in TERMINAL_VALUES:
+                continue
+            if handled[job_id] is None or int(seq) != handled[job_id]:
+                again[job_id] = 0
+        if again:
+            self._redis(lambda: self.store.client.zadd(keys.mirror_due, again))
+
+    def _retry_later(self, ids: Sequence[str]) -> None:
+        """Re-score due entries at now + the back-off (only entries still there)."""
+        delay = min(self.retry_base * 2 ** max(self.failures - 1, 0), self.retry_max)
+        try:
+            at = self.store.server_time_ms() + int(delay * 1000)
+            self.store.client.zadd(self.store.keys.mirror_due, dict.fromkeys(ids, at), xx=True)
+        except (RedisConnectionError, RedisTimeoutError):
+            logger.warning("mirror: could not re-score %d due jobs; they stay due now", len(ids))
+            return
+        logger.debug("mirror: %d jobs retried in %.1fs", len(ids), delay)
+
+    def _scan_job_ids(self) -> Iterable[str]:
+        prefix = self.store.keys.prefix
+        head, tail = len(prefix) + 2, -1
+        for key in self.store.client.scan_iter(match=self.store.keys.job_pattern(), count=1000,
+                                               _type="hash"):
+            key = _text(key)
+            job_id = key[head:tail]
+            # The pattern also matches "<prefix>:{id}:history" and the like; only a job
+            # hash is exactly "<prefix>:{<id>}".
+            if key.endswith("}") and ID_PATTERN.match(job_id) and key == self.store.keys.job(job_id):
+                yield job_id
+
+    def _backfill_batch(self, ids: list[str]) -> int:
+        pipe = self.store.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.store.keys.job(job_id), "status", "seq")
+        replies = self._redis(pipe.execute)
+        finished = {j: int(seq) for j, (status, seq) in zip(ids, replies, strict=True)
+                    if status is not None and _text(status) in TERMINAL_VALUES}
+        if not finished:
+            return 0
+        held = dict(self._query(f"SELECT job_id, seq FROM {TABLE} WHERE job_id = ANY(%s)",
+                                (list(finished),)))
+        missing = [j for j, seq in finished.items() if held.get(j, -1) < seq]
+        if not missing:
+            return 0
+        logger.info("mirror: backfilling %d finished jobs PostgreSQL lacks", len(missing))
+        return self._mirror_batch(missing)
+
+    def _mirror_batch(self, ids: Sequence[str]) -> int:
+        rows, handled = self._load(ids)
+        written = self._write(rows) if rows else 0
+        self._settle(handled)
+        return written
+
+    # -- internals: PostgreSQL --------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self.database_url,
+                autocommit=True,
+                connect_timeout=max(1, int(self.connect_timeout)),
+                application_name="progress-service mirror",
+            )
+        return self._conn
+
+    def _write(self, rows: list[tuple]) -> int:
+        """Upsert ``rows`` in one transaction; return how many were written."""
+        with self._lock:
+            try:
+                conn = self._connection()
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.executemany(UPSERT, rows)
+                        written = cur.rowcount
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    written = self._write_one_by_one(conn, rows, exc)
+            except psycopg.Error as exc:
+                raise self._failed(exc) from exc
+            self._succeeded()
+        return max(written, 0)
+
+    def _write_one_by_one(self, conn: psycopg.Connection, rows: list[tuple],
+                          exc: psycopg.Error) -> int:
+        """A row PostgreSQL refuses must not hold back its batch: write the rows one by one,
+        retry a refused one with NUL characters replaced, and give up only on that row."""
+        logger.warning("mirror: a batch of %d was refused (%s); writing row by row",
+                       len(rows), _one_line(exc))
+        written = 0
+        for row in rows:
+            for attempt in (row, tuple(_strip_nul(v) for v in row)):
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.execute(UPSERT, attempt)
+                        written += cur.rowcount
+                    break
+                except (psycopg.DataError, psycopg.IntegrityError) as row_exc:
+                    if attempt is not row:
+                        logger.error("job %s: PostgreSQL refuses its row, not mirrored: %s",
+                                     row[0], _one_line(row_exc))
+        return written
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                rows = self._connection().execute(sql, params).fetchall()
+            except psycopg.Error as exc:
+                raise self._failed(exc) from exc
+            self._succeeded()
+        return rows
+
+    def _failed(self, exc: psycopg.Error) -> PostgresUnavailable:
+        """Drop a broken connection, count the failure, log the first one of a run."""
+        self.failures += 1
+        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+            error: PostgresUnavailable = SchemaMissing(
+                f"postgres: {_one_line(exc)}: run progress-service db upgrade")
+        else:
+            error = PostgresUnavailable(f"postgres: {_one_line(exc)}")
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+        if self.postgres_ok is not False:
+            logger.warning("mirror: PostgreSQL is unavailable (%s); finished jobs wait in Redis", error)
+        self.postgres_ok = False
+        return error
+
+    def _succeeded(self) -> None:
+        if self.postgres_ok is False:
+            logger.info("mirror: PostgreSQL is back")
+        self.postgres_ok = True
+        self.failures = 0
+
+    def _snapshot(self, row: Sequence[Any]) -> dict[str, Any]:
+        snap = dict(zip(_SNAPSHOT_FIELDS, row, strict=True))
+        snap["progress_percent"] = _number(snap["progress_percent"])
+        for name in ("created_at", "started_at", "progress_updated_at", "finished_at", "heartbeat_at"):
+            snap[name] = _iso(snap[name])
+        snap["is_stale"] = False
+        snap["eta_seconds"] = None
+        return snap

@@ -1,0 +1,174 @@
+"""Status, id validation and the snapshot: the shapes of CONTRACT."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from .errors import InvalidInput
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_STEPS = ("fetch-paper", "generate-script", "generate-audio", "generate-videos", "assemble-video")
+
+
+class Status(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
+
+
+def validate_id(value: object, what: str = "job_id") -> str:
+    """Return ``value`` if it is a valid id, else raise ``InvalidInput`` (a ValueError)."""
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise InvalidInput(
+            f"{what} must match {ID_PATTERN.pattern} (1-64 letters, digits, '.', '_', '-'), got {value!r}"
+        )
+    return value
+
+
+def validate_steps(steps: object) -> list[str]:
+    if isinstance(steps, str | bytes) or not hasattr(steps, "__iter__"):
+        raise InvalidInput(f"steps must be a list of names, got {steps!r}")
+    out = list(steps)  # type: ignore[call-overload]
+    if not out:
+        raise InvalidInput("steps must name at least one step")
+    for name in out:
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise InvalidInput(f"every step must be a non-empty name of at most 200 characters, got {name!r}")
+    if len(set(out)) != len(out):
+        raise InvalidInput(f"step names must be unique, got {out!r}")
+    return out
+
+
+def iso_ms(ms: int | None) -> str | None:
+    """Integer milliseconds since the epoch -> ISO-8601 UTC with milliseconds."""
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    return int(raw) if raw else None
+
+
+def _json_or_none(raw: str | None) -> Any:
+    return json.loads(raw) if raw else None
+
+
+def build_snapshot(
+    fields: dict[str, str],
+    now_ms: int,
+    *,
+    stale_after: float,
+    pending_stale_after: float,
+    recent: list[tuple[int, float]] | None = None,
+) -> dict[str, Any]:
+    """Turn a job hash (decoded str -> str) into CONTRACT's snapshot.
+
+    ``now_ms`` is the Redis server's clock; ``recent`` is the job's latest
+    history as (at_ms, progress_percent), oldest first, for the ETA.
+    """
+    steps = json.loads(fields.get("steps") or "[]")
+    done = int(fields.get("completed_count") or 0)
+    status = fields.get("status") or Status.PENDING.value
+    progress = float(fields.get("progress_percent") or 0)
+    created = _int_or_none(fields.get("created_at_ms"))
+    started = _int_or_none(fields.get("started_at_ms"))
+    updated = _int_or_none(fields.get("progress_updated_at_ms"))
+    finished = _int_or_none(fields.get("finished_at_ms"))
+    heartbeat = _int_or_none(fields.get("heartbeat_at_ms"))
+    snap: dict[str, Any] = {
+        "job_id": fields.get("job_id"),
+        "paper_id": fields.get("paper_id"),
+        "pipeline": fields.get("pipeline"),
+        "status": status,
+        "progress_percent": int(progress) if progress.is_integer() else progress,
+        "current_step": fields.get("current_step") or None,
+        "steps": steps,
+        "completed_steps": steps[:done],
+        "total_steps": len(steps),
+        "message": fields.get("message") or None,
+        "error": fields.get("error") or None,
+        "result": _json_or_none(fields.get("result")),
+        "seq": int(fields.get("seq") or 0),
+        "created_at": iso_ms(created),
+        "started_at": iso_ms(started),
+        "progress_updated_at": iso_ms(updated),
+        "finished_at": iso_ms(finished),
+        "heartbeat_at": iso_ms(heartbeat),
+        "is_stale": is_stale(status, now_ms, created, started, updated, stale_after, pending_stale_after),
+        "eta_seconds": eta_seconds(status, progress, now_ms, recent or []),
+    }
+    return snap
+
+
+def is_stale(
+    status: str,
+    now_ms: int,
+    created_ms: int | None,
+    started_ms: int | None,
+    updated_ms: int | None,
+    stale_after: float,
+    pending_stale_after: float,
+) -> bool:
+    """A running job with no progress for ``stale_after`` s, or a job pending too long."""
+    if status == Status.RUNNING.value:
+        last = max(x for x in (updated_ms, started_ms, created_ms, 0) if x is not None)
+        return now_ms - last > stale_after * 1000
+    if status == Status.PENDING.value:
+        return created_ms is not None and now_ms - created_ms > pending_stale_after * 1000
+    return False
+
+
+def eta_seconds(status: str, progress: float, now_ms: int, recent: list[tuple[int, float]]) -> float | None:
+    """Seconds left at the rate seen over the job's recent history, or None if unknown.
+
+    The rate is measured from the oldest running entry in ``recent`` to now, so
+    a job that has stopped moving sees its ETA grow instead of freezing.
+    """
+    if status != Status.RUNNING.value or progress >= 100 or not recent:
+        return None
+    first_at, first_progress = recent[0]
+    elapsed = (now_ms - first_at) / 1000
+    gained = progress - first_progress
+    if elapsed <= 0 or gained <= 0:
+        return None
+    eta = (100 - progress) * elapsed / gained
+    return round(eta, 1) if math.isfinite(eta) else None
+
+
+def event_to_snapshot(previous: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """Apply one pub/sub event payload to the last snapshot a subscriber holds."""
+    snap = dict(previous)
+    for name in ("seq", "status", "progress_percent", "current_step", "completed_steps", "message", "error"):
+        if name in event:
+            snap[name] = event[name]
+    if "result" in event:
+        snap["result"] = event["result"]
+    if event.get("progress_updated_at_ms") is not None:
+        snap["progress_updated_at"] = iso_ms(int(event["progress_updated_at_ms"]))
+    for name in ("started_at", "finished_at"):
+        ms = event.get(name + "_ms")
+        if ms:
+            snap[name] = iso_ms(int(ms))
+    snap["is_stale"] = False
+    if snap["status"] != Status.RUNNING.value:
+        snap["eta_seconds"] = None
+    return snap

@@ -1,0 +1,79 @@
+"""Loads lua/*.lua once per client and maps their replies to Python results.
+
+The scripts ship inside the wheel as ``progress_service/lua`` (see
+pyproject's ``force-include``); in a source checkout they are read from the
+repository's ``lua/`` folder. :func:`lua_dir` is the one place that decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from redis.exceptions import ResponseError
+
+from .errors import InvalidInput
+
+_HERE = Path(__file__).resolve().parent
+
+
+@cache
+def lua_dir() -> Path:
+    for candidate in (_HERE / "lua", _HERE.parent / "lua"):
+        if (candidate / "update_progress-2.lua").is_file():
+            return candidate
+    raise FileNotFoundError(f"the Lua scripts are missing: looked in {_HERE / 'lua'} and {_HERE.parent / 'lua'}")
+
+
+@cache
+def script_source(name: str) -> str:
+    """The source of ``lua/<name>-<numkeys>.lua``."""
+    matches = sorted(lua_dir().glob(f"{name}-*.lua"))
+    if len(matches) != 1:
+        raise FileNotFoundError(f"expected one lua/{name}-<numkeys>.lua, found {matches}")
+    return matches[0].read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What ``ProgressStore.update`` answers."""
+
+    accepted: bool
+    reason: str  # ok | unchanged | regression | terminal | not_found
+    seq: int
+    status: str | None = None  # the job's status after an accepted update
+
+    def __bool__(self) -> bool:
+        return self.accepted
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_update_reply(reply: list) -> UpdateResult:
+    status = _text(reply[3]) if len(reply) > 3 else None
+    return UpdateResult(bool(int(reply[0])), _text(reply[1]), int(reply[2]), status)
+
+
+def invalid_from(exc: ResponseError) -> InvalidInput | None:
+    """The ``InvalidInput`` a script raised (``INVALID ...``), or None for any other error."""
+    text = str(exc)
+    marker = text.find("INVALID ")
+    if marker < 0:
+        return None
+    detail = text[marker + len("INVALID "):]
+    # Redis appends " script: <sha>, on @user_script:<line>." to script errors.
+    cut = detail.find(" script: ")
+    return InvalidInput(detail[:cut] if cut >= 0 else detail)
+
+
+class Scripts:
+    """The registered scripts of one client; redis-py reloads them on NOSCRIPT."""
+
+    def __init__(self, client) -> None:
+        self.update = client.register_script(script_source("update_progress"))
+        self.create = client.register_script(script_source("create_job"))
+        self.heartbeat = client.register_script(script_source("heartbeat"))
+        self.read = client.register_script(script_source("read_job"))

@@ -1,0 +1,450 @@
+"""ProgressStore: the only code that talks to the progress store (Redis).
+
+Every write goes through one Lua script (``lua/``), so the rules of CONTRACT
+hold however many writers race. Reads take the Redis server's clock in the
+same round trip, so ``is_stale`` never depends on a worker's or web server's
+clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .config import Settings
+from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
+from .keys import Keys
+from .models import (
+    DEFAULT_STEPS,
+    TERMINAL,
+    Status,
+    build_snapshot,
+    event_to_snapshot,
+    iso_ms,
+    validate_id,
+    validate_steps,
+)
+from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
+
+logger = logging.getLogger(__name__)
+
+MAX_TEXT = 8192  # characters of a message or an error
+ETA_WINDOW = 20  # history entries the ETA looks back over
+INDEX_MAX = 10000  # job ids kept in the recent-jobs index
+_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def connect(settings: Settings):
+    """A client for the progress store: a plain Redis, or a Redis Cluster."""
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(settings.progress_redis_url, decode_responses=True)
+    return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
+
+
+class ProgressStore:
+    def __init__(self, client, settings: Settings | None = None) -> None:
+        self.client = client
+        self.settings = settings or Settings()
+        self.keys = Keys(self.settings.key_prefix)
+        self.scripts = Scripts(client)
+        self.stats: Counter[str] = Counter()
+        # redis-py blocks scripts in cluster pipelines: there, batches go one call each.
+        self.is_cluster = isinstance(client, redis.RedisCluster)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ProgressStore:
+        settings = Settings.from_env(environ)
+        return cls(connect(settings), settings)
+
+    # -- writing ----------------------------------------------------------
+
+    def create_job(
+        self,
+        job_id: str,
+        paper_id: str,
+        steps: Iterable[str] = DEFAULT_STEPS,
+        pipeline: str = "video",
+    ) -> dict[str, Any]:
+        """Create ``job_id`` in ``pending`` and return its snapshot.
+
+        Raises ``JobConflict`` if the job exists already.
+        """
+        validate_id(job_id, "job_id")
+        validate_id(paper_id, "paper_id")
+        validate_id(pipeline, "pipeline")
+        names = validate_steps(steps)
+        k = self.keys
+        reply = self._call(
+            self.scripts.create,
+            [k.job(job_id), k.history(job_id)],
+            [job_id, paper_id, pipeline, json.dumps(names), k.events(job_id), k.all_events,
+             self.settings.history_maxlen],
+        )
+        created, _, created_ms = (int(x) for x in reply)
+        if not created:
+            raise JobConflict(f"job {job_id} exists already")
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(k.jobs_index, {job_id: created_ms})
+            pipe.zremrangebyrank(k.jobs_index, 0, -INDEX_MAX - 1)
+            pipe.zadd(k.paper_jobs(paper_id), {job_id: created_ms})
+            pipe.zremrangebyrank(k.paper_jobs(paper_id), 0, -INDEX_MAX - 1)
+            pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        logger.info("job %s: created for paper %s (%s, %d steps)", job_id, paper_id, pipeline, len(names))
+        snap = self.get(job_id)
+        assert snap is not None
+        return snap
+
+    def update(
+        self,
+        job_id: str,
+        progress_percent: float | None = None,
+        current_step: str | None = None,
+        status: Status | str | None = None,
+        message: str | None = None,
+        error: str | None = None,
+        result: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> UpdateResult:
+        """Apply one update through the Lua script; see CONTRACT's update rules.
+
+        An argument left as None keeps the stored value. Invalid input raises
+        ``InvalidInput`` (a ValueError) and changes nothing.
+        """
+        keys, args = self._update_call(job_id, progress_percent, current_step, status,
+                                       message, error, result, force)
+        res = parse_update_reply(self._call(self.scripts.update, keys, args))
+        self._after_update(job_id, res)
+        return res
+
+    def update_many(self, updates: Iterable[Mapping[str, Any]]) -> list[UpdateResult]:
+        """Apply many updates in one pipelined round trip; each is still atomic on its own.
+
+        Each mapping holds ``job_id`` and ``update``'s keyword arguments. The
+        results come back in order; an invalid one raises before anything is sent.
+        """
+        calls = [self._update_call(**u) for u in updates]
+        if self.is_cluster:
+            results = [parse_update_reply(self._call(self.scripts.update, k, a)) for k, a in calls]
+            for (keys, _args), res in zip(calls, results, strict=True):
+                self._after_update(self._job_of(keys[0]), res)
+            return results
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            self.scripts.update(keys=keys, args=args, client=pipe)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        results = []
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise invalid_from(reply) or reply
+            results.append(parse_update_reply(reply))
+        for (keys, _args), res in zip(calls, results, strict=True):
+            self._after_update(self._job_of(keys[0]), res)
+        return results
+
+    def heartbeat(self, job_id: str) -> bool:
+        """Stamp ``heartbeat_at`` (no seq, no event). False if the job is missing or finished."""
+        validate_id(job_id)
+        return bool(self._call(self.scripts.heartbeat, [self.keys.job(job_id)], []))
+
+    # -- reading ----------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's snapshot, or None if Redis does not hold it."""
+        validate_id(job_id)
+        k = self.keys
+        reply = self._call(self.scripts.read, [k.job(job_id), k.history(job_id)], [ETA_WINDOW])
+        return self._snapshot_from_reply(reply)
+
+    def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Snapshots of the jobs Redis still holds, in the order asked (missing ones left out)."""
+        for job_id in job_ids:
+            validate_id(job_id)
+        if not job_ids:
+            return []
+        k = self.keys
+        if self.is_cluster:
+            replies = [self._call(self.scripts.read, [k.job(j), k.history(j)], [ETA_WINDOW])
+                       for j in job_ids]
+            return [s for s in map(self._snapshot_from_reply, replies) if s is not None]
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            self.scripts.read(keys=[k.job(job_id), k.history(job_id)], args=[ETA_WINDOW], client=pipe)
+        try:
+            replies = pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        snaps = (self._snapshot_from_reply(r) for r in replies)
+        return [s for s in snaps if s is not None]
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's capped history, oldest first."""
+        validate_id(job_id)
+        try:
+            entries = self.client.xrange(self.keys.history(job_id))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        out = []
+        for _, raw in entries:
+            e = {_text(a): _text(b) for a, b in raw.items()}
+            progress = float(e.get("progress_percent") or 0)
+            out.append({
+                "seq": int(e["seq"]),
+                "at": iso_ms(int(e["at"])),
+                "progress_percent": int(progress) if progress.is_integer() else progress,
+                "current_step": e.get("current_step") or None,
+                "status": e.get("status"),
+            })
+        return out
+
+    def history_since(self, job_id: str, after_seq: int) -> list[dict[str, Any]]:
+        """History entries with a ``seq`` above ``after_seq`` (for resuming a stream)."""
+        return [e for e in self.history(job_id) if e["seq"] > after_seq]
+
+    def recent_job_ids(self, limit: int = 50, paper_id: str | None = None) -> list[str]:
+        """Job ids, newest first, from the recent-jobs index (or one paper's)."""
+        if paper_id is not None:
+            validate_id(paper_id, "paper_id")
+            key = self.keys.paper_jobs(paper_id)
+        else:
+            key = self.keys.jobs_index
+        try:
+            return [_text(j) for j in self.client.zrevrange(key, 0, max(limit, 1) - 1)]
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    def latest_job_id(self, paper_id: str) -> str | None:
+        """The paper's latest job id that Redis still knows, or None."""
+        ids = self.recent_job_ids(1, paper_id=paper_id)
+        return ids[0] if ids else None
+
+    def list_jobs(self, paper_id: str | None = None, status: str | None = None,
+                  limit: int = 50) -> list[dict[str, Any]]:
+        """Snapshots newest first, filtered by paper and status."""
+        if status is not None and status not in {s.value for s in Status}:
+            raise InvalidInput(f"status must be one of {', '.join(s.value for s in Status)}, got {status!r}")
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"limit must be from 1 to 1000, got {limit}")
+        scan = limit if status is None else min(limit * 10, INDEX_MAX)
+        snaps = self.get_many(self.recent_job_ids(scan, paper_id=paper_id))
+        if status is not None:
+            snaps = [s for s in snaps if s["status"] == status]
+        return snaps[:limit]
+
+    def server_time_ms(self) -> int:
+        sec, usec = self.client.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    def subscribe(self, job_id: str, *, timeout: float | None = None,
+                  idle_check: float = 5.0) -> Iterator[dict[str, Any]]:
+        """Yield the current snapshot, then each change once, until a terminal state.
+
+        Subscribes first and reads the snapshot second, then drops every event
+        whose ``seq`` is not newer: a late subscriber misses nothing and sees
+        nothing twice. A gap in ``seq`` (a lost connection) is filled by a fresh
+        read; so is a quiet spell of ``idle_check`` seconds. Raises
+        ``JobNotFound`` for an unknown job, ``TimeoutError`` after ``timeout`` s.
+        """
+        validate_id(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.keys.events(job_id))
+            snap = self.get(job_id)
+            if snap is None:
+                raise JobNotFound(f"job {job_id} not found")
+            yield snap
+            last_seen = time.monotonic()
+            while snap["status"] not in _TERMINAL_VALUES:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+                try:
+                    message = pubsub.get_message(timeout=0.5)
+                except (RedisConnectionError, RedisTimeoutError):
+                    logger.warning("job %s: pub/sub connection lost, reconnecting", job_id)
+                    time.sleep(0.5)
+                    message = None
+                    last_seen = 0.0  # re-read at once after the reconnect
+                fresh: dict[str, Any] | None = None
+                if message is not None and message.get("type") == "message":
+                    event = json.loads(message["data"])
+                    if event["seq"] <= snap["seq"]:
+                        continue
+                    if event["seq"] == snap["seq"] + 1:
+                        fresh = event_to_snapshot(snap, event)
+                    else:
+                        fresh = self.get(job_id)
+                elif time.monotonic() - last_seen >= idle_check:
+                    try:
+                        fresh = self.get(job_id)
+                    except BackendUnavailable:
+                        fresh = None
+                    last_seen = time.monotonic()
+                    if fresh is None:
+                        if self.client.exists(self.keys.job(job_id)) == 0:
+                            raise JobNotFound(f"job {job_id} vanished from Redis")
+                        continue
+                if fresh is None or fresh["seq"] <= snap["seq"]:
+                    continue
+                last_seen = time.monotonic()
+                snap = fresh
+                yield snap
+        finally:
+            pubsub.close()
+
+    # -- statistics -------------------------------------------------------
+
+    def flush_stats(self) -> None:
+        """Add this process's update counts to the shared ``<prefix>:stats`` hash."""
+        if not self.stats:
+            return
+        counts, self.stats = self.stats, Counter()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for reason, n in counts.items():
+                pipe.hincrby(self.keys.stats, reason, n)
+            pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError):
+            self.stats.update(counts)
+
+    def read_stats(self) -> dict[str, int]:
+        return {_text(k): int(v) for k, v in self.client.hgetall(self.keys.stats).items()}
+
+    # -- internals --------------------------------------------------------
+
+    def _update_call(self, job_id, progress_percent=None, current_step=None, status=None,
+                     message=None, error=None, result=None, force=False):
+        validate_id(job_id)
+        k = self.keys
+        args = [
+            _progress_arg(progress_percent),
+            _step_arg(current_step),
+            _status_arg(status),
+            _text_arg(message, "message"),
+            _text_arg(error, "error"),
+            _result_arg(result),
+            "1" if force else "0",
+            k.events(job_id),
+            k.all_events,
+            self.settings.history_maxlen,
+            self.settings.job_ttl,
+        ]
+        return [k.job(job_id), k.history(job_id)], args
+
+    def _job_of(self, job_key: str) -> str:
+        return job_key[len(self.keys.prefix) + 2:-1]
+
+    def _after_update(self, job_id: str, res: UpdateResult) -> None:
+        self.stats[res.reason] += 1
+        if res.reason == "ok" and res.status in _TERMINAL_VALUES:
+            logger.info("job %s: -> %s (seq %d)", job_id, res.status, res.seq)
+            self.mark_mirror_due(job_id)
+        elif not res.accepted:
+            logger.debug("job %s: update rejected (%s)", job_id, res.reason)
+
+    def mark_mirror_due(self, job_id: str, at_ms: int = 0) -> None:
+        """Queue a finished job for the PostgreSQL mirror."""
+        try:
+            self.client.zadd(self.keys.mirror_due, {job_id: at_ms})
+        except (RedisConnectionError, RedisTimeoutError):
+            logger.warning("job %s: could not queue for the mirror; the sweep will find it", job_id)
+
+    def _call(self, script, keys, args):
+        try:
+            return script(keys=keys, args=args)
+        except ResponseError as exc:
+            invalid = invalid_from(exc)
+            if invalid is not None:
+                raise invalid from None
+            raise
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    def _snapshot_from_reply(self, reply) -> dict[str, Any] | None:
+        flat_json, sec, usec, recent = reply
+        flat = json.loads(flat_json)  # read_job sends the hash as one JSON array
+        if not flat:
+            return None
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        points = []
+        for _, raw in reversed(recent):  # oldest first
+            e = _pairs(raw) if isinstance(raw, list) else {_text(a): _text(b) for a, b in raw.items()}
+            if e.get("status") == Status.RUNNING.value:
+                points.append((int(e["at"]), float(e["progress_percent"])))
+        s = self.settings
+        return build_snapshot(fields, now_ms, stale_after=s.stale_after,
+                              pending_stale_after=s.pending_stale_after, recent=points)
+
+
+def _progress_arg(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
+    return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
+
+
+def _step_arg(value) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"current_step must be a step name, got {value!r}")
+    return value
+
+
+def _status_arg(value) -> str:
+    if value is None:
+        return ""
+    try:
+        return Status(value).value
+    except ValueError:
+        raise InvalidInput(
+            f"status must be one of {', '.join(s.value for s in Status)}, got {value!r}"
+        ) from None
+
+
+def _text_arg(value, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT:
+        value = value[: MAX_TEXT - 1] + "…"
+    return "=" + value
+
+
+def _result_arg(value) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"result must be an object, got {type(value).__name__}")
+    try:
+        return "=" + json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"result must be JSON-serialisable: {exc}") from None

@@ -1,0 +1,97 @@
+"""The write throttle the worker uses (CONTRACT, "Python API").
+
+The first change goes at once. Later percent-only changes inside
+``min_interval`` are merged into one trailing write, made by a timer when the
+interval has passed. A step change, a status change and the final state are
+written at once (carrying any merged percent with them). Nothing is dropped:
+:meth:`Throttle.close` writes whatever is still pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Write = Callable[[dict[str, Any]], Any]
+
+
+class Throttle:
+    def __init__(
+        self,
+        write: Write,
+        min_interval: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``write(fields)`` performs one store update with the merged keyword fields."""
+        self._write = write
+        self.min_interval = min_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict[str, Any] = {}
+        self._last_write: float | None = None
+        self._timer: threading.Timer | None = None
+        self._closed = False
+        self.writes = 0
+        self.merged = 0
+
+    def update(self, **fields: Any) -> None:
+        """Offer one change; it is written now or merged into the trailing write."""
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if not fields:
+            return
+        urgent = bool(fields.keys() - {"progress_percent", "message"})
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("throttle is closed")
+            self._pending.update(fields)
+            now = self._clock()
+            due = self._last_write is None or now - self._last_write >= self.min_interval
+            if urgent or due or self.min_interval <= 0:
+                self._flush_locked()
+                return
+            self.merged += 1
+            if self._timer is None:
+                delay = self.min_interval - (now - self._last_write)
+                self._timer = threading.Timer(max(delay, 0.0), self._on_timer)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        """Write whatever is pending now."""
+        with self._lock:
+            self._flush_locked()
+
+    def close(self) -> None:
+        """Write the last pending value and stop the timer. Safe to call twice."""
+        with self._lock:
+            self._flush_locked()
+            self._closed = True
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+            if not self._closed:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        fields, self._pending = self._pending, {}
+        self._last_write = self._clock()
+        self.writes += 1
+        try:
+            self._write(fields)
+        except Exception:
+            # Keep the values for the next try: newer fields win over the failed ones.
+            self._pending = {**fields, **self._pending}
+            logger.exception("throttled write failed, kept for the next try: %r", fields)
+            raise
