@@ -1,0 +1,272 @@
+"""Jobs whose worker died: found by their heartbeat, failed as ``worker lost``.
+
+A running job's runner stamps ``heartbeat_at`` every few seconds
+(``worker.runner.heartbeat_interval``). When the worker and its work horse are
+killed (SIGKILL, a lost machine), nothing stamps it any more: the job first reads
+``is_stale`` (its progress stopped), and once its last heartbeat (or its start, if
+it never had one) is older than ``settings.worker_lost_after`` seconds on the
+Redis clock, any ``progress-service worker`` process's sweeper fails it:
+
+    store.update(job_id, status="failed", error="worker lost")
+
+The RQ job is made to agree at once: if RQ still shows it ``started``, it is moved
+to RQ's FailedJobRegistry the way RQ's own abandoned-job cleanup would (which
+only happens after the execution's heartbeat TTL, ~90 s, and the next maintenance
+pass, up to 10 min later). When RQ's cleanup gets there first, the job's
+``on_failure`` callback (``worker.jobs.on_rq_failure``) writes the same
+``worker lost`` to the store: whichever runs first wins, the other changes nothing.
+
+If the dead job's process tree survived on this host (the pipeline runs in a
+session of its own, so a SIGKILL of the work horse does not reach it), it is
+killed too, after checking by ``PROGRESS_JOB_ID`` in its environment that the
+pid still belongs to that job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import datetime
+from typing import Any
+
+from progress_service import ProgressStore, Settings, Status
+from progress_service.errors import BackendUnavailable
+from progress_service.models import ID_PATTERN
+from worker.process_tree import KILL_GRACE, group_members, kill_process_tree, process_alive
+from worker.runner import JOB_ID_ENV
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "WORKER_LOST",
+    "LostJobSweeper",
+    "fail_rq_job",
+    "find_lost_jobs",
+    "kill_orphaned_tree",
+    "sweep_interval",
+    "sweep_lost_jobs",
+]
+
+WORKER_LOST = "worker lost"
+SCAN_LIMIT = 50  # running jobs looked for among the newest 10x as many (besides RQ's started ones)
+
+
+def sweep_interval(settings: Settings) -> float:
+    """Seconds between two sweeps: a quarter of ``worker_lost_after``, within 0.2..5."""
+    return max(0.2, min(5.0, settings.worker_lost_after / 4))
+
+
+def _ms(iso: str | None) -> int | None:
+    if not iso:
+        return None
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def last_sign_of_life_ms(snap: dict[str, Any]) -> int | None:
+    """The job's last heartbeat, else its start, else its creation (ms, Redis clock)."""
+    for name in ("heartbeat_at", "started_at", "created_at"):
+        ms = _ms(snap.get(name))
+        if ms is not None:
+            return ms
+    return None
+
+
+def _candidate_ids(store: ProgressStore, rq_connection, queue_names, scan_limit: int) -> list[str]:
+    ids: dict[str, None] = {}
+    if rq_connection is not None:
+        from rq.registry import StartedJobRegistry
+
+        for name in queue_names:
+            registry = StartedJobRegistry(name, connection=rq_connection)
+            for job_id in registry.get_job_ids(cleanup=False):
+                if ID_PATTERN.match(job_id):  # another application's RQ job: not ours
+                    ids[job_id] = None
+    if scan_limit > 0:
+        for snap in store.list_jobs(status=Status.RUNNING.value, limit=scan_limit):
+            ids[snap["job_id"]] = None
+    return list(ids)
+
+
+def find_lost_jobs(
+    store: ProgressStore,
+    settings: Settings,
+    *,
+    rq_connection=None,
+    queue_names: tuple[str, ...] | list[str] = (),
+    scan_limit: int = SCAN_LIMIT,
+) -> list[tuple[dict[str, Any], float]]:
+    """Running jobs silent for longer than ``worker_lost_after``: [(snapshot, silent seconds)].
+
+    Looks at the jobs RQ's StartedJobRegistry holds for ``queue_names`` and at the
+    running ones among the newest ``scan_limit * 10`` jobs of the store (which
+    finds jobs no queue knows, such as those of ``progress-service run``).
+    """
+    ids = _candidate_ids(store, rq_connection, queue_names, scan_limit)
+    if not ids:
+        return []
+    snaps = store.get_many(ids)
+    now_ms = store.server_time_ms()
+    limit_ms = settings.worker_lost_after * 1000
+    lost = []
+    for snap in snaps:
+        if snap["status"] != Status.RUNNING.value:
+            continue
+        last = last_sign_of_life_ms(snap)
+        if last is not None and now_ms - last > limit_ms:
+            lost.append((snap, (now_ms - last) / 1000))
+    return lost
+
+
+def sweep_lost_jobs(
+    store: ProgressStore,
+    settings: Settings,
+    *,
+    rq_connection=None,
+    queue_names: tuple[str, ...] | list[str] = (),
+    scan_limit: int = SCAN_LIMIT,
+) -> list[str]:
+    """Fail every lost job (see the module docstring); return the ids this call failed."""
+    failed = []
+    for snap, silent in find_lost_jobs(store, settings, rq_connection=rq_connection,
+                                       queue_names=queue_names, scan_limit=scan_limit):
+        job_id = snap["job_id"]
+        result = store.update(job_id, status=Status.FAILED.value, error=WORKER_LOST)
+        if result.reason != "ok":
+            continue  # finished, or failed by another sweeper, meanwhile
+        failed.append(job_id)
+        logger.warning("job %s: %s -> %s (%s: no heartbeat for %.1f s)", job_id,
+                       Status.RUNNING.value, Status.FAILED.value, WORKER_LOST, silent)
+        if rq_connection is not None:
+            process = fail_rq_job(rq_connection, job_id,
+                                  f"{WORKER_LOST}: no heartbeat for {silent:.1f} s")
+            if process:
+                kill_orphaned_tree(process, job_id)
+    return failed
+
+
+def fail_rq_job(connection, job_id: str, exc_string: str) -> dict[str, Any] | None:
+    """Move a ``started`` RQ job to RQ's FailedJobRegistry, as RQ's abandoned-job cleanup does.
+
+    Returns the job's ``meta["pipeline_process"]`` (pid, pgid, host of its command),
+    or None. A job RQ does not hold, or holds in another state, is left alone.
+    """
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    except Exception as exc:  # an unreadable job: nothing to agree with
+        logger.warning("job %s: cannot read the RQ job: %s", job_id, exc)
+        return None
+    process = job.meta.get("pipeline_process") if isinstance(job.meta, dict) else None
+    if job.get_status(refresh=False) != JobStatus.STARTED:
+        return process
+    try:
+        from rq.job_lifecycle import record_job_failure
+
+        registry = job.started_job_registry
+        entries = [f"{j}:{e}" for j, e in registry.get_job_and_execution_ids(cleanup=False) if j == job_id]
+        with connection.pipeline() as pipe:
+            if entries:
+                pipe.zrem(registry.key, *entries)
+            record_job_failure(job, exc_string, pipe)
+            pipe.execute()
+        logger.info("job %s: RQ job moved to the failed registry (%s)", job_id, exc_string)
+    except Exception:
+        logger.exception("job %s: could not fail the RQ job; RQ's own cleanup will", job_id)
+    return process
+
+
+def kill_orphaned_tree(process: dict[str, Any] | None, job_id: str, *,
+                       grace: float = KILL_GRACE) -> list[int]:
+    """Kill a dead job's surviving command tree, if it runs on this host and is still that job's.
+
+    ``process`` is the RQ job's ``meta["pipeline_process"]``. The pid must still
+    carry ``PROGRESS_JOB_ID=<job_id>`` in its environment: a reused pid is left alone.
+    Returns the pids left alive (none, normally).
+    """
+    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+        return []
+    try:
+        pgid = int(process.get("pgid") or process.get("pid") or 0)
+    except (TypeError, ValueError):
+        return []
+    if pgid <= 1:
+        return []
+    # The group's leader may be gone while a grandchild lives on: check every member.
+    members = [p for p in {pgid, *group_members(pgid)} if process_alive(p) and _belongs_to(p, job_id)]
+    if not members:
+        return []
+    logger.warning("job %s: its command (process group %d) outlived its worker: killing it",
+                   job_id, pgid)
+    return kill_process_tree(members[0], grace=grace, extra=members)
+
+
+def _belongs_to(pid: int, job_id: str) -> bool:
+    marker = f"{JOB_ID_ENV}={job_id}".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+class LostJobSweeper:
+    """The sweep every ``sweep_interval(settings)`` seconds, for a worker's daemon thread."""
+
+    def __init__(self, store: ProgressStore, settings: Settings, *, rq_connection=None,
+                 queue_names: tuple[str, ...] | list[str] = (), scan_limit: int = SCAN_LIMIT) -> None:
+        self.store = store
+        self.settings = settings
+        self.rq_connection = rq_connection
+        self.queue_names = tuple(queue_names)
+        self.scan_limit = scan_limit
+        self.interval = sweep_interval(settings)
+        self.failed_total = 0
+
+    def sweep(self) -> list[str]:
+        failed = sweep_lost_jobs(self.store, self.settings, rq_connection=self.rq_connection,
+                                 queue_names=self.queue_names, scan_limit=self.scan_limit)
+        self.failed_total += len(failed)
+        return failed
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        logger.info("lost-job sweeper: every %.1fs, failing running jobs silent for %gs (pid %d)",
+                    self.interval, self.settings.worker_lost_after, os.getpid())
+        down = False
+        while not stop_event.is_set():
+            try:
+                self.sweep()
+                if down:
+                    logger.info("lost-job sweeper: Redis is back")
+                    down = False
+            except (BackendUnavailable, OSError) as exc:
+                if not down:
+                    logger.warning("lost-job sweeper: Redis is down (%s); retrying", exc)
+                    down = True
+            except Exception as exc:
+                if _is_connection_error(exc):
+                    if not down:
+                        logger.warning("lost-job sweeper: Redis is down (%s); retrying", exc)
+                        down = True
+                else:
+                    logger.exception("lost-job sweeper: sweep failed; retrying")
+            stop_event.wait(self.interval)
+        logger.info("lost-job sweeper: stopped")
+
+    def start(self, stop_event: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.run_forever, args=(stop_event,),
+                                  name="lost-job-sweeper", daemon=True)
+        thread.start()
+        return thread
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError)

@@ -1,0 +1,173 @@
+"""Process trees: find every process a command started, and kill them all.
+
+A job's command runs as the leader of a process group of its own
+(``start_new_session``); its descendants usually stay in that group, but one may
+leave it (``setsid``) or lose its parent link when its parent dies. So a kill
+signals the group *and* every descendant found through ``/proc``, collected
+before the first signal and again on every round, and checks by pid that none
+is left. A zombie (dead, not yet reaped) counts as gone. Without ``/proc``
+(macOS) only the group is signalled and checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KILL_GRACE", "descendants", "group_members", "kill_process_tree", "process_alive"]
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+
+
+def _have_proc() -> bool:
+    return os.path.isdir("/proc/self")
+
+
+def _proc_table() -> dict[int, tuple[int, int, str]] | None:
+    """pid -> (ppid, pgid, state) of every process, from /proc; None where there is no /proc."""
+    if not _have_proc():
+        return None
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    table = {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        rest = raw[raw.rfind(b")") + 2:].split()
+        if len(rest) < 3:
+            continue
+        table[int(name)] = (int(rest[1]), int(rest[2]), rest[0].decode())
+    return table
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
+    if pid <= 0:
+        return False
+    if _have_proc():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                raw = f.read()
+            return raw[raw.rfind(b")") + 2:].split()[0] not in (b"Z", b"X")
+        except FileNotFoundError:
+            return False
+        except (OSError, IndexError):
+            pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    table = _proc_table()
+    if table is None:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    return [pid for pid, (_, group, state) in table.items() if group == pgid and state not in ("Z", "X")]
+
+
+def descendants(pid: int, table: dict[int, tuple[int, int, str]] | None = None) -> set[int]:
+    """Live descendants of ``pid`` (children, their children, ...)."""
+    table = _proc_table() if table is None else table
+    if not table:
+        return set()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _, state) in table.items():
+        if state not in ("Z", "X"):
+            children.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _signal_tree(pgids: Iterable[int], pids: Iterable[int], sig: int) -> None:
+    for pgid in {g for g in pgids if g > 1}:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in {p for p in pids if p > 1}:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill_process_tree(
+    pid: int,
+    *,
+    grace: float = KILL_GRACE,
+    popen: subprocess.Popen | None = None,
+    extra: Iterable[int] = (),
+) -> list[int]:
+    """Kill ``pid``, its process group (``pid`` leads it) and every descendant found.
+
+    SIGTERM first; whatever still lives after ``grace`` seconds gets SIGKILL.
+    Descendants are collected before any signal (an orphan loses its parent link)
+    and again on every round, so a process that forks while dying is caught too.
+    Returns the pids still alive at the end: an empty list when all went.
+    """
+    known: set[int] = {pid, *extra}
+    groups: set[int] = {pid}
+
+    def refresh() -> list[int]:
+        table = _proc_table()
+        if table is not None:
+            for p in list(known):
+                known.update(descendants(p, table))
+            known.update(p for p, (_, g, s) in table.items() if g in groups and s not in ("Z", "X"))
+            for p in known:
+                if p in table:
+                    groups.add(table[p][1])
+        if popen is not None:
+            popen.poll()  # reap our direct child, so it does not linger as a zombie
+        return [p for p in known if process_alive(p)]
+
+    own_group = os.getpgrp()
+    groups.discard(own_group)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        alive = refresh()
+        groups.discard(own_group)
+        if not alive:
+            return []
+        _signal_tree(groups, [p for p in alive if p != os.getpid()], sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            alive = refresh()
+            groups.discard(own_group)
+            if not alive:
+                return []
+            if sig == signal.SIGKILL:  # new forks since the last round
+                _signal_tree(groups, [p for p in alive if p != os.getpid()], sig)
+    alive = refresh()
+    if alive:
+        logger.error("process tree of pid %d: %s still alive after SIGKILL", pid, sorted(alive))
+    return sorted(alive)
