@@ -1,0 +1,98 @@
+"""The web app: the JSON API, live events, the status pages, health, metrics and the RQ dashboard.
+
+``create_app()`` builds everything (Flask's tutorial style); nothing is
+created at import time. ``app.extensions["progress"]`` holds the
+``ProgressStore``; ``app.extensions["progress_events"]`` the process's one
+pub/sub listener (``web.fanout.EventHub``).
+
+Run it under gunicorn with the gevent worker (``progress-service web``): every
+open event stream is a waiting greenlet, so one process holds thousands.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, request
+
+from progress_service.config import Settings
+from progress_service.store import ProgressStore
+
+from . import api, dashboard, errors, events, metrics, pages
+from .fanout import EventHub
+
+MAX_BODY = 16 * 1024  # bytes of a JSON request body; more is a 413
+NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
+NO_CACHE_ITEMS = tuple(NO_CACHE.items())
+# Files that never change keep their validators: our static files, rq-dashboard's, a job's video.
+FILE_ENDPOINTS = frozenset({"static", "rq_dashboard.static", "api.job_video"})
+DEFAULT_REDIS_POOL = 3  # connections a web process holds for reads, besides its one pub/sub connection
+
+
+def redis_client(settings: Settings, *, pool_size: int, role: str):
+    """A client of the progress store for this process, named ``<prefix>.web.<pid>.<role>``.
+
+    A blocking pool of ``pool_size`` connections: a thousand streams opening
+    at once wait their turn for a connection instead of opening a thousand.
+    The name lets an operator (and the tests) find a web process's
+    connections in ``CLIENT LIST``.
+    """
+    import redis
+
+    name = f"{settings.key_prefix}.web.{os.getpid()}.{role}"
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(settings.progress_redis_url, decode_responses=True,
+                                           client_name=name)
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.progress_redis_url, max_connections=pool_size, timeout=10,
+        decode_responses=True, client_name=name, health_check_interval=30,
+        socket_connect_timeout=5, socket_keepalive=True,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def create_app(settings: Settings | None = None, *, redis_pool: int | None = None) -> Flask:
+    """Build the app from ``settings`` (``Settings.from_env()`` when None).
+
+    ``redis_pool`` is the number of Redis connections for reads (default
+    ``PROGRESS_WEB_REDIS_POOL``, else 3).
+    """
+    settings = settings or Settings.from_env()
+    if redis_pool is None:
+        redis_pool = int(os.environ.get("PROGRESS_WEB_REDIS_POOL") or DEFAULT_REDIS_POOL)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        JSON_SORT_KEYS=False,
+        PROGRESS_SSE_KEEPALIVE=float(os.environ.get("PROGRESS_WEB_SSE_KEEPALIVE") or events.KEEPALIVE),
+    )
+    app.json.sort_keys = False
+    app.json.compact = True
+
+    store = ProgressStore(redis_client(settings, pool_size=redis_pool, role="store"), settings)
+    app.extensions["progress"] = store
+    app.extensions["progress_events"] = EventHub(
+        lambda: redis_client(settings, pool_size=1, role="events"), store.keys.all_events)
+
+    errors.register(app)
+    metrics.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(events.bp)
+    app.register_blueprint(pages.bp)
+    dashboard.init_app(app, settings.redis_url)
+
+    @app.after_request
+    def no_cache(response):
+        """Every answer that can change (JSON, event streams, pages) is never cached.
+
+        Static files and a job's video (which never changes) keep their validators.
+        """
+        endpoint = request.endpoint or ""
+        if endpoint in FILE_ENDPOINTS and response.status_code in (200, 206, 304):
+            return response
+        headers = response.headers
+        for name, value in NO_CACHE_ITEMS:
+            headers[name] = value
+        return response
+
+    return app

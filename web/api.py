@@ -1,0 +1,149 @@
+"""The JSON API (``/api/v1``): submit, read, list and cancel jobs, and serve a job's video.
+
+Reading is open; writing needs the bearer token when ``PROGRESS_API_TOKEN`` is
+set (``web.auth``). Errors are raised, never answered here: ``web.errors``
+turns them into JSON with the right status code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request, send_file, url_for
+
+from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFound
+from progress_service.models import Status, validate_id
+
+from .auth import require_token
+from .jobs import job_history as find_history
+from .jobs import progress_store, recent_jobs, require_job, video_file
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+STATUSES = tuple(s.value for s in Status)
+
+
+def json_object(allowed: set[str], required: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The request body as a JSON object with only ``allowed`` fields (an empty body is ``{}``)."""
+    raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413
+    if not raw.strip():
+        body: Any = {}
+    else:
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"the body must be a JSON object: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"the body must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        names = ", ".join(sorted(allowed)) or "none"
+        raise InvalidInput(f"unknown field {unknown[0]!r} (allowed: {names})")
+    missing = sorted(required - set(body))
+    if missing:
+        raise InvalidInput(f"field {missing[0]!r} is required")
+    return body
+
+
+def urls_of(job_id: str, paper_id: str) -> dict[str, str]:
+    return {
+        "status_url": url_for("api.get_job", job_id=job_id),
+        "events_url": url_for("events.job_events", job_id=job_id),
+        "page_url": url_for("pages.status_page", paper_id=paper_id),
+    }
+
+
+def rq_connection():
+    """The (bytes-mode) Redis client RQ uses for the queue, built once per app."""
+    ext = current_app.extensions
+    if "progress_rq" not in ext:
+        import redis
+
+        ext["progress_rq"] = redis.Redis.from_url(progress_store().settings.redis_url)
+    return ext["progress_rq"]
+
+
+def worker_jobs():
+    try:
+        from worker import jobs
+    except ImportError as exc:
+        raise BackendUnavailable(f"the worker package cannot be imported: {exc}") from exc
+    return jobs
+
+
+@bp.post("/jobs")
+@require_token
+def submit_job():
+    body = json_object({"paper_id", "pipeline"}, frozenset({"paper_id"}))
+    paper_id = validate_id(body["paper_id"], "paper_id")
+    pipeline = validate_id(body.get("pipeline", "video"), "pipeline")
+    store = progress_store()
+    job_id = worker_jobs().submit_job(store.settings, paper_id, pipeline, store=store,
+                                      redis_conn=rq_connection())
+    answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
+    return jsonify(answer), 202, {"Location": answer["status_url"]}
+
+
+@bp.get("/jobs")
+def list_jobs():
+    args = request.args
+    unknown = sorted(k for k in args if k not in ("paper_id", "status", "limit") and not k.startswith("_"))
+    if unknown:
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (allowed: paper_id, status, limit)")
+    paper_id = args.get("paper_id") or None
+    if paper_id is not None:
+        validate_id(paper_id, "paper_id")
+    status = args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    raw_limit = args.get("limit", str(DEFAULT_LIMIT))
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}")
+    jobs, missing = recent_jobs(paper_id, status, limit)
+    headers = {"Warning": f'199 - "{missing}"'} if missing else {}
+    return jsonify(jobs=jobs), 200, headers
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    return jsonify(require_job(job_id))
+
+
+@bp.get("/jobs/<job_id>/history")
+def job_history(job_id: str):
+    return jsonify(find_history(job_id))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@require_token
+def cancel_job(job_id: str):
+    validate_id(job_id, "job_id")
+    json_object(set())
+    store = progress_store()
+    outcome = worker_jobs().cancel_job(store.settings, job_id, store=store, redis_conn=rq_connection())
+    answer = dict(outcome or {})
+    answer.setdefault("job_id", job_id)
+    answer.setdefault("status_url", url_for("api.get_job", job_id=job_id))
+    return jsonify(answer), 202
+
+
+@bp.get("/jobs/<job_id>/video")
+def job_video(job_id: str):
+    snap = require_job(job_id)
+    path = video_file(snap)
+    if path is None:
+        raise JobNotFound(f"job {job_id} has no video (status {snap['status']})")
+    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return send_file(path, mimetype=mimetype, conditional=True, etag=True, max_age=0,
+                     download_name=path.name)

@@ -1,0 +1,310 @@
+"""One Redis pub/sub connection per web process, fanned out to every SSE client.
+
+The hub subscribes once to ``<prefix>:events`` (the all-jobs channel) from one
+background listener and hands each event to the queues of the clients that
+watch that job. A thousand open streams cost one Redis connection, not a
+thousand.
+
+Per job with watchers the hub keeps the last full snapshot it knows (its
+*base*). An event whose ``seq`` is the base's + 1 becomes the next snapshot
+(``models.event_to_snapshot``), encoded as an SSE frame once and shared by
+every watcher. Without a base, or after a gap, the raw event goes out and each
+stream fills the gap from the store itself (``web.events``).
+
+Under gunicorn's gevent worker ``threading`` and ``queue`` are monkey-patched:
+the listener is a greenlet and a waiting client costs a greenlet, not a thread.
+Without gevent (the Flask test client, ``flask run``) they are plain threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from progress_service.errors import BackendUnavailable
+from progress_service.models import Status, eta_seconds, event_to_snapshot
+
+logger = logging.getLogger(__name__)
+
+RESYNC = "resync"  # queue item: events may have been lost, re-read the store
+SHUTDOWN = "shutdown"  # queue item: the process is stopping, end the stream (EventSource reconnects)
+QUEUE_LIMIT = 500  # items a slow client may lag before it is told to resync
+READY_TIMEOUT = 5.0  # seconds a new client waits for the listener's subscription
+ETA_POINTS = 20  # running events the hub keeps per job for the ETA
+_TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
+
+
+def sse_frame(snapshot: dict[str, Any]) -> bytes:
+    """One ``progress`` event: ``id: <seq>``, ``event: progress``, ``data: <snapshot>``."""
+    data = json.dumps(snapshot, separators=(",", ":"), allow_nan=False)
+    return f"id: {snapshot['seq']}\nevent: progress\ndata: {data}\n\n".encode()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the hub puts in a watcher's queue for one event.
+
+    ``snapshot`` and ``frame`` are set when the hub could build the snapshot
+    from its base; otherwise only the raw ``event`` is there.
+    """
+
+    seq: int
+    event: dict[str, Any]
+    snapshot: dict[str, Any] | None = None
+    frame: bytes | None = None
+
+
+@dataclass
+class _JobFeed:
+    watchers: set[Subscription] = field(default_factory=set)
+    base: dict[str, Any] | None = None
+    points: deque = field(default_factory=lambda: deque(maxlen=ETA_POINTS))
+
+    def offer(self, snapshot: dict[str, Any]) -> None:
+        if self.base is None or snapshot["seq"] > self.base["seq"]:
+            self.base = snapshot
+            at_ms = iso_to_ms(snapshot.get("progress_updated_at"))
+            if snapshot["status"] == Status.RUNNING.value and at_ms is not None:
+                self.points.append((at_ms, float(snapshot["progress_percent"])))
+
+    def advance(self, event: dict[str, Any]) -> Delivery | None:
+        seq = int(event["seq"])
+        base = self.base
+        if base is not None and seq <= base["seq"]:
+            return None  # old news for every watcher
+        if base is None or seq != base["seq"] + 1:
+            self.base = None  # a gap: the watchers re-read the store
+            return Delivery(seq, event)
+        snapshot = event_to_snapshot(base, event)
+        at_ms = event.get("progress_updated_at_ms")
+        if snapshot["status"] == Status.RUNNING.value and at_ms is not None:
+            self.points.append((int(at_ms), float(snapshot["progress_percent"])))
+            eta = eta_seconds(snapshot["status"], float(snapshot["progress_percent"]),
+                              int(at_ms), list(self.points))
+            if eta is not None:  # else keep the store's last estimate
+                snapshot["eta_seconds"] = eta
+        self.base = snapshot
+        return Delivery(seq, event, snapshot, sse_frame(snapshot))
+
+
+class Subscription:
+    """One SSE client's view of one job: a queue the hub fills."""
+
+    def __init__(self, hub: EventHub, job_id: str) -> None:
+        self.hub = hub
+        self.job_id = job_id
+        self._queue: queue.Queue = queue.Queue()
+        self.closed = False
+
+    def push(self, item: Delivery | str) -> None:
+        if self._queue.qsize() >= QUEUE_LIMIT:
+            self._drain()
+            item = RESYNC  # the client was too slow: it re-reads the store instead
+        self._queue.put_nowait(item)
+
+    def get(self, timeout: float) -> Delivery | str | None:
+        """The next delivery, ``RESYNC``, or None after ``timeout`` seconds of quiet."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def offer(self, snapshot: dict[str, Any]) -> None:
+        """Tell the hub a snapshot this client read from the store (a base for the next event)."""
+        self.hub.offer(self.job_id, snapshot)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub.unsubscribe(self)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+
+class EventHub:
+    """The process's one pub/sub listener and its watchers, keyed by job id.
+
+    ``client_factory`` builds the Redis client whose pub/sub connection the
+    listener holds; it is called in the listener, lazily, on the first
+    subscription, so nothing connects at import or in the gunicorn master.
+    """
+
+    def __init__(self, client_factory: Callable[[], Any], channel: str) -> None:
+        self._client_factory = client_factory
+        self.channel = channel
+        self._jobs: dict[str, _JobFeed] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._pubsub = None
+        self.client_count = 0
+        self.events_seen = 0
+        self.last_error: str | None = None  # the listener's last failure, until it subscribes again
+
+    # -- for the event stream ---------------------------------------------
+
+    def subscribe(self, job_id: str) -> Subscription:
+        """Watch ``job_id``; returns once the listener is subscribed, so nothing is missed."""
+        if self._stopping.is_set():
+            raise BackendUnavailable("this web process is shutting down")
+        self._ensure_listener()
+        deadline = time.monotonic() + READY_TIMEOUT
+        # A short sleep, not Event.wait(timeout): with a thousand greenlets waiting on one
+        # gevent Event at once (a burst of streams at start-up), some were never woken.
+        while not self._ready.is_set():
+            if self.last_error is not None or time.monotonic() > deadline:
+                raise BackendUnavailable(f"redis: the event listener is not subscribed: {self.last_error}")
+            time.sleep(0.01)
+        sub = Subscription(self, job_id)
+        with self._lock:
+            self._jobs.setdefault(job_id, _JobFeed()).watchers.add(sub)
+            self.client_count += 1
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            feed = self._jobs.get(sub.job_id)
+            if feed is None or sub not in feed.watchers:
+                return
+            feed.watchers.discard(sub)
+            self.client_count -= 1
+            if not feed.watchers:
+                del self._jobs[sub.job_id]
+
+    def offer(self, job_id: str, snapshot: dict[str, Any]) -> None:
+        with self._lock:
+            feed = self._jobs.get(job_id)
+            if feed is not None:
+                feed.offer(snapshot)
+
+    def close(self) -> None:
+        """Stop the listener and end every open stream (shutdown, tests).
+
+        A browser's EventSource reconnects by itself, with ``Last-Event-ID``, to
+        whichever worker is up, and misses nothing.
+        """
+        self._stopping.set()
+        pubsub = self._pubsub
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # closing a broken connection may fail; we are leaving anyway
+                pass
+        with self._lock:
+            feeds = list(self._jobs.values())
+        for feed in feeds:
+            for sub in list(feed.watchers):
+                sub.push(SHUTDOWN)
+
+    # -- the listener -----------------------------------------------------
+
+    def _ensure_listener(self) -> None:
+        pid = os.getpid()
+        if self._thread is not None and self._thread.is_alive() and self._pid == pid:
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and self._pid == pid:
+                return
+            self._pid = pid  # after a fork the child starts a listener of its own
+            self._ready.clear()
+            self._thread = threading.Thread(target=self._run, name="progress-events", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        confirmed = 0
+        client = None
+        while not self._stopping.is_set():
+            try:
+                if client is None:
+                    client = self._client_factory()
+                self._pubsub = pubsub = client.pubsub()
+                pubsub.subscribe(self.channel)
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    kind = message.get("type")
+                    if kind == "message":
+                        self._dispatch(message["data"])
+                    elif kind == "subscribe":
+                        confirmed += 1
+                        self.last_error = None
+                        self._ready.set()
+                        backoff = 0.1
+                        if confirmed > 1:  # a reconnect: events may have been lost meanwhile
+                            logger.info("event listener: resubscribed to %s", self.channel)
+                            self._broadcast(RESYNC)
+                        else:
+                            logger.info("event listener: subscribed to %s", self.channel)
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any failure
+                self._ready.clear()
+                self.last_error = str(exc) or type(exc).__name__
+                if self._stopping.is_set():
+                    break
+                logger.warning("event listener: %s; reconnecting in %.1f s", exc, backoff)
+                try:
+                    if self._pubsub is not None:
+                        self._pubsub.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                confirmed = max(confirmed, 1)  # the next confirmation is a re-subscription
+
+    def _dispatch(self, raw: str | bytes) -> None:
+        self.events_seen += 1
+        try:
+            event = json.loads(raw)
+            job_id = event["job_id"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("event listener: ignored a malformed event %r", raw[:200])
+            return
+        with self._lock:
+            feed = self._jobs.get(job_id)
+            if feed is None:
+                return
+            delivery = feed.advance(event)
+            watchers = list(feed.watchers)
+        if delivery is not None:
+            for sub in watchers:
+                sub.push(delivery)
+
+    def _broadcast(self, item: str) -> None:
+        with self._lock:
+            watchers = [sub for feed in self._jobs.values() for sub in feed.watchers]
+            for feed in self._jobs.values():
+                feed.base = None
+        for sub in watchers:
+            sub.push(item)
+
+
+def is_terminal(snapshot: dict[str, Any]) -> bool:
+    return snapshot["status"] in _TERMINAL
+
+
+def iso_to_ms(value: str | None) -> int | None:
+    """``models.iso_ms`` backwards: an ISO-8601 UTC string with milliseconds -> ms."""
+    if not value:
+        return None
+    try:
+        dt = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(dt.timestamp() * 1000 + 0.5)

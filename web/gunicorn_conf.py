@@ -1,0 +1,74 @@
+"""gunicorn settings for the web app: ``gunicorn -c web/gunicorn_conf.py``.
+
+The gevent worker class: an open event stream is a greenlet waiting on a
+queue, so one process serves thousands of streams (a sync worker would spend
+a whole process on each). gunicorn's gevent worker monkey-patches the worker
+process before it loads the app, so redis-py, psycopg, ``threading`` and
+``queue`` all yield to the event loop instead of blocking it.
+
+This file is read by the master, which never imports the app (``preload_app``
+stays off): each worker builds its own app, its own Redis connections and its
+own pub/sub listener after it was forked and patched.
+
+The environment may override: ``PROGRESS_WEB_BIND`` (127.0.0.1:8000),
+``PROGRESS_WEB_WORKERS`` (2), ``PROGRESS_WEB_CONNECTIONS`` (open connections
+per worker, 4000), ``PROGRESS_WEB_ACCESS_LOG`` (1: log each request).
+"""
+
+import os
+
+wsgi_app = "web:create_app()"
+bind = os.environ.get("PROGRESS_WEB_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("PROGRESS_WEB_WORKERS", "2"))
+worker_class = "gevent"
+worker_connections = int(os.environ.get("PROGRESS_WEB_CONNECTIONS", "4000"))
+preload_app = False
+# gevent workers tell the master they are alive from a greenlet of their own,
+# so a long-lived stream never counts against this timeout.
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+backlog = 2048
+accesslog = "-" if os.environ.get("PROGRESS_WEB_ACCESS_LOG", "0") == "1" else None
+errorlog = "-"
+loglevel = os.environ.get("PROGRESS_WEB_LOG_LEVEL", "info")
+proc_name = "progress-service-web"
+# gunicorn >= 24's control socket sits at one fixed path per user: two servers on a
+# machine (tests, benchmarks) would fight over it. Off; older gunicorns ignore the name.
+control_socket_disable = True
+
+
+
+def post_fork(server, worker):
+    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr.
+
+    gunicorn's own loggers do not propagate to the root logger, so nothing is logged twice.
+    """
+    import logging
+
+    logging.basicConfig(
+        level=loglevel.upper(),
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def post_worker_init(worker):
+    """When the worker is told to stop, end its event streams at once.
+
+    Otherwise every open stream would hold the worker for ``graceful_timeout``.
+    The browsers' EventSource reconnects by itself (with ``Last-Event-ID``) to a
+    worker that is up, and misses nothing.
+    """
+    import threading
+    import time
+
+    hub = getattr(worker.wsgi, "extensions", {}).get("progress_events")
+    if hub is None:
+        return
+
+    def end_streams_on_exit():
+        while worker.alive:
+            time.sleep(0.5)
+        hub.close()
+
+    threading.Thread(target=end_streams_on_exit, name="progress-streams-exit", daemon=True).start()

@@ -1,0 +1,132 @@
+"""Operations: ``/healthz`` and ``/metrics`` (Prometheus text).
+
+Each app has its own ``CollectorRegistry`` (nothing global, so tests can build
+many apps). What it exports:
+
+- ``progress_updates_accepted_total{reason}`` / ``progress_updates_rejected_total{reason}``:
+  the store's update counts by reason, read from Redis at scrape time
+  (``ProgressStore.read_stats``: a hash summed over every process);
+- ``progress_redis_up``: whether that read worked;
+- ``progress_sse_clients``: event streams open in *this* process;
+- ``progress_http_request_duration_seconds{method,endpoint,status}``: request
+  latency in this process (for an event stream, the time to open it).
+
+With several gunicorn workers the per-process values come from whichever
+worker answered the scrape; the update counts are global.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("ops", __name__)
+
+ACCEPTED_REASONS = frozenset({"ok", "unchanged"})
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+POSTGRES_CONNECT_TIMEOUT = 2
+STARTED = "progress.started"  # the WSGI environ key of a request's start time
+
+
+class StoreCollector:
+    """Reads the store's shared counters and the process's open streams at scrape time."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self):
+        store = self.app.extensions["progress"]
+        hub = self.app.extensions["progress_events"]
+        accepted = CounterMetricFamily(
+            "progress_updates_accepted", "Progress updates the store accepted, by reason (every process).",
+            labels=["reason"])
+        rejected = CounterMetricFamily(
+            "progress_updates_rejected", "Progress updates the store rejected, by reason (every process).",
+            labels=["reason"])
+        up = GaugeMetricFamily("progress_redis_up", "1 if the update counts could be read from Redis.")
+        try:
+            stats = store.read_stats()
+        except Exception as exc:  # a scrape must answer even with Redis down
+            logger.warning("metrics: cannot read the update counts: %s", exc)
+            up.add_metric([], 0)
+        else:
+            up.add_metric([], 1)
+            for reason in ACCEPTED_REASONS:
+                stats.setdefault(reason, 0)
+            for reason, count in sorted(stats.items()):
+                family = accepted if reason in ACCEPTED_REASONS else rejected
+                family.add_metric([reason], count)
+        yield accepted
+        yield rejected
+        yield up
+        yield GaugeMetricFamily("progress_sse_clients", "Server-Sent Events streams open in this process.",
+                                value=hub.client_count)
+
+
+class Metrics:
+    def __init__(self, app: Flask) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "progress_http_request_duration_seconds", "Time to answer a request (to open it, for a stream).",
+            ["method", "endpoint", "status"], registry=self.registry, buckets=LATENCY_BUCKETS)
+        self.registry.register(StoreCollector(app))
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def start(self) -> None:
+        request.environ[STARTED] = time.perf_counter()
+
+    def observe(self, response: Response) -> Response:
+        started = request.environ.get(STARTED)
+        if started is not None:
+            key = (request.method, request.endpoint or "unmatched", response.status_code)
+            child = self._children.get(key)
+            if child is None:  # labels() validates and locks: once per combination, not per request
+                child = self._children[key] = self.latency.labels(key[0], key[1], str(key[2]))
+            child.observe(time.perf_counter() - started)
+        return response
+
+
+def init_app(app: Flask) -> None:
+    metrics = Metrics(app)
+    app.extensions["progress_metrics"] = metrics
+    app.before_request(metrics.start)
+    app.after_request(metrics.observe)
+    app.register_blueprint(bp)
+
+
+@bp.get("/metrics")
+def metrics_text():
+    registry = current_app.extensions["progress_metrics"].registry
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/healthz")
+def healthz():
+    store = current_app.extensions["progress"]
+    answer: dict[str, str] = {}
+    down: list[str] = []
+    try:
+        store.client.ping()
+        answer["redis"] = "ok"
+    except Exception as exc:
+        answer["redis"] = "down"
+        down.append(f"redis: {exc}")
+    try:
+        import psycopg
+
+        psycopg.connect(store.settings.database_url, connect_timeout=POSTGRES_CONNECT_TIMEOUT).close()
+        answer["postgres"] = "ok"
+    except Exception as exc:
+        answer["postgres"] = "down"
+        down.append(f"postgres: {str(exc).strip()}")
+    if down:
+        answer.update(error="backend_unavailable", detail="; ".join(down))
+        return jsonify(answer), 503
+    return jsonify(answer)

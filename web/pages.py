@@ -1,0 +1,60 @@
+"""The pages: ``/`` (recent jobs) and ``/status/<paper_id>/`` (the paper's latest job, live).
+
+``/status/<paper_id>/?_json=1`` is CONTRACT's small JSON status of the paper,
+the page's fallback when its event stream fails.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, render_template, request, url_for
+
+from progress_service.models import validate_id
+
+from .jobs import job_history, latest_job, paper_status, progress_store, recent_jobs, video_url
+
+bp = Blueprint("pages", __name__)
+
+RECENT_JOBS = 50
+POLL_MS = 3000
+
+
+def _page_config(paper_id: str | None, snapshot, history) -> dict:
+    store = progress_store()
+    settings = store.settings
+    return {
+        "paper_id": paper_id,
+        "snapshot": snapshot,
+        "history": history,
+        "server_now_ms": store.server_time_ms(),
+        "stale_after": settings.stale_after,
+        "pending_stale_after": settings.pending_stale_after,
+        "poll_ms": POLL_MS,
+        "api_jobs_url": url_for("api.list_jobs"),
+        "status_json_url": url_for("pages.status_page", paper_id=paper_id, _json=1) if paper_id else None,
+        "video_url": video_url(snapshot) if snapshot else None,
+    }
+
+
+@bp.get("/")
+def index():
+    jobs, _missing = recent_jobs(limit=RECENT_JOBS)
+    config = _page_config(None, None, None)
+    config["jobs"] = jobs
+    config["status_base"] = url_for("pages.status_page", paper_id="_")[:-2]
+    return render_template("index.html", jobs=jobs, config=config,
+                           token_required=bool(progress_store().settings.api_token))
+
+
+@bp.get("/status/<paper_id>/")
+def status_page(paper_id: str):
+    validate_id(paper_id, "paper_id")
+    if request.args.get("_json", "") not in ("", "0"):
+        return jsonify(paper_status(paper_id))
+    snapshot = latest_job(paper_id)
+    history = job_history(snapshot["job_id"]) if snapshot else []
+    config = _page_config(paper_id, snapshot, history)
+    if snapshot is not None:
+        config["events_url"] = url_for("events.job_events", job_id=snapshot["job_id"])
+    return render_template("status.html", paper_id=paper_id, snapshot=snapshot, config=config,
+                           pmid=paper_id if paper_id.isdigit() else None,
+                           debug=current_app.debug)
