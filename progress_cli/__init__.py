@@ -1,0 +1,63 @@
+"""The ``progress-service`` command line.
+
+It lives outside ``progress_service`` because it wires every room together
+(the core, ``worker`` and ``web``), and the core imports neither. Each area
+registers its own subcommands from its own module here:
+
+- ``worker_commands``: worker, submit, run, papers
+- ``web_commands``: web
+- ``data_commands``: watch, mirror, db, demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from progress_service import ProgressError
+from progress_service.config import ConfigError
+
+AREAS = ("worker_commands", "web_commands", "data_commands")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="progress-service",
+        description="Track the progress of long pipeline jobs: one atomic Redis store, "
+        "RQ workers, a status API with live events, and a PostgreSQL record of finished jobs. "
+        "Configuration comes from the environment (REDIS_URL, DATABASE_URL, PROGRESS_*; see README).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for area in AREAS:
+        try:
+            module = importlib.import_module(f"{__name__}.{area}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{area}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (ProgressError, ConfigError) as exc:
+        print(f"progress-service {args.command}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from progress_cli import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""Subcommands about the data: watch, mirror, db, demo.
+
+- ``watch JOB_ID``: a live bar from pub/sub; the exit code tells how the job ended.
+- ``mirror``: copy every finished job PostgreSQL lacks (the due set, then a SCAN).
+- ``db upgrade`` / ``db status``: the PostgreSQL schema (``progress_service.migrations``).
+- ``demo``: the whole stack on one machine (``progress_cli.demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from progress_service import JobNotFound, Settings
+from progress_service.errors import BackendUnavailable
+
+# watch's exit codes, beside terminal.exit_code_for's 0 completed, 1 failed, 2 canceled
+EXIT_NOT_FOUND = 1  # like a failure: the job did not complete (the reason goes to stderr)
+EXIT_TIMEOUT = 124  # as timeout(1) does
+
+WATCH_EPILOG = """\
+exit status:
+  0    the job completed
+  1    the job failed, or no job has that id (neither Redis nor PostgreSQL knows it)
+  2    the job was canceled (2 is also argparse's code for a bad command line)
+  124  --timeout passed before the job finished
+
+examples:
+  progress-service watch 3f9c1d2e-...           # a bar on stderr until the job ends
+  progress-service submit 31452104 | xargs progress-service watch
+  progress-service watch JOB_ID --timeout 600 && echo done
+
+A job that Redis has expired (PROGRESS_JOB_TTL) is read from PostgreSQL, and its
+final state printed at once."""
+
+MIRROR_EPILOG = """\
+The worker's mirror thread does this every second; run it by hand after an outage,
+or to copy jobs whose due entry was lost (a writer died between its update and the
+queueing), which only the scan finds. Safe to run at any time and concurrently with
+the workers: a row is only ever replaced by one with a higher seq.
+
+examples:
+  progress-service mirror                  # prints how many rows landed
+  progress-service mirror --no-scan        # the due set only: fast, no SCAN of Redis
+  DATABASE_URL=postgresql://app@db/progress progress-service mirror"""
+
+DB_EPILOG = """\
+examples:
+  progress-service db upgrade     # before the first start, and after each upgrade of the code
+  progress-service db status      # the applied versions and the pending ones"""
+
+UPGRADE_EPILOG = """\
+Applies the migrations the database lacks (progress_service/migrations/NNNN_*.sql),
+each in a transaction with its row in schema_migrations. Safe to run twice and from
+several places at once (an advisory lock serialises them); prints the versions
+applied, or "already up to date".
+
+examples:
+  progress-service db upgrade
+  DATABASE_URL=postgresql://app@db:5432/progress progress-service db upgrade"""
+
+
+def register(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    watch = subparsers.add_parser(
+        "watch", help="a live terminal bar of one job, from pub/sub",
+        description="Draw a live progress bar of JOB_ID on stderr until it ends; print the "
+        "final state on stdout. The exit status tells how the job ended.",
+        epilog=WATCH_EPILOG, formatter_class=fmt)
+    watch.add_argument("job_id", metavar="JOB_ID", help="the job's id (what submit printed)")
+    watch.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                       help="give up after this many seconds (exit 124)")
+    watch.set_defaults(handler=cmd_watch)
+
+    mirror = subparsers.add_parser(
+        "mirror", help="copy every finished job not yet in PostgreSQL",
+        description="Copy every finished job that PostgreSQL lacks into progress_jobs: first "
+        "the jobs queued for the mirror, then a SCAN of Redis for any the queue lost.",
+        epilog=MIRROR_EPILOG, formatter_class=fmt)
+    mirror.add_argument("--no-scan", action="store_true",
+                        help="only the queued jobs; skip the SCAN of every job in Redis")
+    mirror.set_defaults(handler=cmd_mirror)
+
+    db = subparsers.add_parser(
+        "db", help="the PostgreSQL schema: upgrade, status",
+        description="Manage the PostgreSQL schema (table progress_jobs) at DATABASE_URL.",
+        epilog=DB_EPILOG, formatter_class=fmt)
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    upgrade = db_sub.add_parser(
+        "upgrade", help="create or upgrade the schema",
+        description="Create or upgrade the PostgreSQL schema at DATABASE_URL.",
+        epilog=UPGRADE_EPILOG, formatter_class=fmt)
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+    status = db_sub.add_parser(
+        "status", help="the applied and the pending migrations",
+        description="Print the migrations applied at DATABASE_URL and the pending ones; "
+        "exit 1 if any is pending.")
+    status.set_defaults(handler=cmd_db_status)
+
+    from progress_cli import demo
+
+    demo.register(subparsers)
+
+
+def _store(settings: Settings):
+    from progress_service.store import ProgressStore, connect
+
+    return ProgressStore(connect(settings), settings)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from progress_cli.terminal import exit_code_for, follow_job
+    from progress_service.mirror import Mirror
+    from progress_service.models import validate_id
+
+    validate_id(args.job_id)
+    settings = Settings.from_env()
+    store = _store(settings)
+    try:
+        final = follow_job(store, args.job_id, out=sys.stderr, timeout=args.timeout)
+    except JobNotFound:
+        final = None
+        try:
+            with Mirror(store, settings.database_url) as mirror:
+                final = mirror.fetch(args.job_id)
+        except BackendUnavailable as exc:
+            print(f"progress-service watch: PostgreSQL not asked ({exc})", file=sys.stderr)
+        if final is None:
+            print(f"progress-service watch: job {args.job_id} not found "
+                  "(neither Redis nor PostgreSQL knows it)", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        print(f"job {args.job_id} finished at {final['finished_at']} (from PostgreSQL; "
+              "Redis has expired it)", file=sys.stderr)
+    except TimeoutError:
+        print(f"progress-service watch: job {args.job_id} did not finish within "
+              f"{args.timeout:g}s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(_summary(final))
+    return exit_code_for(final["status"])
+
+
+def _summary(snap: dict) -> str:
+    line = f"{snap['job_id']} {snap['status']}"
+    if snap.get("error"):
+        line += f": {snap['error']}"
+    result = snap.get("result") or {}
+    where = result.get("video_path") or result.get("video_url")
+    if where:
+        line += f" {where}"
+    return line
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from progress_service.mirror import Mirror
+
+    settings = Settings.from_env()
+    with Mirror(_store(settings), settings.database_url) as mirror:
+        swept = mirror.sweep(limit=None)
+        scanned = 0 if args.no_scan else mirror.backfill()
+        total = mirror.count()
+    found = "" if args.no_scan else f", {scanned} found by the scan"
+    print(f"{swept + scanned} rows landed in PostgreSQL ({swept} queued{found}); "
+          f"progress_jobs holds {total}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from progress_service import migrations
+
+    applied = migrations.upgrade(Settings.from_env().database_url)
+    for migration in applied:
+        print(f"applied {migration}")
+    if not applied:
+        print(f"already up to date (version {migrations.latest_version()})")
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    from progress_service import migrations
+
+    url = Settings.from_env().database_url
+    with migrations.connect(url) as conn:
+        done = migrations.applied_versions(conn)
+    for migration in migrations.available():
+        state = "applied" if migration.version in done else "pending"
+        print(f"{migration}  {state}")
+    return 1 if any(m.version not in done for m in migrations.available()) else 0

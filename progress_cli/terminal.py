@@ -1,0 +1,123 @@
+"""A live one-line progress bar in the terminal, drawn from the store's pub/sub.
+
+    final = follow_job(store, job_id)          # draws on stderr until the job ends
+    sys.exit(exit_code_for(final["status"]))   # 0 completed, 1 failed, 2 canceled
+
+On a terminal the line is redrawn in place (``\\r``)::
+
+    [#########.........]  45.0%  generate-audio (3/5)  ETA 12s
+
+Elsewhere (a pipe, a log file) one line is printed per visible change.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from typing import Any, TextIO
+
+from progress_service import ProgressStore, Status
+
+__all__ = ["EXIT_CODES", "exit_code_for", "follow_job", "render_line"]
+
+EXIT_CODES = {Status.COMPLETED.value: 0, Status.FAILED.value: 1, Status.CANCELED.value: 2}
+BAR_WIDTH = 20
+
+
+def exit_code_for(status: str) -> int:
+    """0 completed, 1 failed, 2 canceled (1 for a job that has not ended)."""
+    return EXIT_CODES.get(str(status), 1)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def render_line(snap: dict[str, Any], eta: float | None = None, width: int = BAR_WIDTH) -> str:
+    """One line for a snapshot: bar, percent, step (i/n), then the ETA or how it ended."""
+    percent = float(snap.get("progress_percent") or 0)
+    filled = min(width, int(width * percent / 100))
+    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%"]
+    status = snap.get("status")
+    step = snap.get("current_step")
+    steps = snap.get("steps") or []
+    if step:
+        position = f" ({steps.index(step) + 1}/{len(steps)})" if step in steps else ""
+        parts.append(f"{step}{position}")
+    if status == Status.RUNNING.value:
+        if eta is None:
+            eta = snap.get("eta_seconds")
+        if eta is not None:
+            parts.append(f"ETA {_duration(eta)}")
+        if snap.get("is_stale"):
+            parts.append("(stale)")
+    elif status == Status.FAILED.value:
+        error = (snap.get("error") or "").strip().splitlines()
+        parts.append(f"failed: {error[0]}" if error else "failed")
+    else:
+        parts.append(str(status))
+    return "  ".join(parts)
+
+
+class _Eta:
+    """Seconds left at the rate seen since the first progress this follower saw."""
+
+    def __init__(self) -> None:
+        self.start: tuple[float, float] | None = None
+
+    def __call__(self, snap: dict[str, Any]) -> float | None:
+        if snap.get("status") != Status.RUNNING.value:
+            return None
+        percent = float(snap.get("progress_percent") or 0)
+        now = time.monotonic()
+        if self.start is None:
+            self.start = (now, percent)
+            return snap.get("eta_seconds")
+        t0, p0 = self.start
+        if now - t0 < 1.0 or percent <= p0:
+            return snap.get("eta_seconds")
+        return (100 - percent) * (now - t0) / (percent - p0)
+
+
+def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
+               timeout: float | None = None) -> dict[str, Any]:
+    """Draw ``job_id``'s progress on ``out`` (stderr) until it ends; return the final snapshot.
+
+    Raises ``JobNotFound`` for a job Redis does not hold, ``TimeoutError`` after
+    ``timeout`` seconds.
+    """
+    out = sys.stderr if out is None else out
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    eta = _Eta()
+    last = None
+    drawn = False
+    snap: dict[str, Any] | None = None
+    try:
+        for snap in store.subscribe(job_id, timeout=timeout):
+            line = render_line(snap, eta(snap))
+            if tty:
+                columns = shutil.get_terminal_size((100, 24)).columns
+                out.write("\r" + line[: max(columns - 1, 20)] + "\x1b[K")
+                drawn = True
+                out.flush()
+            elif line != last:
+                out.write(line + "\n")
+                out.flush()
+            last = line
+    finally:
+        if tty and drawn:
+            out.write("\n")
+            out.flush()
+    assert snap is not None  # subscribe yields at least the current snapshot
+    return snap

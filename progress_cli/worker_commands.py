@@ -1,0 +1,381 @@
+"""Subcommands about running jobs: worker, submit, run, papers.
+
+- ``worker``: an RQ worker on the pipeline queue, with the lost-job sweeper and
+  (unless ``--no-mirror``) the PostgreSQL mirror loop in threads beside it.
+- ``submit PAPER_ID``: queue a job; ``--wait`` follows it with a live bar.
+- ``run -- CMD ARG...``: any command as a tracked job, no queue, no worker.
+- ``papers``: the bundled paper ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+from progress_service import JobConflict, Settings
+from progress_service.errors import BackendUnavailable, InvalidInput
+from progress_service.models import validate_id, validate_steps
+
+logger = logging.getLogger("progress_cli.worker")
+
+EXIT_BAD_INPUT = 2
+
+WORKER_EPILOG = """\
+Runs jobs from the queue PROGRESS_QUEUE (default "pipelines") on REDIS_URL, each in a
+forked work horse, its pipeline in a process group of its own. Beside it, in threads:
+  - the lost-job sweeper: a running job whose heartbeat is older than
+    PROGRESS_WORKER_LOST_AFTER seconds (default 30; its worker was killed) ends
+    failed with the error "worker lost", in RQ too;
+  - the mirror (unless --no-mirror): finished jobs copied to PostgreSQL at DATABASE_URL;
+    skipped with a log line when progress_service.mirror is missing, retried with
+    back-off while PostgreSQL is down.
+Stop it with Ctrl-C or SIGTERM (a warm shutdown: the running job is finished first);
+a second Ctrl-C kills the job's process tree and the job ends failed.
+
+examples:
+  progress-service worker                         # run until stopped
+  progress-service worker --burst --no-mirror     # empty the queue, then exit
+  PROGRESS_QUEUE=videos REDIS_URL=redis://redis:6379/0 progress-service worker"""
+
+SUBMIT_EPILOG = """\
+Prints the job id on stdout. With --wait, draws a live bar on stderr until the job ends.
+
+exit status (with --wait): 0 completed, 1 failed, 2 canceled; 2 also for bad input.
+
+examples:
+  progress-service submit 34265844                    # prints the job id
+  progress-service submit 34265844 --wait             # ... and follows it to the end
+  progress-service submit 31452104 --pipeline video --job-id paper-31452104-1
+  progress-service watch "$(progress-service submit 34265844)\""""
+
+RUN_EPILOG = """\
+Runs CMD right here as a tracked job (no queue, no worker): the job is created, its
+progress parsed from CMD's output (STEP / PROGRESS / JSON lines, tqdm bars) and written
+to the store, and it ends completed, failed (with CMD's exit code and the last lines of
+its stderr) or canceled (Ctrl-C, or a cancel from the API: CMD's process tree is killed).
+The job id and where to see it go to stderr. The exit status is CMD's own.
+
+examples:
+  progress-service run -- python -m worker.pipelines.video 34265844 --out /tmp/video
+  progress-service run --steps download,convert,upload -- ./publish.sh
+  progress-service run --job-id nightly-2024-05-01 --paper-id 31452104 --timeout 3600 -- make all"""
+
+PAPERS_EPILOG = """\
+examples:
+  progress-service papers
+  progress-service submit "$(progress-service papers | head -1 | cut -f1)" --wait"""
+
+
+def register(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    worker = subparsers.add_parser(
+        "worker", help="an RQ worker for the pipeline queue (with the lost-job sweeper and the mirror)",
+        description="Run an RQ worker on the pipeline queue.", epilog=WORKER_EPILOG,
+        formatter_class=fmt)
+    worker.add_argument("--burst", action="store_true",
+                        help="exit once the queue is empty instead of waiting for jobs")
+    worker.add_argument("--mirror", dest="mirror", action="store_true", default=True,
+                        help="copy finished jobs to PostgreSQL in a thread (the default)")
+    worker.add_argument("--no-mirror", dest="mirror", action="store_false",
+                        help="do not run the PostgreSQL mirror loop")
+    worker.add_argument("--simple", action="store_true",
+                        help="run jobs in this process (RQ's SimpleWorker) instead of a forked "
+                             "work horse")
+    worker.add_argument("--name", default=None, help="the worker's name (default: a random one)")
+    worker.set_defaults(handler=cmd_worker)
+
+    submit = subparsers.add_parser(
+        "submit", help="queue a pipeline job for a paper; prints the job id",
+        description="Create a job for PAPER_ID (pending) and queue it for a worker.",
+        epilog=SUBMIT_EPILOG, formatter_class=fmt)
+    submit.add_argument("paper_id", metavar="PAPER_ID",
+                        help="the paper, e.g. a PubMed id (see `progress-service papers`)")
+    submit.add_argument("--pipeline", default="video", metavar="NAME",
+                        help="the pipeline to run (default: video)")
+    submit.add_argument("--job-id", default=None, metavar="ID",
+                        help="the job's id (default: a random one)")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the job with a live bar; the exit status tells how it ended")
+    submit.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="with --wait: give up waiting after this long (exit 124)")
+    submit.set_defaults(handler=cmd_submit)
+
+    run = subparsers.add_parser(
+        "run", help="run any command as a tracked job (no queue); exits with its code",
+        description="Run CMD as a tracked job and exit with its exit status.",
+        usage="progress-service run [options] -- CMD [ARG ...]",
+        epilog=RUN_EPILOG, formatter_class=fmt)
+    run.add_argument("--job-id", default=None, metavar="ID", help="the job's id (default: a random one)")
+    run.add_argument("--paper-id", default=None, metavar="ID",
+                     help="the paper the job belongs to (default: the job id)")
+    run.add_argument("--steps", default=None, metavar="A,B,C",
+                     help="the steps CMD announces with STEP lines, in order "
+                          "(default: the --pipeline's, else one step named 'run')")
+    run.add_argument("--pipeline", default=None, metavar="NAME",
+                     help="take steps and weights from this pipeline (e.g. video)")
+    run.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                     help="kill CMD after this long; the job fails as timed out")
+    run.add_argument("--echo", action="store_true",
+                     help="pass CMD's output through (stdout to stdout, stderr to stderr) "
+                          "instead of drawing a bar")
+    run.add_argument("--quiet", action="store_true", help="neither a bar nor CMD's output")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD",
+                     help="the command and its arguments, after --")
+    run.set_defaults(handler=cmd_run)
+
+    papers = subparsers.add_parser(
+        "papers", help="the paper ids of the bundled offline set, with titles",
+        description="List the bundled papers: id, a tab, the year and title.",
+        epilog=PAPERS_EPILOG, formatter_class=fmt)
+    papers.set_defaults(handler=cmd_papers)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _fail(command: str, message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"progress-service {command}: {message}", file=sys.stderr)
+    return code
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return url
+
+
+def _store(settings: Settings):
+    from progress_service.store import ProgressStore, connect
+
+    return ProgressStore(connect(settings), settings)
+
+
+# -- worker -----------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import redis
+
+    from worker.jobs import ProgressSimpleWorker, ProgressWorker, rq_connection
+    from worker.lost import LostJobSweeper
+
+    settings = Settings.from_env()
+    conn = rq_connection(settings)
+    try:
+        conn.ping()
+    except redis.RedisError as exc:
+        return _fail("worker", f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}", 1)
+    store = _store(settings)
+    stop = threading.Event()
+    threads = []
+    sweeper = LostJobSweeper(store, settings, rq_connection=conn, queue_names=[settings.queue_name])
+    threads.append(sweeper.start(stop))
+    mirror_state = "off (--no-mirror)"
+    if args.mirror:
+        mirror_thread, mirror_state = _start_mirror(store, settings, stop)
+        if mirror_thread is not None:
+            threads.append(mirror_thread)
+    worker_class = ProgressSimpleWorker if args.simple else ProgressWorker
+    worker = worker_class([settings.queue_name], connection=conn, store=store, name=args.name)
+    logger.info(
+        "worker %s: queue %r on %s; progress store %s (prefix %r); jobs failed as worker lost "
+        "after %gs without a heartbeat; mirror %s; %s",
+        worker.name, settings.queue_name, _safe_url(settings.redis_url),
+        _safe_url(settings.progress_redis_url), settings.key_prefix, settings.worker_lost_after,
+        mirror_state, "burst mode" if args.burst else "waiting for jobs")
+    try:
+        worker.work(burst=args.burst, logging_level="DEBUG" if args.verbose else None)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+    logger.info("worker %s: stopped", worker.name)
+    return 0
+
+
+def _start_mirror(store, settings: Settings, stop: threading.Event):
+    try:
+        from progress_service.mirror import Mirror
+    except ImportError as exc:
+        logger.info("mirror: not started (%s)", exc)
+        return None, f"not available ({exc})"
+    try:
+        mirror = Mirror(store, settings.database_url)
+    except Exception as exc:  # the mirror retries a dead PostgreSQL itself; this is worse
+        logger.warning("mirror: not started (%s)", exc)
+        return None, f"not started ({exc})"
+    thread = threading.Thread(target=mirror.run_forever, args=(stop,), name="mirror", daemon=True)
+    thread.start()
+    return thread, f"on ({_safe_url(settings.database_url)})"
+
+
+# -- submit -----------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from progress_cli.terminal import exit_code_for, follow_job
+    from worker.jobs import submit_job
+
+    settings = Settings.from_env()
+    store = _store(settings)
+    try:
+        job_id = submit_job(settings, args.paper_id, args.pipeline, job_id=args.job_id, store=store)
+    except (InvalidInput, JobConflict) as exc:
+        return _fail("submit", str(exc))
+    print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    try:
+        final = follow_job(store, job_id, out=sys.stderr, timeout=args.timeout)
+    except TimeoutError:
+        return _fail("submit", f"job {job_id} did not finish within {args.timeout:g}s", 124)
+    print(_summary(final), file=sys.stderr)
+    return exit_code_for(final["status"])
+
+
+def _summary(snap: dict) -> str:
+    line = f"job {snap['job_id']} {snap['status']}"
+    if snap.get("error"):
+        lines = snap["error"].splitlines()
+        line += f": {lines[0]}" if len(lines) == 1 else f": {lines[0]} … {lines[-1]}"
+    result = snap.get("result") or {}
+    where = result.get("video_path") or result.get("video_url")
+    if where:
+        line += f" ({where})"
+    return line
+
+
+# -- run ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.runner import run_command
+
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        return _fail("run", "no command given: put it after --, e.g. "
+                            "progress-service run -- python script.py")
+    try:
+        job_id = validate_id(args.job_id, "job_id") if args.job_id else uuid.uuid4().hex
+        paper_id = validate_id(args.paper_id, "paper_id") if args.paper_id else job_id
+        steps, weights, pipeline = _run_steps(args)
+    except (InvalidInput, ValueError) as exc:
+        return _fail("run", str(exc))
+    settings = Settings.from_env()
+    store = _store(settings)
+    try:
+        store.create_job(job_id, paper_id, steps=steps, pipeline=pipeline)
+    except JobConflict as exc:
+        return _fail("run", f"{exc}; choose another --job-id")
+    print(f"progress-service run: job {job_id} (paper {paper_id}): "
+          f"GET /api/v1/jobs/{job_id} or /status/{paper_id}/ on the web server; "
+          f"progress-service watch {job_id}", file=sys.stderr, flush=True)
+
+    bar = None
+    if not args.echo and not args.quiet:
+        bar = _BarThread(settings, job_id)
+        if sys.stderr.isatty() and not args.verbose:  # log lines would tear the bar
+            for name in ("worker.runner", "progress_service.store"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+        bar.start()
+    on_output = _echo if args.echo else None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        outcome = run_command(store, job_id, argv, steps=steps, weights=weights, settings=settings,
+                              on_output=on_output, timeout=args.timeout)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.join()
+        print(f"progress-service run: job {job_id} canceled (interrupted)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if bar is not None:
+        bar.join()
+    line = f"progress-service run: job {job_id} {outcome.status}"
+    if outcome.error:
+        lines = outcome.error.splitlines()
+        line += f": {lines[0]}" if len(lines) == 1 else f": {lines[0]} … {lines[-1]}"
+    print(line, file=sys.stderr)
+    if outcome.survivors:
+        print(f"progress-service run: processes left running: {outcome.survivors}", file=sys.stderr)
+    return outcome.shell_exit_code
+
+
+def _run_steps(args: argparse.Namespace):
+    if args.steps is not None and args.pipeline is not None:
+        raise InvalidInput("give --steps or --pipeline, not both")
+    if args.pipeline is not None:
+        from worker.jobs import _pipeline
+
+        spec = _pipeline(args.pipeline)
+        return list(spec.steps), spec.weights, spec.name
+    if args.steps is not None:
+        return validate_steps([s.strip() for s in args.steps.split(",")]), None, "command"
+    return ["run"], None, "command"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _echo(stream: str, line: str) -> None:
+    target = sys.stdout if stream == "stdout" else sys.stderr
+    target.write(line + "\n")
+    target.flush()
+
+
+class _BarThread:
+    """``follow_job`` on stderr in a thread, beside the command."""
+
+    def __init__(self, settings: Settings, job_id: str) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.thread = threading.Thread(target=self._run, name="bar", daemon=True)
+
+    def _run(self) -> None:
+        from progress_cli.terminal import follow_job
+
+        try:
+            follow_job(_store(self.settings), self.job_id, out=sys.stderr)
+        except (BackendUnavailable, OSError) as exc:
+            logger.warning("run: the live bar stopped: %s", exc)
+        except Exception:
+            logger.exception("run: the live bar failed")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(timeout=10)
+
+
+# -- papers -----------------------------------------------------------------------
+
+
+def cmd_papers(args: argparse.Namespace) -> int:
+    from worker.pipelines.papers import list_papers
+
+    for paper in list_papers():
+        print(f"{paper.pmid}\t{paper.year}  {paper.title}")
+    return 0
