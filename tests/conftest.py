@@ -1,0 +1,240 @@
+"""One suite, two backends (the way fakeredis' own conftest does it).
+
+``redis_client`` runs each test twice: on fakeredis (``[fake]``) and on a real
+Redis (``[real]``). The real servers come from the environment, or are started
+embedded once per session (progress_service.embedded) when nothing answers:
+
+- Redis: ``PROGRESS_TEST_REDIS_URL``, else ``REDIS_URL``, else redis://127.0.0.1:6379/0
+- PostgreSQL: ``PROGRESS_TEST_DATABASE_URL``, else ``DATABASE_URL``, else
+  postgresql://postgres@127.0.0.1:5432/postgres
+
+A real server may be shared: nothing here flushes it. Tests are kept apart by
+a key prefix of their own (``key_prefix``), and their keys deleted afterwards.
+
+Tests that need a real backend are marked ``backend``. Where no backend can be
+had they are skipped, except in strict mode (``PROGRESS_TEST_STRICT=1``, set by
+CI), where such a skip is a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+
+import pytest
+
+STRICT = os.environ.get("PROGRESS_TEST_STRICT") == "1"
+ALLOW_NO_CLUSTER = os.environ.get("PROGRESS_TEST_ALLOW_NO_CLUSTER") == "1"
+
+CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"
+CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+
+# A test that uses one of these fixtures talks to a real server.
+BACKEND_FIXTURES = {"real_redis_url", "real_redis", "postgres_url", "pg_settings", "redis_cluster"}
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test for want of a backend; in strict mode fail it instead."""
+    if STRICT:
+        pytest.fail(f"{reason} (PROGRESS_TEST_STRICT=1: a missing backend fails)", pytrace=False)
+    pytest.skip(reason)
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def postgres_answers(url: str) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def uses_fake_redis(node) -> bool:
+    """Whether ``node`` is the ``[fake]`` run of a test parametrized by ``redis_client``."""
+    callspec = getattr(node, "callspec", None)
+    return callspec is not None and callspec.params.get("redis_client") == "fake"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        real_settings = "settings" in names and not uses_fake_redis(item)
+        if real_settings or BACKEND_FIXTURES & names:
+            item.add_marker(pytest.mark.backend)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    skipped = report.skipped and not hasattr(report, "wasxfail")
+    if STRICT and skipped and item.get_closest_marker("backend"):
+        if not (ALLOW_NO_CLUSTER and "redis_cluster" in getattr(item, "fixturenames", ())):
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+            report.outcome = "failed"
+            report.longrepr = f"PROGRESS_TEST_STRICT=1: a backend test may not be skipped: {reason}"
+    return report
+
+
+@pytest.fixture(scope="session")
+def redis_server_bin() -> str | None:
+    from progress_service.embedded import redis_server_binary
+
+    return redis_server_binary()
+
+
+@pytest.fixture(scope="session")
+def real_redis_url(redis_server_bin):
+    url = (
+        os.environ.get("PROGRESS_TEST_REDIS_URL")
+        or os.environ.get("REDIS_URL")
+        or "redis://127.0.0.1:6379/0"
+    )
+    if redis_answers(url):
+        yield url
+        return
+    if redis_server_bin is None:
+        unavailable(f"no Redis answers at {url}, and there is no redis-server to start")
+    from progress_service.embedded import EmbeddedRedis, EmbeddedServerError
+
+    try:
+        server = EmbeddedRedis(binary=redis_server_bin)
+    except EmbeddedServerError as exc:
+        unavailable(f"no Redis answers at {url}, and an embedded one failed: {exc}")
+    with server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    url = (
+        os.environ.get("PROGRESS_TEST_DATABASE_URL")
+        or os.environ.get("DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    if postgres_answers(url):
+        yield url
+        return
+    from progress_service.embedded import EmbeddedPostgres, EmbeddedServerError
+
+    try:
+        server = EmbeddedPostgres()
+    except EmbeddedServerError as exc:
+        unavailable(f"no PostgreSQL answers at {url}, and an embedded one failed: {exc}")
+    with server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_server_bin):
+    """A Redis Cluster of three masters on loopback, for the whole session."""
+    if redis_server_bin is None:
+        reason = "no redis-server binary to start a Redis Cluster"
+        if ALLOW_NO_CLUSTER:
+            pytest.skip(f"{reason} (PROGRESS_TEST_ALLOW_NO_CLUSTER=1)")
+        unavailable(reason)
+    from progress_service.embedded import EmbeddedRedisCluster
+
+    with EmbeddedRedisCluster(3, binary=redis_server_bin) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A prefix of this test's own: the real server is shared, never flushed."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def _delete_keys(client, key_prefix: str) -> None:
+    for key in client.scan_iter(match=f"*{key_prefix}*", count=1000):
+        client.unlink(key)
+
+
+@pytest.fixture
+def real_redis(real_redis_url, key_prefix):
+    """A client of the real Redis; the test's keys are deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(real_redis_url)
+    yield client
+    _delete_keys(client, key_prefix)
+    client.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("fake", id="fake"),
+        pytest.param("real", id="real", marks=pytest.mark.backend),
+    ]
+)
+def redis_client(request, key_prefix):
+    """fakeredis (a fresh server per test) or the real Redis."""
+    if request.param == "fake":
+        import fakeredis
+
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        yield client
+        client.close()
+    else:
+        yield request.getfixturevalue("real_redis")
+
+
+@pytest.fixture
+def settings(request, key_prefix):
+    """Settings for this test: its own key prefix and queue, short intervals.
+
+    ``redis_url`` is the real server's, except in ``[fake]`` runs: there it is a
+    closed port, and no server is started. ``database_url`` is the real
+    PostgreSQL only where the test asks for ``postgres_url`` or ``pg_settings``;
+    else a closed port too, so that no test reaches a database by accident.
+    """
+    from progress_service.config import Settings
+
+    wants_postgres = {"postgres_url", "pg_settings"}.intersection(request.fixturenames)
+    env = {
+        "REDIS_URL": (
+            CLOSED_REDIS_URL
+            if uses_fake_redis(request.node)
+            else request.getfixturevalue("real_redis_url")
+        ),
+        "DATABASE_URL": (
+            request.getfixturevalue("postgres_url") if wants_postgres else CLOSED_DATABASE_URL
+        ),
+        "PROGRESS_KEY_PREFIX": key_prefix,
+        "PROGRESS_MIN_INTERVAL": "0.05",
+        "PROGRESS_STALE_AFTER": "2",
+        "PROGRESS_PENDING_STALE_AFTER": "3",
+        "PROGRESS_WORKER_LOST_AFTER": "3",
+        "PROGRESS_QUEUE": f"{key_prefix}-pipelines",
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def pg_settings(settings, postgres_url):
+    """``settings`` with ``database_url`` pointing at the real PostgreSQL."""
+    return dataclasses.replace(settings, database_url=postgres_url)
+
+
+@pytest.fixture
+def store(redis_client, settings):
+    from progress_service.store import ProgressStore
+
+    return ProgressStore(redis_client, settings)

@@ -1,0 +1,550 @@
+"""The JSON API, the status JSON, health, metrics and the RQ dashboard, through Flask's test client.
+
+On the real Redis (each test under a key prefix of its own) and, where a test
+needs it, the real PostgreSQL (in a schema of the test's own).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import time
+import urllib.parse
+import uuid
+
+import psycopg
+import pytest
+import redis
+
+from progress_service.models import DEFAULT_STEPS
+from progress_service.store import ProgressStore
+from web import create_app
+
+STEPS = list(DEFAULT_STEPS)
+NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
+SNAPSHOT_KEYS = {
+    "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
+    "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at", "started_at",
+    "progress_updated_at", "finished_at", "heartbeat_at", "is_stale", "eta_seconds",
+}
+STATUS_KEYS = {
+    "paper_id", "pmid", "exists", "status", "current_step", "completed_steps", "progress_percent",
+    "progress_updated_at", "is_stale", "final_video", "final_video_url", "job_id",
+}
+TOKEN = "s3cret-token"
+CLOSED_REDIS = "redis://127.0.0.1:1/0"
+BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9"]
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def build(settings):
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def app(settings, real_redis):
+    app = build(settings)
+    yield app
+    app.extensions["progress_events"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def jobs(app) -> ProgressStore:
+    """The app's own store, for making jobs and driving their updates."""
+    return app.extensions["progress"]
+
+
+def with_search_path(url: str, schema: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query)
+    query.append(("options", f"-c search_path={schema}"))
+    return urllib.parse.urlunsplit(
+        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
+
+
+@pytest.fixture
+def db_url(postgres_url):
+    """The real PostgreSQL, with ``progress_jobs`` in a fresh schema of this test's own."""
+    from progress_service import migrations
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = with_search_path(postgres_url, schema)
+    migrations.upgrade(url)
+    yield url
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_app(settings, real_redis, db_url):
+    app = build(dataclasses.replace(settings, database_url=db_url))
+    yield app
+    mirror = app.extensions.get("progress_mirror")
+    if mirror is not None:
+        mirror.close()
+    app.extensions["progress_events"].close()
+
+
+def assert_no_cache(response):
+    for name, value in NO_CACHE.items():
+        assert response.headers.get(name) == value, (name, response.headers)
+
+
+def assert_error(response, status, what=None):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) >= {"error", "detail"} and body["detail"], body
+    if what is not None:
+        assert body["error"] == what, body
+    assert_no_cache(response)
+    return body
+
+
+def running_job(store, job_id="job-1", paper_id="31452104", progress=40, step="generate-audio"):
+    store.create_job(job_id, paper_id, steps=STEPS)
+    store.update(job_id, status="running", current_step="fetch-paper", progress_percent=5)
+    store.update(job_id, current_step=step, progress_percent=progress, message="speaking slide 2/6")
+    return job_id
+
+
+def completed_job(store, job_id, paper_id, video_path=None):
+    store.create_job(job_id, paper_id, steps=STEPS)
+    store.update(job_id, status="running", current_step="fetch-paper", progress_percent=10)
+    result = {"video_url": f"file://{video_path}", "video_path": str(video_path)} if video_path else {}
+    store.update(job_id, progress_percent=100, result=result)
+    return job_id
+
+
+# -- reading ----------------------------------------------------------------
+
+
+def test_job_snapshot_has_the_contract_shape_and_no_cache_headers(client, jobs):
+    running_job(jobs)
+    r = client.get("/api/v1/jobs/job-1")
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    assert_no_cache(r)
+    snap = r.get_json()
+    assert set(snap) == SNAPSHOT_KEYS
+    assert snap["status"] == "running" and snap["progress_percent"] == 40
+    assert snap["current_step"] == "generate-audio"
+    assert snap["completed_steps"] == ["fetch-paper", "generate-script"]
+    assert snap["total_steps"] == 5 and snap["seq"] == 3 and snap["is_stale"] is False
+    assert snap["message"] == "speaking slide 2/6"
+
+
+def test_history_lists_every_accepted_change(client, jobs):
+    running_job(jobs)
+    r = client.get("/api/v1/jobs/job-1/history")
+    assert r.status_code == 200
+    assert_no_cache(r)
+    history = r.get_json()
+    assert [e["seq"] for e in history] == [1, 2, 3]
+    assert set(history[0]) == {"seq", "at", "progress_percent", "current_step", "status"}
+    assert [e["status"] for e in history] == ["pending", "running", "running"]
+    assert history[-1]["current_step"] == "generate-audio" and history[-1]["progress_percent"] == 40
+
+
+def test_list_jobs_newest_first_filtered_and_limited(client, jobs):
+    running_job(jobs, "job-a", "111")
+    completed_job(jobs, "job-b", "222")
+    running_job(jobs, "job-c", "111", progress=20)
+    r = client.get("/api/v1/jobs")
+    assert r.status_code == 200
+    assert_no_cache(r)
+    assert [j["job_id"] for j in r.get_json()["jobs"]] == ["job-c", "job-b", "job-a"]
+    assert set(r.get_json()["jobs"][0]) == SNAPSHOT_KEYS
+    assert "PostgreSQL is unavailable" in r.headers["Warning"]  # the list says what it could not check
+    by_paper = client.get("/api/v1/jobs?paper_id=111").get_json()["jobs"]
+    assert [j["job_id"] for j in by_paper] == ["job-c", "job-a"]
+    done = client.get("/api/v1/jobs?status=completed").get_json()["jobs"]
+    assert [j["job_id"] for j in done] == ["job-b"]
+    assert [j["job_id"] for j in client.get("/api/v1/jobs?limit=1").get_json()["jobs"]] == ["job-c"]
+
+
+@pytest.mark.parametrize("query, field", [
+    ("status=finished", "status"),
+    ("limit=0", "limit"),
+    ("limit=1001", "limit"),
+    ("limit=ten", "limit"),
+    ("paper_id=bad%20id", "paper_id"),
+    ("paperid=111", "paperid"),
+])
+def test_list_jobs_rejects_bad_queries(client, query, field):
+    body = assert_error(client.get(f"/api/v1/jobs?{query}"), 400, "invalid_input")
+    assert field in body["detail"]
+
+
+@pytest.mark.parametrize("job_id", BAD_IDS)
+@pytest.mark.parametrize("tail", ["", "/history", "/events", "/video"])
+def test_malformed_job_ids_are_400(client, job_id, tail):
+    body = assert_error(client.get(f"/api/v1/jobs/{job_id}{tail}"), 400, "invalid_input")
+    assert "job_id" in body["detail"]
+
+
+@pytest.mark.parametrize("paper_id", BAD_IDS)
+def test_malformed_paper_ids_are_400(client, paper_id):
+    assert_error(client.get(f"/status/{paper_id}/?_json=1"), 400, "invalid_input")
+    page = client.get(f"/status/{paper_id}/")
+    assert page.status_code == 400 and page.mimetype == "text/html"
+
+
+def test_unknown_job_is_404_after_checking_postgres(pg_app):
+    client = pg_app.test_client()
+    for tail in ("", "/history", "/events", "/video"):
+        assert_error(client.get(f"/api/v1/jobs/no-such-job{tail}"), 404, "not_found")
+
+
+def test_unknown_job_with_postgres_down_is_503_not_a_false_404(client):
+    """Redis does not hold it, and PostgreSQL, which might, does not answer: nobody knows."""
+    body = assert_error(client.get("/api/v1/jobs/no-such-job"), 503, "backend_unavailable")
+    assert "postgres" in body["detail"]
+
+
+def test_flask_errors_are_json_under_api(client, jobs):
+    running_job(jobs)
+    assert_error(client.get("/api/v1/no-such-endpoint"), 404, "not_found")
+    r = client.delete("/api/v1/jobs/job-1")
+    assert_error(r, 405, "method_not_allowed")
+    assert "GET" in r.headers["Allow"]
+    body = assert_error(client.post("/api/v1/jobs", data=b"x" * (32 * 1024),
+                                    content_type="application/json"), 413)
+    assert body["error"] == "request_entity_too_large"
+
+
+# -- the status JSON of a paper --------------------------------------------------
+
+
+def test_status_json_of_a_running_job(client, jobs):
+    running_job(jobs, paper_id="31452104")
+    r = client.get("/status/31452104/?_json=1")
+    assert r.status_code == 200
+    assert_no_cache(r)
+    status = r.get_json()
+    assert set(status) == STATUS_KEYS
+    assert status == {
+        "paper_id": "31452104", "pmid": "31452104", "exists": True, "status": "running",
+        "current_step": "generate-audio", "completed_steps": ["fetch-paper", "generate-script"],
+        "progress_percent": 40, "progress_updated_at": status["progress_updated_at"],
+        "is_stale": False, "final_video": None, "final_video_url": None, "job_id": "job-1",
+    }
+    assert status["progress_updated_at"].endswith("Z")
+
+
+def test_status_json_follows_the_papers_latest_job(client, jobs):
+    completed_job(jobs, "old-job", "31452104")
+    created = jobs.server_time_ms()
+    wait_for(lambda: jobs.server_time_ms() > created)  # the index orders a paper's jobs by the ms they began
+    running_job(jobs, "new-job", "31452104", progress=20)
+    assert client.get("/status/31452104/?_json=1").get_json()["job_id"] == "new-job"
+
+
+def test_status_json_of_an_unknown_paper_is_200_exists_false(client):
+    status = client.get("/status/PMC-abc.1/?_json=1").get_json()
+    assert set(status) == STATUS_KEYS
+    assert status["exists"] is False and status["pmid"] is None and status["job_id"] is None
+    assert status["status"] is None and status["progress_percent"] is None
+    assert status["completed_steps"] == [] and status["final_video_url"] is None
+
+
+def test_completed_job_serves_its_video(client, jobs, tmp_path):
+    video = tmp_path / "31452104.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    completed_job(jobs, "job-v", "31452104", video_path=video)
+    status = client.get("/status/31452104/?_json=1").get_json()
+    assert status["status"] == "completed" and status["progress_percent"] == 100
+    assert status["final_video"] == "31452104.mp4"
+    assert status["final_video_url"] == "/api/v1/jobs/job-v/video"
+    r = client.get(status["final_video_url"])
+    assert r.status_code == 200 and r.mimetype == "video/mp4"
+    assert r.data == video.read_bytes()
+    partial = client.get(status["final_video_url"], headers={"Range": "bytes=0-99"})
+    assert partial.status_code == 206 and len(partial.data) == 100  # a <video> seeks with ranges
+
+
+def test_only_a_video_named_in_a_completed_result_is_served(client, jobs, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for you")
+    jobs.create_job("job-x", "31452104", steps=STEPS)
+    jobs.update("job-x", status="running", current_step="fetch-paper", progress_percent=10)
+    jobs.update("job-x", progress_percent=100, result={"video_path": str(secret)})
+    assert_error(client.get("/api/v1/jobs/job-x/video"), 404, "not_found")
+    running = running_job(jobs, "job-r", "222")
+    assert_error(client.get(f"/api/v1/jobs/{running}/video"), 404, "not_found")
+    assert client.get("/api/v1/jobs/job-x/video/../../../etc/passwd").status_code == 404
+
+
+# -- writing: tokens, bodies --------------------------------------------------------
+
+
+@pytest.fixture
+def token_app(settings, real_redis):
+    app = build(dataclasses.replace(settings, api_token=TOKEN))
+    yield app
+    app.extensions["progress_events"].close()
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer wrong-token"},
+    {"Authorization": f"Basic {base64.b64encode(f'x:{TOKEN}'.encode()).decode()}"},
+    {"Authorization": TOKEN},
+])
+def test_writing_needs_the_bearer_token(token_app, headers):
+    client = token_app.test_client()
+    r = client.post("/api/v1/jobs", json={"paper_id": "31452104"}, headers=headers)
+    assert_error(r, 401, "unauthorized")
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_error(client.post("/api/v1/jobs/job-1/cancel", headers=headers), 401, "unauthorized")
+
+
+def test_reading_needs_no_token(token_app):
+    client = token_app.test_client()
+    token_app.extensions["progress"].create_job("job-1", "31452104", steps=STEPS)
+    assert client.get("/api/v1/jobs/job-1").status_code == 200
+    assert client.get("/status/31452104/?_json=1").status_code == 200
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"[1, 2]", "JSON object"),
+    (b"not json", "JSON object"),
+    (b'"31452104"', "JSON object"),
+    (json.dumps({"paper_id": "31452104", "priority": 1}).encode(), "'priority'"),
+    (json.dumps({"pipeline": "video"}).encode(), "'paper_id'"),
+    (json.dumps({"paper_id": "bad id"}).encode(), "paper_id"),
+    (json.dumps({"paper_id": 31452104}).encode(), "paper_id"),
+    (json.dumps({"paper_id": "31452104", "pipeline": "../x"}).encode(), "pipeline"),
+])
+def test_submit_rejects_bad_bodies_naming_the_field(token_app, body, field):
+    client = token_app.test_client()
+    r = client.post("/api/v1/jobs", data=body, content_type="application/json",
+                    headers={"Authorization": f"Bearer {TOKEN}"})
+    assert field in assert_error(r, 400, "invalid_input")["detail"]
+
+
+def test_cancel_rejects_a_body_with_fields(token_app):
+    r = token_app.test_client().post("/api/v1/jobs/job-1/cancel", json={"force": True},
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    assert "'force'" in assert_error(r, 400, "invalid_input")["detail"]
+
+
+# -- backends down ---------------------------------------------------------------------
+
+
+def test_redis_down_is_503_everywhere(settings):
+    down = dataclasses.replace(settings, redis_url=CLOSED_REDIS, progress_redis_url=CLOSED_REDIS)
+    app = build(down)
+    client = app.test_client()
+    for url in ("/api/v1/jobs/job-1", "/api/v1/jobs/job-1/history", "/api/v1/jobs",
+                "/status/31452104/?_json=1", "/api/v1/jobs/job-1/events"):
+        body = assert_error(client.get(url), 503, "backend_unavailable")
+        assert "redis" in body["detail"], (url, body)
+    assert client.get("/status/31452104/").status_code == 503
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.get_json()["redis"] == "down"
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and "progress_redis_up 0.0" in metrics.get_data(as_text=True)
+    app.extensions["progress_events"].close()
+
+
+def test_healthz_ok_with_both_backends(pg_app):
+    r = pg_app.test_client().get("/healthz")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"redis": "ok", "postgres": "ok"}
+    assert_no_cache(r)
+
+
+def test_healthz_names_postgres_when_it_is_down(client):
+    r = client.get("/healthz")
+    body = assert_error(r, 503, "backend_unavailable")
+    assert body["redis"] == "ok" and body["postgres"] == "down" and "postgres" in body["detail"]
+
+
+# -- metrics, dashboard, pages -------------------------------------------------------------
+
+
+def test_metrics_count_updates_by_reason_streams_and_latency(client, jobs):
+    running_job(jobs)
+    jobs.update("job-1", progress_percent=10)  # a regression: rejected
+    jobs.update("job-1", progress_percent=40)  # unchanged
+    jobs.update("no-such-job", progress_percent=50)  # not_found
+    jobs.flush_stats()
+    client.get("/api/v1/jobs/job-1")
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.mimetype == "text/plain"
+    text = r.get_data(as_text=True)
+    assert 'progress_updates_accepted_total{reason="ok"} 2.0' in text
+    assert 'progress_updates_accepted_total{reason="unchanged"} 1.0' in text
+    assert 'progress_updates_rejected_total{reason="regression"} 1.0' in text
+    assert 'progress_updates_rejected_total{reason="not_found"} 1.0' in text
+    assert "progress_sse_clients 0.0" in text
+    assert "progress_redis_up 1.0" in text
+    assert ('progress_http_request_duration_seconds_count{endpoint="api.get_job",method="GET",status="200"} 1.0'
+            in text)
+
+
+def test_rq_dashboard_is_mounted_at_rq(client):
+    r = client.get("/rq/")
+    assert r.status_code == 200 and b"RQ" in r.data
+    assert client.get("/rq/0/data/queues.json").status_code == 200
+
+
+def test_rq_dashboard_is_behind_the_token(token_app):
+    client = token_app.test_client()
+    r = client.get("/rq/")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = base64.b64encode(b"admin:nope").decode()
+    assert client.get("/rq/", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    right = base64.b64encode(f"admin:{TOKEN}".encode()).decode()
+    assert client.get("/rq/", headers={"Authorization": f"Basic {right}"}).status_code == 200
+    assert client.get("/rq/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_pages_render_the_job(client, jobs):
+    running_job(jobs, paper_id="31452104")
+    page = client.get("/status/31452104/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert_no_cache(page)
+    html = page.get_data(as_text=True)
+    assert 'role="progressbar"' in html and 'aria-valuenow="40"' in html
+    assert "40% complete (2 of 5 steps)" in html
+    assert "<script src=" in html and "http://" not in html and "https://" not in html  # no external assets
+    index = client.get("/").get_data(as_text=True)
+    assert "job-1" in index and "/status/31452104/" in index
+    assert "No job for this paper yet" in client.get("/status/777/").get_data(as_text=True)
+    assert client.get("/status/31452104").status_code == 308  # to the page with the slash
+
+
+# -- the events endpoint through the test client (the live ones run under gunicorn: test_sse) --
+
+
+def read_events(response):
+    events = []
+    for block in response.get_data(as_text=True).split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "data" in fields:
+            events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def test_events_of_a_finished_job_end_at_once(client, jobs):
+    completed_job(jobs, "job-f", "31452104")
+    r = client.get("/api/v1/jobs/job-f/events")
+    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    assert_no_cache(r)
+    events = read_events(r)
+    assert [(seq, kind, snap["status"]) for seq, kind, snap in events] == [(3, "progress", "completed")]
+    replay = read_events(client.get("/api/v1/jobs/job-f/events", headers={"Last-Event-ID": "1"}))
+    assert [seq for seq, _, _ in replay] == [2, 3]
+    assert replay[0][2]["status"] == "running" and replay[-1][2] == events[0][2]
+    assert read_events(client.get("/api/v1/jobs/job-f/events?last_event_id=3")) == []
+
+
+def test_events_reject_a_bad_last_event_id(client, jobs):
+    running_job(jobs)
+    assert_error(client.get("/api/v1/jobs/job-1/events", headers={"Last-Event-ID": "abc"}), 400)
+    assert_error(client.get("/api/v1/jobs/job-1/events", headers={"Last-Event-ID": "-1"}), 400)
+
+
+# -- submitting and canceling (worker.jobs) ----------------------------------------------------
+
+
+@pytest.fixture
+def rq_cleanup(real_redis_url):
+    """RQ's own keys of the jobs a test queues (they are not under the test's key prefix)."""
+    from rq.job import Job
+
+    job_ids: list[str] = []
+    yield job_ids
+    conn = redis.Redis.from_url(real_redis_url)
+    for job_id in job_ids:
+        try:
+            Job.fetch(job_id, connection=conn).delete()
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+    conn.close()
+
+
+def test_submit_creates_a_pending_job_and_queues_it(client, jobs, settings, real_redis_url, rq_cleanup):
+    from rq import Queue
+
+    r = client.post("/api/v1/jobs", json={"paper_id": "31452104", "pipeline": "video"})
+    assert r.status_code == 202, r.get_json()
+    assert_no_cache(r)
+    body = r.get_json()
+    rq_cleanup.append(body["job_id"])
+    assert set(body) == {"job_id", "status_url", "events_url", "page_url"}
+    job_id = body["job_id"]
+    assert body["status_url"] == f"/api/v1/jobs/{job_id}" == r.headers["Location"]
+    assert body["events_url"] == f"/api/v1/jobs/{job_id}/events"
+    assert body["page_url"] == "/status/31452104/"
+    snap = client.get(body["status_url"]).get_json()
+    assert snap["status"] == "pending" and snap["paper_id"] == "31452104" and snap["steps"] == STEPS
+    queue = Queue(settings.queue_name, connection=redis.Redis.from_url(real_redis_url))
+    assert job_id in queue.job_ids
+    assert client.get("/status/31452104/?_json=1").get_json()["job_id"] == job_id
+
+
+def test_submit_with_the_token_and_an_unknown_pipeline(token_app, rq_cleanup):
+    client = token_app.test_client()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.post("/api/v1/jobs", json={"paper_id": "31452104"}, headers=auth)
+    assert r.status_code == 202
+    rq_cleanup.append(r.get_json()["job_id"])
+    r = client.post("/api/v1/jobs", json={"paper_id": "31452104", "pipeline": "no-such-pipeline"}, headers=auth)
+    assert "no-such-pipeline" in assert_error(r, 400, "invalid_input")["detail"]
+
+
+def test_cancel_a_queued_job_then_a_finished_one_is_409(client, jobs, rq_cleanup):
+    job_id = client.post("/api/v1/jobs", json={"paper_id": "31452104"}).get_json()["job_id"]
+    rq_cleanup.append(job_id)
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 202, r.get_json()
+    assert_no_cache(r)
+    assert r.get_json()["job_id"] == job_id
+    assert jobs.get(job_id)["status"] == "canceled"
+    again = assert_error(client.post(f"/api/v1/jobs/{job_id}/cancel"), 409, "conflict")
+    assert "canceled" in again["detail"]
+    completed_job(jobs, "job-done", "31452104")
+    assert_error(client.post("/api/v1/jobs/job-done/cancel"), 409, "conflict")
+    assert_error(client.post("/api/v1/jobs/no-such-job/cancel"), 404, "not_found")
+    assert_error(client.post("/api/v1/jobs/bad%20id/cancel"), 400, "invalid_input")
+
+
+def test_a_finished_job_expired_from_redis_is_served_from_postgres(pg_app, real_redis):
+    from progress_service.mirror import Mirror
+
+    store = pg_app.extensions["progress"]
+    completed_job(store, "job-old", "31452104")
+    with Mirror(store, store.settings.database_url) as mirror:
+        assert mirror.mirror_job("job-old")
+    live = store.get("job-old")
+    for key in (store.keys.job("job-old"), store.keys.history("job-old")):
+        real_redis.delete(key)  # what PROGRESS_JOB_TTL does, a week later
+    assert store.get("job-old") is None
+    client = pg_app.test_client()
+    snap = client.get("/api/v1/jobs/job-old").get_json()
+    assert set(snap) == SNAPSHOT_KEYS
+    assert snap == live | {"is_stale": False, "eta_seconds": None}
+    assert [e["seq"] for e in client.get("/api/v1/jobs/job-old/history").get_json()] == [1, 2, 3]
+    status = client.get("/status/31452104/?_json=1").get_json()
+    assert status["exists"] is True and status["job_id"] == "job-old" and status["status"] == "completed"
+    assert [j["job_id"] for j in client.get("/api/v1/jobs?paper_id=31452104").get_json()["jobs"]] == ["job-old"]
+    events = read_events(client.get("/api/v1/jobs/job-old/events"))
+    assert [(seq, snap["status"]) for seq, _, snap in events] == [(3, "completed")]

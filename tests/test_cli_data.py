@@ -1,0 +1,239 @@
+"""The data commands as a user runs them: ``progress-service db|mirror|watch|submit``.
+
+Each command runs as a subprocess against the real Redis (a key prefix and queue
+of the test's own) and the real PostgreSQL (a schema of the test's own).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from progress_service import ProgressStore, migrations
+from progress_service.models import DEFAULT_STEPS
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = list(DEFAULT_STEPS)
+CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+
+
+def with_search_path(url: str, schema: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + [("options", f"-c search_path={schema}")]
+    return urllib.parse.urlunsplit(
+        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
+
+
+@pytest.fixture
+def empty_db_url(postgres_url):
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield with_search_path(postgres_url, schema)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def db_url(empty_db_url):
+    migrations.upgrade(empty_db_url)
+    return empty_db_url
+
+
+@pytest.fixture
+def env(settings, empty_db_url, tmp_path):
+    """The environment of a CLI subprocess: this test's Redis prefix, queue and schema."""
+    out = {k: v for k, v in os.environ.items()
+           if not k.startswith("PROGRESS_") and k not in ("REDIS_URL", "DATABASE_URL")}
+    out.update(
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=empty_db_url,
+        PROGRESS_KEY_PREFIX=settings.key_prefix,
+        PROGRESS_QUEUE=settings.queue_name,
+        PROGRESS_MIN_INTERVAL="0.05",
+        PROGRESS_OUTPUT_DIR=str(tmp_path / "videos"),
+        PYTHONUNBUFFERED="1",
+    )
+    return out
+
+
+@pytest.fixture
+def real_store(real_redis, settings):
+    return ProgressStore(real_redis, settings)
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "progress_cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "progress_cli", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def finish(store, job_id, status="completed"):
+    store.create_job(job_id, "31452104", steps=STEPS)
+    store.update(job_id, status="running", current_step="fetch-paper", progress_percent=10)
+    if status == "completed":
+        store.update(job_id, progress_percent=100, result={"video_path": f"/videos/{job_id}.mp4"})
+    else:
+        store.update(job_id, status=status, error="boom" if status == "failed" else None)
+
+
+# -- db upgrade -------------------------------------------------------------------
+
+
+def test_db_upgrade_twice_applies_then_says_up_to_date(env):
+    first = cli("db", "upgrade", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [f"applied {m}" for m in migrations.available()]
+    second = cli("db", "upgrade", env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == f"already up to date (version {migrations.latest_version()})"
+    status = cli("db", "status", env=env)
+    assert status.returncode == 0 and "pending" not in status.stdout
+
+
+def test_db_upgrade_without_postgres_is_a_clear_error(env):
+    done = cli("db", "upgrade", env={**env, "DATABASE_URL": CLOSED_DATABASE_URL})
+    assert done.returncode == 1
+    assert "progress-service db: postgres:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_db_help_has_examples(env):
+    done = cli("db", "upgrade", "--help", env=env)
+    assert done.returncode == 0 and "examples:" in done.stdout and "already up to date" in done.stdout
+
+
+# -- mirror -------------------------------------------------------------------------
+
+
+def test_mirror_copies_queued_and_lost_jobs_and_says_how_many(env, db_url, real_store):
+    for i in range(3):
+        finish(real_store, f"queued-{i}")
+    finish(real_store, "lost", "failed")
+    real_store.client.zrem(real_store.keys.mirror_due, "lost")  # its due entry was lost
+    done = cli("mirror", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("4 rows landed in PostgreSQL (3 queued, 1 found by the scan)")
+    again = cli("mirror", env=env)
+    assert again.stdout.startswith("0 rows landed"), again.stdout
+
+
+def test_mirror_without_the_schema_says_run_db_upgrade(env, real_store):
+    finish(real_store, "job-1")
+    done = cli("mirror", env=env)
+    assert done.returncode == 1
+    assert "run progress-service db upgrade" in done.stderr
+    assert "job-1" in {k.decode() for k in real_store.client.zrange(real_store.keys.mirror_due, 0, -1)}
+
+
+# -- watch ----------------------------------------------------------------------------
+
+
+def subscribers(store, job_id) -> int:
+    return int(store.client.pubsub_numsub(store.keys.events(job_id))[0][1])
+
+
+@pytest.mark.parametrize(("status", "code"), [("completed", 0), ("failed", 1), ("canceled", 2)])
+def test_watch_exits_with_the_jobs_outcome(env, real_store, status, code):
+    pytest.importorskip("progress_cli.terminal", reason="progress_cli/terminal.py is not in this tree yet")
+    store = real_store
+    store.create_job("job-1", "31452104", steps=STEPS)
+    watch = start_cli("watch", "job-1", "--timeout", "30", env=env)
+    try:
+        # Drive the job once the watcher listens (a poll with a deadline, not a sleep).
+        wait_until(lambda: subscribers(store, "job-1") > 0 or watch.poll() is not None)
+        store.update("job-1", status="running", current_step="fetch-paper", progress_percent=12)
+        store.update("job-1", current_step="generate-audio", progress_percent=47)
+        if status == "completed":
+            store.update("job-1", progress_percent=100, result={"video_path": "/videos/x.mp4"})
+        elif status == "failed":
+            store.update("job-1", status="failed", error="ffmpeg exited with 1")
+        else:
+            store.update("job-1", status="canceled")
+        out, err = watch.communicate(timeout=30)
+    finally:
+        stop(watch)
+    assert watch.returncode == code, err
+    assert out.startswith(f"job-1 {status}")
+    if status == "failed":
+        assert "ffmpeg exited with 1" in out
+
+
+def test_watch_an_unknown_job_exits_1_saying_so(env, db_url):
+    pytest.importorskip("progress_cli.terminal", reason="progress_cli/terminal.py is not in this tree yet")
+    done = cli("watch", "no-such-job", env=env, timeout=30)
+    assert done.returncode == 1
+    assert "job no-such-job not found" in done.stderr
+
+
+def test_watch_a_job_redis_expired_reads_postgres(env, db_url, real_store):
+    pytest.importorskip("progress_cli.terminal", reason="progress_cli/terminal.py is not in this tree yet")
+    finish(real_store, "old-job", "canceled")
+    assert cli("mirror", env=env).returncode == 0
+    real_store.client.delete(real_store.keys.job("old-job"), real_store.keys.history("old-job"))
+    done = cli("watch", "old-job", env=env, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.startswith("old-job canceled")
+    assert "from PostgreSQL" in done.stderr
+
+
+def test_watch_help_documents_the_exit_codes(env):
+    done = cli("watch", "--help", env=env)
+    assert done.returncode == 0
+    for line in ("0    the job completed", "1    the job failed", "2    the job was canceled"):
+        assert line in done.stdout
+
+
+# -- submit --wait ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_submit_wait_with_a_worker_running(env, db_url, real_store):
+    pytest.importorskip("progress_cli.worker_commands",
+                        reason="progress_cli/worker_commands.py is not in this tree yet")
+    from worker.pipelines.papers import list_papers
+
+    paper = list_papers()[0].pmid
+    worker = start_cli("worker", env=env)
+    try:
+        done = cli("submit", paper, "--wait", env=env, timeout=120)
+    finally:
+        stop(worker)
+    assert done.returncode == 0, (done.stdout, done.stderr, worker.stderr.read()[-3000:])
+    job_id = done.stdout.split()[0]
+    snap = real_store.get(job_id)
+    assert snap["status"] == "completed" and snap["paper_id"] == paper
+    assert Path(snap["result"]["video_path"]).is_file()

@@ -1,0 +1,69 @@
+"""The store on a real three-node Redis Cluster started by the test itself."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from progress_service import ProgressStore, Settings
+from progress_service.store import connect
+
+pytestmark = pytest.mark.backend
+
+
+@pytest.fixture
+def cluster_store(redis_cluster, key_prefix):
+    settings = Settings.from_env({
+        "REDIS_URL": redis_cluster.url,
+        "PROGRESS_REDIS_CLUSTER": "1",
+        "PROGRESS_KEY_PREFIX": key_prefix,
+    })
+    client = connect(settings)
+    yield ProgressStore(client, settings)
+    client.close()
+
+
+def test_jobs_spread_over_nodes_obey_the_rules(cluster_store):
+    store = cluster_store
+    client = store.client
+    job_ids = [f"job-{i}" for i in range(12)]
+    nodes = set()
+    for job_id in job_ids:
+        store.create_job(job_id, "31452104")
+        slot = client.keyslot(store.keys.job(job_id))
+        assert slot == client.keyslot(store.keys.history(job_id)), "one job, one slot"
+        nodes.add(client.nodes_manager.get_node_from_slot(slot).name)
+    assert len(nodes) >= 2, "the jobs should land on several nodes"
+
+    for job_id in job_ids:
+        assert store.update(job_id, progress_percent=40, current_step="generate-audio").reason == "ok"
+        assert store.update(job_id, progress_percent=10).reason == "regression"
+        assert store.update(job_id, progress_percent=40, current_step="generate-audio").reason == "unchanged"
+        snap = store.get(job_id)
+        assert (snap["progress_percent"], snap["status"], snap["seq"]) == (40, "running", 2)
+        assert [h["seq"] for h in store.history(job_id)] == [1, 2]
+    assert store.update("nobody", progress_percent=1).reason == "not_found"
+    assert {s["job_id"] for s in store.list_jobs(limit=50)} == set(job_ids)
+
+
+def test_subscribe_on_a_cluster(cluster_store):
+    store = cluster_store
+    store.create_job("sub-1", "p1")
+    seen = []
+    first = threading.Event()
+
+    def follow():
+        for snap in store.subscribe("sub-1", timeout=15):
+            seen.append(snap)
+            first.set()
+
+    t = threading.Thread(target=follow)
+    t.start()
+    assert first.wait(5)
+    store.update("sub-1", progress_percent=50, status="running")
+    store.update("sub-1", status="completed")
+    t.join(15)
+    assert not t.is_alive()
+    assert [s["seq"] for s in seen] == [1, 2, 3]
+    assert seen[-1]["status"] == "completed"

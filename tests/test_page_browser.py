@@ -1,0 +1,233 @@
+"""The live status page in headless Chromium (Debian's, driven by Playwright), against a real gunicorn.
+
+The job's updates come from the test, through the store; the page learns of
+them through its event stream, or, with the stream blocked, by polling.
+Screenshots are kept under ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from test_sse import GunicornServer, server_env
+
+from progress_service.config import Settings
+from progress_service.models import DEFAULT_STEPS
+from progress_service.store import ProgressStore
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+STEPS = list(DEFAULT_STEPS)
+BAR = "[role=progressbar]"
+WAIT_MS = 10_000
+
+# Records every value aria-valuenow takes, from the first script on: the bar may never fall.
+RECORD_BAR = """
+window.__bar = [];
+new MutationObserver(function (records) {
+  records.forEach(function (r) {
+    if (r.attributeName === 'aria-valuenow') window.__bar.push(Number(r.target.getAttribute('aria-valuenow')));
+  });
+}).observe(document, {attributes: true, subtree: true, attributeFilter: ['aria-valuenow']});
+"""
+
+
+@pytest.fixture(scope="module")
+def page_prefix(real_redis_url):
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(real_redis_url)
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.unlink(key)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def web(real_redis_url, page_prefix):
+    srv = GunicornServer(server_env(real_redis_url, page_prefix))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def store(real_redis_url, page_prefix):
+    client = redis.Redis.from_url(real_redis_url, decode_responses=True)
+    yield ProgressStore(client, Settings.from_env(server_env(real_redis_url, page_prefix)))
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (never a downloaded browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 1000})
+    page = context.new_page()
+    page.add_init_script(RECORD_BAR)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory) -> Path:
+    """A real one-second H.264/AAC MP4, like the pipeline's, made with the ffmpeg imageio-ffmpeg ships."""
+    import imageio_ffmpeg
+
+    out = tmp_path_factory.mktemp("video") / "31452104.mp4"
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+         "-f", "lavfi", "-i", "color=c=0x2458d3:s=320x180:d=1:r=10",
+         "-f", "lavfi", "-i", "anullsrc=r=22050:cl=mono", "-t", "1",
+         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+         "-movflags", "+faststart", str(out)],
+        check=True, timeout=60)
+    return out
+
+
+def new_paper() -> str:
+    return str(random.randrange(10_000_000, 99_999_999))
+
+
+def start_job(store, paper_id: str, percent: float = 2) -> str:
+    job_id = f"job-{uuid.uuid4().hex[:8]}"
+    store.create_job(job_id, paper_id, steps=STEPS)
+    store.update(job_id, status="running", current_step=STEPS[0], progress_percent=percent,
+                 message="fetching the paper")
+    return job_id
+
+
+def bar_value(page) -> float:
+    return float(page.get_attribute(BAR, "aria-valuenow"))
+
+
+def wait_bar_at_least(page, percent: float) -> None:
+    page.wait_for_function(
+        f"Number(document.querySelector('{BAR}').getAttribute('aria-valuenow')) >= {percent}",
+        timeout=WAIT_MS)
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    # the bar glides to its new width: let it arrive before the picture
+    page.wait_for_function("document.getAnimations().every(a => !(a instanceof CSSTransition))",
+                           timeout=WAIT_MS)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_the_bar_rises_live_never_falls_and_ends_with_the_video(web, store, page, video_file):
+    paper = new_paper()
+    job_id = start_job(store, paper)
+    page.goto(f"{web.base}/status/{paper}/")
+    page.wait_for_function("document.getElementById('conn').textContent.startsWith('Live')", timeout=WAIT_MS)
+    assert page.text_content("#job-id") == job_id
+    assert page.get_attribute(BAR, "aria-valuemin") == "0" and page.get_attribute(BAR, "aria-valuemax") == "100"
+
+    for percent in (8, 15, 23, 31, 38, 46, 55, 61, 70, 77, 84, 92, 97):
+        step = STEPS[min(int(percent // 20), 4)]
+        assert store.update(job_id, progress_percent=percent, current_step=step,
+                            message=f"working on {step}").accepted
+        assert not store.update(job_id, progress_percent=percent - 5).accepted  # a late, older write
+        wait_bar_at_least(page, percent)
+        if percent == 46:
+            page.wait_for_selector("li.step.current[data-step='generate-audio']", timeout=WAIT_MS)
+            assert page.text_content("#progress-text") == "46% complete (2 of 5 steps)"
+            assert page.get_attribute("li[data-step='generate-script']", "data-state") == "done"
+            assert page.get_attribute("li[data-step='generate-videos']", "data-state") == "pending"
+            assert "s ago" in page.text_content("#updated")
+            screenshot(page, "status-running.png")
+
+    store.update(job_id, progress_percent=100, result={
+        "video_url": video_file.as_uri(), "video_path": str(video_file), "title": "A paper, as a video"})
+    wait_bar_at_least(page, 100)
+    page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
+    page.wait_for_selector("#video-box video", state="visible", timeout=WAIT_MS)
+    assert page.text_content("#progress-text") == "100% complete (5 of 5 steps)"
+    assert page.get_attribute("#video", "src") == f"/api/v1/jobs/{job_id}/video"
+    page.wait_for_function("document.getElementById('video').readyState >= 1", timeout=WAIT_MS)
+    assert page.evaluate("document.getElementById('video').duration") > 0.5  # Chromium decoded our MP4
+    assert page.text_content("#title") == "A paper, as a video"
+    assert page.locator("li.step.done").count() == 5
+    assert page.text_content("#conn") == "Finished"
+
+    values = page.evaluate("window.__bar")
+    assert values and values[-1] == 100
+    assert values == sorted(values), f"the bar moved back: {values}"
+    assert len(set(values)) >= 10  # it really moved step by step
+    screenshot(page, "status-completed.png")
+
+
+def test_a_job_with_no_worker_shows_the_stale_warning(web, store, page):
+    paper = new_paper()
+    job_id = start_job(store, paper, percent=30)
+    page.goto(f"{web.base}/status/{paper}/")
+    assert page.is_hidden("#stale-warning")
+    page.wait_for_selector("#stale-warning", state="visible", timeout=WAIT_MS)  # PROGRESS_STALE_AFTER=2
+    assert "No progress for" in page.text_content("#stale-warning")
+    screenshot(page, "status-stale.png")
+    store.update(job_id, progress_percent=35)  # the worker is back
+    page.wait_for_selector("#stale-warning", state="hidden", timeout=WAIT_MS)
+    assert bar_value(page) == 35
+
+
+def test_with_the_event_stream_blocked_polling_moves_the_bar(web, store, page):
+    page.route("**/events*", lambda route: route.abort())
+    polled: list[str] = []
+    page.on("request", lambda request: polled.append(request.url) if "_json=1" in request.url else None)
+    paper = new_paper()
+    job_id = start_job(store, paper, percent=10)
+    page.goto(f"{web.base}/status/{paper}/")
+    page.wait_for_function("document.getElementById('conn').textContent.includes('checking every 3 s')",
+                           timeout=WAIT_MS)
+    store.update(job_id, progress_percent=45, current_step=STEPS[2])
+    wait_bar_at_least(page, 45)
+    store.update(job_id, status="failed", error="ffmpeg exited with 1")
+    page.wait_for_selector("#error-box", state="visible", timeout=WAIT_MS)
+    assert "ffmpeg exited with 1" in page.text_content("#error-box")
+    assert page.get_attribute("#status-badge", "data-status") == "failed"
+    assert polled, "the page never polled ?_json=1"
+    values = page.evaluate("window.__bar")
+    assert values == sorted(values) and values[-1] == 45  # a failed job keeps its last percent
+    screenshot(page, "status-failed-polling.png")
+
+
+def test_a_page_opened_before_the_job_picks_it_up(web, store, page):
+    paper = new_paper()
+    page.goto(f"{web.base}/status/{paper}/")
+    assert page.is_visible("#no-job") and page.is_hidden("#job")
+    job_id = start_job(store, paper, percent=12)
+    page.wait_for_selector("#job", state="visible", timeout=WAIT_MS)
+    assert page.text_content("#job-id") == job_id
+    wait_bar_at_least(page, 12)
+    store.update(job_id, progress_percent=50, current_step=STEPS[2])
+    wait_bar_at_least(page, 50)  # and it goes live
+
+
+def test_recent_jobs_page_lists_jobs(web, store, page):
+    paper = new_paper()
+    start_job(store, paper, percent=64)
+    page.goto(f"{web.base}/")
+    page.wait_for_selector(f"a[href='/status/{paper}/']", timeout=WAIT_MS)
+    assert "64%" in page.text_content("#jobs-body")
+    screenshot(page, "recent-jobs.png")

@@ -1,0 +1,519 @@
+"""worker.runner: real commands as tracked jobs, on the real Redis.
+
+Each command is a small Python program run as a subprocess; the store is the
+test's own (a key prefix of its own), read back the way a user would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import socket
+import sys
+import textwrap
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from progress_service import JobNotFound, ProgressStore
+from progress_service.store import connect
+from worker.process_tree import process_alive
+from worker.runner import heartbeat_interval, run_command
+
+PY = sys.executable
+
+
+@pytest.fixture
+def store(real_redis, settings):
+    """The real Redis through a client like production's (decoded replies)."""
+    store = ProgressStore(connect(settings), settings)
+    yield store
+    store.client.close()
+
+
+def program(source: str, *args: str) -> list[str]:
+    return [PY, "-c", textwrap.dedent(source), *args]
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def read_pids(path: Path) -> list[int] | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return [int(x) for x in text.split()] if text.endswith("\n") else None
+
+
+def non_decreasing(values) -> bool:
+    return all(a <= b for a, b in zip(values, values[1:], strict=False))
+
+
+# A command that starts two grandchildren: one in its process group, one that leaves
+# it (setsid), writes "own pid, grandchild, escaped grandchild" to argv[1], then waits.
+TREE = """
+    import os, subprocess, sys, time
+    stay = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    escape = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                              start_new_session=True)
+    print("STEP a", flush=True)
+    print("PROGRESS 10 started", flush=True)
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {stay.pid} {escape.pid}\\n")
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(120)
+"""
+
+
+def test_a_command_completes_with_its_result_and_every_step_in_order(store, settings):
+    store.create_job("j", "p", steps=["fetch", "render", "encode"], pipeline="command")
+    source = """
+        import json, sys, time
+        print("STEP 1/3 fetch", flush=True)
+        print("PROGRESS 20 fetched", flush=True)
+        print("STEP render", flush=True)
+        for i in range(5):  # a tqdm bar, redrawn with \\r on stderr
+            sys.stderr.write(f"\\rrender: {i * 25:3d}%|{'#' * i:5s}| {i}/4 [00:00<00:00]")
+            sys.stderr.flush()
+            time.sleep(0.06)
+        sys.stderr.write("\\n")
+        print(json.dumps({"step": "encode", "message": "encoding"}), flush=True)
+        print(json.dumps({"result": {"video_url": "file:///tmp/x.mp4"}}), flush=True)
+    """
+    outcome = run_command(store, "j", program(source), steps=["fetch", "render", "encode"],
+                          settings=settings)
+    assert outcome.status == "completed" and outcome.exit_code == 0, outcome
+    assert outcome.result == {"video_url": "file:///tmp/x.mp4", "exit_code": 0}
+    snap = store.get("j")
+    assert snap["status"] == "completed" and snap["progress_percent"] == 100
+    assert snap["result"] == outcome.result
+    assert snap["completed_steps"] == ["fetch", "render", "encode"]
+    assert snap["started_at"] and snap["finished_at"] and snap["heartbeat_at"]
+    history = store.history("j")
+    assert [h["status"] for h in history][:2] == ["pending", "running"]
+    steps_seen = [h["current_step"] for h in history if h["current_step"]]
+    assert list(dict.fromkeys(steps_seen)) == ["fetch", "render", "encode"]
+    assert non_decreasing([h["progress_percent"] for h in history])
+    # the bar moved within "render" (a third of the job from 33.3% on)
+    assert any(33.4 < h["progress_percent"] < 66.6 for h in history)
+
+
+def test_a_failing_command_fails_with_its_exit_code_and_the_tail_of_stderr(store, settings):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    source = """
+        import sys
+        print("STEP a", flush=True)
+        for i in range(5):
+            sys.stderr.write(f"\\r{i * 20}%|##  | {i}/5 [00:00<00:00]")
+        sys.stderr.write("\\n")
+        for i in range(40):
+            print(f"log line {i}", file=sys.stderr)
+        print("Error: the disk is full", file=sys.stderr)
+        sys.exit(4)
+    """
+    outcome = run_command(store, "j", program(source), steps=["a"], settings=settings)
+    assert outcome.status == "failed" and outcome.exit_code == 4
+    assert outcome.shell_exit_code == 4
+    snap = store.get("j")
+    assert snap["status"] == "failed" and snap["finished_at"]
+    error = snap["error"]
+    assert error.startswith("exit code 4: ")
+    assert error.rstrip().endswith("Error: the disk is full")
+    assert "log line 39" in error and "log line 5\n" not in error  # a bounded tail
+    assert "%|" not in error  # progress bars are not the news
+
+
+def test_a_command_killed_by_a_signal_says_so(store, settings):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    outcome = run_command(store, "j", program("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"),
+                          steps=["a"], settings=settings)
+    assert outcome.status == "failed" and outcome.exit_code == -signal.SIGKILL
+    assert outcome.shell_exit_code == 128 + signal.SIGKILL
+    assert store.get("j")["error"].startswith("killed by SIGKILL")
+
+
+def test_stdout_and_stderr_are_read_at_the_same_time(store, settings):
+    """4 MB on stderr before a word on stdout: a runner reading stdout first would deadlock."""
+    store.create_job("j", "p", steps=["a", "b"], pipeline="command")
+    source = """
+        import sys
+        for i in range(4096):
+            sys.stderr.write("e" * 1023 + "\\n")
+        sys.stderr.flush()
+        print("STEP b", flush=True)
+        sys.stdout.write("PROGRESS 77 no newline at the end")
+        sys.stdout.flush()
+        sys.exit(1)
+    """
+    started = time.monotonic()
+    outcome = run_command(store, "j", program(source), steps=["a", "b"], settings=settings)
+    assert time.monotonic() - started < 20
+    assert outcome.status == "failed" and outcome.exit_code == 1
+    snap = store.get("j")
+    assert snap["current_step"] == "b"
+    assert snap["progress_percent"] == 77  # the partial last line was read too
+    assert snap["message"] == "no newline at the end"
+
+
+def test_invalid_utf8_and_megabyte_lines_survive(store, settings):
+    store.create_job("j", "p", steps=["a", "b"], pipeline="command")
+    source = """
+        import json, sys
+        out = sys.stdout.buffer
+        out.write(b"\\xff\\xfe\\xc3 not utf-8 \\x00\\n")
+        out.write(b"STEP a\\n")
+        out.write(b"x" * (1 << 20) + b"\\n")            # one MiB on one line
+        out.write(b"{" + b"9" * (3 << 20) + b"\\n")     # three MiB, truncated by the splitter
+        out.write(b"PROGRESS 60 \\xe2\\x82\\xac half\\n")  # a valid multi-byte character
+        out.write(b"STEP b\\n")
+        out.write(json.dumps({"result": {"ok": True}}).encode() + b"\\n")
+        out.flush()
+        sys.stderr.buffer.write(b"\\x80" * (2 << 20))   # two MiB of garbage, no newline
+    """
+    outcome = run_command(store, "j", program(source), steps=["a", "b"], settings=settings)
+    assert outcome.status == "completed", outcome
+    assert outcome.result == {"ok": True, "exit_code": 0}
+    history = store.history("j")
+    assert [h["current_step"] for h in history if h["current_step"]][-1] == "b"
+    assert any(h["progress_percent"] == 60 for h in history)
+    assert any(h.get("current_step") == "a" for h in history)
+
+
+def test_garbage_and_silence_crash_nothing_and_let_the_job_go_stale(store, settings):
+    """stale_after is 2 s here: a silent command makes the job read stale, heartbeats go on."""
+    store.create_job("j", "p", steps=["a", "b"], pipeline="command")
+    source = """
+        import sys, time
+        for line in ("PROGRESS banana", "PROGRESS 150", "STEP 9/2 nine", "STEP nosuch",
+                     '{"progress": "x"}', '{"step": 5}', "{not json", "%|||", "\\x1b[2K\\x1b[1A"):
+            print(line, flush=True)
+            print(line, file=sys.stderr, flush=True)
+        print("STEP a", flush=True)
+        time.sleep(float(sys.argv[1]))
+        print("STEP b", flush=True)
+    """
+    silence = settings.stale_after + 1.0
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        outcome=run_command(store, "j", program(source, str(silence)), steps=["a", "b"],
+                            settings=settings)))
+    thread.start()
+    try:
+        stale = wait_until(lambda: (s := store.get("j"))["is_stale"] and s, timeout=silence + 2)
+        assert stale and stale["status"] == "running" and stale["current_step"] == "a"
+        assert stale["heartbeat_at"] is not None  # the worker is alive; only progress stopped
+        first_beat = stale["heartbeat_at"]
+        assert wait_until(lambda: store.get("j")["heartbeat_at"] != first_beat,
+                          timeout=heartbeat_interval(settings) * 3)
+    finally:
+        thread.join(30)
+    assert result["outcome"].status == "completed"
+    snap = store.get("j")
+    assert snap["status"] == "completed" and snap["is_stale"] is False
+
+
+def test_percent_only_changes_are_throttled_and_nothing_is_dropped(store, settings):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    source = """
+        for i in range(1, 295):
+            print(f"PROGRESS {i / 3:.2f}", flush=True)
+        print("PROGRESS 99.5 last")
+        import sys; sys.exit(2)
+    """
+    outcome = run_command(store, "j", program(source), steps=["a"], settings=settings)
+    assert outcome.status == "failed"
+    snap = store.get("j")
+    assert snap["progress_percent"] == 99.5 and snap["message"] == "last"  # the last value kept
+    assert snap["seq"] < 60  # 295 lines, far fewer writes (min_interval 0.05 s)
+
+
+def test_cancel_in_the_store_kills_the_whole_process_tree(store, settings, tmp_path):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    pids_file = tmp_path / "pids"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        outcome=run_command(store, "j", program(TREE, str(pids_file)), steps=["a"],
+                            settings=settings, kill_grace=2.0)))
+    thread.start()
+    try:
+        pids = wait_until(lambda: read_pids(pids_file), timeout=15)
+        assert pids and all(process_alive(p) for p in pids)
+        assert wait_until(lambda: store.get("j")["progress_percent"] == 10, timeout=5)
+        canceled_at = time.monotonic()
+        assert store.update("j", status="canceled").accepted  # a cancel from anywhere
+    finally:
+        thread.join(30)
+    outcome = result["outcome"]
+    assert time.monotonic() - canceled_at < 3  # via pub/sub, not the next heartbeat
+    assert outcome.status == "canceled" and outcome.survivors == []
+    assert not [p for p in pids if process_alive(p)], "a process of the tree was left running"
+    snap = store.get("j")
+    assert snap["status"] == "canceled" and snap["progress_percent"] == 10
+
+
+def test_a_command_that_ignores_sigterm_gets_sigkill_after_the_grace(store, settings, tmp_path):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    source = """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("STEP a", flush=True)
+        open(sys.argv[1], "w").write("ready")
+        time.sleep(120)
+    """
+    ready = tmp_path / "ready"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        outcome=run_command(store, "j", program(source, str(ready)), steps=["a"], settings=settings,
+                            kill_grace=0.5)))
+    thread.start()
+    try:
+        assert wait_until(ready.exists, timeout=15)
+        store.update("j", status="canceled")
+    finally:
+        thread.join(30)
+    outcome = result["outcome"]
+    assert outcome.status == "canceled" and outcome.exit_code == -signal.SIGKILL
+    assert not process_alive(outcome.pid)
+
+
+def test_a_timeout_fails_the_job_and_kills_the_tree(store, settings, tmp_path):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    pids_file = tmp_path / "pids"
+    outcome = run_command(store, "j", program(TREE, str(pids_file)), steps=["a"], settings=settings,
+                          timeout=1.5, kill_grace=2.0)
+    assert outcome.status == "failed" and outcome.error == "timed out after 1.5 s"
+    assert store.get("j")["error"] == "timed out after 1.5 s"
+    pids = read_pids(pids_file)
+    assert pids and not [p for p in pids if process_alive(p)]
+
+
+def test_a_command_that_closes_its_pipes_is_still_watched(store, settings):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    source = """
+        import os, time
+        print("STEP a", flush=True)
+        os.close(1); os.close(2)
+        time.sleep(120)
+    """
+    started = time.monotonic()
+    outcome = run_command(store, "j", program(source), steps=["a"], settings=settings,
+                          timeout=1.0, kill_grace=1.0)
+    assert outcome.status == "failed" and outcome.error == "timed out after 1 s"
+    assert time.monotonic() - started < 5
+    assert not process_alive(outcome.pid)
+
+
+def test_an_exception_in_the_runner_kills_the_tree_fails_the_job_and_propagates(store, settings,
+                                                                                 tmp_path):
+    """What RQ's death penalty does: an exception raised by a signal handler mid-run."""
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    pids_file = tmp_path / "pids"
+
+    class DeathPenalty(Exception):
+        pass
+
+    def alarm(signum, frame):
+        raise DeathPenalty("too slow")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, 1.5)
+    try:
+        with pytest.raises(DeathPenalty):
+            run_command(store, "j", program(TREE, str(pids_file)), steps=["a"], settings=settings,
+                        kill_grace=2.0,
+                        describe_exception=lambda exc: f"described: {exc}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    snap = store.get("j")
+    assert snap["status"] == "failed" and snap["error"] == "described: too slow"
+    pids = read_pids(pids_file)
+    assert pids and not [p for p in pids if process_alive(p)]
+
+
+def test_a_command_that_cannot_start_fails_the_job(store, settings, tmp_path):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    outcome = run_command(store, "j", [str(tmp_path / "no-such-program")], steps=["a"],
+                          settings=settings)
+    assert outcome.status == "failed" and outcome.shell_exit_code == 127
+    snap = store.get("j")
+    assert snap["status"] == "failed" and snap["error"].startswith("cannot start")
+
+
+def test_a_job_canceled_before_it_starts_never_runs_its_command(store, settings, tmp_path):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    store.update("j", status="canceled")
+    marker = tmp_path / "ran"
+    outcome = run_command(store, "j", program("import sys; open(sys.argv[1], 'w')", str(marker)),
+                          steps=["a"], settings=settings)
+    assert outcome.status == "canceled" and outcome.pid is None
+    assert not marker.exists()
+
+
+def test_an_unknown_job_is_an_error_and_nothing_runs(store, settings, tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(JobNotFound):
+        run_command(store, "nope", program("import sys; open(sys.argv[1], 'w')", str(marker)),
+                    steps=["a"], settings=settings)
+    assert not marker.exists()
+
+
+def test_processes_left_behind_by_a_finished_command_are_killed(store, settings, tmp_path):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    source = """
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        open(sys.argv[1], "w").write(f"{child.pid}\\n")
+    """
+    pid_file = tmp_path / "pid"
+    outcome = run_command(store, "j", program(source, str(pid_file)), steps=["a"], settings=settings,
+                          kill_grace=1.0)
+    assert outcome.status == "completed"
+    (pid,) = read_pids(pid_file)
+    assert wait_until(lambda: not process_alive(pid), timeout=5)
+
+
+def test_the_output_hook_sees_every_line(store, settings):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    seen = []
+    source = """
+        import sys
+        print("one"); print("two", file=sys.stderr); sys.stdout.write("three\\rfour")
+    """
+    run_command(store, "j", program(source), steps=["a"], settings=settings,
+                on_output=lambda stream, line: seen.append((stream, line)))
+    assert sorted(seen) == sorted([("stdout", "one"), ("stderr", "two"), ("stdout", "three"),
+                                   ("stdout", "four")])
+
+
+def test_writes_reach_the_hook_with_their_results(store, settings):
+    store.create_job("j", "p", steps=["a", "b"], pipeline="command")
+    writes = []
+    run_command(store, "j", program('print("STEP a"); print("STEP b")'), steps=["a", "b"],
+                settings=settings, on_write=lambda fields, r: writes.append((dict(fields), r.reason)))
+    assert writes[0] == ({"status": "running"}, "ok")
+    assert [f.get("current_step") for f, _ in writes if "current_step" in f] == ["a", "b"]
+    assert writes[-1][0].get("status") == "completed"
+    assert json.dumps(writes)  # plain data
+
+
+# -- Redis away for a moment -----------------------------------------------------------
+
+
+class RedisProxy:
+    """A loopback TCP proxy to Redis that the test can take down (cutting every
+    connection, as a crashed server would) and bring back on the same port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_returns(real_redis, settings,
+                                                                          tmp_path):
+    parts = urllib.parse.urlsplit(settings.progress_redis_url)
+    proxy = RedisProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    proxy.up()
+    via_proxy = dataclasses.replace(
+        settings, progress_redis_url=urllib.parse.urlunsplit(
+            parts._replace(netloc=f"127.0.0.1:{proxy.port}")))
+    store = ProgressStore(connect(via_proxy), via_proxy)
+    direct = ProgressStore(connect(settings), settings)
+    store.create_job("j", "p", steps=["a", "b"], pipeline="command")
+    go = tmp_path / "go"
+    source = """
+        import json, os, sys, time
+        print("STEP a", flush=True)
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.01)
+        print("STEP b", flush=True)
+        print("PROGRESS 80 written while Redis is away", flush=True)
+        print(json.dumps({"result": {"ok": 1}}), flush=True)
+    """
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        outcome=run_command(store, "j", program(source, str(go)), steps=["a", "b"],
+                            settings=via_proxy)))
+    thread.start()
+    try:
+        assert wait_until(lambda: direct.get("j")["current_step"] == "a", timeout=10)
+        proxy.down()
+        go.touch()  # the command goes on and ends while its writes fail
+        time.sleep(1.0)
+        assert direct.get("j")["status"] == "running"
+        proxy.up()
+    finally:
+        thread.join(30)
+        proxy.down()
+        store.client.close()
+    assert result["outcome"].status == "completed"
+    snap = direct.get("j")
+    assert snap["status"] == "completed" and snap["result"] == {"ok": 1, "exit_code": 0}
+    direct.client.close()

@@ -1,0 +1,435 @@
+"""Server-Sent Events against a real gunicorn (gevent worker) on loopback, on the real Redis.
+
+One server per module, started the way ``progress-service web`` starts it
+(``progress_cli.web_commands.gunicorn_argv``), its environment pointing at this
+module's own key prefix. The jobs are driven from the test through the store.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from progress_cli.web_commands import gunicorn_argv
+from progress_service.config import Settings
+from progress_service.embedded import find_free_port
+from progress_service.models import DEFAULT_STEPS
+from progress_service.store import ProgressStore
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = list(DEFAULT_STEPS)
+CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+READ_TIMEOUT = 10.0  # seconds a stream may stay silent before a test fails
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02, what="a condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class GunicornServer:
+    """``progress-service web``'s gunicorn in a subprocess, on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1, log_path: Path | None = None) -> None:
+        self.port = find_free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.log_path = log_path or Path(f"/tmp/gunicorn-{self.port}.log")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(gunicorn_argv("127.0.0.1", self.port, workers), env=full_env,
+                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(self._answers, timeout=30, interval=0.1, what=f"gunicorn on port {self.port}")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"gunicorn did not come up:\n{self.log()}") from None
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(self.base + "/api/v1/jobs?limit=1", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def metric(self, name: str) -> float:
+        for line in self.get("/metrics")[1].decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"/metrics has no {name}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+@dataclass
+class Event:
+    id: int
+    event: str
+    data: dict
+
+
+class EventStream:
+    """A minimal SSE client on http.client: one event at a time, comments counted."""
+
+    def __init__(self, base: str, path: str, headers: dict[str, str] | None = None,
+                 timeout: float = READ_TIMEOUT) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        self.conn.request("GET", path, headers={"Accept": "text/event-stream", **(headers or {})})
+        self.response = self.conn.getresponse()
+        self.comments = 0
+        self.closed_by_server = False
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    def next_event(self) -> Event | None:
+        """The next event, or None once the server has closed the stream."""
+        fields: dict[str, str] = {}
+        while True:
+            raw = self.response.readline()
+            if not raw:
+                self.closed_by_server = True
+                return None
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if not line:
+                if "data" in fields:
+                    return Event(int(fields["id"]), fields.get("event", "message"), json.loads(fields["data"]))
+                fields = {}
+            elif line.startswith(":"):
+                self.comments += 1
+            else:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+
+    def events_until_closed(self, limit: int = 10_000) -> list[Event]:
+        events = []
+        while len(events) < limit:
+            event = self.next_event()
+            if event is None:
+                return events
+            events.append(event)
+        raise AssertionError(f"the stream did not close after {limit} events")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def server_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url,
+        "PROGRESS_KEY_PREFIX": prefix,
+        "DATABASE_URL": CLOSED_DATABASE_URL,
+        "PROGRESS_STALE_AFTER": "2",
+        "PROGRESS_PENDING_STALE_AFTER": "3",
+        "PROGRESS_MIN_INTERVAL": "0",
+        "PROGRESS_QUEUE": f"{prefix}-pipelines",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def sse_prefix(real_redis_url):
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(real_redis_url)
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.unlink(key)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def server(real_redis_url, sse_prefix):
+    srv = GunicornServer(server_env(real_redis_url, sse_prefix))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def sse_store(real_redis_url, sse_prefix):
+    settings = Settings.from_env(server_env(real_redis_url, sse_prefix))
+    client = redis.Redis.from_url(real_redis_url, decode_responses=True)
+    yield ProgressStore(client, settings)
+    client.close()
+
+
+def new_job(store, paper_id="31452104") -> str:
+    job_id = f"job-{uuid.uuid4().hex[:8]}"
+    store.create_job(job_id, paper_id, steps=STEPS)
+    return job_id
+
+
+def drive(store, job_id, updates: int = 30, complete: bool = True, top: float = 99) -> int:
+    """Run the job up to ``top`` percent as fast as Redis takes it, then complete it; the last seq."""
+    seq = 0
+    for i in range(1, updates + 1):
+        percent = round(i * top / updates, 1)
+        step = STEPS[min(int(percent // 20), len(STEPS) - 1)]
+        r = store.update(job_id, status="running", progress_percent=percent, current_step=step,
+                         message=f"update {i}")
+        assert r.accepted and r.reason == "ok", r
+        seq = r.seq
+    if complete:
+        r = store.update(job_id, progress_percent=100, result={"video_url": "file:///tmp/x.mp4"})
+        assert r.status == "completed"
+        seq = r.seq
+    return seq
+
+
+def test_a_client_gets_every_change_in_order_and_the_stream_closes(server, sse_store):
+    job_id = new_job(sse_store)
+    stream = EventStream(server.base, f"/api/v1/jobs/{job_id}/events")
+    assert stream.status == 200
+    assert stream.response.getheader("Content-Type").startswith("text/event-stream")
+    assert stream.response.getheader("Cache-Control") == "no-cache, no-store, must-revalidate"
+    first = stream.next_event()
+    assert (first.id, first.event, first.data["status"]) == (1, "progress", "pending")
+
+    last_seq: list[int] = []
+    driver = threading.Thread(target=lambda: last_seq.append(drive(sse_store, job_id)))
+    driver.start()
+    events = stream.events_until_closed()
+    driver.join(10)
+    stream.close()
+
+    assert stream.closed_by_server
+    assert [e.id for e in events] == list(range(2, last_seq[0] + 1))  # every change, once, in order
+    assert all(e.event == "progress" and e.data["seq"] == e.id for e in events)
+    percents = [e.data["progress_percent"] for e in events]
+    assert percents == sorted(percents)
+    assert events[-1].data["status"] == "completed" and events[-1].data["progress_percent"] == 100
+    assert events[-1].data["completed_steps"] == STEPS
+    assert events[-1].data["result"] == {"video_url": "file:///tmp/x.mp4"}
+    assert events[-1].data == sse_store.get(job_id) | {"is_stale": False, "eta_seconds": None}
+
+
+def test_a_reconnect_with_last_event_id_gets_exactly_what_it_missed(server, sse_store):
+    job_id = new_job(sse_store)
+    drive(sse_store, job_id, updates=3, complete=False, top=30)  # seq 4, in step 2
+    first = EventStream(server.base, f"/api/v1/jobs/{job_id}/events")
+    seen = first.next_event()
+    assert seen.id == 4 and seen.data["message"] == "update 3"
+    first.close()  # the client goes away...
+
+    for i, percent in enumerate((40, 50, 60, 70, 80), start=1):  # ...and misses seq 5 to 9
+        sse_store.update(job_id, progress_percent=percent, current_step=STEPS[3], message=f"missed {i}")
+
+    again = EventStream(server.base, f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(seen.id)})
+    replayed = [again.next_event() for _ in range(5)]
+    assert [e.id for e in replayed] == [5, 6, 7, 8, 9]
+    assert [e.data["progress_percent"] for e in replayed] == [40, 50, 60, 70, 80]
+    assert replayed[-1].data["message"] == "missed 5"  # the newest is the full current snapshot
+    assert all(e.data["current_step"] == STEPS[3] for e in replayed)
+
+    sse_store.update(job_id, progress_percent=90)  # live again, after the replay: no repeat, no gap
+    sse_store.update(job_id, status="completed")
+    rest = again.events_until_closed()
+    again.close()
+    assert [e.id for e in rest] == [10, 11]
+    assert rest[-1].data["status"] == "completed"
+
+
+def test_a_finished_job_sends_its_last_state_and_closes(server, sse_store):
+    job_id = new_job(sse_store)
+    seq = drive(sse_store, job_id, updates=2)
+    stream = EventStream(server.base, f"/api/v1/jobs/{job_id}/events")
+    events = stream.events_until_closed()
+    stream.close()
+    assert [(e.id, e.data["status"]) for e in events] == [(seq, "completed")]
+    up_to_date = EventStream(server.base, f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(seq)})
+    assert up_to_date.events_until_closed() == []
+    up_to_date.close()
+    status, body = server.get("/api/v1/jobs/no-such-job/events")
+    assert status == 503 and "postgres" in json.loads(body)["detail"]  # PostgreSQL, down here, might know it
+
+
+def web_connections(real_redis, prefix: str) -> list[dict]:
+    return [c for c in real_redis.client_list() if c.get("name", "").startswith(f"{prefix}.web.")]
+
+
+def test_fifty_clients_share_one_redis_connection(server, sse_store, real_redis, sse_prefix):
+    job_id = new_job(sse_store)
+    sse_store.update(job_id, status="running", current_step=STEPS[0], progress_percent=1)
+    streams = [EventStream(server.base, f"/api/v1/jobs/{job_id}/events") for _ in range(50)]
+    try:
+        assert all(s.next_event().id == 2 for s in streams)
+        assert server.metric("progress_sse_clients") == 50
+
+        connections = web_connections(real_redis, sse_prefix)
+        (worker,) = server.worker_pids()
+        assert {c["name"].split(".")[-2] for c in connections} == {str(worker)}
+        listeners = [c for c in connections if c["name"].endswith(".events")]
+        assert len(listeners) == 1, connections  # one pub/sub connection for all 50 streams
+        assert int(listeners[0]["sub"]) == 1
+        assert len(connections) <= 4, connections
+
+        seq = sse_store.update(job_id, progress_percent=50, current_step=STEPS[2]).seq
+        assert all(s.next_event().id == seq for s in streams)
+        done = sse_store.update(job_id, status="completed").seq
+        for s in streams:
+            assert [e.id for e in s.events_until_closed()] == [done]
+    finally:
+        for s in streams:
+            s.close()
+    wait_for(lambda: server.metric("progress_sse_clients") == 0, what="the streams to be counted closed")
+    assert len(web_connections(real_redis, sse_prefix)) <= 4
+
+
+class TcpProxy:
+    """A loopback TCP proxy to Redis that can cut every connection and refuse new ones for a while."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = find_free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.resume()
+
+    def resume(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Close the listener and every open connection: Redis is gone until ``resume()``."""
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (a bare close would not)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.cut()
+
+
+def test_streams_catch_up_after_the_listener_loses_redis(real_redis_url, sse_store, sse_prefix, tmp_path):
+    """Changes published while the web process was cut off from Redis still reach its clients, in order."""
+    host_port = int(real_redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = TcpProxy(host_port)
+    srv = GunicornServer(server_env(f"redis://127.0.0.1:{proxy.port}/0", sse_prefix),
+                         log_path=tmp_path / "gunicorn.log")
+    try:
+        job_id = new_job(sse_store)
+        sse_store.update(job_id, status="running", current_step=STEPS[0], progress_percent=5)
+        stream = EventStream(srv.base, f"/api/v1/jobs/{job_id}/events", timeout=20)
+        assert stream.next_event().id == 2
+
+        proxy.cut()  # the web process loses Redis: pub/sub and pool alike
+        missed = [sse_store.update(job_id, progress_percent=p, message=f"during the outage {p}").seq
+                  for p in (20, 30, 40)]
+        proxy.resume()
+        events = [stream.next_event() for _ in missed]
+        assert [e.id for e in events] == missed == [3, 4, 5]
+        assert events[-1].data["message"] == "during the outage 40"
+
+        done = sse_store.update(job_id, status="completed").seq
+        assert [e.id for e in stream.events_until_closed()] == [done]
+        stream.close()
+    finally:
+        srv.stop()
+        proxy.close()
+    assert "resubscribed" in srv.log_path.read_text() or "reconnecting" in srv.log_path.read_text()
+
+
+def test_keep_alive_comments_flow_while_a_job_is_quiet(settings, real_redis):
+    """Through Flask's test client, with a short keep-alive: a comment line arrives, then the events."""
+    from web import create_app
+
+    app = create_app(settings)
+    app.config["PROGRESS_SSE_KEEPALIVE"] = 0.2
+    store = app.extensions["progress"]
+    store.create_job("quiet", "31452104", steps=STEPS)
+    response = app.test_client().get("/api/v1/jobs/quiet/events", buffered=False)
+    chunks = iter(response.response)
+    assert next(chunks).startswith(b"retry: ")
+    assert b"id: 1\nevent: progress\n" in next(chunks)
+    assert next(chunks) == b": keep-alive\n\n"
+    store.update("quiet", status="canceled")
+    rest = b"".join(chunks)  # ends after the terminal event
+    assert b"id: 2\nevent: progress\n" in rest and b'"status":"canceled"' in rest
+    response.close()
+    assert app.extensions["progress_events"].client_count == 0
+    app.extensions["progress_events"].close()

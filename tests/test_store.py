@@ -1,0 +1,363 @@
+"""CONTRACT's update rules, through ProgressStore, on fakeredis and on a real Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+
+import pytest
+
+from progress_service import InvalidInput, JobConflict, JobNotFound, ProgressStore, Status
+from progress_service.models import DEFAULT_STEPS
+
+STEPS = list(DEFAULT_STEPS)
+
+
+@pytest.fixture
+def job(store):
+    store.create_job("job-1", "31452104", steps=STEPS)
+    return "job-1"
+
+
+def stored(store, job_id="job-1"):
+    snap = store.get(job_id)
+    assert snap is not None
+    return snap
+
+
+def wait_until(predicate, timeout=5.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def test_create_job_starts_pending_with_the_steps(store, job):
+    snap = stored(store)
+    assert snap["status"] == "pending"
+    assert snap["progress_percent"] == 0
+    assert snap["steps"] == STEPS and snap["total_steps"] == 5
+    assert snap["completed_steps"] == [] and snap["current_step"] is None
+    assert snap["seq"] == 1
+    assert snap["created_at"].endswith("Z") and len(snap["created_at"]) == 24
+    assert snap["started_at"] is None and snap["finished_at"] is None
+
+
+def test_creating_a_job_twice_is_a_conflict(store, job):
+    with pytest.raises(JobConflict):
+        store.create_job("job-1", "31452104")
+
+
+def test_progress_increases(store, job):
+    r = store.update(job, progress_percent=12.5, current_step="fetch-paper", status="running")
+    assert (r.accepted, r.reason, r.seq) == (True, "ok", 2)
+    snap = stored(store)
+    assert snap["progress_percent"] == 12.5
+    assert snap["status"] == "running" and snap["started_at"] is not None
+    r = store.update(job, progress_percent=40, current_step="generate-audio")
+    assert (r.accepted, r.reason, r.seq) == (True, "ok", 3)
+    snap = stored(store)
+    assert snap["current_step"] == "generate-audio"
+    assert snap["completed_steps"] == ["fetch-paper", "generate-script"]
+
+
+def test_a_regression_is_rejected_and_the_stored_value_kept(store, job):
+    store.update(job, progress_percent=60, current_step="generate-videos", status="running")
+    before = stored(store)
+    for kwargs in (
+        {"progress_percent": 0},
+        {"progress_percent": 59.9},
+        {"current_step": "generate-script"},
+        {"current_step": "fetch-paper", "progress_percent": 70},
+        {"status": "pending"},
+    ):
+        r = store.update(job, **kwargs)
+        assert (r.accepted, r.reason) == (False, "regression"), kwargs
+    after = stored(store)
+    for name in ("progress_percent", "current_step", "completed_steps", "status", "seq"):
+        assert after[name] == before[name]
+
+
+def test_force_allows_a_regression(store, job):
+    store.update(job, progress_percent=60, current_step="generate-videos", status="running")
+    r = store.update(job, progress_percent=20, current_step="generate-script", force=True)
+    assert (r.accepted, r.reason) == (True, "ok")
+    snap = stored(store)
+    assert snap["progress_percent"] == 20
+    assert snap["current_step"] == "generate-script"
+    assert snap["completed_steps"] == ["fetch-paper"]
+
+
+@pytest.mark.parametrize("end", ["completed", "failed", "canceled"])
+def test_a_terminal_job_takes_no_further_update(store, job, end):
+    store.update(job, progress_percent=30, status="running")
+    store.update(job, status=end, error="boom" if end == "failed" else None)
+    snap = stored(store)
+    assert snap["status"] == end and snap["finished_at"] is not None
+    for kwargs in ({"progress_percent": 99}, {"status": "running"}, {"message": "hi"}):
+        r = store.update(job, **kwargs)
+        assert (r.accepted, r.reason) == (False, "terminal")
+    assert stored(store)["seq"] == snap["seq"]
+
+
+def test_force_revives_a_finished_job(store, job):
+    store.update(job, status="failed", error="worker lost")
+    r = store.update(job, status="running", force=True)
+    assert r.accepted
+    snap = stored(store)
+    assert snap["status"] == "running" and snap["finished_at"] is None
+    assert store.client.ttl(store.keys.job(job)) == -1
+
+
+def test_a_finished_job_gets_the_ttl(store, job):
+    store.update(job, status="canceled")
+    ttl = store.client.ttl(store.keys.job(job))
+    assert 0 < ttl <= store.settings.job_ttl
+    assert 0 < store.client.ttl(store.keys.history(job)) <= store.settings.job_ttl
+
+
+def test_reaching_100_while_running_completes_the_job(store, job):
+    store.update(job, progress_percent=80, current_step="assemble-video", status="running")
+    r = store.update(job, progress_percent=100)
+    assert (r.reason, r.status) == ("ok", "completed")
+    snap = stored(store)
+    assert snap["status"] == "completed"
+    assert snap["progress_percent"] == 100
+    assert snap["current_step"] is None
+    assert snap["completed_steps"] == STEPS
+    assert snap["finished_at"] is not None
+
+
+def test_completing_sets_everything_done(store, job):
+    store.update(job, progress_percent=30, current_step="generate-script", status="running")
+    store.update(job, status="completed", result={"video_url": "file:///v.mp4"})
+    snap = stored(store)
+    assert (snap["progress_percent"], snap["current_step"]) == (100, None)
+    assert snap["completed_steps"] == STEPS
+    assert snap["result"] == {"video_url": "file:///v.mp4"}
+
+
+def test_a_step_starting_on_a_pending_job_means_it_runs(store, job):
+    store.update(job, current_step="fetch-paper")
+    snap = stored(store)
+    assert snap["status"] == "running" and snap["started_at"] is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        ({"progress_percent": 101}, "progress_percent"),
+        ({"progress_percent": -1}, "progress_percent"),
+        ({"progress_percent": float("nan")}, "progress_percent"),
+        ({"progress_percent": "40"}, "progress_percent"),
+        ({"progress_percent": True}, "progress_percent"),
+        ({"status": "done"}, "status"),
+        ({"current_step": "render"}, "current_step"),
+        ({"result": ["not", "an", "object"]}, "result"),
+        ({"message": 42}, "message"),
+    ],
+)
+def test_invalid_input_raises_and_changes_nothing(store, job, kwargs, text):
+    store.update(job, progress_percent=10, status="running")
+    before = stored(store)
+    with pytest.raises(InvalidInput, match=text):
+        store.update(job, **kwargs)
+    with pytest.raises(ValueError):
+        store.update(job, force=True, **kwargs)
+    after = stored(store)
+    assert {k: after[k] for k in ("seq", "progress_percent", "status", "current_step")} == {
+        k: before[k] for k in ("seq", "progress_percent", "status", "current_step")
+    }
+
+
+def test_validation_happens_inside_the_script_too(store, job):
+    """A writer that bypasses the Python checks still cannot store nonsense."""
+    k = store.keys
+    args = ["banana", "", "", "", "", "", "0", k.events(job), k.all_events, 100, 60]
+    with pytest.raises(Exception, match="INVALID progress_percent"):
+        store.scripts.update(keys=[k.job(job), k.history(job)], args=args)
+    assert stored(store)["seq"] == 1
+
+
+def test_an_unknown_job_is_not_found(store):
+    r = store.update("nobody", progress_percent=10)
+    assert (r.accepted, r.reason) == (False, "not_found")
+    assert store.get("nobody") is None
+    assert store.heartbeat("nobody") is False
+
+
+def test_an_update_that_changes_nothing_refreshes_the_timestamp_only(store, job):
+    store.update(job, progress_percent=25, status="running")
+    before = stored(store)
+    events = store.client.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(store.keys.events(job))
+    time.sleep(0.01)
+    r = store.update(job, progress_percent=25, status="running")
+    assert (r.accepted, r.reason, r.seq) == (True, "unchanged", before["seq"])
+    after = stored(store)
+    assert after["seq"] == before["seq"]
+    assert after["progress_updated_at"] > before["progress_updated_at"]
+    assert len(store.history(job)) == 2
+    assert events.get_message(timeout=0.2) is None
+    events.close()
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "-x", "x" * 65, "../etc", "a{b}", None, 7])
+def test_bad_ids_raise_value_error(store, bad):
+    with pytest.raises(ValueError):
+        store.create_job(bad, "31452104")
+    with pytest.raises(ValueError):
+        store.create_job("ok-id", bad)
+    with pytest.raises(ValueError):
+        store.update(bad, progress_percent=1)
+    with pytest.raises(ValueError):
+        store.get(bad)
+
+
+def test_a_running_job_goes_stale_without_progress(store, job):
+    fast = ProgressStore(store.client, dataclasses.replace(store.settings, stale_after=0.2))
+    fast.update(job, progress_percent=5, status="running")
+    assert fast.get(job)["is_stale"] is False
+    assert wait_until(lambda: fast.get(job)["is_stale"], timeout=3)
+    fast.update(job, progress_percent=6)
+    assert fast.get(job)["is_stale"] is False
+
+
+def test_a_pending_job_goes_stale_after_its_own_limit(store, job):
+    slow = ProgressStore(store.client, dataclasses.replace(
+        store.settings, stale_after=0.05, pending_stale_after=0.4))
+    time.sleep(0.1)
+    assert slow.get(job)["is_stale"] is False  # past stale_after, but pending has its own
+    assert wait_until(lambda: slow.get(job)["is_stale"], timeout=3)
+
+
+def test_a_finished_job_is_never_stale(store, job):
+    fast = ProgressStore(store.client, dataclasses.replace(store.settings, stale_after=0.01))
+    fast.update(job, status="failed", error="x")
+    time.sleep(0.05)
+    assert fast.get(job)["is_stale"] is False
+
+
+def test_heartbeat_stamps_without_seq_or_event(store, job):
+    store.update(job, progress_percent=5, status="running")
+    seq = stored(store)["seq"]
+    assert store.heartbeat(job) is True
+    snap = stored(store)
+    assert snap["heartbeat_at"] is not None and snap["seq"] == seq
+
+
+def test_eta_comes_from_the_history(store, job):
+    store.update(job, progress_percent=10, status="running")
+    assert stored(store)["eta_seconds"] is None or stored(store)["eta_seconds"] >= 0
+    time.sleep(0.2)
+    store.update(job, progress_percent=50)
+    eta = stored(store)["eta_seconds"]
+    # 40 points in ~0.2 s: the remaining 50 take ~0.25 s
+    assert eta is not None and 0.05 < eta < 5
+
+
+def test_history_is_capped(store, job):
+    capped = ProgressStore(store.client, dataclasses.replace(store.settings, history_maxlen=10))
+    for p in range(1, 300):
+        capped.update(job, progress_percent=p / 3)
+    hist = capped.history(job)
+    assert len(hist) < 250  # XADD MAXLEN ~ trims in whole nodes
+    seqs = [h["seq"] for h in hist]
+    assert seqs == sorted(seqs) and seqs[-1] == stored(store)["seq"]
+
+
+def test_every_accepted_change_is_published_on_both_channels(store, job):
+    ps = store.client.pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(store.keys.events(job), store.keys.all_events)
+    time.sleep(0.01)
+    store.update(job, progress_percent=10, status="running")
+    got = []
+    deadline = time.monotonic() + 3
+    while len(got) < 2 and time.monotonic() < deadline:
+        m = ps.get_message(timeout=0.1)
+        if m:
+            got.append(m)
+    ps.close()
+    assert len(got) == 2
+    channels = {m["channel"].decode() if isinstance(m["channel"], bytes) else m["channel"] for m in got}
+    assert channels == {store.keys.events(job), store.keys.all_events}
+    payload = json.loads(got[0]["data"])
+    for name in ("job_id", "seq", "status", "progress_percent", "current_step", "completed_steps",
+                 "message", "error", "progress_updated_at_ms"):
+        assert name in payload
+    assert payload["completed_steps"] == [] and isinstance(payload["progress_updated_at_ms"], int)
+    assert (payload["job_id"], payload["seq"], payload["status"]) == (job, 2, "running")
+
+
+def test_a_late_subscriber_gets_the_snapshot_then_each_change_once(store, job):
+    store.update(job, progress_percent=20, current_step="generate-script", status="running")
+    seen: list[dict] = []
+    subscribed = threading.Event()
+
+    def follow():
+        for snap in store.subscribe(job, timeout=10):
+            seen.append(snap)
+            subscribed.set()
+
+    t = threading.Thread(target=follow)
+    t.start()
+    assert subscribed.wait(5)
+    assert seen[0]["seq"] == 2 and seen[0]["progress_percent"] == 20
+    store.update(job, progress_percent=30)
+    store.update(job, progress_percent=30)  # unchanged: no event
+    store.update(job, progress_percent=10)  # regression: no event
+    store.update(job, current_step="generate-audio", progress_percent=45)
+    store.update(job, status="completed", result={"video_url": "v.mp4"})
+    t.join(10)
+    assert not t.is_alive(), "the iterator must end after the terminal state"
+    assert [s["seq"] for s in seen] == [2, 3, 4, 5]
+    assert [s["progress_percent"] for s in seen] == [20, 30, 45, 100]
+    assert seen[-1]["status"] == "completed" and seen[-1]["result"] == {"video_url": "v.mp4"}
+    assert seen[-1]["completed_steps"] == STEPS
+
+
+def test_subscribing_to_a_finished_job_yields_once(store, job):
+    store.update(job, status="canceled")
+    snaps = list(store.subscribe(job, timeout=5))
+    assert len(snaps) == 1 and snaps[0]["status"] == "canceled"
+
+
+def test_subscribing_to_an_unknown_job_raises(store):
+    with pytest.raises(JobNotFound):
+        next(store.subscribe("ghost", timeout=1))
+
+
+def test_list_jobs_newest_first_and_filtered(store):
+    store.create_job("a1", "p1")
+    time.sleep(0.003)
+    store.create_job("a2", "p2")
+    time.sleep(0.003)
+    store.create_job("a3", "p1")
+    store.update("a3", status="running")
+    assert [s["job_id"] for s in store.list_jobs()] == ["a3", "a2", "a1"]
+    assert [s["job_id"] for s in store.list_jobs(paper_id="p1")] == ["a3", "a1"]
+    assert [s["job_id"] for s in store.list_jobs(status="running")] == ["a3"]
+    assert store.latest_job_id("p1") == "a3"
+    with pytest.raises(InvalidInput):
+        store.list_jobs(status="sleeping")
+
+
+def test_update_many_applies_each_update_atomically(store, job):
+    store.create_job("job-2", "31452104")
+    results = store.update_many([
+        {"job_id": job, "progress_percent": 10},
+        {"job_id": "job-2", "progress_percent": 50},
+        {"job_id": job, "progress_percent": 5},
+        {"job_id": "missing", "progress_percent": 5},
+    ])
+    assert [r.reason for r in results] == ["ok", "ok", "regression", "not_found"]
+    assert stored(store)["progress_percent"] == 10
+
+
+def test_status_values(store):
+    assert Status("running").value == "running" and not Status.RUNNING.is_terminal
+    assert Status.CANCELED.is_terminal

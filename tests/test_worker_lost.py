@@ -1,0 +1,269 @@
+"""A worker that dies mid-job: the job goes stale, then fails as ``worker lost``, in RQ too.
+
+The end-to-end test runs ``progress-service worker`` as a subprocess (through a
+small launcher that registers a slow test pipeline), SIGKILLs it and its work
+horse mid-job, and starts another worker. Settings are short here:
+PROGRESS_STALE_AFTER=1, PROGRESS_WORKER_LOST_AFTER=3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from progress_service import ProgressStore
+from progress_service.store import connect
+from worker.jobs import submit_job
+from worker.lost import WORKER_LOST, LostJobSweeper, sweep_lost_jobs
+from worker.pipelines import PIPELINES, Pipeline
+from worker.process_tree import descendants, process_alive
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+
+# Steps a, b: announces a, then PROGRESS every 0.1 s for a minute; a grandchild sleeps in
+# its process group. Writes "pid grandchild" to argv[1].
+SLOW = """
+import os, subprocess, sys, time
+stay = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {stay.pid}\\n")
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+print("STEP 1/2 a", flush=True)
+for i in range(600):
+    print(f"PROGRESS {min(i / 10, 49):.1f}", flush=True)
+    time.sleep(0.1)
+"""
+
+LAUNCHER = """
+import sys
+from worker.pipelines import PIPELINES, Pipeline
+
+SOURCES = {sources!r}
+
+def command_for(source):
+    return lambda paper_id, out_dir: [sys.executable, "-c", source, out_dir + "/pids"]
+
+for name, source in SOURCES.items():
+    PIPELINES[name] = Pipeline(name=name, steps=("a", "b"), command=command_for(source))
+
+from progress_cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def store(real_redis, settings):
+    store = ProgressStore(connect(settings), settings)
+    yield store
+    store.client.close()
+
+
+@pytest.fixture
+def rq_conn(real_redis_url, real_redis, settings):
+    conn = redis.Redis.from_url(real_redis_url)
+    yield conn
+    conn.srem("rq:queues", f"rq:queue:{settings.queue_name}")
+    conn.close()
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def read_pids(path: Path) -> list[int] | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return [int(x) for x in text.split()] if text.endswith("\n") else None
+
+
+# -- the sweeper ---------------------------------------------------------------------
+
+
+def test_the_sweeper_fails_only_running_jobs_without_a_heartbeat(real_redis, settings):
+    fast = dataclasses.replace(settings, worker_lost_after=1.0)
+    store = ProgressStore(connect(fast), fast)
+    for job_id in ("silent", "beating", "waiting", "done"):
+        store.create_job(job_id, "p", steps=["a"], pipeline="command")
+    store.update("silent", status="running")
+    store.update("beating", status="running")
+    store.update("done", status="completed")
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def beat():
+        while not stop.is_set():
+            store.heartbeat("beating")
+            stop.wait(0.2)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        failed = wait_until(lambda: sweep_lost_jobs(store, fast), timeout=10, interval=0.05)
+    finally:
+        stop.set()
+        beater.join()
+    assert failed == ["silent"]
+    assert time.monotonic() - started >= 0.9  # not before worker_lost_after
+    snap = store.get("silent")
+    assert snap["status"] == "failed" and snap["error"] == WORKER_LOST
+    assert store.get("beating")["status"] == "running"
+    assert store.get("waiting")["status"] == "pending"
+    assert store.get("done")["status"] == "completed"
+    assert sweep_lost_jobs(store, fast) == []  # once only
+    store.client.close()
+
+
+def test_the_sweeper_loop_survives_a_redis_that_does_not_answer(settings, caplog):
+    dead = dataclasses.replace(settings, progress_redis_url="redis://127.0.0.1:1/0")
+    store = ProgressStore(connect(dead), dead)
+    sweeper = LostJobSweeper(store, dead)
+    stop = threading.Event()
+    thread = sweeper.start(stop)
+    assert wait_until(lambda: "Redis is down" in caplog.text, timeout=10)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_rq_abandoned_job_cleanup_agrees_with_the_store(monkeypatch, settings, store, rq_conn):
+    """RQ's own path: StartedJobRegistry.cleanup() finds the job abandoned and calls
+    its on_failure callback, which fails the store's job as ``worker lost``."""
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("PROGRESS_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.delenv("PROGRESS_REDIS_URL", raising=False)
+    job_id = submit_job(settings, "p1", store=store, redis_conn=rq_conn,
+                        job_id=f"{settings.key_prefix}-abandoned")
+    store.update(job_id, status="running", current_step="fetch-paper")
+    rq_job = Job.fetch(job_id, connection=rq_conn)
+    rq_job.set_status(JobStatus.STARTED)
+    registry = StartedJobRegistry(settings.queue_name, connection=rq_conn)
+    rq_conn.zadd(registry.key, {f"{job_id}:dead-execution": 1})  # its heartbeat long expired
+    registry.cleanup()
+    snap = store.get(job_id)
+    assert snap["status"] == "failed" and snap["error"] == WORKER_LOST
+    assert Job.fetch(job_id, connection=rq_conn).get_status() == JobStatus.FAILED
+
+
+# -- a worker killed mid-job, end to end ---------------------------------------------
+
+
+@pytest.fixture
+def worker_env(settings, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROGRESS_", "VIDEO_PIPELINE")) and k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=CLOSED_DATABASE_URL,
+        PROGRESS_KEY_PREFIX=settings.key_prefix,
+        PROGRESS_QUEUE=settings.queue_name,
+        PROGRESS_MIN_INTERVAL="0.05",
+        PROGRESS_STALE_AFTER="1",
+        PROGRESS_WORKER_LOST_AFTER="3",
+        PROGRESS_OUTPUT_DIR=str(tmp_path / "out"),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def start_worker(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    launcher = tmp_path / "launch_worker.py"
+    launcher.write_text(textwrap.dedent(LAUNCHER).format(sources={"t-slow": SLOW}))
+    path = tmp_path / f"worker-{time.monotonic_ns()}.log"
+    proc = subprocess.Popen([sys.executable, str(launcher), "worker", *args], env=env, cwd=ROOT,
+                            stdout=open(path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log_path = path  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # warm shutdown
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def logs(tmp_path: Path) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("worker-*.log")))
+
+
+@pytest.mark.slow
+def test_a_sigkilled_worker_leaves_a_stale_job_that_the_next_worker_fails_as_lost(
+        settings, worker_env, store, rq_conn, tmp_path, monkeypatch):
+    monkeypatch.setitem(PIPELINES, "t-slow",
+                        Pipeline(name="t-slow", steps=("a", "b"), command=lambda p, o: []))
+    first = start_worker(tmp_path, worker_env, "--no-mirror")
+    second = None
+    try:
+        job_id = submit_job(settings, "p1", "t-slow", store=store, redis_conn=rq_conn,
+                            job_id=f"{settings.key_prefix}-lost")
+        assert wait_until(lambda: store.get(job_id)["progress_percent"] >= 1, timeout=30), logs(tmp_path)
+        pids = read_pids(Path(worker_env["PROGRESS_OUTPUT_DIR"]) / job_id / "pids")
+        assert pids and all(process_alive(p) for p in pids)
+        horses = [p for p in descendants(first.pid) if p not in pids and p not in descendants(pids[0])]
+        assert horses, "no work horse found"
+
+        # The worker and its work horse die at once, as on a lost machine.
+        os.kill(first.pid, signal.SIGKILL)
+        for horse in horses:
+            os.kill(horse, signal.SIGKILL)
+        first.wait(10)
+
+        # No worker runs: the job still reads running, and soon stale.
+        stale = wait_until(lambda: (s := store.get(job_id))["is_stale"] and s, timeout=10)
+        assert stale and stale["status"] == "running", store.get(job_id)
+        assert Job.fetch(job_id, connection=rq_conn).get_status() == JobStatus.STARTED
+
+        # A new worker: once it runs, the job is failed within worker_lost_after (3 s).
+        second = start_worker(tmp_path, worker_env)  # with the mirror (PostgreSQL down: it waits)
+        assert wait_until(lambda: "lost-job sweeper: every" in second.log_path.read_text(),
+                          timeout=30), logs(tmp_path)
+        running = time.monotonic()
+        failed = wait_until(lambda: (s := store.get(job_id))["status"] == "failed" and s, timeout=20)
+        took = time.monotonic() - running
+        assert failed and failed["error"] == WORKER_LOST, (store.get(job_id), logs(tmp_path))
+        assert took < settings.worker_lost_after, (took, logs(tmp_path))
+        assert failed["progress_percent"] == stale["progress_percent"]  # nothing else changed
+
+        # RQ agrees a moment later (the store is failed first: it decides who wins).
+        assert wait_until(lambda: Job.fetch(job_id, connection=rq_conn).get_status()
+                          == JobStatus.FAILED, timeout=5), logs(tmp_path)
+        assert job_id in FailedJobRegistry(settings.queue_name, connection=rq_conn).get_job_ids()
+        assert job_id not in StartedJobRegistry(settings.queue_name,
+                                                connection=rq_conn).get_job_ids(cleanup=False)
+        # The pipeline's tree outlived its work horse; the sweeper killed what was left.
+        assert wait_until(lambda: not [p for p in pids if process_alive(p)], timeout=10)
+        assert second.poll() is None, logs(tmp_path)
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                stop_worker(proc)
+        for pid in (read_pids(Path(worker_env["PROGRESS_OUTPUT_DIR"]) / f"{settings.key_prefix}-lost"
+                              / "pids") or []):
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert "lost-job sweeper" in logs(tmp_path)
