@@ -1,0 +1,99 @@
+"""How fast ProgressStore.update is, against a floor measured in the same run.
+
+Prints, against the Redis at REDIS_URL (default redis://127.0.0.1:6379/0):
+- store.update calls/s, one at a time (each a full round trip);
+- updates/s batched (update_many: one pipelined round trip per batch);
+- the floor: a bare EVALSHA of a one-line script, one at a time;
+and the ratios. Targets: one at a time >= 0.7x the floor; batched >= 30,000/s.
+
+    python bench/update_bench.py [--seconds 3] [--batch 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import uuid
+
+import redis
+
+from progress_service import ProgressStore, Settings
+
+
+def rate(fn, seconds: float) -> float:
+    """Calls of ``fn`` per second over about ``seconds``."""
+    n, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(100):
+            fn()
+        n += 100
+        now = time.perf_counter()
+        if now >= deadline:
+            return n / (now - start)
+
+
+def interleaved(a, b, seconds: float, rounds: int = 7) -> tuple[float, float, float]:
+    """Median rates of ``a`` and ``b`` and the median of their per-round ratio b/a.
+
+    The two alternate in short rounds, so a busy machine slows both alike.
+    """
+    rate(a, 0.1), rate(b, 0.1)  # warm up connections and script caches
+    ra, rb, ratios = [], [], []
+    for _ in range(rounds):
+        x, y = rate(a, seconds / rounds), rate(b, seconds / rounds)
+        ra.append(x), rb.append(y), ratios.append(y / x)
+    return statistics.median(ra), statistics.median(rb), statistics.median(ratios)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    ap.add_argument("--batch", type=int, default=500, help="updates per pipelined batch")
+    args = ap.parse_args()
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env({"REDIS_URL": url, "PROGRESS_KEY_PREFIX": prefix})
+    client = redis.Redis.from_url(url)
+    store = ProgressStore(client, settings)
+    try:
+        floor_sha = client.script_load("return 1")
+        store.create_job("one", "31452104")
+        counter = iter(range(10**9))
+        # Every call is a real change (a fraction more progress), so each one
+        # takes the full path: validate, HSET, XADD, two PUBLISHes.
+        floor, one, ratio = interleaved(
+            lambda: client.evalsha(floor_sha, 0),
+            lambda: store.update("one", progress_percent=next(counter) * 1e-7),
+            2 * args.seconds,
+        )
+
+        jobs = [f"batch-{i}" for i in range(50)]
+        for j in jobs:
+            store.create_job(j, "31452104")
+        step = iter(range(10**9))
+
+        def batch():
+            base = next(step) * 1e-5
+            store.update_many(
+                {"job_id": jobs[i % len(jobs)], "progress_percent": base + i * 1e-9}
+                for i in range(args.batch)
+            )
+
+        batched = rate(batch, args.seconds / 2) * args.batch
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.unlink(key)
+
+    print(f"redis {client.info('server')['redis_version']} at {url}")
+    print(f"floor: bare EVALSHA 'return 1'      {floor:>10,.0f} calls/s")
+    print(f"store.update, one at a time        {one:>10,.0f} calls/s   ratio {ratio:.2f}x (target >= 0.70x; median of 7 interleaved rounds)")
+    print(f"store.update_many, batches of {args.batch:<4} {batched:>10,.0f} updates/s  "
+          f"{'OK' if batched >= 30000 else 'BELOW'} (target >= 30,000/s)")
+
+
+if __name__ == "__main__":
+    main()
