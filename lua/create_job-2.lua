@@ -4,7 +4,6 @@
 -- ARGV[5] the job's channel   ARGV[6] the all-jobs channel   ARGV[7] history MAXLEN
 -- returns {created 0|1, seq, created_at_ms}
 local rcall = redis.call
-if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 if rcall('EXISTS', KEYS[1]) == 1 then
   return {0, tonumber(rcall('HGET', KEYS[1], 'seq')) or 0, tonumber(rcall('HGET', KEYS[1], 'created_at_ms')) or 0}

@@ -2,7 +2,6 @@
 -- KEYS[1] job hash
 -- returns the stamp in ms, or 0 when the job is missing or finished
 local rcall = redis.call
-if redis.replicate_commands then pcall(redis.replicate_commands) end
 local status = rcall('HGET', KEYS[1], 'status')
 if not status or status == 'completed' or status == 'failed' or status == 'canceled' then
   return 0

@@ -10,18 +10,18 @@
 --   reason: ok | unchanged | regression | terminal | not_found
 -- raises "INVALID <what>" on invalid input (rule 5); nothing is written then.
 local rcall = redis.call
-if redis.replicate_commands then pcall(redis.replicate_commands) end -- Redis < 7: TIME before writes
+-- Redis >= 5 replicates a script by its effects, so reading TIME before the
+-- writes is allowed without redis.replicate_commands().
 
 local RANK = {pending = 0, running = 1, completed = 2, failed = 2, canceled = 2}
-
--- rule 1: only an existing job
-if rcall('EXISTS', KEYS[1]) == 0 then
-  return {0, 'not_found', 0}
-end
 
 local cur = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'current_step',
   'completed_count', 'steps', 'message', 'error', 'result', 'seq', 'started_at_ms', 'job_id',
   'paper_id', 'finished_at_ms', 'completed_json', 'total_steps')
+-- rule 1: only an existing job (create_job always sets job_id)
+if not cur[11] then
+  return {0, 'not_found', 0}
+end
 local cur_status, cur_step = cur[1], cur[3] or ''
 local cur_progress = tonumber(cur[2]) or 0
 local cur_done = tonumber(cur[4]) or 0
@@ -159,8 +159,10 @@ local function jnum(s)
   if s == nil or s == '' then return 'null' end
   return tostring(s)
 end
-local payload = '{"job_id":' .. jstr(cur[11]) .. ',"paper_id":' .. jstr(cur[12])
-  .. ',"seq":' .. seq .. ',"status":' .. jstr(new_status)
+-- job_id and paper_id were checked against the id pattern by create_job, and
+-- the status is one of five words: none needs JSON escaping.
+local payload = '{"job_id":"' .. cur[11] .. '","paper_id":"' .. cur[12]
+  .. '","seq":' .. seq .. ',"status":"' .. new_status .. '"'
   .. ',"progress_percent":' .. tostring(new_progress)
   .. ',"current_step":' .. jstr(new_step) .. ',"completed_steps":' .. done_json
   .. ',"total_steps":' .. total_steps

@@ -7,9 +7,9 @@ repository's ``lua/`` folder. :func:`lua_dir` is the one place that decides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from redis.exceptions import ResponseError
 
@@ -35,9 +35,8 @@ def script_source(name: str) -> str:
     return matches[0].read_text(encoding="utf-8")
 
 
-@dataclass(frozen=True)
-class UpdateResult:
-    """What ``ProgressStore.update`` answers."""
+class UpdateResult(NamedTuple):
+    """What ``ProgressStore.update`` answers (a named tuple: cheap on the hot path)."""
 
     accepted: bool
     reason: str  # ok | unchanged | regression | terminal | not_found
@@ -53,8 +52,10 @@ def _text(value: object) -> str:
 
 
 def parse_update_reply(reply: list) -> UpdateResult:
-    status = _text(reply[3]) if len(reply) > 3 else None
-    return UpdateResult(bool(int(reply[0])), _text(reply[1]), int(reply[2]), status)
+    """``[accepted 0|1, reason, seq, status]`` as the script returns it."""
+    if len(reply) > 3:
+        return UpdateResult(reply[0] == 1, _text(reply[1]), int(reply[2]), _text(reply[3]))
+    return UpdateResult(reply[0] == 1, _text(reply[1]), int(reply[2]), None)
 
 
 def invalid_from(exc: ResponseError) -> InvalidInput | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 MAX_TEXT = 8192  # characters of a message or an error
 ETA_WINDOW = 20  # history entries the ETA looks back over
 INDEX_MAX = 10000  # job ids kept in the recent-jobs index
+_KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
@@ -66,6 +67,8 @@ class ProgressStore:
         self.keys = Keys(self.settings.key_prefix)
         self.scripts = Scripts(client)
         self.stats: Counter[str] = Counter()
+        self._key_cache: dict[str, tuple[str, str, str]] = {}
+        self._all_events = self.keys.all_events
         # redis-py blocks scripts in cluster pipelines: there, batches go one call each.
         self.is_cluster = isinstance(client, redis.RedisCluster)
 
@@ -337,22 +340,37 @@ class ProgressStore:
 
     def _update_call(self, job_id, progress_percent=None, current_step=None, status=None,
                      message=None, error=None, result=None, force=False):
-        validate_id(job_id)
-        k = self.keys
+        job_key, history_key, channel = self._job_keys(job_id)
         args = [
             _progress_arg(progress_percent),
-            _step_arg(current_step),
-            _status_arg(status),
-            _text_arg(message, "message"),
-            _text_arg(error, "error"),
-            _result_arg(result),
+            "" if current_step is None else _step_arg(current_step),
+            "" if status is None else _status_arg(status),
+            "" if message is None else _text_arg(message, "message"),
+            "" if error is None else _text_arg(error, "error"),
+            "" if result is None else _result_arg(result),
             "1" if force else "0",
-            k.events(job_id),
-            k.all_events,
+            channel,
+            self._all_events,
             self.settings.history_maxlen,
             self.settings.job_ttl,
         ]
-        return [k.job(job_id), k.history(job_id)], args
+        return [job_key, history_key], args
+
+    def _job_keys(self, job_id) -> tuple[str, str, str]:
+        """The job's hash, history and channel names, validating the id on first sight.
+
+        The hot path (one update per progress change) would otherwise redo the
+        id check and three string builds on every call; bench/update_bench.py.
+        """
+        cached = self._key_cache.get(job_id) if type(job_id) is str else None
+        if cached is None:
+            validate_id(job_id)
+            k = self.keys
+            cached = (k.job(job_id), k.history(job_id), k.events(job_id))
+            if len(self._key_cache) >= _KEY_CACHE_MAX:
+                self._key_cache.clear()
+            self._key_cache[job_id] = cached
+        return cached
 
     def _job_of(self, job_key: str) -> str:
         return job_key[len(self.keys.prefix) + 2:-1]
@@ -374,7 +392,12 @@ class ProgressStore:
 
     def _call(self, script, keys, args):
         try:
-            return script(keys=keys, args=args)
+            try:
+                # EVALSHA straight away: redis-py's Script.__call__ costs a few
+                # microseconds per call on the hot path (bench/update_bench.py).
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return script(keys=keys, args=args)  # loads it (Redis restarted, or a new node)
         except ResponseError as exc:
             invalid = invalid_from(exc)
             if invalid is not None:
@@ -403,6 +426,8 @@ class ProgressStore:
 def _progress_arg(value) -> str:
     if value is None:
         return ""
+    if type(value) is float and 0.0 <= value <= 100.0:  # the common case, checked cheaply
+        return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
     if not math.isfinite(value) or not 0 <= value <= 100:

@@ -191,33 +191,42 @@ def test_invalid_utf8_and_megabyte_lines_survive(store, settings):
     assert any(h.get("current_step") == "a" for h in history)
 
 
-def test_garbage_and_silence_crash_nothing_and_let_the_job_go_stale(store, settings):
-    """stale_after is 2 s here: a silent command makes the job read stale, heartbeats go on."""
+def test_garbage_and_silence_crash_nothing_and_let_the_job_go_stale(store, settings, tmp_path):
+    """stale_after is 2 s here: a silent command makes the job read stale, heartbeats go on.
+
+    The command stays silent until the test has seen both, then goes on: no
+    race between the job finishing and the next heartbeat.
+    """
     store.create_job("j", "p", steps=["a", "b"], pipeline="command")
+    go_on = tmp_path / "go-on"
     source = """
-        import sys, time
+        import os, sys, time
         for line in ("PROGRESS banana", "PROGRESS 150", "STEP 9/2 nine", "STEP nosuch",
                      '{"progress": "x"}', '{"step": 5}', "{not json", "%|||", "\\x1b[2K\\x1b[1A"):
             print(line, flush=True)
             print(line, file=sys.stderr, flush=True)
         print("STEP a", flush=True)
-        time.sleep(float(sys.argv[1]))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
         print("STEP b", flush=True)
     """
-    silence = settings.stale_after + 1.0
     result = {}
     thread = threading.Thread(target=lambda: result.update(
-        outcome=run_command(store, "j", program(source, str(silence)), steps=["a", "b"],
+        outcome=run_command(store, "j", program(source, str(go_on)), steps=["a", "b"],
                             settings=settings)))
     thread.start()
     try:
-        stale = wait_until(lambda: (s := store.get("j"))["is_stale"] and s, timeout=silence + 2)
+        stale = wait_until(lambda: (s := store.get("j"))["is_stale"] and s,
+                           timeout=settings.stale_after + 5)
         assert stale and stale["status"] == "running" and stale["current_step"] == "a"
         assert stale["heartbeat_at"] is not None  # the worker is alive; only progress stopped
         first_beat = stale["heartbeat_at"]
         assert wait_until(lambda: store.get("j")["heartbeat_at"] != first_beat,
                           timeout=heartbeat_interval(settings) * 3)
+        assert store.get("j")["is_stale"] is True  # heartbeats alone do not count as progress
     finally:
+        go_on.touch()
         thread.join(30)
     assert result["outcome"].status == "completed"
     snap = store.get("j")
