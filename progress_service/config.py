@@ -42,7 +42,10 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of CONTRACT's configuration table, with its default."""
+    """Every setting of CONTRACT's configuration table, with its default.
+
+    The last five are this implementation's own (README, "Configuration").
+    """
 
     redis_url: str = DEFAULT_REDIS_URL
     progress_redis_url: str = DEFAULT_REDIS_URL
@@ -57,6 +60,10 @@ class Settings:
     api_token: str | None = None
     queue_name: str = "pipelines"
     history_maxlen: int = 1000
+    job_timeout: int = 3600  # PROGRESS_JOB_TIMEOUT: seconds RQ lets a job run
+    output_dir: str = ""  # PROGRESS_OUTPUT_DIR: where jobs write; "" is <tmp>/progress-service/videos
+    web_redis_pool: int = 3  # PROGRESS_WEB_REDIS_POOL: read connections per web process
+    sse_keepalive: float = 15.0  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -66,10 +73,16 @@ class Settings:
         prefix = env.get("PROGRESS_KEY_PREFIX") or "progress"
         if any(c in prefix for c in " {}\n"):
             raise ConfigError(f"PROGRESS_KEY_PREFIX={prefix!r} may not hold spaces or braces")
+        cluster = _flag(env, "PROGRESS_REDIS_CLUSTER")
+        if cluster and not env.get("PROGRESS_REDIS_URL"):
+            raise ConfigError(
+                "PROGRESS_REDIS_CLUSTER=1 needs PROGRESS_REDIS_URL (a node of the cluster): "
+                "REDIS_URL stays RQ's plain Redis, which cannot be a cluster"
+            )
         return cls(
             redis_url=redis_url,
             progress_redis_url=env.get("PROGRESS_REDIS_URL") or redis_url,
-            redis_cluster=_flag(env, "PROGRESS_REDIS_CLUSTER"),
+            redis_cluster=cluster,
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             key_prefix=prefix,
             stale_after=_number(env, "PROGRESS_STALE_AFTER", 60.0),
@@ -79,6 +92,10 @@ class Settings:
             job_ttl=int(_number(env, "PROGRESS_JOB_TTL", 604800, minimum=1)),
             api_token=env.get("PROGRESS_API_TOKEN") or None,
             queue_name=env.get("PROGRESS_QUEUE") or "pipelines",
+            job_timeout=int(_number(env, "PROGRESS_JOB_TIMEOUT", 3600, minimum=1)),
+            output_dir=env.get("PROGRESS_OUTPUT_DIR") or "",
+            web_redis_pool=int(_number(env, "PROGRESS_WEB_REDIS_POOL", 3, minimum=1)),
+            sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", 15.0, minimum=0.1),
         )
 
     def public(self) -> dict[str, object]:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.backend
 @pytest.fixture
 def cluster_store(redis_cluster, key_prefix):
     settings = Settings.from_env({
-        "REDIS_URL": redis_cluster.url,
+        "PROGRESS_REDIS_URL": redis_cluster.url,
         "PROGRESS_REDIS_CLUSTER": "1",
         "PROGRESS_KEY_PREFIX": key_prefix,
     })
@@ -67,3 +67,11 @@ def test_subscribe_on_a_cluster(cluster_store):
     assert not t.is_alive()
     assert [s["seq"] for s in seen] == [1, 2, 3]
     assert seen[-1]["status"] == "completed"
+
+
+def test_a_cluster_store_without_its_own_url_is_a_clear_config_error():
+    """RQ cannot use a cluster: REDIS_URL alone must not silently point it at one."""
+    from progress_service.config import ConfigError
+
+    with pytest.raises(ConfigError, match="PROGRESS_REDIS_URL"):
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:7000/0", "PROGRESS_REDIS_CLUSTER": "1"})

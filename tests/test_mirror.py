@@ -403,7 +403,7 @@ def test_the_mirror_works_with_the_store_on_a_redis_cluster(redis_cluster, key_p
     from progress_service import ProgressStore, Settings
     from progress_service.store import connect
 
-    settings = Settings.from_env({"REDIS_URL": redis_cluster.url, "PROGRESS_REDIS_CLUSTER": "1",
+    settings = Settings.from_env({"PROGRESS_REDIS_URL": redis_cluster.url, "PROGRESS_REDIS_CLUSTER": "1",
                                   "PROGRESS_KEY_PREFIX": key_prefix})
     client = connect(settings)
     store = ProgressStore(client, settings)

@@ -55,16 +55,16 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     """Build the app from ``settings`` (``Settings.from_env()`` when None).
 
     ``redis_pool`` is the number of Redis connections for reads (default
-    ``PROGRESS_WEB_REDIS_POOL``, else 3).
+    ``settings.web_redis_pool``: ``PROGRESS_WEB_REDIS_POOL``, else 3).
     """
     settings = settings or Settings.from_env()
     if redis_pool is None:
-        redis_pool = int(os.environ.get("PROGRESS_WEB_REDIS_POOL") or DEFAULT_REDIS_POOL)
+        redis_pool = settings.web_redis_pool
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
         JSON_SORT_KEYS=False,
-        PROGRESS_SSE_KEEPALIVE=float(os.environ.get("PROGRESS_WEB_SSE_KEEPALIVE") or events.KEEPALIVE),
+        PROGRESS_SSE_KEEPALIVE=settings.sse_keepalive,
     )
     app.json.sort_keys = False
     app.json.compact = True

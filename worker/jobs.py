@@ -38,7 +38,6 @@ import socket
 import tempfile
 import threading
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +71,6 @@ __all__ = [
     "ProgressSimpleWorker",
     "ProgressWorker",
     "cancel_job",
-    "job_timeout_from_env",
     "on_rq_failure",
     "on_rq_stopped",
     "output_root",
@@ -81,9 +79,6 @@ __all__ = [
     "submit_job",
 ]
 
-DEFAULT_JOB_TIMEOUT = 3600  # seconds
-JOB_TIMEOUT_ENV = "PROGRESS_JOB_TIMEOUT"
-OUTPUT_DIR_ENV = "PROGRESS_OUTPUT_DIR"
 TIMEOUT_BACKSTOP = 30  # seconds RQ's own alarm waits beyond the runner's deadline and kill grace
 STOP_GRACE = 2.0  # seconds a stopped job's command gets between SIGTERM and SIGKILL
 _TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
@@ -110,29 +105,9 @@ def _store(settings: Settings, store: ProgressStore | None) -> ProgressStore:
     return store if store is not None else ProgressStore(connect(settings), settings)
 
 
-def _positive_seconds(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = (environ.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(float(raw))
-    except ValueError:
-        raise InvalidInput(f"{name}={raw!r} is not a number of seconds") from None
-    if value < 1:
-        raise InvalidInput(f"{name}={raw!r} must be at least 1 second")
-    return value
-
-
-def job_timeout_from_env(environ: Mapping[str, str] | None = None) -> int:
-    """``PROGRESS_JOB_TIMEOUT`` (seconds a job may run), default 3600."""
-    return _positive_seconds(os.environ if environ is None else environ, JOB_TIMEOUT_ENV,
-                             DEFAULT_JOB_TIMEOUT)
-
-
-def output_root(environ: Mapping[str, str] | None = None) -> Path:
+def output_root(settings: Settings) -> Path:
     """Where jobs write their output: ``PROGRESS_OUTPUT_DIR``, else <tmp>/progress-service/videos."""
-    env = os.environ if environ is None else environ
-    raw = env.get(OUTPUT_DIR_ENV) or os.path.join(tempfile.gettempdir(), "progress-service", "videos")
+    raw = settings.output_dir or os.path.join(tempfile.gettempdir(), "progress-service", "videos")
     return Path(raw).expanduser().resolve()
 
 
@@ -171,7 +146,7 @@ def submit_job(
     spec = _pipeline(pipeline)
     job_id = job_id if job_id is not None else uuid.uuid4().hex
     validate_id(job_id, "job_id")
-    timeout = job_timeout if job_timeout is not None else job_timeout_from_env()
+    timeout = job_timeout if job_timeout is not None else settings.job_timeout
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1:
         raise InvalidInput(f"job_timeout must be a whole number of seconds >= 1, got {timeout!r}")
     ttl = result_ttl if result_ttl is not None else settings.job_ttl
@@ -277,7 +252,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
     settings = Settings.from_env()
     store = ProgressStore(connect(settings), settings)
     spec = get_pipeline(pipeline)
-    out_dir = output_root() / job.id
+    out_dir = output_root(settings) / job.id
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = job.timeout if job.timeout and job.timeout > 0 else None
     runner_timeout = _take_over_rq_alarm(timeout)
