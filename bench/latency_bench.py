@@ -133,7 +133,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-def main() -> None:
+def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--subscribe":
         url, channel, n, out, mode = sys.argv[2:7]
         subscriber_main(url, channel, int(n), out, mode)
@@ -175,7 +175,8 @@ def main() -> None:
           f"p99 {p99 / percentile(floor, 99):.2f}x")
     verdict = "met" if p50 <= 2.0 and p99 <= 10.0 else "MISSED"
     print(f"targets p50 <= 2 ms, p99 <= 10 ms: {verdict}")
+    return 0 if verdict == "met" else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

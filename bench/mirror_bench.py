@@ -62,7 +62,7 @@ def make_jobs(store: ProgressStore, n: int) -> list[str]:
     return ids
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=10000, help="finished jobs to mirror")
     ap.add_argument("--batch", type=int, default=500, help="jobs per batch (one transaction each)")
@@ -121,6 +121,7 @@ def main() -> None:
         print(f"ratio mirror / COPY floor:        {mirror_rate / copy_rate:.2f}")
         verdict = "meets" if mirror_rate >= TARGET else "MISSES"
         print(f"target >= {TARGET:,.0f} jobs/s: {verdict}")
+        return 0 if mirror_rate >= TARGET else 1
     finally:
         admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         admin.close()
@@ -130,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

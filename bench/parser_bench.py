@@ -84,7 +84,7 @@ def best_rate(function, jobs: list[list[str]], count: int, repeat: int) -> float
     return count / best
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=200_000, help="about this many lines")
     parser.add_argument("--repeat", type=int, default=5, help="best of this many runs")
@@ -107,7 +107,8 @@ def main() -> None:
     print(f"ratio (floor / parser):            {floor_rate / parser_rate:>12.1f}x")
     verdict = "ok" if parser_rate >= TARGET else "BELOW TARGET"
     print(f"target {TARGET:,} lines/s: {verdict}")
+    return 0 if parser_rate >= TARGET else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

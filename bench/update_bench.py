@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 import uuid
 
@@ -48,7 +49,7 @@ def interleaved(a, b, seconds: float, rounds: int = 7) -> tuple[float, float, fl
     return statistics.median(ra), statistics.median(rb), statistics.median(ratios)
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     ap.add_argument("--batch", type=int, default=500, help="updates per pipelined batch")
@@ -90,10 +91,12 @@ def main() -> None:
 
     print(f"redis {client.info('server')['redis_version']} at {url}")
     print(f"floor: bare EVALSHA 'return 1'      {floor:>10,.0f} calls/s")
-    print(f"store.update, one at a time        {one:>10,.0f} calls/s   ratio {ratio:.2f}x (target >= 0.70x; median of 7 interleaved rounds)")
+    print(f"store.update, one at a time        {one:>10,.0f} calls/s   ratio {ratio:.2f}x  "
+          f"{'OK' if ratio >= 0.70 else 'BELOW'} (target >= 0.70x; median of 7 interleaved rounds)")
     print(f"store.update_many, batches of {args.batch:<4} {batched:>10,.0f} updates/s  "
           f"{'OK' if batched >= 30000 else 'BELOW'} (target >= 30,000/s)")
+    return 0 if ratio >= 0.70 and batched >= 30000 else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

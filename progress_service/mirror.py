@@ -18,7 +18,8 @@ progress_jobs.seq < EXCLUDED.seq``), so replays, racing sweepers and backfills
 never overwrite a newer row. A due entry is removed only after its row landed;
 when PostgreSQL fails, the batch's entries are re-scored with exponential
 back-off (``retry_base`` doubling up to ``retry_max`` seconds), so nothing is
-lost and a dead database is not hammered.
+lost and a dead database is not hammered; and a job whose Redis TTL would run
+out before the next try is held in Redis longer (``hold_ttl``).
 
 The mirror creates no table itself: the schema comes from ``progress-service
 db upgrade`` (``progress_service.migrations``); without it every write fails
@@ -178,6 +179,9 @@ class Mirror:
         self.retry_max = retry_max
         self.lease = lease  # seconds a claimed due entry waits before another sweeper may take it
         self.connect_timeout = connect_timeout
+        # Seconds an unmirrored job is kept in Redis after a failed try: far
+        # beyond the longest back-off, so the next tries find it.
+        self.hold_ttl = int(max(3600, 10 * retry_max))
         self.failures = 0  # PostgreSQL failures in a row, for the back-off
         self.postgres_ok: bool | None = None  # None until the first write or read
         self._conn: psycopg.Connection | None = None
@@ -425,6 +429,35 @@ class Mirror:
             logger.warning("mirror: could not re-score %d due jobs; they stay due now", len(ids))
             return
         logger.debug("mirror: %d jobs retried in %.1fs", len(ids), delay)
+        self._hold(ids)
+
+    def _hold(self, ids: Sequence[str]) -> None:
+        """Keep jobs that PostgreSQL has not taken yet from expiring out of Redis.
+
+        A finished job lives ``PROGRESS_JOB_TTL`` seconds in Redis; were
+        PostgreSQL down for longer, it would be gone before it landed. Each
+        failed try lifts a TTL below ``hold_ttl`` back to it, so a job is kept
+        as long as tries go on, and expires at most ``hold_ttl`` after it landed.
+        """
+        keys = self.store.keys
+        hold = self.hold_ttl
+        try:
+            pipe = self.store.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.ttl(keys.job(job_id))
+            ttls = pipe.execute()
+            short = [j for j, ttl in zip(ids, ttls, strict=True) if 0 <= int(ttl) < hold]
+            if not short:
+                return
+            pipe = self.store.client.pipeline(transaction=False)
+            for job_id in short:
+                pipe.expire(keys.job(job_id), hold)
+                pipe.expire(keys.history(job_id), hold)
+            pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError):
+            logger.warning("mirror: could not hold %d unmirrored jobs in Redis", len(ids))
+            return
+        logger.info("mirror: %d unmirrored jobs kept in Redis %d s longer", len(short), hold)
 
     def _scan_job_ids(self) -> Iterable[str]:
         prefix = self.store.keys.prefix

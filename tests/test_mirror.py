@@ -6,6 +6,7 @@ the server is shared, and the production table is ``progress_jobs``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -16,7 +17,7 @@ import uuid
 import psycopg
 import pytest
 
-from progress_service import migrations
+from progress_service import BackendUnavailable, ProgressStore, migrations
 from progress_service.embedded import find_free_port
 from progress_service.mirror import UPSERT, Mirror, SchemaMissing, job_row
 from progress_service.models import DEFAULT_STEPS
@@ -386,6 +387,24 @@ def test_jobs_finished_while_postgres_is_down_land_when_it_returns(store, db_url
     messages = [r.getMessage() for r in caplog.records]
     assert sum("PostgreSQL is unavailable" in msg for msg in messages) == 1
     assert sum("PostgreSQL is back" in msg for msg in messages) == 1
+
+
+def test_a_job_postgres_has_not_taken_is_held_in_redis_past_its_ttl(store, db_url):
+    """PostgreSQL down for longer than PROGRESS_JOB_TTL must not lose the job."""
+    short = ProgressStore(store.client, dataclasses.replace(store.settings, job_ttl=3))
+    finish(short, "short-lived")
+    assert 0 < store.client.ttl(store.keys.job("short-lived")) <= 3
+    down = Mirror(store, "postgresql://postgres@127.0.0.1:1/postgres", connect_timeout=1)
+    with pytest.raises(BackendUnavailable):
+        down.sweep()
+    for key in (store.keys.job("short-lived"), store.keys.history("short-lived")):
+        assert store.client.ttl(key) > 3000  # held for the tries to come
+    assert "short-lived" in due(store)
+
+    up = Mirror(store, db_url)
+    store.client.zadd(store.keys.mirror_due, {"short-lived": 0})  # due now, not after the back-off
+    assert up.sweep() == 1
+    assert [r["job_id"] for r in rows(db_url)] == ["short-lived"]
 
 
 def test_the_loop_sweeps_once_more_when_told_to_stop(store, db_url):
