@@ -2,6 +2,10 @@
 -- KEYS[1] job hash   KEYS[2] history stream
 -- ARGV[1] job_id   ARGV[2] paper_id   ARGV[3] pipeline   ARGV[4] steps (JSON array)
 -- ARGV[5] the job's channel   ARGV[6] the all-jobs channel   ARGV[7] history MAXLEN
+-- ARGV[8] seq floor: the job's first seq is floor + 1 (optional; absent or "" = 0, so 1).
+--         A runner re-creating a job the store lost (Redis restarted empty) passes the
+--         last seq it saw, so that readers, who drop any event not newer than what
+--         they have shown, do not drop the re-created job's events.
 -- returns {created 0|1, seq, created_at_ms}
 local rcall = redis.call
 
@@ -12,20 +16,28 @@ local ok, steps = pcall(cjson.decode, ARGV[4])
 if not ok or type(steps) ~= 'table' or #steps == 0 then
   return redis.error_reply('INVALID steps must be a non-empty JSON array of names')
 end
+local floor = 0
+if ARGV[8] ~= nil and ARGV[8] ~= '' then
+  floor = tonumber(ARGV[8])
+  if floor == nil or floor < 0 or floor ~= math.floor(floor) then
+    return redis.error_reply('INVALID seq_floor must be a whole number >= 0, got ' .. ARGV[8])
+  end
+end
+local seq = floor + 1
 
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 rcall('DEL', KEYS[2])
 rcall('HSET', KEYS[1], 'job_id', ARGV[1], 'paper_id', ARGV[2], 'pipeline', ARGV[3],
   'steps', ARGV[4], 'status', 'pending', 'progress_percent', '0', 'current_step', '',
-  'completed_count', 0, 'completed_json', '[]', 'total_steps', #steps, 'message', '', 'error', '', 'result', '', 'seq', 1,
+  'completed_count', 0, 'completed_json', '[]', 'total_steps', #steps, 'message', '', 'error', '', 'result', '', 'seq', seq,
   'created_at_ms', now, 'progress_updated_at_ms', now)
-rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', 1, 'at', now,
+rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'at', now,
   'progress_percent', '0', 'current_step', '', 'status', 'pending')
 local payload = '{"job_id":' .. cjson.encode(ARGV[1]) .. ',"paper_id":' .. cjson.encode(ARGV[2])
-  .. ',"seq":1,"status":"pending","progress_percent":0,"current_step":null,"completed_steps":[]'
+  .. ',"seq":' .. seq .. ',"status":"pending","progress_percent":0,"current_step":null,"completed_steps":[]'
   .. ',"total_steps":' .. #steps .. ',"message":null,"error":null,"result":null'
   .. ',"progress_updated_at_ms":' .. now .. ',"started_at_ms":null,"finished_at_ms":null}'
 rcall('PUBLISH', ARGV[5], payload)
 rcall('PUBLISH', ARGV[6], payload)
-return {1, 1, now}
+return {1, seq, now}

@@ -27,7 +27,7 @@ exit status:
 
 examples:
   progress-service watch 3f9c1d2e-...           # a bar on stderr until the job ends
-  progress-service submit 31452104 | xargs progress-service watch
+  progress-service submit 34265844 | xargs progress-service watch
   progress-service watch JOB_ID --timeout 600 && echo done
 
 A job that Redis has expired (PROGRESS_JOB_TTL) is read from PostgreSQL, and its

@@ -52,7 +52,7 @@ process could not be started or stopped; 2 a bad command line or an unknown pape
 
 examples:
   progress-service demo                      # the first bundled paper
-  progress-service demo 31452104 --serve     # then keep the page up until Ctrl-C
+  progress-service demo 34265844 --serve     # then keep the page up until Ctrl-C
   progress-service demo --port 8000 --serve
   REDIS_URL=redis://127.0.0.1:6379/0 DATABASE_URL=postgresql://postgres@127.0.0.1/postgres \\
       progress-service demo                  # your own servers, no embedded ones"""

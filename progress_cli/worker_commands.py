@@ -50,7 +50,7 @@ exit status (with --wait): 0 completed, 1 failed, 2 canceled; 2 also for bad inp
 examples:
   progress-service submit 34265844                    # prints the job id
   progress-service submit 34265844 --wait             # ... and follows it to the end
-  progress-service submit 31452104 --pipeline video --job-id paper-31452104-1
+  progress-service submit 34265844 --pipeline video --job-id paper-34265844-1
   progress-service watch "$(progress-service submit 34265844)\""""
 
 RUN_EPILOG = """\
@@ -61,9 +61,10 @@ its stderr) or canceled (Ctrl-C, or a cancel from the API: CMD's process tree is
 The job id and where to see it go to stderr. The exit status is CMD's own.
 
 examples:
-  progress-service run -- python -m worker.pipelines.video 34265844 --out /tmp/video
+  progress-service run --pipeline video --paper-id 34265844 -- \\
+      python -m worker.pipelines.video 34265844 --out /tmp/video
   progress-service run --steps download,convert,upload -- ./publish.sh
-  progress-service run --job-id nightly-2024-05-01 --paper-id 31452104 --timeout 3600 -- make all"""
+  progress-service run --job-id nightly-2024-05-01 --paper-id 34265844 --timeout 3600 -- make all"""
 
 PAPERS_EPILOG = """\
 examples:

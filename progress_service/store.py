@@ -85,31 +85,47 @@ class ProgressStore:
         paper_id: str,
         steps: Iterable[str] = DEFAULT_STEPS,
         pipeline: str = "video",
+        *,
+        seq_floor: int = 0,
     ) -> dict[str, Any]:
         """Create ``job_id`` in ``pending`` and return its snapshot.
 
+        Its first ``seq`` is ``seq_floor + 1`` (default 1). A runner re-creating a
+        job that the store lost (Redis restarted empty) passes the last seq it saw:
+        readers drop any event whose seq is not newer than what they have shown.
         Raises ``JobConflict`` if the job exists already.
         """
         validate_id(job_id, "job_id")
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
         names = validate_steps(steps)
+        if isinstance(seq_floor, bool) or not isinstance(seq_floor, int) or seq_floor < 0:
+            raise InvalidInput(f"seq_floor must be a whole number >= 0, got {seq_floor!r}")
         k = self.keys
         reply = self._call(
             self.scripts.create,
             [k.job(job_id), k.history(job_id)],
             [job_id, paper_id, pipeline, json.dumps(names), k.events(job_id), k.all_events,
-             self.settings.history_maxlen],
+             self.settings.history_maxlen, seq_floor],
         )
         created, _, created_ms = (int(x) for x in reply)
         if not created:
             raise JobConflict(f"job {job_id} exists already")
+        paper_key = k.paper_jobs(paper_id)
+        # One set per paper must not live forever, yet must outlive its newest job's
+        # hash. The set's TTL is refreshed only here, at creation; the hash gets
+        # job_ttl only when the job finishes, after waiting in the queue and running.
+        # Twice job_ttl covers a job that takes up to job_ttl from creation to finish.
+        # Ids older than that are dropped too: their hashes are gone.
+        index_ttl = 2 * self.settings.job_ttl
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.zadd(k.jobs_index, {job_id: created_ms})
             pipe.zremrangebyrank(k.jobs_index, 0, -INDEX_MAX - 1)
-            pipe.zadd(k.paper_jobs(paper_id), {job_id: created_ms})
-            pipe.zremrangebyrank(k.paper_jobs(paper_id), 0, -INDEX_MAX - 1)
+            pipe.zadd(paper_key, {job_id: created_ms})
+            pipe.zremrangebyrank(paper_key, 0, -INDEX_MAX - 1)
+            pipe.zremrangebyscore(paper_key, "-inf", f"({created_ms - index_ttl * 1000}")
+            pipe.expire(paper_key, index_ttl)
             pipe.execute()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc

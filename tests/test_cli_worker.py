@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -170,6 +172,33 @@ def test_help_has_examples(env, command):
     done = cli(command, "--help", env=env)
     assert done.returncode == 0
     assert "examples:" in done.stdout and f"progress-service {command}" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["demo", "submit", "watch", "run", "papers"])
+def test_help_examples_name_only_bundled_papers(env, command):
+    done = cli(command, "--help", env=env)
+    assert done.returncode == 0, done.stderr
+    pmids = {p.pmid for p in list_papers()}
+    named = set(re.findall(r"\b\d{8}\b", done.stdout))
+    assert named <= pmids, f"not in the bundled set: {sorted(named - pmids)}"
+
+
+def test_the_run_help_example_of_the_video_pipeline_works(env, store, tmp_path):
+    """The example as printed (the video pipeline's fast mode from the environment)."""
+    done = cli("run", "--help", env=env)
+    text = done.stdout.replace("\\\n", " ")
+    (line,) = [ln for ln in text.splitlines() if "worker.pipelines.video" in ln]
+    argv = shlex.split(line.replace("/tmp/video", str(tmp_path / "video")))
+    assert argv[:2] == ["progress-service", "run"] and argv[argv.index("--") + 1] == "python"
+    args = argv[2:]
+    args[args.index("--") + 1] = sys.executable
+    done = cli("run", "--job-id", "example", *args, env=env)
+    assert done.returncode == 0, done.stderr
+    snap = store.get("example")
+    assert snap["status"] == "completed" and snap["paper_id"] == "34265844"
+    assert snap["completed_steps"] == ["fetch-paper", "generate-script", "generate-audio",
+                                       "generate-videos", "assemble-video"]
+    assert Path(snap["result"]["video_path"]).is_file()
 
 
 # -- run -------------------------------------------------------------------------------------

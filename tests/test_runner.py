@@ -526,3 +526,167 @@ def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_returns(real_re
     snap = direct.get("j")
     assert snap["status"] == "completed" and snap["result"] == {"ok": 1, "exit_code": 0}
     direct.client.close()
+
+
+# -- Redis restarted empty mid-job ----------------------------------------------------
+
+
+class RestartableRedis:
+    """A throwaway redis-server of the test's own, without persistence, that the test
+    kills (SIGKILL, as a crash would) and starts again, empty, on the same port."""
+
+    def __init__(self, binary: str) -> None:
+        from progress_service.embedded import EmbeddedRedis
+
+        self._start = lambda port=None: EmbeddedRedis(port=port, binary=binary,
+                                                      extra_args=["--save", "", "--appendonly", "no"])
+        self.server = self._start()
+        self.url = self.server.url
+
+    def restart_empty(self) -> None:
+        port = self.server.port
+        self.server.process.kill()
+        self.server.stop()
+        self.server = self._start(port)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+# The command announces step a and 20%, waits for the file argv[1], then goes through
+# steps b and c and ends with a result line.
+WAITS_THEN_FINISHES = """
+    import json, os, sys, time
+    print("STEP 1/3 a", flush=True)
+    print("PROGRESS 20 in a", flush=True)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+    print("STEP b", flush=True)
+    time.sleep(0.15)
+    print("PROGRESS 50 in b", flush=True)
+    time.sleep(0.15)
+    print("STEP c", flush=True)
+    print("PROGRESS 90 in c", flush=True)
+    print(json.dumps({"result": {"ok": 1}}), flush=True)
+"""
+
+
+@pytest.fixture
+def restartable_redis(redis_server_bin):
+    if redis_server_bin is None:
+        from conftest import unavailable
+
+        unavailable("no redis-server binary to start a throwaway Redis")
+    server = RestartableRedis(redis_server_bin)
+    yield server
+    server.stop()
+
+
+def _run_across_a_restart(restartable_redis, settings, tmp_path, *, before_go=None,
+                          go=True, **overrides):
+    """Run WAITS_THEN_FINISHES as job "j"; restart Redis empty while it waits; then
+    ``before_go(store, seq_before)`` and (unless ``go`` is false: then it must end
+    otherwise) let it finish. Returns (outcome, store, seq_before, the seqs the runner
+    got from the store after the restart)."""
+    own = dataclasses.replace(settings, redis_url=restartable_redis.url,
+                              progress_redis_url=restartable_redis.url, **overrides)
+    store = ProgressStore(connect(own), own)
+    store.create_job("j", "p", steps=["a", "b", "c"], pipeline="command")
+    seqs: list[tuple[bool, int]] = []  # (after the restart?, seq)
+    restarted = threading.Event()
+    go_file = tmp_path / "go"
+    result = {}
+
+    def run():
+        result["outcome"] = run_command(
+            store, "j", program(WAITS_THEN_FINISHES, str(go_file)), steps=["a", "b", "c"],
+            settings=own,
+            on_write=lambda fields, r: r.accepted and seqs.append((restarted.is_set(), r.seq)))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert wait_until(lambda: (store.get("j") or {}).get("progress_percent") == 20, timeout=10)
+        seq_before = store.get("j")["seq"]
+        restartable_redis.restart_empty()
+        restarted.set()
+        assert store.get("j") is None  # the store lost the job
+        if before_go is not None:
+            before_go(store, seq_before)
+        if go:
+            go_file.touch()
+        else:
+            thread.join(10)
+    finally:
+        go_file.touch()
+        thread.join(30)
+    seq_before = max([seq_before] + [s for after, s in seqs if not after])
+    return result["outcome"], store, seq_before, [s for after, s in seqs if after]
+
+
+def _assert_completed_above(store, seq_before, seqs_after):
+    snap = store.get("j")
+    assert snap["status"] == "completed" and snap["result"] == {"ok": 1, "exit_code": 0}
+    assert snap["completed_steps"] == ["a", "b", "c"] and snap["progress_percent"] == 100
+    assert snap["paper_id"] == "p" and snap["pipeline"] == "command"
+    history = store.history("j")
+    assert history and min(h["seq"] for h in history) > seq_before
+    assert seqs_after and min(seqs_after) > seq_before
+    assert snap["seq"] > seq_before
+    assert store.recent_job_ids(paper_id="p") == ["j"] and "j" in store.recent_job_ids()
+
+
+def test_a_job_lost_by_a_redis_restart_is_recreated_by_the_next_write_and_completes(
+        restartable_redis, settings, tmp_path, caplog):
+    # heartbeats 5 s apart: within the run, only a progress write can find the job gone
+    caplog.set_level("WARNING", logger="worker.runner")
+    outcome, store, seq_before, seqs_after = _run_across_a_restart(
+        restartable_redis, settings, tmp_path, worker_lost_after=60)
+    try:
+        assert outcome.status == "completed" and outcome.stopped_by is None, outcome
+        _assert_completed_above(store, seq_before, seqs_after)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert [w for w in warnings if "job j: " in w and "re-creating" in w], warnings
+    finally:
+        store.client.close()
+
+
+def test_a_job_lost_by_a_redis_restart_is_recreated_by_the_heartbeat(restartable_redis,
+                                                                      settings, tmp_path):
+    seen = {}
+
+    def before_go(store, seq_before):
+        # the command prints nothing now: the heartbeat (every second here) finds the
+        # job gone and re-creates it as it was: running, in step a, at 20%
+        snap = wait_until(lambda: store.get("j"), timeout=5)
+        assert snap, "the job was not re-created"
+        assert wait_until(lambda: store.get("j")["status"] == "running", timeout=2)
+        seen["snap"] = store.get("j")
+
+    outcome, store, seq_before, seqs_after = _run_across_a_restart(
+        restartable_redis, settings, tmp_path, before_go=before_go)
+    try:
+        snap = seen["snap"]
+        assert (snap["current_step"], snap["progress_percent"], snap["message"]) == ("a", 20, "in a")
+        assert snap["started_at"] and snap["seq"] > seq_before
+        assert outcome.status == "completed", outcome
+        _assert_completed_above(store, seq_before, seqs_after)
+    finally:
+        store.client.close()
+
+
+def test_a_cancel_after_a_redis_restart_still_stops_the_command(restartable_redis, settings,
+                                                                 tmp_path):
+    def cancel(store, seq_before):
+        assert wait_until(lambda: (store.get("j") or {}).get("status") == "running", timeout=5)
+        assert store.update("j", status="canceled").accepted
+
+    outcome, store, _, _ = _run_across_a_restart(restartable_redis, settings, tmp_path,
+                                                 before_go=cancel, go=False)
+    try:
+        # killed while it waited for a go that never came
+        assert outcome.status == "canceled" and outcome.stopped_by == "finished in the store"
+        assert outcome.exit_code == -signal.SIGTERM and outcome.survivors == []
+        assert store.get("j")["status"] == "canceled"
+    finally:
+        store.client.close()

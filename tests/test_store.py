@@ -361,3 +361,42 @@ def test_update_many_applies_each_update_atomically(store, job):
 def test_status_values(store):
     assert Status("running").value == "running" and not Status.RUNNING.is_terminal
     assert Status.CANCELED.is_terminal
+
+
+def test_a_job_recreated_above_a_seq_floor_goes_on_from_there(store):
+    """A runner re-creating a job the store lost (Redis restarted empty) continues its seq."""
+    ps = store.client.pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(store.keys.events("job-r"))
+    time.sleep(0.01)
+    snap = store.create_job("job-r", "34265844", steps=STEPS, seq_floor=41)
+    assert snap["seq"] == 42 and snap["status"] == "pending"
+    assert [h["seq"] for h in store.history("job-r")] == [42]
+    m = None
+    deadline = time.monotonic() + 3
+    while m is None and time.monotonic() < deadline:
+        m = ps.get_message(timeout=0.1)
+    ps.close()
+    assert m is not None and json.loads(m["data"])["seq"] == 42
+    assert store.update("job-r", status="running").seq == 43
+    assert store.create_job("job-0", "34265844", seq_floor=0)["seq"] == 1
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3", None])
+def test_a_bad_seq_floor_is_invalid_input(store, bad):
+    with pytest.raises(InvalidInput):
+        store.create_job("job-x", "34265844", seq_floor=bad)
+    assert store.get("job-x") is None
+
+
+def test_the_per_paper_index_expires_after_twice_the_job_ttl(store):
+    key = store.keys.paper_jobs("34265844")
+    ttl = store.settings.job_ttl
+    old_ms = store.server_time_ms() - 2 * ttl * 1000 - 60_000
+    store.client.zadd(key, {"ancient": old_ms})  # a job created over 2 x job_ttl ago
+    store.create_job("job-a", "34265844")
+    assert 2 * ttl - 5 <= store.client.ttl(key) <= 2 * ttl
+    assert store.recent_job_ids(paper_id="34265844") == ["job-a"]  # the ancient id dropped
+    store.client.expire(key, 10)
+    store.create_job("job-b", "34265844")
+    assert store.client.ttl(key) > 2 * ttl - 5  # refreshed by each creation
+    assert store.recent_job_ids(paper_id="34265844") == ["job-b", "job-a"]

@@ -1,6 +1,6 @@
 """The RQ entry point: submit and cancel a job, the job function, and the worker classes.
 
-    job_id = submit_job(settings, "31452104")             # pending in the store, queued in RQ
+    job_id = submit_job(settings, "34265844")             # pending in the store, queued in RQ
     snap = cancel_job(settings, job_id)                   # canceled, its process tree killed
 
 One id for both sides: the RQ job id is the store's ``job_id``. The store is the

@@ -21,6 +21,11 @@ What happens, in order:
    seconds, flushes the update statistics, and listens on the job's channel: when
    the job turns terminal under us (a cancel from anywhere, a sweeper's
    ``worker lost``), the whole process tree is killed.
+   A job the store has lost while the command runs (Redis restarted empty: a write
+   answered ``not_found``, or a heartbeat found no job) is not a reason to stop a
+   healthy command: the runner re-creates it (same id, paper, pipeline and steps,
+   its ``seq`` going on above the last one seen, so readers keep showing it) and
+   re-applies what it has written so far, with one WARNING line.
 5. The end: exit 0 -> ``completed`` with the pipeline's result line (at least
    ``{"exit_code": 0}``); non-zero -> ``failed`` with the exit code and the last
    lines of stderr; an exception (RQ's job timeout, Ctrl-C) or a timeout -> the
@@ -48,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from progress_service import ProgressStore, Settings, Status, Throttle
-from progress_service.errors import BackendUnavailable, JobNotFound
+from progress_service.errors import BackendUnavailable, JobConflict, JobNotFound
 from progress_service.scripts import UpdateResult
 from worker.parser import LineKind, LineSplitter, ProgressTracker, parse_line
 from worker.process_tree import KILL_GRACE, group_members, kill_process_tree
@@ -159,6 +164,10 @@ class _CommandRun:
         self.result: dict[str, Any] | None = None
         self.written_step: str | None = None
         self.written_message: str | None = None
+        # What re-creating a job the store lost needs: read from the store at the start.
+        self.job_spec: dict[str, Any] | None = None  # paper_id, pipeline, steps
+        self.last_seq = 0  # the highest seq the store has answered
+        self.progress_state: dict[str, Any] = {}  # step, percent, message the store accepted
         self.stderr_tail: deque[str] = deque(maxlen=TAIL_LINES)  # lines that are not progress
         self.stderr_any: deque[str] = deque(maxlen=TAIL_LINES)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -189,6 +198,8 @@ class _CommandRun:
             return RunOutcome(self.job_id, status, error=snap.get("error"), stopped_by="finished before start")
         if first.reason == "ok":
             logger.info("job %s: %s -> %s", self.job_id, Status.PENDING.value, Status.RUNNING.value)
+        self.last_seq = first.seq
+        self.job_spec = self._read_job_spec()
         self._notify({"status": Status.RUNNING.value}, first)
         try:
             self.proc = subprocess.Popen(
@@ -450,15 +461,56 @@ class _CommandRun:
     # -- writes and the watcher ------------------------------------------------
 
     def _write(self, fields: dict[str, Any]) -> UpdateResult:
+        """One store update (the throttle's writer: every write after the first comes here,
+        under the throttle's lock, whichever thread makes it)."""
         result = self.store.update(self.job_id, **fields)
+        if result.reason == "not_found" and self.job_spec is not None:
+            self._recreate_job()
+            result = self.store.update(self.job_id, **fields)
         if self.write_failing:
             logger.info("job %s: progress writes go through again", self.job_id)
             self.write_failing = False
+        self.last_seq = max(self.last_seq, result.seq)
+        if result.accepted:
+            self.progress_state.update(
+                (k, v) for k, v in fields.items()
+                if k in ("progress_percent", "current_step", "message"))
         if not result.accepted and result.reason in ("terminal", "not_found"):
             if fields.get("status") not in _TERMINAL:
                 self._request_stop(result.reason)
         self._notify(fields, result)
         return result
+
+    def _read_job_spec(self) -> dict[str, Any] | None:
+        """The job's paper, pipeline and steps as the store has them (None if unreadable)."""
+        try:
+            snap = self.store.get(self.job_id)
+        except BackendUnavailable as exc:
+            logger.warning("job %s: cannot read the job (%s); if the store loses it, the "
+                           "command will be stopped", self.job_id, exc)
+            return None
+        if snap is None:
+            return None
+        return {"paper_id": snap["paper_id"], "pipeline": snap["pipeline"], "steps": snap["steps"]}
+
+    def _recreate_job(self) -> None:
+        """Re-create the job the store lost and re-apply what was written so far.
+
+        Its seq goes on above the last one this run saw. A cancel is not lost this
+        way: it leaves the job ``canceled``, which is ``terminal``, not ``not_found``.
+        """
+        spec = self.job_spec
+        assert spec is not None
+        logger.warning("job %s: the progress store lost the job (Redis restarted empty?); "
+                       "re-creating it at seq > %d and carrying on", self.job_id, self.last_seq)
+        try:
+            snap = self.store.create_job(self.job_id, spec["paper_id"], steps=spec["steps"],
+                                         pipeline=spec["pipeline"], seq_floor=self.last_seq)
+            self.last_seq = max(self.last_seq, snap["seq"])
+        except JobConflict:
+            pass  # it is back already
+        restored = self.store.update(self.job_id, status=Status.RUNNING.value, **self.progress_state)
+        self.last_seq = max(self.last_seq, restored.seq)
 
     def _notify(self, fields: dict[str, Any], result: UpdateResult) -> None:
         if self.on_write is None:
@@ -506,8 +558,12 @@ class _CommandRun:
                             logger.warning("job %s: heartbeat failed: %s", self.job_id, exc)
                             warned = True
                     if not alive and not self._finished.is_set():
-                        self._request_stop("finished in the store")
-                        return
+                        state = self._state_in_store()
+                        if state == "missing":  # the store lost it: re-created by this write
+                            self._write_through_throttle(status=Status.RUNNING.value)
+                        elif state in _TERMINAL:
+                            self._request_stop("finished in the store")
+                            return
                 wait = max(0.0, min(next_beat - time.monotonic(), 0.2))
                 if pubsub is None:
                     self._finished.wait(wait)
@@ -533,6 +589,22 @@ class _CommandRun:
                     pubsub.close()
                 except Exception:
                     pass
+
+    def _state_in_store(self) -> str | None:
+        """The job's status in the store, "missing" if it has none, None if unreadable."""
+        try:
+            snap = self.store.get(self.job_id)
+        except Exception:
+            return None  # the next heartbeat asks again
+        return "missing" if snap is None else snap["status"]
+
+    def _write_through_throttle(self, **fields: Any) -> None:
+        """A write from the watcher: through the throttle, so it is serialised with the
+        others; a job the store lost is re-created there (``_write``)."""
+        try:
+            self.throttle.update(**fields)
+        except Exception as exc:  # Redis away again, or the run ended meanwhile
+            logger.debug("job %s: write from the watcher failed: %s", self.job_id, exc)
 
     def _close_quietly(self) -> None:
         try:
