@@ -443,6 +443,10 @@ def read_events(response):
     return events
 
 
+def app_streams(client) -> int:
+    return client.application.extensions["progress_events"].client_count
+
+
 def test_events_of_a_finished_job_end_at_once(client, jobs):
     completed_job(jobs, "job-f", "31452104")
     r = client.get("/api/v1/jobs/job-f/events")
@@ -453,7 +457,12 @@ def test_events_of_a_finished_job_end_at_once(client, jobs):
     replay = read_events(client.get("/api/v1/jobs/job-f/events", headers={"Last-Event-ID": "1"}))
     assert [seq for seq, _, _ in replay] == [2, 3]
     assert replay[0][2]["status"] == "running" and replay[-1][2] == events[0][2]
-    assert read_events(client.get("/api/v1/jobs/job-f/events?last_event_id=3")) == []
+    streams = app_streams(client)
+    up_to_date = client.get("/api/v1/jobs/job-f/events?last_event_id=3")
+    assert up_to_date.status_code == 204 and up_to_date.get_data() == b""  # EventSource: stop reconnecting
+    assert_no_cache(up_to_date)
+    assert client.get("/api/v1/jobs/job-f/events", headers={"Last-Event-ID": "3"}).status_code == 204
+    assert app_streams(client) == streams  # a 204 holds no subscription
 
 
 def test_events_reject_a_bad_last_event_id(client, jobs):
@@ -548,3 +557,10 @@ def test_a_finished_job_expired_from_redis_is_served_from_postgres(pg_app, real_
     assert [j["job_id"] for j in client.get("/api/v1/jobs?paper_id=31452104").get_json()["jobs"]] == ["job-old"]
     events = read_events(client.get("/api/v1/jobs/job-old/events"))
     assert [(seq, snap["status"]) for seq, _, snap in events] == [(3, "completed")]
+    assert events[0][2] == snap
+    # a reconnect: with the last event, 204 (EventSource stops); with an older one, the rest from
+    # PostgreSQL's copy of the history
+    assert client.get("/api/v1/jobs/job-old/events", headers={"Last-Event-ID": "3"}).status_code == 204
+    replay = read_events(client.get("/api/v1/jobs/job-old/events", headers={"Last-Event-ID": "1"}))
+    assert [(seq, snap["status"]) for seq, _, snap in replay] == [(2, "running"), (3, "completed")]
+    assert replay[-1][2] == snap

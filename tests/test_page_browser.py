@@ -1,12 +1,14 @@
 """The live status page in headless Chromium (Debian's, driven by Playwright), against a real gunicorn.
 
 The job's updates come from the test, through the store; the page learns of
-them through its event stream, or, with the stream blocked, by polling.
-Screenshots are kept under ``test-artifacts/``.
+them through its event stream, or, with the stream blocked, by polling (and it
+goes back to the stream once that answers again). Screenshots are kept under
+``test-artifacts/``.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import uuid
@@ -40,6 +42,18 @@ new MutationObserver(function (records) {
   });
 }).observe(document, {attributes: true, subtree: true, attributeFilter: ['aria-valuenow']});
 """
+
+# Records when the page opens an EventSource (performance.now(), ms), without changing what it does.
+RECORD_STREAM_OPENS = """
+window.__streamOpens = [];
+(function (Native) {
+  function Counted(url, init) { window.__streamOpens.push(performance.now()); return new Native(url, init); }
+  Counted.prototype = Native.prototype;
+  ['CONNECTING', 'OPEN', 'CLOSED'].forEach(function (k) { Counted[k] = Native[k]; });
+  window.EventSource = Counted;
+})(window.EventSource);
+"""
+PAGE_CONFIG = '<script type="application/json" id="page-config">'
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +226,73 @@ def test_with_the_event_stream_blocked_polling_moves_the_bar(web, store, page):
     values = page.evaluate("window.__bar")
     assert values == sorted(values) and values[-1] == 45  # a failed job keeps its last percent
     screenshot(page, "status-failed-polling.png")
+
+
+def with_page_config(page, paper: str, **overrides) -> None:
+    """Serve the paper's status page with ``overrides`` in its config (the server's values are for people)."""
+    def rewrite(route):
+        response = route.fetch()
+        html = response.text()
+        start = html.index(PAGE_CONFIG) + len(PAGE_CONFIG)
+        end = html.index("</script>", start)
+        config = json.loads(html[start:end]) | overrides
+        route.fulfill(response=response, body=html[:start] + json.dumps(config).replace("<", "\\u003c") + html[end:])
+
+    page.route(lambda url: url.endswith(f"/status/{paper}/"), rewrite)
+
+
+def test_while_polling_the_page_retries_its_stream_and_goes_live_again(web, store, page):
+    paper = new_paper()
+    job_id = start_job(store, paper, percent=10)
+    # for people: polls every 3 s, tries the stream after 15 s, 30 s, then every 60 s
+    with_page_config(page, paper, poll_ms=500, stream_retry_ms=300, stream_retry_max_ms=600)
+    page.add_init_script(RECORD_STREAM_OPENS)
+    page.route("**/events*", lambda route: route.abort())  # the stream is down...
+    page.goto(f"{web.base}/status/{paper}/")
+    page.wait_for_selector("#conn-dot[data-mode='polling']", timeout=WAIT_MS)
+    store.update(job_id, progress_percent=30, current_step=STEPS[1])
+    wait_bar_at_least(page, 30)  # polling carries the page meanwhile
+    page.wait_for_function("window.__streamOpens.length >= 4", timeout=WAIT_MS)
+    opens = page.evaluate("window.__streamOpens")
+    gaps = [b - a for a, b in zip(opens, opens[1:], strict=False)]
+    assert all(gap >= 200 for gap in gaps), f"the page hammers the stream: {gaps} ms"  # 300 ms -20% jitter
+    assert gaps[1] > gaps[0] and gaps[2] >= 450, f"no backoff: {gaps} ms"  # 300, then 600 (the cap), +-20%
+    assert page.get_attribute("#conn-dot", "data-mode") == "polling"
+
+    page.unroute("**/events*")  # ...and back
+    page.wait_for_selector("#conn-dot[data-mode='live']", timeout=WAIT_MS)
+    assert page.text_content("#conn").startswith("Live")
+    page.route("**/*_json=1*", lambda route: route.abort())  # from here on only the stream can move the bar
+    store.update(job_id, progress_percent=55, current_step=STEPS[2])
+    wait_bar_at_least(page, 55)
+    store.update(job_id, progress_percent=100)
+    page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
+    assert page.text_content("#conn") == "Finished"
+    opened = len(page.evaluate("window.__streamOpens"))
+    page.wait_for_timeout(600)  # longer than a retry's wait (300 ms +20% after a live spell): none comes
+    assert len(page.evaluate("window.__streamOpens")) == opened
+    values = page.evaluate("window.__bar")
+    assert values == sorted(values) and values[-1] == 100, f"the bar moved back: {values}"
+
+
+def test_a_browser_eventsource_stops_reconnecting_once_the_job_has_ended(web, store, page):
+    """The stream ends after the terminal event; EventSource reconnects with Last-Event-ID, gets 204, stops."""
+    job_id = start_job(store, new_paper())
+    done = store.update(job_id, progress_percent=100).seq
+    url = f"/api/v1/jobs/{job_id}/events"
+    requests = []
+    page.on("request", lambda request: requests.append(request) if request.url.endswith(url) else None)
+    page.goto(f"{web.base}/healthz")  # any page of the server's origin
+    ids = page.evaluate("""(url) => new Promise((resolve, reject) => {
+      const source = new EventSource(url), ids = [];
+      source.addEventListener('progress', (ev) => ids.push(ev.lastEventId));
+      source.onerror = () => { if (source.readyState === EventSource.CLOSED) resolve(ids); };
+      setTimeout(() => { source.close(); reject(new Error('still reconnecting: ' + ids)); }, 8000);
+    })""", url)
+    assert ids == [str(done)]  # the final snapshot once, not again on the reconnect
+    assert len(requests) == 2
+    assert requests[1].all_headers().get("last-event-id") == str(done)
+    assert requests[1].response().status == 204
 
 
 def test_a_page_opened_before_the_job_picks_it_up(web, store, page):

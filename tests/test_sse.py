@@ -279,11 +279,69 @@ def test_a_finished_job_sends_its_last_state_and_closes(server, sse_store):
     events = stream.events_until_closed()
     stream.close()
     assert [(e.id, e.data["status"]) for e in events] == [(seq, "completed")]
-    up_to_date = EventStream(server.base, f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(seq)})
-    assert up_to_date.events_until_closed() == []
-    up_to_date.close()
     status, body = server.get("/api/v1/jobs/no-such-job/events")
     assert status == 503 and "postgres" in json.loads(body)["detail"]  # PostgreSQL, down here, might know it
+
+
+def raw_get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[bytes, bytes]:
+    """(head, body) of one request, read off the socket to its end: what the server really sent."""
+    host, port = base.removeprefix("http://").split(":")
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    with socket.create_connection((host, int(port)), timeout=READ_TIMEOUT) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_a_reconnect_to_an_ended_job_with_its_last_event_is_204_no_content(server, sse_store):
+    """204 is what makes a browser's EventSource stop reconnecting to a stream that has ended."""
+    job_id = new_job(sse_store)
+    seq = drive(sse_store, job_id, updates=3)
+    path = f"/api/v1/jobs/{job_id}/events"
+    final = EventStream(server.base, path)
+    assert [e.id for e in final.events_until_closed()] == [seq]  # no Last-Event-ID: the end, then close
+    final.close()
+
+    head, body = raw_get(server.base, path, {"Last-Event-ID": str(seq)})  # what EventSource sends next
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in header_lines)}
+    assert status_line.split()[1] == "204", head
+    assert body == b""
+    assert headers["cache-control"] == "no-cache, no-store, must-revalidate"
+    assert headers["pragma"] == "no-cache" and headers["expires"] == "0"
+    assert "transfer-encoding" not in headers and headers.get("content-length", "0") == "0"
+
+    assert server.get(f"{path}?last_event_id={seq}") == (204, b"")  # for clients that cannot set the header
+    assert server.get(f"{path}?last_event_id={seq + 5}") == (204, b"")  # has seen more than there is
+
+
+def test_a_reconnect_to_an_ended_job_with_a_lower_id_gets_what_it_missed_then_the_end(server, sse_store):
+    job_id = new_job(sse_store)
+    seq = drive(sse_store, job_id, updates=5)  # seq 7: 1 pending, 2..6 running, 7 completed
+    stream = EventStream(server.base, f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(seq - 3)})
+    assert stream.status == 200
+    events = stream.events_until_closed()
+    stream.close()
+    assert stream.closed_by_server
+    assert [e.id for e in events] == [seq - 2, seq - 1, seq]  # exactly the missed ones, once, in order
+    assert [e.data["status"] for e in events] == ["running", "running", "completed"]
+    assert events[-1].data == sse_store.get(job_id) | {"is_stale": False, "eta_seconds": None}
+    # the client now holds the last event: its next reconnect is told to stop
+    assert server.get(f"/api/v1/jobs/{job_id}/events?last_event_id={events[-1].id}") == (204, b"")
+
+
+def test_a_running_job_is_never_204(server, sse_store):
+    job_id = new_job(sse_store)
+    seq = drive(sse_store, job_id, updates=2, complete=False)
+    stream = EventStream(server.base, f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(seq)})
+    assert stream.status == 200  # up to date but not ended: the stream waits for the next change
+    done = sse_store.update(job_id, status="completed").seq
+    assert [e.id for e in stream.events_until_closed()] == [done]
+    stream.close()
 
 
 def web_connections(real_redis, prefix: str) -> list[dict]:

@@ -12,6 +12,15 @@ lost; every event whose ``seq`` is not newer than the last one sent is dropped,
 so none is sent twice. It ends after the terminal event (at once for a
 finished job).
 
+A stream that ends is, to a browser's ``EventSource``, a dropped connection:
+it reconnects a few seconds later with ``Last-Event-ID``. For a finished job
+whose last event the client already has (``Last-Event-ID`` >= the job's seq)
+the answer is therefore ``204 No Content``, with no body, which per the SSE
+spec makes ``EventSource`` stop reconnecting. A client that connects to a
+finished job without ``Last-Event-ID`` still gets its final snapshot, then the
+end; one with a lower id gets the events it missed, then the end. This holds
+as well for a job served from PostgreSQL once Redis has expired it.
+
 ``Last-Event-ID`` (or ``?last_event_id=`` for clients that cannot set it)
 resumes a stream: the client gets one event for each seq it missed, in order,
 from the job's history. History entries hold only the progress fields, so the
@@ -181,6 +190,10 @@ def job_events(job_id: str):
         current = find_job(job_id)
         if current is None:
             raise JobNotFound(f"job {job_id} not found")
+        if after is not None and after >= current["seq"] and is_terminal(current):
+            sub.close()  # the client has the end already: tell its EventSource to stop reconnecting
+            logger.debug("job %s: ended, and the client has seq %s: 204", job_id, after)
+            return Response(status=204)
         if after is None or after > current["seq"]:
             backlog = [current]  # a new client, or one whose seq this job never had
         else:

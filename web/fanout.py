@@ -36,7 +36,7 @@ from progress_service.models import Status, eta_seconds, event_to_snapshot
 logger = logging.getLogger(__name__)
 
 RESYNC = "resync"  # queue item: events may have been lost, re-read the store
-SHUTDOWN = "shutdown"  # queue item: the process is stopping, end the stream (EventSource reconnects)
+SHUTDOWN = "shutdown"  # queue item: the process is stopping, end the stream (the client reconnects)
 QUEUE_LIMIT = 500  # items a slow client may lag before it is told to resync
 READY_TIMEOUT = 5.0  # seconds a new client waits for the listener's subscription
 ETA_POINTS = 20  # running events the hub keeps per job for the ETA
@@ -196,8 +196,13 @@ class EventHub:
     def close(self) -> None:
         """Stop the listener and end every open stream (shutdown, tests).
 
-        A browser's EventSource reconnects by itself, with ``Last-Event-ID``, to
-        whichever worker is up, and misses nothing.
+        The clients reconnect to whichever worker is up. A plain ``EventSource``
+        does so by itself, after the stream's ``retry``, with ``Last-Event-ID``,
+        and misses nothing the job's capped history still holds (``web.events``).
+        The status page (``static/status.js``) closes its ``EventSource``
+        instead: it polls ``?_json=1`` at once and opens a fresh stream later
+        (``web.pages.STREAM_RETRY_MS``, then longer), which starts with the
+        job's current snapshot.
         """
         self._stopping.set()
         pubsub = self._pubsub

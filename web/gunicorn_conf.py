@@ -12,7 +12,11 @@ own pub/sub listener after it was forked and patched.
 
 The environment may override: ``PROGRESS_WEB_BIND`` (127.0.0.1:8000),
 ``PROGRESS_WEB_WORKERS`` (2), ``PROGRESS_WEB_CONNECTIONS`` (open connections
-per worker, 4000), ``PROGRESS_WEB_ACCESS_LOG`` (1: log each request).
+per worker, 4000), ``PROGRESS_WEB_ACCESS_LOG`` (1: log each request),
+``PROGRESS_WEB_LOG_LEVEL`` (info: gunicorn's log level, and the app's loggers'
+too). gunicorn's command-line flags win over this file: ``progress-service web``
+always passes ``--bind`` and ``--workers`` (from its own ``--host``/``--port``/
+``--workers``), and ``--log-level debug`` with ``--verbose``.
 """
 
 import os
@@ -38,16 +42,16 @@ proc_name = "progress-service-web"
 control_socket_disable = True
 
 
-
 def post_fork(server, worker):
     """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr.
 
+    At gunicorn's effective log level (``--log-level`` wins over ``PROGRESS_WEB_LOG_LEVEL``).
     gunicorn's own loggers do not propagate to the root logger, so nothing is logged twice.
     """
     import logging
 
     logging.basicConfig(
-        level=loglevel.upper(),
+        level=str(worker.cfg.loglevel).upper(),
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
 
@@ -56,8 +60,10 @@ def post_worker_init(worker):
     """When the worker is told to stop, end its event streams at once.
 
     Otherwise every open stream would hold the worker for ``graceful_timeout``.
-    The browsers' EventSource reconnects by itself (with ``Last-Event-ID``) to a
-    worker that is up, and misses nothing.
+    A client reconnects to a worker that is up: a plain ``EventSource`` by
+    itself, a few seconds later, with ``Last-Event-ID`` (``web.events``); the
+    status page (``static/status.js``) closes its stream instead, polls at once
+    and opens the stream again later (``web.fanout.EventHub.close``).
     """
     import threading
     import time

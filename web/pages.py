@@ -1,7 +1,10 @@
 """The pages: ``/`` (recent jobs) and ``/status/<paper_id>/`` (the paper's latest job, live).
 
 ``/status/<paper_id>/?_json=1`` is CONTRACT's small JSON status of the paper,
-the page's fallback when its event stream fails.
+the page's fallback when its event stream fails: the page polls it every
+``POLL_MS`` and meanwhile tries its stream again, first after
+``STREAM_RETRY_MS``, then at doubling intervals up to ``STREAM_RETRY_MAX_MS``
+(``web/static/status.js``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from .jobs import job_history, latest_job, paper_status, progress_store, recent_
 bp = Blueprint("pages", __name__)
 
 RECENT_JOBS = 50
-POLL_MS = 3000
+POLL_MS = 3000  # the fallback's polling interval
+STREAM_RETRY_MS = 15_000  # while polling, the first try to reopen the event stream
+STREAM_RETRY_MAX_MS = 60_000  # the longest wait between two tries
 
 
 def _page_config(paper_id: str | None, snapshot, history) -> dict:
@@ -29,6 +34,8 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
         "stale_after": settings.stale_after,
         "pending_stale_after": settings.pending_stale_after,
         "poll_ms": POLL_MS,
+        "stream_retry_ms": STREAM_RETRY_MS,
+        "stream_retry_max_ms": STREAM_RETRY_MAX_MS,
         "api_jobs_url": url_for("api.list_jobs"),
         "status_json_url": url_for("pages.status_page", paper_id=paper_id, _json=1) if paper_id else None,
         "video_url": video_url(snapshot) if snapshot else None,

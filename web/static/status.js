@@ -1,10 +1,18 @@
 /* The live status page of one paper's latest job.
  *
  * Live through EventSource (GET /api/v1/jobs/<id>/events). When the stream
- * fails it falls back to polling /status/<paper>/?_json=1 every 3 s. It never
- * shows an update older than the one on screen: a snapshot whose seq is not
- * newer is ignored, and a polled status that is behind (lower percent, earlier
- * status, older time) is too, so the bar never moves back.
+ * fails (or is cut) the page closes it, so EventSource's own retries every few
+ * seconds stop, and falls back to polling /status/<paper>/?_json=1 every 3 s
+ * (cfg.poll_ms). While it polls it opens the stream again now and then: first
+ * after cfg.stream_retry_ms, then at doubling intervals up to
+ * cfg.stream_retry_max_ms, each with a little jitter. A reopened stream counts
+ * as back once it delivers (the server sends the current snapshot first): then
+ * the polling stops. Once a terminal state is shown, stream, polling and
+ * retries all stop.
+ *
+ * It never shows an update older than the one on screen: a snapshot whose seq
+ * is not newer is ignored, and a polled status that is behind (lower percent,
+ * earlier status, older time) is too, so the bar never moves back.
  *
  * Times come from the Redis server's clock: the page learns its offset from
  * the server_now_ms it was rendered with.
@@ -26,6 +34,10 @@
   var videoUrl = cfg.video_url || null;
   var source = null;
   var pollTimer = null;
+  var retryTimer = null; // while polling: the next try to reopen the stream
+  // web.pages sets both; the fallbacks only keep a config without them from retrying in a tight loop
+  var RETRY_MS = cfg.stream_retry_ms || 15000, RETRY_MAX_MS = cfg.stream_retry_max_ms || 60000;
+  var retryDelay = RETRY_MS;
   var mode = "idle"; // live | polling | finished | waiting
   var lastNewsAt = Date.now();
   var lastCheckAt = 0;
@@ -82,6 +94,7 @@
     noteEntry(ms(snap.progress_updated_at), snap.current_step, snap.status);
     if (TERMINAL[snap.status] && snap.finished_at) finishedAt = ms(snap.finished_at);
     render();
+    if (TERMINAL[snap.status]) finish(); // whichever way the end arrived: no stream, no polling after it
     return true;
   }
 
@@ -127,9 +140,13 @@
 
   // The full snapshot and the history: seq, ETA, message, error, result, step times.
   function refreshJob(id) {
+    refreshHistory(id);
+    getJSON(jobUrl(id)).then(accept, function () {});
+  }
+
+  function refreshHistory(id) {
     getJSON(jobUrl(id, "/history")).then(function (h) { if (job && job.job_id === id) { noteHistory(h); render(); } },
       function () {});
-    getJSON(jobUrl(id)).then(accept, function () {});
   }
 
   function loadJob(id) {
@@ -158,28 +175,61 @@
     }[m];
   }
 
+  // Opened without Last-Event-ID, the stream starts with the job's current snapshot: its first
+  // message proves that it delivers (and accept() drops it if the screen is not behind).
   function openStream() {
     if (!window.EventSource) { startPolling(); return; }
     closeStream();
     var id = job.job_id;
-    source = new EventSource(jobUrl(id, "/events"));
-    setMode("live");
-    source.addEventListener("progress", function (ev) {
+    var es = new EventSource(jobUrl(id, "/events"));
+    var delivered = false;
+    source = es;
+    es.addEventListener("progress", function (ev) {
+      if (source !== es) return;
       var snap;
       try { snap = JSON.parse(ev.data); } catch (e) { return; }
       lastNewsAt = Date.now();
+      if (!delivered) {
+        delivered = true;
+        streamIsUp();
+        // back after a gap (polling saw only the current step of each poll): fetch the step times
+        if (job && snap.job_id === job.job_id && snap.seq > job.seq + 1) refreshHistory(id);
+      }
       accept(snap);
-      if (TERMINAL[snap.status]) { closeStream(); finish(); }
+      if (TERMINAL[snap.status]) finish();
     });
-    source.onerror = function () {
-      // The stream failed (or was cut): fall back to polling; EventSource's own retries stop here.
+    es.onerror = function () {
+      if (source !== es) return;
+      // Failed, refused or cut: close it (EventSource would retry every few seconds forever),
+      // poll meanwhile, and try the stream again later.
       closeStream();
-      if (job && !TERMINAL[job.status]) startPolling();
+      if (job && !TERMINAL[job.status]) { startPolling(); scheduleStreamRetry(); }
     };
   }
 
   function closeStream() {
     if (source) { source.onerror = null; source.close(); source = null; }
+  }
+
+  function streamIsUp() {
+    stopPolling();
+    cancelStreamRetry();
+    retryDelay = RETRY_MS;
+    setMode("live");
+  }
+
+  function scheduleStreamRetry() {
+    if (retryTimer || !window.EventSource) return;
+    var wait = retryDelay * (0.8 + 0.4 * Math.random()); // a thousand pages do not all come back at once
+    retryDelay = Math.min(retryDelay * 2, RETRY_MAX_MS);
+    retryTimer = setTimeout(function () {
+      retryTimer = null;
+      if (mode === "polling" && job && !TERMINAL[job.status]) openStream(); // polling goes on meanwhile
+    }, wait);
+  }
+
+  function cancelStreamRetry() {
+    if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
   }
 
   function startPolling() {
@@ -197,6 +247,7 @@
     if (mode === "finished") return;
     closeStream();
     stopPolling();
+    cancelStreamRetry();
     setMode("finished");
     if (job) {
       refreshJob(job.job_id);
