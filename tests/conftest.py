@@ -14,13 +14,21 @@ a key prefix of their own (``key_prefix``), and their keys deleted afterwards.
 Tests that need a real backend are marked ``backend``. Where no backend can be
 had they are skipped, except in strict mode (``PROGRESS_TEST_STRICT=1``, set by
 CI), where such a skip is a failure.
+
+Besides the fixtures, the plain functions the test modules share live here, and
+are imported as ``from conftest import wait_until``: ``wait_until`` (a poll with
+a deadline), ``read_pids``, ``cli_env`` and ``write_worker_launcher``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import textwrap
+import time
+import urllib.parse
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +37,7 @@ ALLOW_NO_CLUSTER = os.environ.get("PROGRESS_TEST_ALLOW_NO_CLUSTER") == "1"
 
 CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"
 CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+REPO = Path(__file__).resolve().parent.parent
 
 # A test that uses one of these fixtures talks to a real server.
 BACKEND_FIXTURES = {"real_redis_url", "real_redis", "postgres_url", "pg_settings", "redis_cluster"}
@@ -65,6 +74,86 @@ def postgres_answers(url: str) -> bool:
     except psycopg.Error:
         return False
     return True
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what=None):
+    """Call ``predicate`` every ``interval`` seconds until it returns something true, for at
+    most ``timeout`` seconds: a poll with a deadline, not a sleep.
+
+    Returns that true value, or at the deadline the last false one, for the caller to
+    assert on. Given ``what`` (what is awaited), a passed deadline fails the test here,
+    saying what it waited for and how long.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    value = predicate()
+    if value or what is None:
+        return value
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def read_pids(path: Path) -> list[int] | None:
+    """The process ids a test command wrote to ``path`` on one line, or None until it has
+    (the line is complete once it ends with a newline)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return [int(x) for x in text.split()] if text.endswith("\n") else None
+
+
+def cli_env(settings, **values: str) -> dict[str, str]:
+    """The environment of a ``progress-service`` subprocess run by a test.
+
+    The caller's environment less every ``PROGRESS_*``, ``VIDEO_PIPELINE*``, ``REDIS_URL``
+    and ``DATABASE_URL``; then this test's Redis, key prefix and queue, a closed
+    PostgreSQL port, a short write interval and the repository on ``PYTHONPATH``; then
+    ``values``, which add to or override all of that.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROGRESS_", "VIDEO_PIPELINE")) and k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(
+        REDIS_URL=settings.redis_url,
+        DATABASE_URL=CLOSED_DATABASE_URL,
+        PROGRESS_KEY_PREFIX=settings.key_prefix,
+        PROGRESS_QUEUE=settings.queue_name,
+        PROGRESS_MIN_INTERVAL="0.05",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(values)
+    return env
+
+
+WORKER_LAUNCHER = """
+import sys
+from worker.pipelines import PIPELINES, Pipeline
+
+SOURCES = {sources!r}
+
+def command_for(source):
+    return lambda paper_id, out_dir: [sys.executable, "-c", source, out_dir + "/pids"]
+
+for name, source in SOURCES.items():
+    PIPELINES[name] = Pipeline(name=name, steps=("a", "b"), command=command_for(source))
+
+from progress_cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def write_worker_launcher(folder: Path, sources: dict[str, str]) -> Path:
+    """A script, written to ``folder``, that registers a pipeline of steps a, b for each
+    ``name: source`` in ``sources`` (``source`` run by Python with its output folder's
+    ``pids`` file as argv[1]), then runs ``progress-service`` with its own arguments:
+    ``python launch_worker.py worker ...`` is a worker that knows the test's pipelines."""
+    launcher = folder / "launch_worker.py"
+    launcher.write_text(textwrap.dedent(WORKER_LAUNCHER).format(sources=sources))
+    return launcher
 
 
 def uses_fake_redis(node) -> bool:
@@ -238,3 +327,59 @@ def store(redis_client, settings):
     from progress_service.store import ProgressStore
 
     return ProgressStore(redis_client, settings)
+
+
+@pytest.fixture
+def connected_store(real_redis, settings):
+    """A store on the real Redis through a client like production's (``store.connect``:
+    decoded replies); closed afterwards. Modules whose every test runs on the real Redis
+    make it their ``store``."""
+    from progress_service.store import ProgressStore, connect
+
+    store = ProgressStore(connect(settings), settings)
+    yield store
+    store.client.close()
+
+
+@pytest.fixture
+def rq_conn(real_redis_url, real_redis, settings):
+    """A client of the real Redis for RQ (raw replies, as RQ wants); this test's queue is
+    taken off RQ's list of queues afterwards."""
+    import redis
+
+    conn = redis.Redis.from_url(real_redis_url)
+    yield conn
+    conn.srem("rq:queues", f"rq:queue:{settings.queue_name}")
+    conn.close()
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` with ``options=-c search_path=<schema>``: the tables go into that schema."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query)
+    query.append(("options", f"-c search_path={schema}"))
+    return urllib.parse.urlunsplit(
+        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
+
+
+@pytest.fixture
+def empty_db_url(postgres_url):
+    """A URL of the real PostgreSQL whose tables land in a fresh schema of this test's own
+    (not yet upgraded); the schema is dropped afterwards: the server is shared."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield with_search_path(postgres_url, schema)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def db_url(empty_db_url):
+    """``empty_db_url`` upgraded: ``progress_jobs`` is there, in the test's own schema."""
+    from progress_service import migrations
+
+    migrations.upgrade(empty_db_url)
+    return empty_db_url

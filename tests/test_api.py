@@ -9,13 +9,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import time
-import urllib.parse
-import uuid
 
-import psycopg
 import pytest
 import redis
+from conftest import CLOSED_REDIS_URL, wait_until
 
 from progress_service.models import DEFAULT_STEPS
 from progress_service.store import ProgressStore
@@ -33,15 +30,7 @@ STATUS_KEYS = {
     "progress_updated_at", "is_stale", "final_video", "final_video_url", "job_id",
 }
 TOKEN = "s3cret-token"
-CLOSED_REDIS = "redis://127.0.0.1:1/0"
 BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9"]
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
 
 
 def build(settings):
@@ -66,29 +55,6 @@ def client(app):
 def jobs(app) -> ProgressStore:
     """The app's own store, for making jobs and driving their updates."""
     return app.extensions["progress"]
-
-
-def with_search_path(url: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query)
-    query.append(("options", f"-c search_path={schema}"))
-    return urllib.parse.urlunsplit(
-        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
-
-
-@pytest.fixture
-def db_url(postgres_url):
-    """The real PostgreSQL, with ``progress_jobs`` in a fresh schema of this test's own."""
-    from progress_service import migrations
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    url = with_search_path(postgres_url, schema)
-    migrations.upgrade(url)
-    yield url
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture
@@ -250,7 +216,9 @@ def test_status_json_of_a_running_job(client, jobs):
 def test_status_json_follows_the_papers_latest_job(client, jobs):
     completed_job(jobs, "old-job", "31452104")
     created = jobs.server_time_ms()
-    wait_for(lambda: jobs.server_time_ms() > created)  # the index orders a paper's jobs by the ms they began
+    # the index orders a paper's jobs by the ms they began
+    wait_until(lambda: jobs.server_time_ms() > created, timeout=5, interval=0.001,
+               what="the server's clock to pass the ms the job began")
     running_job(jobs, "new-job", "31452104", progress=20)
     assert client.get("/status/31452104/?_json=1").get_json()["job_id"] == "new-job"
 
@@ -348,7 +316,7 @@ def test_cancel_rejects_a_body_with_fields(token_app):
 
 
 def test_redis_down_is_503_everywhere(settings):
-    down = dataclasses.replace(settings, redis_url=CLOSED_REDIS, progress_redis_url=CLOSED_REDIS)
+    down = dataclasses.replace(settings, redis_url=CLOSED_REDIS_URL, progress_redis_url=CLOSED_REDIS_URL)
     app = build(down)
     client = app.test_client()
     for url in ("/api/v1/jobs/job-1", "/api/v1/jobs/job-1/history", "/api/v1/jobs",

@@ -10,60 +10,22 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.parse
-import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
+from conftest import CLOSED_DATABASE_URL, cli_env, wait_until
 
 from progress_service import ProgressStore, migrations
 from progress_service.models import DEFAULT_STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = list(DEFAULT_STEPS)
-CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
-
-
-def with_search_path(url: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query) + [("options", f"-c search_path={schema}")]
-    return urllib.parse.urlunsplit(
-        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
-
-
-@pytest.fixture
-def empty_db_url(postgres_url):
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield with_search_path(postgres_url, schema)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-@pytest.fixture
-def db_url(empty_db_url):
-    migrations.upgrade(empty_db_url)
-    return empty_db_url
 
 
 @pytest.fixture
 def env(settings, empty_db_url, tmp_path):
     """The environment of a CLI subprocess: this test's Redis prefix, queue and schema."""
-    out = {k: v for k, v in os.environ.items()
-           if not k.startswith("PROGRESS_") and k not in ("REDIS_URL", "DATABASE_URL")}
-    out.update(
-        REDIS_URL=settings.redis_url,
-        DATABASE_URL=empty_db_url,
-        PROGRESS_KEY_PREFIX=settings.key_prefix,
-        PROGRESS_QUEUE=settings.queue_name,
-        PROGRESS_MIN_INTERVAL="0.05",
-        PROGRESS_OUTPUT_DIR=str(tmp_path / "videos"),
-        PYTHONUNBUFFERED="1",
-    )
-    return out
+    return cli_env(settings, DATABASE_URL=empty_db_url, PROGRESS_OUTPUT_DIR=str(tmp_path / "videos"))
 
 
 @pytest.fixture
@@ -90,15 +52,6 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def finish(store, job_id, status="completed"):

@@ -14,25 +14,22 @@ import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import redis
+from conftest import cli_env, read_pids, wait_until, write_worker_launcher
 from rq.job import Job, JobStatus
 
 from progress_cli.terminal import exit_code_for, follow_job, render_line
-from progress_service import JobNotFound, ProgressStore
-from progress_service.store import connect
+from progress_service import JobNotFound
 from worker.jobs import cancel_job, submit_job
 from worker.pipelines import PIPELINES, Pipeline
 from worker.pipelines.papers import list_papers
 from worker.process_tree import process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 
 # Starts a grandchild in its process group, writes "pid grandchild" to argv[1], waits.
 TREE = """
@@ -46,56 +43,22 @@ os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 time.sleep(120)
 """
 
-LAUNCHER = """
-import sys
-from worker.pipelines import PIPELINES, Pipeline
-
-SOURCES = {sources!r}
-
-def command_for(source):
-    return lambda paper_id, out_dir: [sys.executable, "-c", source, out_dir + "/pids"]
-
-for name, source in SOURCES.items():
-    PIPELINES[name] = Pipeline(name=name, steps=("a", "b"), command=command_for(source))
-
-from progress_cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 
 @pytest.fixture
-def store(real_redis, settings):
-    store = ProgressStore(connect(settings), settings)
-    yield store
-    store.client.close()
-
-
-@pytest.fixture
-def rq_conn(real_redis_url, real_redis, settings):
-    conn = redis.Redis.from_url(real_redis_url)
-    yield conn
-    conn.srem("rq:queues", f"rq:queue:{settings.queue_name}")
-    conn.close()
+def store(connected_store):
+    """Every test here is on the real Redis, through a client like production's."""
+    return connected_store
 
 
 @pytest.fixture
 def env(settings, tmp_path):
-    out = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PROGRESS_", "VIDEO_PIPELINE")) and k not in ("REDIS_URL", "DATABASE_URL")}
-    out.update(
-        REDIS_URL=settings.redis_url,
-        DATABASE_URL=CLOSED_DATABASE_URL,
-        PROGRESS_KEY_PREFIX=settings.key_prefix,
-        PROGRESS_QUEUE=settings.queue_name,
-        PROGRESS_MIN_INTERVAL="0.05",
+    return cli_env(
+        settings,
         PROGRESS_WORKER_LOST_AFTER="3",
         PROGRESS_JOB_TTL="300",  # RQ keeps results as long: jobs with random ids expire soon
         PROGRESS_OUTPUT_DIR=str(tmp_path / "out"),
         VIDEO_PIPELINE_FAST="1",
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-        PYTHONUNBUFFERED="1",
     )
-    return out
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -107,9 +70,7 @@ def start_worker(tmp_path: Path, env: dict[str, str], *args: str,
                  sources: dict[str, str] | None = None) -> subprocess.Popen:
     log = open(tmp_path / f"worker-{time.monotonic_ns()}.log", "w")
     if sources:
-        launcher = tmp_path / "launch_worker.py"
-        launcher.write_text(textwrap.dedent(LAUNCHER).format(sources=sources))
-        argv = [sys.executable, str(launcher), "worker", *args]
+        argv = [sys.executable, str(write_worker_launcher(tmp_path, sources)), "worker", *args]
     else:
         argv = [sys.executable, "-m", "progress_cli", "worker", *args]
     return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -129,24 +90,6 @@ def stop_worker(proc: subprocess.Popen) -> int:
 
 def logs(tmp_path: Path) -> str:
     return "\n".join(p.read_text()[-4000:] for p in sorted(tmp_path.glob("worker-*.log")))
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def read_pids(path: Path) -> list[int] | None:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return [int(x) for x in text.split()] if text.endswith("\n") else None
 
 
 def one_line(text: str) -> str:

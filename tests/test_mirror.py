@@ -8,46 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import threading
 import time
-import urllib.parse
-import uuid
 
 import psycopg
 import pytest
+from conftest import wait_until
+from tcp_proxy import TcpProxy
 
 from progress_service import BackendUnavailable, ProgressStore, migrations
-from progress_service.embedded import find_free_port
 from progress_service.mirror import UPSERT, Mirror, SchemaMissing, job_row
 from progress_service.models import DEFAULT_STEPS
 
 STEPS = list(DEFAULT_STEPS)
-
-
-def with_search_path(url: str, schema: str) -> str:
-    """``url`` with ``options=-c search_path=<schema>``: the tables go into that schema."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query)
-    query.append(("options", f"-c search_path={schema}"))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
-
-
-@pytest.fixture
-def empty_db_url(postgres_url):
-    """A URL whose tables land in a fresh schema of this test's own (not yet upgraded)."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield with_search_path(postgres_url, schema)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-@pytest.fixture
-def db_url(empty_db_url):
-    migrations.upgrade(empty_db_url)
-    return empty_db_url
 
 
 @pytest.fixture
@@ -81,15 +54,6 @@ def finish(store, job_id, status="completed", paper_id="31452104"):
         r = store.update(job_id, status="canceled", message="canceled by the user")
     assert r.accepted and r.status == status
     return store.get(job_id)
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 # -- migrations ---------------------------------------------------------------
@@ -286,68 +250,6 @@ def test_list_jobs_reads_finished_jobs_newest_first(store, mirror):
 
 
 # -- PostgreSQL down, then back ---------------------------------------------------
-
-
-class TcpProxy:
-    """A loopback TCP proxy to PostgreSQL that the test can take down and bring back."""
-
-    def __init__(self, target_url: str) -> None:
-        parts = urllib.parse.urlsplit(target_url)
-        self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self.port = find_free_port()
-        self.url = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{self.port}"))
-        self._listener: socket.socket | None = None
-        self._sockets: list[socket.socket] = []
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        """Stop listening and cut every open connection (as a crashed server would)."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            try:
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-            except OSError:
-                pass
-            listener.close()
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        self._sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def test_jobs_finished_while_postgres_is_down_land_when_it_returns(store, db_url, caplog):

@@ -9,15 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import socket
 import sys
 import textwrap
 import threading
 import time
-import urllib.parse
-from pathlib import Path
 
 import pytest
+from conftest import read_pids, wait_until
+from tcp_proxy import TcpProxy
 
 from progress_service import JobNotFound, ProgressStore
 from progress_service.store import connect
@@ -28,33 +27,13 @@ PY = sys.executable
 
 
 @pytest.fixture
-def store(real_redis, settings):
+def store(connected_store):
     """The real Redis through a client like production's (decoded replies)."""
-    store = ProgressStore(connect(settings), settings)
-    yield store
-    store.client.close()
+    return connected_store
 
 
 def program(source: str, *args: str) -> list[str]:
     return [PY, "-c", textwrap.dedent(source), *args]
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def read_pids(path: Path) -> list[int] | None:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return [int(x) for x in text.split()] if text.endswith("\n") else None
 
 
 def non_decreasing(values) -> bool:
@@ -422,77 +401,11 @@ def test_writes_reach_the_hook_with_their_results(store, settings):
 # -- Redis away for a moment -----------------------------------------------------------
 
 
-class RedisProxy:
-    """A loopback TCP proxy to Redis that the test can take down (cutting every
-    connection, as a crashed server would) and bring back on the same port."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self._listener: socket.socket | None = None
-        self._sockets: list[socket.socket] = []
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            try:
-                listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            listener.close()
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        self._sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_returns(real_redis, settings,
                                                                           tmp_path):
-    parts = urllib.parse.urlsplit(settings.progress_redis_url)
-    proxy = RedisProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    proxy = TcpProxy(settings.progress_redis_url)
     proxy.up()
-    via_proxy = dataclasses.replace(
-        settings, progress_redis_url=urllib.parse.urlunsplit(
-            parts._replace(netloc=f"127.0.0.1:{proxy.port}")))
+    via_proxy = dataclasses.replace(settings, progress_redis_url=proxy.url)
     store = ProgressStore(connect(via_proxy), via_proxy)
     direct = ProgressStore(connect(settings), settings)
     store.create_job("j", "p", steps=["a", "b"], pipeline="command")

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from conftest import CLOSED_DATABASE_URL, wait_until
+from tcp_proxy import TcpProxy
 
 from progress_cli.web_commands import gunicorn_argv
 from progress_service.config import Settings
@@ -31,18 +32,7 @@ from progress_service.store import ProgressStore
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = list(DEFAULT_STEPS)
-CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 READ_TIMEOUT = 10.0  # seconds a stream may stay silent before a test fails
-
-
-def wait_for(predicate, timeout=10.0, interval=0.02, what="a condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class GunicornServer:
@@ -57,7 +47,7 @@ class GunicornServer:
         self.proc = subprocess.Popen(gunicorn_argv("127.0.0.1", self.port, workers), env=full_env,
                                      cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         try:
-            wait_for(self._answers, timeout=30, interval=0.1, what=f"gunicorn on port {self.port}")
+            wait_until(self._answers, timeout=30, interval=0.1, what=f"gunicorn on port {self.port}")
         except AssertionError:
             self.stop()
             raise AssertionError(f"gunicorn did not come up:\n{self.log()}") from None
@@ -372,93 +362,25 @@ def test_fifty_clients_share_one_redis_connection(server, sse_store, real_redis,
     finally:
         for s in streams:
             s.close()
-    wait_for(lambda: server.metric("progress_sse_clients") == 0, what="the streams to be counted closed")
+    wait_until(lambda: server.metric("progress_sse_clients") == 0, what="the streams to be counted closed")
     assert len(web_connections(real_redis, sse_prefix)) <= 4
-
-
-class TcpProxy:
-    """A loopback TCP proxy to Redis that can cut every connection and refuse new ones for a while."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = find_free_port()
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self.resume()
-
-    def resume(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        """Close the listener and every open connection: Redis is gone until ``resume()``."""
-        if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (a bare close would not)
-            except OSError:
-                pass
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self.cut()
 
 
 def test_streams_catch_up_after_the_listener_loses_redis(real_redis_url, sse_store, sse_prefix, tmp_path):
     """Changes published while the web process was cut off from Redis still reach its clients, in order."""
-    host_port = int(real_redis_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = TcpProxy(host_port)
-    srv = GunicornServer(server_env(f"redis://127.0.0.1:{proxy.port}/0", sse_prefix),
-                         log_path=tmp_path / "gunicorn.log")
+    proxy = TcpProxy(real_redis_url)
+    proxy.up()
+    srv = GunicornServer(server_env(proxy.url, sse_prefix), log_path=tmp_path / "gunicorn.log")
     try:
         job_id = new_job(sse_store)
         sse_store.update(job_id, status="running", current_step=STEPS[0], progress_percent=5)
         stream = EventStream(srv.base, f"/api/v1/jobs/{job_id}/events", timeout=20)
         assert stream.next_event().id == 2
 
-        proxy.cut()  # the web process loses Redis: pub/sub and pool alike
+        proxy.down()  # the web process loses Redis: pub/sub and pool alike
         missed = [sse_store.update(job_id, progress_percent=p, message=f"during the outage {p}").seq
                   for p in (20, 30, 40)]
-        proxy.resume()
+        proxy.up()
         events = [stream.next_event() for _ in missed]
         assert [e.id for e in events] == missed == [3, 4, 5]
         assert events[-1].data["message"] == "during the outage 40"
@@ -468,7 +390,7 @@ def test_streams_catch_up_after_the_listener_loses_redis(real_redis_url, sse_sto
         stream.close()
     finally:
         srv.stop()
-        proxy.close()
+        proxy.down()
     assert "resubscribed" in srv.log_path.read_text() or "reconnecting" in srv.log_path.read_text()
 
 

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
 from progress_service import InvalidInput, JobConflict, JobNotFound, ProgressStore, Status
 from progress_service.models import DEFAULT_STEPS
@@ -25,15 +26,6 @@ def stored(store, job_id="job-1"):
     snap = store.get(job_id)
     assert snap is not None
     return snap
-
-
-def wait_until(predicate, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_create_job_starts_pending_with_the_steps(store, job):

@@ -13,13 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import redis
+from conftest import cli_env, read_pids, wait_until, write_worker_launcher
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
@@ -31,7 +30,6 @@ from worker.pipelines import PIPELINES, Pipeline
 from worker.process_tree import descendants, process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 
 # Steps a, b: announces a, then PROGRESS every 0.1 s for a minute; a grandchild sleeps in
 # its process group. Writes "pid grandchild" to argv[1].
@@ -47,54 +45,11 @@ for i in range(600):
     time.sleep(0.1)
 """
 
-LAUNCHER = """
-import sys
-from worker.pipelines import PIPELINES, Pipeline
-
-SOURCES = {sources!r}
-
-def command_for(source):
-    return lambda paper_id, out_dir: [sys.executable, "-c", source, out_dir + "/pids"]
-
-for name, source in SOURCES.items():
-    PIPELINES[name] = Pipeline(name=name, steps=("a", "b"), command=command_for(source))
-
-from progress_cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 
 @pytest.fixture
-def store(real_redis, settings):
-    store = ProgressStore(connect(settings), settings)
-    yield store
-    store.client.close()
-
-
-@pytest.fixture
-def rq_conn(real_redis_url, real_redis, settings):
-    conn = redis.Redis.from_url(real_redis_url)
-    yield conn
-    conn.srem("rq:queues", f"rq:queue:{settings.queue_name}")
-    conn.close()
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def read_pids(path: Path) -> list[int] | None:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return [int(x) for x in text.split()] if text.endswith("\n") else None
+def store(connected_store):
+    """Every test here is on the real Redis, through a client like production's."""
+    return connected_store
 
 
 # -- the sweeper ---------------------------------------------------------------------
@@ -170,26 +125,16 @@ def test_rq_abandoned_job_cleanup_agrees_with_the_store(monkeypatch, settings, s
 
 @pytest.fixture
 def worker_env(settings, tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PROGRESS_", "VIDEO_PIPELINE")) and k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(
-        REDIS_URL=settings.redis_url,
-        DATABASE_URL=CLOSED_DATABASE_URL,
-        PROGRESS_KEY_PREFIX=settings.key_prefix,
-        PROGRESS_QUEUE=settings.queue_name,
-        PROGRESS_MIN_INTERVAL="0.05",
+    return cli_env(
+        settings,
         PROGRESS_STALE_AFTER="1",
         PROGRESS_WORKER_LOST_AFTER="3",
         PROGRESS_OUTPUT_DIR=str(tmp_path / "out"),
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-        PYTHONUNBUFFERED="1",
     )
-    return env
 
 
 def start_worker(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    launcher = tmp_path / "launch_worker.py"
-    launcher.write_text(textwrap.dedent(LAUNCHER).format(sources={"t-slow": SLOW}))
+    launcher = write_worker_launcher(tmp_path, {"t-slow": SLOW})
     path = tmp_path / f"worker-{time.monotonic_ns()}.log"
     proc = subprocess.Popen([sys.executable, str(launcher), "worker", *args], env=env, cwd=ROOT,
                             stdout=open(path, "w"), stderr=subprocess.STDOUT, start_new_session=True)

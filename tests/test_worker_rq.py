@@ -21,10 +21,10 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import redis
+from conftest import CLOSED_DATABASE_URL, read_pids, wait_until
 from rq.job import Job, JobStatus
 
-from progress_service import InvalidInput, JobConflict, JobNotFound, ProgressStore
-from progress_service.store import connect
+from progress_service import InvalidInput, JobConflict, JobNotFound
 from worker import jobs
 from worker.jobs import ProgressSimpleWorker, cancel_job, submit_job
 from worker.pipelines import PIPELINES, Pipeline
@@ -32,7 +32,6 @@ from worker.pipelines.papers import list_papers
 from worker.process_tree import process_alive
 
 FIVE = ["fetch-paper", "generate-script", "generate-audio", "generate-videos", "assemble-video"]
-CLOSED_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 
 # A pipeline command that starts a grandchild, writes "pid grandchild" to argv[1], then waits.
 TREE = """
@@ -57,18 +56,9 @@ FAIL = """
 
 
 @pytest.fixture
-def store(real_redis, settings):
-    store = ProgressStore(connect(settings), settings)
-    yield store
-    store.client.close()
-
-
-@pytest.fixture
-def rq_conn(real_redis_url, real_redis, settings):
-    conn = redis.Redis.from_url(real_redis_url)
-    yield conn
-    conn.srem("rq:queues", f"rq:queue:{settings.queue_name}")
-    conn.close()
+def store(connected_store):
+    """Every test here is on the real Redis, through a client like production's."""
+    return connected_store
 
 
 @pytest.fixture
@@ -110,24 +100,6 @@ def work(settings, conn, store) -> None:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def read_pids(path: Path) -> list[int] | None:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return [int(x) for x in text.split()] if text.endswith("\n") else None
 
 
 def ffmpeg_duration(video: Path) -> float:
