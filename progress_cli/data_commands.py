@@ -110,7 +110,7 @@ def _store(settings: Settings):
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from progress_cli.terminal import exit_code_for, follow_job
+    from progress_cli.terminal import exit_code_for, follow_job, summary_line
     from progress_service.mirror import Mirror
     from progress_service.models import validate_id
 
@@ -136,19 +136,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"progress-service watch: job {args.job_id} did not finish within "
               f"{args.timeout:g}s", file=sys.stderr)
         return EXIT_TIMEOUT
-    print(_summary(final))
+    print(summary_line(final))
     return exit_code_for(final["status"])
-
-
-def _summary(snap: dict) -> str:
-    line = f"{snap['job_id']} {snap['status']}"
-    if snap.get("error"):
-        line += f": {snap['error']}"
-    result = snap.get("result") or {}
-    where = result.get("video_path") or result.get("video_url")
-    if where:
-        line += f" {where}"
-    return line
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:

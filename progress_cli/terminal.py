@@ -41,6 +41,22 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def summary_line(snap: dict[str, Any]) -> str:
+    """One line for a finished job: ``<job_id> <status>[: error] [<video>]``.
+
+    A many-line error shows its first and last lines (the pipeline's stderr tail).
+    """
+    line = f"{snap['job_id']} {snap['status']}"
+    if snap.get("error"):
+        lines = snap["error"].splitlines() or [""]
+        line += f": {lines[0]}" if len(lines) == 1 else f": {lines[0]} … {lines[-1]}"
+    result = snap.get("result") or {}
+    where = result.get("video_path") or result.get("video_url")
+    if where:
+        line += f" {where}"
+    return line
+
+
 def render_line(snap: dict[str, Any], eta: float | None = None, width: int = BAR_WIDTH) -> str:
     """One line for a snapshot: bar, percent, step (i/n), then the ETA or how it ended."""
     percent = float(snap.get("progress_percent") or 0)

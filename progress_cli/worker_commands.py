@@ -232,7 +232,7 @@ def _start_mirror(store, settings: Settings, stop: threading.Event):
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from progress_cli.terminal import exit_code_for, follow_job
+    from progress_cli.terminal import exit_code_for, follow_job, summary_line
     from worker.jobs import submit_job
 
     settings = Settings.from_env()
@@ -248,20 +248,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         final = follow_job(store, job_id, out=sys.stderr, timeout=args.timeout)
     except TimeoutError:
         return _fail("submit", f"job {job_id} did not finish within {args.timeout:g}s", 124)
-    print(_summary(final), file=sys.stderr)
+    print(f"job {summary_line(final)}", file=sys.stderr)
     return exit_code_for(final["status"])
-
-
-def _summary(snap: dict) -> str:
-    line = f"job {snap['job_id']} {snap['status']}"
-    if snap.get("error"):
-        lines = snap["error"].splitlines()
-        line += f": {lines[0]}" if len(lines) == 1 else f": {lines[0]} … {lines[-1]}"
-    result = snap.get("result") or {}
-    where = result.get("video_path") or result.get("video_url")
-    if where:
-        line += f" ({where})"
-    return line
 
 
 # -- run ----------------------------------------------------------------------------
