@@ -3,10 +3,13 @@
 from .config import Settings
 from .errors import (
     BackendUnavailable,
+    EmbeddedServerError,
     InvalidInput,
     JobConflict,
     JobNotFound,
+    PostgresUnavailable,
     ProgressError,
+    SchemaMissing,
     Unauthorized,
 )
 from .keys import Keys
@@ -16,8 +19,8 @@ from .store import ProgressStore
 from .throttle import Throttle
 
 __all__ = [
-    "BackendUnavailable", "InvalidInput", "JobConflict", "JobNotFound", "Keys",
-    "ProgressError", "ProgressStore", "Settings", "Status", "Throttle", "Unauthorized",
-    "UpdateResult",
+    "BackendUnavailable", "EmbeddedServerError", "InvalidInput", "JobConflict", "JobNotFound",
+    "Keys", "PostgresUnavailable", "ProgressError", "ProgressStore", "SchemaMissing", "Settings",
+    "Status", "Throttle", "Unauthorized", "UpdateResult",
 ]
 __version__ = "0.1.0"

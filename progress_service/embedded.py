@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from progress_service.errors import ProgressError
+from progress_service.errors import EmbeddedServerError
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,6 @@ CLUSTER_NODE_ARGS = (
     "--cluster-node-timeout", "5000",
 )  # fmt: skip
 
-
-class EmbeddedServerError(ProgressError, RuntimeError):
-    """An embedded server could not be found or started."""
-
-    code = "embedded_server"
 
 
 def find_free_port() -> int:

@@ -33,6 +33,23 @@ class BackendUnavailable(ProgressError):
     code = "backend_unavailable"
 
 
+class PostgresUnavailable(BackendUnavailable):
+    """PostgreSQL does not answer, or refuses the mirror's statements (HTTP 503)."""
+
+
+class SchemaMissing(PostgresUnavailable):
+    """PostgreSQL answers, but ``progress_jobs`` is missing or older than this code:
+    run ``progress-service db upgrade`` (HTTP 503)."""
+
+    code = "schema_missing"
+
+
+class EmbeddedServerError(ProgressError, RuntimeError):
+    """An embedded Redis or PostgreSQL could not be found or started."""
+
+    code = "embedded_server"
+
+
 class Unauthorized(ProgressError):
     """A writing request without the right bearer token (HTTP 401)."""
 

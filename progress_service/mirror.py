@@ -39,7 +39,7 @@ import psycopg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import BackendUnavailable, InvalidInput
+from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
 from .models import ID_PATTERN, TERMINAL, build_snapshot, iso_ms, validate_id
 from .scripts import script_source
 from .store import ProgressStore
@@ -82,16 +82,6 @@ _SNAPSHOT_FIELDS = _NAMES[:-1]  # without history
 SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-
-
-class PostgresUnavailable(BackendUnavailable):
-    """PostgreSQL does not answer, or refuses the mirror's statements."""
-
-
-class SchemaMissing(PostgresUnavailable):
-    """PostgreSQL answers, but ``progress_jobs`` is missing or older than this code."""
-
-    code = "schema_missing"
 
 
 def _text(value: Any) -> str:
