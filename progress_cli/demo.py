@@ -34,6 +34,7 @@ from pathlib import Path
 
 from progress_service import Settings
 from progress_service.errors import BackendUnavailable, ProgressError
+from worker.process_tree import descendants, group_members, process_alive, process_table, start_time
 
 DEMO_MIN_INTERVAL = "0.2"  # seconds between two percent-only writes: a bar that visibly moves
 START_TIMEOUT = 60.0  # seconds for the web server to answer /healthz
@@ -82,58 +83,6 @@ def say(text: str) -> None:
 # -- processes --------------------------------------------------------------------
 
 
-def _proc_stat(pid: int) -> tuple[int, str, int, int] | None:
-    """(parent pid, state, start time, process group) of a process from /proc, or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
-    return int(fields[1]), fields[0], int(fields[19]), int(fields[2])
-
-
-def _all_processes() -> dict[int, tuple[int, str, int, int]]:
-    out = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        stat = _proc_stat(int(entry.name))
-        if stat is not None:
-            out[int(entry.name)] = stat
-    return out
-
-
-def _alive(pid: int, started: int | None = None) -> bool:
-    stat = _proc_stat(pid)
-    if stat is None:
-        if Path("/proc").is_dir():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    _, state, start, _ = stat
-    return state not in ("Z", "X") and (started is None or start == started)
-
-
-def _descendants(root: int) -> dict[int, int]:
-    """pid -> start time of every live descendant of ``root`` (from /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
-    starts: dict[int, int] = {}
-    for pid, (ppid, _, start, _) in _all_processes().items():
-        children.setdefault(ppid, []).append(pid)
-        starts[pid] = start
-    found: dict[int, int] = {}
-    todo = list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        if pid not in found and pid in starts:
-            found[pid] = starts[pid]
-            todo.extend(children.get(pid, []))
-    return found
-
-
 class Child:
     """A child process in a new session (its own process group) with its output in a log file."""
 
@@ -144,8 +93,7 @@ class Child:
             self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.process.pid
-        stat = _proc_stat(self.pid)
-        self.seen: dict[int, int | None] = {self.pid: stat[2] if stat else None}
+        self.seen: dict[int, int | None] = {self.pid: start_time(self.pid)}  # pid -> start time
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -158,8 +106,8 @@ class Child:
         """Note every process below this one: a grandchild in a session of its own (a
         pipeline run) is not in our process group, and once its parent dies only this
         note finds it."""
-        if self.process.poll() is None:
-            self.seen.update(_descendants(self.pid))
+        if self.process.poll() is None and (table := process_table()) is not None:
+            self.seen.update((pid, table[pid].start) for pid in descendants(self.pid, table))
 
     def signal_all(self, sig: int) -> None:
         try:
@@ -167,7 +115,7 @@ class Child:
         except (ProcessLookupError, PermissionError):
             pass
         for pid, started in self.seen.items():
-            if _alive(pid, started):
+            if process_alive(pid, started):
                 try:
                     os.kill(pid, sig)
                 except (ProcessLookupError, PermissionError):
@@ -175,16 +123,8 @@ class Child:
 
     def left_running(self) -> list[int]:
         """Live (not zombie) processes of its process group, and of those noted below it."""
-        if Path("/proc").is_dir():
-            group = {pid for pid, (_, state, _, pgrp) in _all_processes().items()
-                     if pgrp == self.pid and state not in ("Z", "X")}
-        else:
-            try:
-                os.killpg(self.pid, 0)
-                group = {self.pid}
-            except (ProcessLookupError, PermissionError):
-                group = set()
-        return sorted(group | {pid for pid, s in self.seen.items() if _alive(pid, s)})
+        group = set(group_members(self.pid))
+        return sorted(group | {pid for pid, s in self.seen.items() if process_alive(pid, s)})
 
     def stop(self) -> list[int]:
         """SIGTERM (twice: RQ's second one is its cold shutdown), then SIGKILL; reap; return
@@ -360,7 +300,7 @@ class Demo:
         for server in reversed(self.servers):
             pid = server.pid
             server.stop()
-            if pid is not None and _alive(pid):
+            if pid is not None and process_alive(pid):
                 clean = False
                 say(f"could not stop the embedded {server.name} (pid {pid})")
             else:

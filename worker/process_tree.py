@@ -17,10 +17,14 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KILL_GRACE", "descendants", "group_members", "kill_process_tree", "process_alive"]
+__all__ = [
+    "KILL_GRACE", "ProcInfo", "descendants", "group_members", "kill_process_tree", "process_alive",
+    "process_table", "start_time",
+]
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
@@ -29,8 +33,30 @@ def _have_proc() -> bool:
     return os.path.isdir("/proc/self")
 
 
-def _proc_table() -> dict[int, tuple[int, int, str]] | None:
-    """pid -> (ppid, pgid, state) of every process, from /proc; None where there is no /proc."""
+class ProcInfo(NamedTuple):
+    """One process as /proc/<pid>/stat shows it."""
+
+    ppid: int
+    pgid: int
+    state: str  # "Z" (zombie) and "X" (dead) count as gone
+    start: int  # start time in clock ticks since boot: with the pid, it names one process
+
+
+def _stat(pid: int | str) -> ProcInfo | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp ... starttime": comm may hold spaces and parentheses.
+    rest = raw[raw.rfind(b")") + 2:].split()
+    if len(rest) < 20:
+        return None
+    return ProcInfo(int(rest[1]), int(rest[2]), rest[0].decode(), int(rest[19]))
+
+
+def process_table() -> dict[int, ProcInfo] | None:
+    """Every process, from /proc; None where there is no /proc."""
     if not _have_proc():
         return None
     try:
@@ -39,34 +65,34 @@ def _proc_table() -> dict[int, tuple[int, int, str]] | None:
         return None
     table = {}
     for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        rest = raw[raw.rfind(b")") + 2:].split()
-        if len(rest) < 3:
-            continue
-        table[int(name)] = (int(rest[1]), int(rest[2]), rest[0].decode())
+        if name.isdigit() and (info := _stat(name)) is not None:
+            table[int(name)] = info
     return table
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None (gone, or no /proc)."""
+    info = _stat(pid) if pid > 0 and _have_proc() else None
+    return info.start if info else None
+
+
+def process_alive(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, counts as gone).
+
+    With ``started`` (from :func:`start_time`), a new process that reuses the pid
+    does not count either.
+    """
     if pid <= 0:
         return False
     if _have_proc():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                raw = f.read()
-            return raw[raw.rfind(b")") + 2:].split()[0] not in (b"Z", b"X")
-        except FileNotFoundError:
-            return False
-        except (OSError, IndexError):
-            pass
+        info = _stat(pid)
+        if info is None:
+            return os.path.exists(f"/proc/{pid}") and _signal_alive(pid)  # unreadable, not gone
+        return info.state not in ("Z", "X") and (started is None or info.start == started)
+    return _signal_alive(pid)
+
+
+def _signal_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -78,25 +104,25 @@ def process_alive(pid: int) -> bool:
 
 def group_members(pgid: int) -> list[int]:
     """Live processes of process group ``pgid``."""
-    table = _proc_table()
+    table = process_table()
     if table is None:
         try:
             os.killpg(pgid, 0)
         except (ProcessLookupError, PermissionError):
             return []
         return [pgid]
-    return [pid for pid, (_, group, state) in table.items() if group == pgid and state not in ("Z", "X")]
+    return [pid for pid, p in table.items() if p.pgid == pgid and p.state not in ("Z", "X")]
 
 
-def descendants(pid: int, table: dict[int, tuple[int, int, str]] | None = None) -> set[int]:
+def descendants(pid: int, table: dict[int, ProcInfo] | None = None) -> set[int]:
     """Live descendants of ``pid`` (children, their children, ...)."""
-    table = _proc_table() if table is None else table
+    table = process_table() if table is None else table
     if not table:
         return set()
     children: dict[int, list[int]] = {}
-    for child, (parent, _, state) in table.items():
-        if state not in ("Z", "X"):
-            children.setdefault(parent, []).append(child)
+    for child, p in table.items():
+        if p.state not in ("Z", "X"):
+            children.setdefault(p.ppid, []).append(child)
     found: set[int] = set()
     todo = [pid]
     while todo:
@@ -138,14 +164,14 @@ def kill_process_tree(
     groups: set[int] = {pid}
 
     def refresh() -> list[int]:
-        table = _proc_table()
+        table = process_table()
         if table is not None:
             for p in list(known):
                 known.update(descendants(p, table))
-            known.update(p for p, (_, g, s) in table.items() if g in groups and s not in ("Z", "X"))
+            known.update(p for p, info in table.items() if info.pgid in groups and info.state not in ("Z", "X"))
             for p in known:
                 if p in table:
-                    groups.add(table[p][1])
+                    groups.add(table[p].pgid)
         if popen is not None:
             popen.poll()  # reap our direct child, so it does not linger as a zombie
         return [p for p in known if process_alive(p)]
