@@ -256,6 +256,18 @@ def _delete_keys(client, key_prefix: str) -> None:
         client.unlink(key)
 
 
+@pytest.fixture(scope="module")
+def module_key_prefix(real_redis_url) -> str:
+    """A prefix shared by one module's tests (for a server they share); its keys go after."""
+    import redis
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(real_redis_url)
+    _delete_keys(client, prefix)
+    client.close()
+
+
 @pytest.fixture
 def real_redis(real_redis_url, key_prefix):
     """A client of the real Redis; the test's keys are deleted afterwards."""

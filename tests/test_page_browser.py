@@ -57,26 +57,16 @@ PAGE_CONFIG = '<script type="application/json" id="page-config">'
 
 
 @pytest.fixture(scope="module")
-def page_prefix(real_redis_url):
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    yield prefix
-    client = redis.Redis.from_url(real_redis_url)
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.unlink(key)
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def web(real_redis_url, page_prefix):
-    srv = GunicornServer(server_env(real_redis_url, page_prefix))
+def web(real_redis_url, module_key_prefix):
+    srv = GunicornServer(server_env(real_redis_url, module_key_prefix))
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def store(real_redis_url, page_prefix):
+def store(real_redis_url, module_key_prefix):
     client = redis.Redis.from_url(real_redis_url, decode_responses=True)
-    yield ProgressStore(client, Settings.from_env(server_env(real_redis_url, page_prefix)))
+    yield ProgressStore(client, Settings.from_env(server_env(real_redis_url, module_key_prefix)))
     client.close()
 
 

@@ -162,25 +162,15 @@ def server_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sse_prefix(real_redis_url):
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    yield prefix
-    client = redis.Redis.from_url(real_redis_url)
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.unlink(key)
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def server(real_redis_url, sse_prefix):
-    srv = GunicornServer(server_env(real_redis_url, sse_prefix))
+def server(real_redis_url, module_key_prefix):
+    srv = GunicornServer(server_env(real_redis_url, module_key_prefix))
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def sse_store(real_redis_url, sse_prefix):
-    settings = Settings.from_env(server_env(real_redis_url, sse_prefix))
+def sse_store(real_redis_url, module_key_prefix):
+    settings = Settings.from_env(server_env(real_redis_url, module_key_prefix))
     client = redis.Redis.from_url(real_redis_url, decode_responses=True)
     yield ProgressStore(client, settings)
     client.close()
@@ -338,7 +328,7 @@ def web_connections(real_redis, prefix: str) -> list[dict]:
     return [c for c in real_redis.client_list() if c.get("name", "").startswith(f"{prefix}.web.")]
 
 
-def test_fifty_clients_share_one_redis_connection(server, sse_store, real_redis, sse_prefix):
+def test_fifty_clients_share_one_redis_connection(server, sse_store, real_redis, module_key_prefix):
     job_id = new_job(sse_store)
     sse_store.update(job_id, status="running", current_step=STEPS[0], progress_percent=1)
     streams = [EventStream(server.base, f"/api/v1/jobs/{job_id}/events") for _ in range(50)]
@@ -346,7 +336,7 @@ def test_fifty_clients_share_one_redis_connection(server, sse_store, real_redis,
         assert all(s.next_event().id == 2 for s in streams)
         assert server.metric("progress_sse_clients") == 50
 
-        connections = web_connections(real_redis, sse_prefix)
+        connections = web_connections(real_redis, module_key_prefix)
         (worker,) = server.worker_pids()
         assert {c["name"].split(".")[-2] for c in connections} == {str(worker)}
         listeners = [c for c in connections if c["name"].endswith(".events")]
@@ -363,14 +353,14 @@ def test_fifty_clients_share_one_redis_connection(server, sse_store, real_redis,
         for s in streams:
             s.close()
     wait_until(lambda: server.metric("progress_sse_clients") == 0, what="the streams to be counted closed")
-    assert len(web_connections(real_redis, sse_prefix)) <= 4
+    assert len(web_connections(real_redis, module_key_prefix)) <= 4
 
 
-def test_streams_catch_up_after_the_listener_loses_redis(real_redis_url, sse_store, sse_prefix, tmp_path):
+def test_streams_catch_up_after_the_listener_loses_redis(real_redis_url, sse_store, module_key_prefix, tmp_path):
     """Changes published while the web process was cut off from Redis still reach its clients, in order."""
     proxy = TcpProxy(real_redis_url)
     proxy.up()
-    srv = GunicornServer(server_env(proxy.url, sse_prefix), log_path=tmp_path / "gunicorn.log")
+    srv = GunicornServer(server_env(proxy.url, module_key_prefix), log_path=tmp_path / "gunicorn.log")
     try:
         job_id = new_job(sse_store)
         sse_store.update(job_id, status="running", current_step=STEPS[0], progress_percent=5)
