@@ -374,6 +374,63 @@ def test_processes_left_behind_by_a_finished_command_are_killed(store, settings,
     assert wait_until(lambda: not process_alive(pid), timeout=5)
 
 
+# A daemon the classic way: fork, setsid, fork again, the middle process exits. The
+# daemon (its pid written to argv[1]) has no parent link to the job and a session of
+# its own; only the PROGRESS_JOB_ID it inherited says whose it is. Then the command
+# prints a step and, with argv[2] == "wait", waits to be stopped.
+DAEMON = """
+    import os, sys, time
+    middle = os.fork()
+    if middle == 0:
+        os.setsid()
+        if os.fork() == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            with open(sys.argv[1] + ".tmp", "w") as f:
+                f.write(f"{os.getpid()}\\n")
+            os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+            time.sleep(120)
+        os._exit(0)
+    os.waitpid(middle, 0)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+    print("STEP a", flush=True)
+    print("PROGRESS 10 daemon started", flush=True)
+    if sys.argv[2] == "wait":
+        time.sleep(120)
+"""
+
+
+def test_a_double_forked_daemon_dies_with_a_canceled_job(store, settings, tmp_path):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    pid_file = tmp_path / "daemon"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        outcome=run_command(store, "j", program(DAEMON, str(pid_file), "wait"), steps=["a"],
+                            settings=settings, kill_grace=2.0)))
+    thread.start()
+    try:
+        (daemon,) = wait_until(lambda: read_pids(pid_file), timeout=15)
+        assert process_alive(daemon)
+        assert wait_until(lambda: store.get("j")["progress_percent"] == 10, timeout=5)
+        assert store.update("j", status="canceled").accepted
+    finally:
+        thread.join(30)
+    assert result["outcome"].status == "canceled" and result["outcome"].survivors == []
+    assert not process_alive(daemon), "the double-forked daemon outlived its canceled job"
+
+
+def test_a_double_forked_daemon_left_by_a_finished_command_is_killed(store, settings, tmp_path):
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    pid_file = tmp_path / "daemon"
+    outcome = run_command(store, "j", program(DAEMON, str(pid_file), "exit"), steps=["a"],
+                          settings=settings, kill_grace=1.0)
+    assert outcome.status == "completed"
+    (daemon,) = read_pids(pid_file)
+    assert wait_until(lambda: not process_alive(daemon), timeout=5)
+
+
 def test_the_output_hook_sees_every_line(store, settings):
     store.create_job("j", "p", steps=["a"], pipeline="command")
     seen = []

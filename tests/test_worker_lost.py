@@ -32,12 +32,22 @@ from worker.process_tree import descendants, process_alive
 ROOT = Path(__file__).resolve().parent.parent
 
 # Steps a, b: announces a, then PROGRESS every 0.1 s for a minute; a grandchild sleeps in
-# its process group. Writes "pid grandchild" to argv[1].
+# its process group, and a daemon (double-forked: no parent link, a session of its own)
+# sleeps too. Writes "pid grandchild daemon" to argv[1].
 SLOW = """
 import os, subprocess, sys, time
 stay = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.write(w, str(os.getpid()).encode()); os.close(w)
+        time.sleep(120)
+    os._exit(0)
+os.close(w)
+daemon = int(os.read(r, 32))
 with open(sys.argv[1] + ".tmp", "w") as f:
-    f.write(f"{os.getpid()} {stay.pid}\\n")
+    f.write(f"{os.getpid()} {stay.pid} {daemon}\\n")
 os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 print("STEP 1/2 a", flush=True)
 for i in range(600):

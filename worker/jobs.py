@@ -61,7 +61,7 @@ from progress_service.store import connect
 from worker.lost import WORKER_LOST, kill_orphaned_tree
 from worker.pipelines import Pipeline, get_pipeline
 from worker.process_tree import KILL_GRACE, descendants, kill_process_tree
-from worker.runner import run_command
+from worker.runner import JOB_ID_ENV, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -428,10 +428,12 @@ class ProgressWorker(_StopsCommands, Worker):
         horse = self.horse_pid
         if not horse:
             return
+        job_id = self.get_current_job_id()  # type: ignore[attr-defined]
+        tag = f"{JOB_ID_ENV}={job_id}" if job_id else None
         self._mark_stopping()
         groups = {_pgid(p) for p in descendants(horse)} - {horse, None}
         for pgid in sorted(groups):  # type: ignore[type-var]
-            left = kill_process_tree(pgid, grace=STOP_GRACE)
+            left = kill_process_tree(pgid, grace=STOP_GRACE, tag=tag)
             logger.info("worker %s: killed the command tree of group %d%s", self.name, pgid,
                         f" ({left} left)" if left else "")
         # RQ's kill_horse signals os.getpgid(self.horse_pid): once the horse has ended,

@@ -34,7 +34,14 @@ from typing import Any
 from progress_service import ProgressStore, Settings, Status
 from progress_service.errors import BackendUnavailable
 from progress_service.models import ID_PATTERN
-from worker.process_tree import KILL_GRACE, group_members, kill_process_tree, process_alive
+from worker.process_tree import (
+    KILL_GRACE,
+    environ_has,
+    group_members,
+    kill_process_tree,
+    process_alive,
+    tagged_processes,
+)
 from worker.runner import JOB_ID_ENV
 
 logger = logging.getLogger(__name__)
@@ -197,22 +204,16 @@ def kill_orphaned_tree(process: dict[str, Any] | None, job_id: str, *,
         return []
     if pgid <= 1:
         return []
-    # The group's leader may be gone while a grandchild lives on: check every member.
-    members = [p for p in {pgid, *group_members(pgid)} if process_alive(p) and _belongs_to(p, job_id)]
+    tag = f"{JOB_ID_ENV}={job_id}"
+    # The group's leader may be gone while a grandchild lives on, in the group or
+    # double-forked away: every process that carries the job's entry counts.
+    members = sorted({p for p in {pgid, *group_members(pgid)} if process_alive(p) and environ_has(p, tag)}
+                     | tagged_processes(tag))
     if not members:
         return []
     logger.warning("job %s: its command (process group %d) outlived its worker: killing it",
                    job_id, pgid)
-    return kill_process_tree(members[0], grace=grace, extra=members)
-
-
-def _belongs_to(pid: int, job_id: str) -> bool:
-    marker = f"{JOB_ID_ENV}={job_id}".encode()
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read().split(b"\0")
-    except OSError:
-        return False
+    return kill_process_tree(members[0], grace=grace, extra=members, tag=tag)
 
 
 class LostJobSweeper:

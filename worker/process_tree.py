@@ -5,8 +5,12 @@ A job's command runs as the leader of a process group of its own
 leave it (``setsid``) or lose its parent link when its parent dies. So a kill
 signals the group *and* every descendant found through ``/proc``, collected
 before the first signal and again on every round, and checks by pid that none
-is left. A zombie (dead, not yet reaped) counts as gone. Without ``/proc``
-(macOS) only the group is signalled and checked.
+is left. A process that double-forks away (``setsid`` and its parent exiting, as a
+daemon does) keeps no link to the tree at all: given a ``tag`` (the job's
+``PROGRESS_JOB_ID=<id>`` entry, which every process of the job inherits), the
+kill also finds processes by that entry in their environment, wherever they went.
+A zombie (dead, not yet reaped) counts as gone. Without ``/proc`` (macOS) only the
+group is signalled and checked.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from typing import NamedTuple
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "KILL_GRACE", "ProcInfo", "descendants", "group_members", "kill_process_tree", "process_alive",
-    "process_table", "start_time",
+    "KILL_GRACE", "ProcInfo", "descendants", "environ_has", "group_members", "kill_process_tree",
+    "process_alive", "process_table", "start_time", "tagged_processes",
 ]
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -133,6 +137,39 @@ def descendants(pid: int, table: dict[int, ProcInfo] | None = None) -> set[int]:
     return found
 
 
+def environ_has(pid: int, tag: str) -> bool:
+    """Whether ``pid``'s environment holds the entry ``tag`` (``NAME=value``), exactly.
+
+    False when it does not, is gone, or is not ours to read.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return tag.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _ancestors(table: dict[int, ProcInfo]) -> set[int]:
+    """This process and every process above it: never part of a tree we kill."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        info = table.get(pid)
+        pid = info.ppid if info else 0
+    return found
+
+
+def tagged_processes(tag: str, table: dict[int, ProcInfo] | None = None) -> set[int]:
+    """Live processes whose environment holds ``tag`` (``NAME=value``), this process
+    and its ancestors excepted. Empty where there is no /proc."""
+    table = process_table() if table is None else table
+    if not table:
+        return set()
+    mine = _ancestors(table)
+    return {pid for pid, p in table.items()
+            if p.state not in ("Z", "X") and pid not in mine and environ_has(pid, tag)}
+
+
 def _signal_tree(pgids: Iterable[int], pids: Iterable[int], sig: int) -> None:
     for pgid in {g for g in pgids if g > 1}:
         try:
@@ -152,20 +189,26 @@ def kill_process_tree(
     grace: float = KILL_GRACE,
     popen: subprocess.Popen | None = None,
     extra: Iterable[int] = (),
+    tag: str | None = None,
 ) -> list[int]:
     """Kill ``pid``, its process group (``pid`` leads it) and every descendant found.
 
     SIGTERM first; whatever still lives after ``grace`` seconds gets SIGKILL.
     Descendants are collected before any signal (an orphan loses its parent link)
     and again on every round, so a process that forks while dying is caught too.
+    With ``tag`` (``NAME=value``), processes holding that entry in their environment
+    belong to the tree too (looked for at the start of each round and before
+    declaring the tree gone: reading every environment is the slow part).
     Returns the pids still alive at the end: an empty list when all went.
     """
     known: set[int] = {pid, *extra}
     groups: set[int] = {pid}
 
-    def refresh() -> list[int]:
+    def refresh(by_tag: bool = False) -> list[int]:
         table = process_table()
         if table is not None:
+            if by_tag and tag:
+                known.update(tagged_processes(tag, table))
             for p in list(known):
                 known.update(descendants(p, table))
             known.update(p for p, info in table.items() if info.pgid in groups and info.state not in ("Z", "X"))
@@ -179,7 +222,7 @@ def kill_process_tree(
     own_group = os.getpgrp()
     groups.discard(own_group)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        alive = refresh()
+        alive = refresh(by_tag=True)
         groups.discard(own_group)
         if not alive:
             return []
@@ -188,12 +231,14 @@ def kill_process_tree(
         while time.monotonic() < deadline:
             time.sleep(0.02)
             alive = refresh()
+            if not alive:
+                alive = refresh(by_tag=True)  # one last look for strays before saying "gone"
             groups.discard(own_group)
             if not alive:
                 return []
             if sig == signal.SIGKILL:  # new forks since the last round
                 _signal_tree(groups, [p for p in alive if p != os.getpid()], sig)
-    alive = refresh()
+    alive = refresh(by_tag=True)
     if alive:
         logger.error("process tree of pid %d: %s still alive after SIGKILL", pid, sorted(alive))
     return sorted(alive)

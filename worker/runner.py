@@ -56,7 +56,7 @@ from progress_service import ProgressStore, Settings, Status, Throttle
 from progress_service.errors import BackendUnavailable, JobConflict, JobNotFound
 from progress_service.scripts import UpdateResult
 from worker.parser import LineKind, LineSplitter, ProgressTracker, parse_line
-from worker.process_tree import KILL_GRACE, group_members, kill_process_tree
+from worker.process_tree import KILL_GRACE, group_members, kill_process_tree, tagged_processes
 
 logger = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ class _CommandRun:
         if reason is None:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "exception"
             self._request_stop(reason)
-        survivors = kill_process_tree(proc.pid, grace=self.kill_grace, popen=proc)
+        survivors = kill_process_tree(proc.pid, grace=self.kill_grace, popen=proc, tag=self._tag)
         self._finished.set()
         code = proc.returncode
         if reason == "timeout":
@@ -421,14 +421,20 @@ class _CommandRun:
             tail = "…" + tail[-(TAIL_CHARS - 1):]
         return f"{head}: {tail}" if tail else f"{head} (nothing on stderr)"
 
+    @property
+    def _tag(self) -> str:
+        """The environment entry every process of this job inherits (see ``kill_process_tree``)."""
+        return f"{JOB_ID_ENV}={self.job_id}"
+
     def _kill_leftovers(self) -> list[int]:
-        """After the command exited: processes it left in its group are killed too."""
+        """After the command exited: processes it left behind (in its group, or
+        double-forked away with the job's environment) are killed too."""
         assert self.proc is not None
-        left = [p for p in group_members(self.proc.pid) if p != self.proc.pid]
+        left = {*group_members(self.proc.pid), *tagged_processes(self._tag)} - {self.proc.pid}
         if not left:
             return []
         logger.info("job %s: the command left %d process(es) behind: killing them", self.job_id, len(left))
-        return kill_process_tree(self.proc.pid, grace=min(self.kill_grace, 1.0), extra=left)
+        return kill_process_tree(self.proc.pid, grace=min(self.kill_grace, 1.0), extra=left, tag=self._tag)
 
     def _final(self, **fields: Any) -> None:
         """The last write: at once, through the throttle so nothing pending is lost.
