@@ -16,18 +16,30 @@ import importlib
 import logging
 import sys
 
+from progress_cli import exit_codes
 from progress_service import ProgressError
 from progress_service.config import ConfigError
+from progress_service.errors import BackendUnavailable, JobConflict, JobNotFound, SchemaMissing
 
 AREAS = ("worker_commands", "web_commands", "data_commands")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits ``exit_codes.USAGE``: 2 means "canceled" here."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(exit_codes.USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="progress-service",
         description="Track the progress of long pipeline jobs: one atomic Redis store, "
         "RQ workers, a status API with live events, and a PostgreSQL record of finished jobs. "
         "Configuration comes from the environment (REDIS_URL, DATABASE_URL, PROGRESS_*; see README).",
+        epilog=exit_codes.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -54,9 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except (ProgressError, ConfigError) as exc:
         print(f"progress-service {args.command}: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ValueError) else 1
+        return exit_code_of(exc)
     except KeyboardInterrupt:
-        return 130
+        return exit_codes.INTERRUPTED
+
+
+def exit_code_of(exc: Exception) -> int:
+    """The exit status for an error that stopped a command (see ``exit_codes``)."""
+    if isinstance(exc, ConfigError | SchemaMissing):
+        return exit_codes.CONFIG
+    if isinstance(exc, BackendUnavailable):
+        return exit_codes.UNAVAILABLE
+    if isinstance(exc, JobNotFound):
+        return exit_codes.NOT_FOUND
+    if isinstance(exc, ValueError | JobConflict):
+        return exit_codes.USAGE
+    return exit_codes.FAILED
 
 
 if __name__ == "__main__":

@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from progress_cli import exit_codes
 from progress_service import JobNotFound, Settings
 from progress_service.errors import BackendUnavailable
-
-# watch's exit codes, beside terminal.exit_code_for's 0 completed, 1 failed, 2 canceled
-EXIT_NOT_FOUND = 1  # like a failure: the job did not complete (the reason goes to stderr)
-EXIT_TIMEOUT = 124  # as timeout(1) does
 
 WATCH_EPILOG = """\
 exit status:
   0    the job completed
-  1    the job failed, or no job has that id (neither Redis nor PostgreSQL knows it)
-  2    the job was canceled (2 is also argparse's code for a bad command line)
+  1    the job failed
+  2    the job was canceled
+  64   a bad command line or job id
+  66   no job has that id (neither Redis nor PostgreSQL knows it)
+  69   Redis does not answer
   124  --timeout passed before the job finished
 
 examples:
@@ -129,13 +129,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if final is None:
             print(f"progress-service watch: job {args.job_id} not found "
                   "(neither Redis nor PostgreSQL knows it)", file=sys.stderr)
-            return EXIT_NOT_FOUND
+            return exit_codes.NOT_FOUND
         print(f"job {args.job_id} finished at {final['finished_at']} (from PostgreSQL; "
               "Redis has expired it)", file=sys.stderr)
     except TimeoutError:
         print(f"progress-service watch: job {args.job_id} did not finish within "
               f"{args.timeout:g}s", file=sys.stderr)
-        return EXIT_TIMEOUT
+        return exit_codes.TIMEOUT
     print(summary_line(final))
     return exit_code_for(final["status"])
 

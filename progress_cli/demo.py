@@ -13,7 +13,7 @@
    process and server it started, checks none is left, and deletes the folder.
 
 Exit status: 0 when the job completed, 1 otherwise (also when something it
-started was left running), 2 for a bad command line or an unknown paper.
+started was left running), 64 for a bad command line or an unknown paper.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from progress_cli import exit_codes
 from progress_service import Settings
 from progress_service.errors import BackendUnavailable, ProgressError
 from worker.process_tree import descendants, group_members, process_alive, process_table, start_time
@@ -171,7 +172,7 @@ class Demo:
             paper = load_paper(self.args.paper_id) if self.args.paper_id else list_papers()[0]
         except UnknownPaperError as exc:
             print(f"progress-service demo: {exc}", file=sys.stderr)
-            return 2
+            return exit_codes.USAGE
         port = self.args.port or _free_port()
         base = f"http://127.0.0.1:{port}"
         say(f"status page: {base}/status/{paper.pmid}/  (paper {paper.pmid}: {paper.title})")

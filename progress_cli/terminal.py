@@ -17,17 +17,19 @@ import sys
 import time
 from typing import Any, TextIO
 
+from progress_cli import exit_codes
 from progress_service import ProgressStore, Status
 
 __all__ = ["EXIT_CODES", "exit_code_for", "follow_job", "render_line"]
 
-EXIT_CODES = {Status.COMPLETED.value: 0, Status.FAILED.value: 1, Status.CANCELED.value: 2}
+EXIT_CODES = {Status.COMPLETED.value: exit_codes.COMPLETED, Status.FAILED.value: exit_codes.FAILED,
+              Status.CANCELED.value: exit_codes.CANCELED}
 BAR_WIDTH = 20
 
 
 def exit_code_for(status: str) -> int:
     """0 completed, 1 failed, 2 canceled (1 for a job that has not ended)."""
-    return EXIT_CODES.get(str(status), 1)
+    return EXIT_CODES.get(str(status), exit_codes.FAILED)
 
 
 def _duration(seconds: float) -> str:

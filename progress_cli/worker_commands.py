@@ -17,13 +17,13 @@ import threading
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+from progress_cli import exit_codes
 from progress_service import JobConflict, Settings
 from progress_service.errors import BackendUnavailable, InvalidInput
 from progress_service.models import validate_id, validate_steps
 
 logger = logging.getLogger("progress_cli.worker")
 
-EXIT_BAD_INPUT = 2
 
 WORKER_EPILOG = """\
 Runs jobs from the queue PROGRESS_QUEUE (default "pipelines") on REDIS_URL, each in a
@@ -45,7 +45,8 @@ examples:
 SUBMIT_EPILOG = """\
 Prints the job id on stdout. With --wait, draws a live bar on stderr until the job ends.
 
-exit status (with --wait): 0 completed, 1 failed, 2 canceled; 2 also for bad input.
+exit status (with --wait): 0 completed, 1 failed, 2 canceled; 124 --timeout passed.
+64 for bad input or a job id already taken, 69 when Redis does not answer.
 
 examples:
   progress-service submit 34265844                    # prints the job id
@@ -58,7 +59,8 @@ Runs CMD right here as a tracked job (no queue, no worker): the job is created, 
 progress parsed from CMD's output (STEP / PROGRESS / JSON lines, tqdm bars) and written
 to the store, and it ends completed, failed (with CMD's exit code and the last lines of
 its stderr) or canceled (Ctrl-C, or a cancel from the API: CMD's process tree is killed).
-The job id and where to see it go to stderr. The exit status is CMD's own.
+The job id and where to see it go to stderr. The exit status is CMD's own (64 for a
+bad command line before CMD starts, 130 when interrupted).
 
 examples:
   progress-service run --pipeline video --paper-id 34265844 -- \\
@@ -147,7 +149,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _fail(command: str, message: str, code: int = EXIT_BAD_INPUT) -> int:
+def _fail(command: str, message: str, code: int = exit_codes.USAGE) -> int:
     print(f"progress-service {command}: {message}", file=sys.stderr)
     return code
 
@@ -183,7 +185,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         conn.ping()
     except redis.RedisError as exc:
-        return _fail("worker", f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}", 1)
+        return _fail("worker", f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}",
+                     exit_codes.UNAVAILABLE)
     store = _store(settings)
     stop = threading.Event()
     threads = []
@@ -247,7 +250,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         final = follow_job(store, job_id, out=sys.stderr, timeout=args.timeout)
     except TimeoutError:
-        return _fail("submit", f"job {job_id} did not finish within {args.timeout:g}s", 124)
+        return _fail("submit", f"job {job_id} did not finish within {args.timeout:g}s",
+                     exit_codes.TIMEOUT)
     print(f"job {summary_line(final)}", file=sys.stderr)
     return exit_code_for(final["status"])
 
@@ -296,7 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.join()
         print(f"progress-service run: job {job_id} canceled (interrupted)", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
     if bar is not None:

@@ -285,25 +285,34 @@ class ProgressStore:
         whose ``seq`` is not newer: a late subscriber misses nothing and sees
         nothing twice. A gap in ``seq`` (a lost connection) is filled by a fresh
         read; so is a quiet spell of ``idle_check`` seconds. Raises
-        ``JobNotFound`` for an unknown job, ``TimeoutError`` after ``timeout`` s.
+        ``JobNotFound`` for an unknown job, ``TimeoutError`` after ``timeout`` s,
+        ``BackendUnavailable`` when Redis does not answer at the start. Once the
+        snapshot is out, a Redis that goes away is waited for (one WARNING line), and
+        what changed meanwhile is read when it is back.
         """
         validate_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(self.keys.events(job_id))
+            try:
+                pubsub.subscribe(self.keys.events(job_id))
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                raise BackendUnavailable(f"redis: {exc}") from exc
             snap = self.get(job_id)
             if snap is None:
                 raise JobNotFound(f"job {job_id} not found")
             yield snap
             last_seen = time.monotonic()
+            lost = False
             while snap["status"] not in _TERMINAL_VALUES:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
                 try:
-                    message = pubsub.get_message(timeout=0.5)
-                except (RedisConnectionError, RedisTimeoutError):
-                    logger.warning("job %s: pub/sub connection lost, reconnecting", job_id)
+                    message = pubsub.get_message(timeout=0.5)  # reconnects and resubscribes
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    if not lost:
+                        logger.warning("job %s: Redis connection lost (%s); waiting for it", job_id, exc)
+                        lost = True
                     time.sleep(0.5)
                     message = None
                     last_seen = 0.0  # re-read at once after the reconnect
@@ -320,12 +329,13 @@ class ProgressStore:
                     try:
                         fresh = self.get(job_id)
                     except BackendUnavailable:
-                        fresh = None
+                        continue  # still away: the next get_message reconnects
                     last_seen = time.monotonic()
+                    if lost:
+                        logger.info("job %s: Redis is back", job_id)
+                        lost = False
                     if fresh is None:
-                        if self.client.exists(self.keys.job(job_id)) == 0:
-                            raise JobNotFound(f"job {job_id} vanished from Redis")
-                        continue
+                        raise JobNotFound(f"job {job_id} vanished from Redis")
                 if fresh is None or fresh["seq"] <= snap["seq"]:
                     continue
                 last_seen = time.monotonic()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import CLOSED_DATABASE_URL, cli_env, wait_until
 
+from progress_cli import exit_codes
 from progress_service import ProgressStore, migrations
 from progress_service.models import DEFAULT_STEPS
 
@@ -79,7 +80,7 @@ def test_db_upgrade_twice_applies_then_says_up_to_date(env):
 
 def test_db_upgrade_without_postgres_is_a_clear_error(env):
     done = cli("db", "upgrade", env={**env, "DATABASE_URL": CLOSED_DATABASE_URL})
-    assert done.returncode == 1
+    assert done.returncode == exit_codes.UNAVAILABLE
     assert "progress-service db: postgres:" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -107,7 +108,7 @@ def test_mirror_copies_queued_and_lost_jobs_and_says_how_many(env, db_url, real_
 def test_mirror_without_the_schema_says_run_db_upgrade(env, real_store):
     finish(real_store, "job-1")
     done = cli("mirror", env=env)
-    assert done.returncode == 1
+    assert done.returncode == exit_codes.CONFIG
     assert "run progress-service db upgrade" in done.stderr
     assert "job-1" in {k.decode() for k in real_store.client.zrange(real_store.keys.mirror_due, 0, -1)}
 
@@ -145,11 +146,35 @@ def test_watch_exits_with_the_jobs_outcome(env, real_store, status, code):
         assert "ffmpeg exited with 1" in out
 
 
-def test_watch_an_unknown_job_exits_1_saying_so(env, db_url):
-    pytest.importorskip("progress_cli.terminal", reason="progress_cli/terminal.py is not in this tree yet")
+def test_watch_an_unknown_job_exits_not_found_not_failed(env, db_url):
     done = cli("watch", "no-such-job", env=env, timeout=30)
-    assert done.returncode == 1
+    assert done.returncode == exit_codes.NOT_FOUND == 66  # not 1: that would say "it failed"
     assert "job no-such-job not found" in done.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["watch", "bad id"], exit_codes.USAGE, "job_id must match"),
+    (["watch"], exit_codes.USAGE, "the following arguments are required: JOB_ID"),
+    (["watch", "j", "--timeout", "soon"], exit_codes.USAGE, "--timeout"),
+])
+def test_watch_bad_input_is_a_usage_error_never_canceled(env, args, code, says):
+    done = cli(*args, env=env)
+    assert done.returncode == code == 64, done.stderr  # argparse's own 2 would read "canceled"
+    assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_watch_without_redis_says_so_in_one_line(env):
+    done = cli("watch", "job-1", env={**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, timeout=30)
+    assert done.returncode == exit_codes.UNAVAILABLE == 69, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no traceback
+    assert done.stderr.startswith("progress-service watch: redis:")
+
+
+def test_help_lists_the_exit_codes(env):
+    done = cli("--help", env=env)
+    assert done.returncode == 0
+    for code in ("0 ", "1 ", "2 ", "64 ", "66 ", "69 ", "78 ", "124 ", "130 "):
+        assert f"  {code}" in done.stdout, code
 
 
 def test_watch_a_job_redis_expired_reads_postgres(env, db_url, real_store):

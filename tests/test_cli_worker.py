@@ -22,6 +22,7 @@ import pytest
 from conftest import cli_env, read_pids, wait_until, write_worker_launcher
 from rq.job import Job, JobStatus
 
+from progress_cli import exit_codes
 from progress_cli.terminal import exit_code_for, follow_job, render_line
 from progress_service import JobNotFound
 from worker.jobs import cancel_job, submit_job
@@ -202,18 +203,18 @@ def test_run_with_a_pipeline_takes_its_steps(env, store):
     (["--pipeline", "nope", "--", "true"], "unknown pipeline"),
     (["--timeout", "-1", "--", "true"], "seconds"),
 ])
-def test_run_bad_input_is_one_line_and_exit_2(env, args, says):
+def test_run_bad_input_is_one_line_and_a_usage_error(env, args, says):
     done = cli("run", *args, env=env)
-    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.returncode == exit_codes.USAGE, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert says in lines[-1]
     assert len(lines) == 1 or (len(lines) == 2 and lines[0].startswith("usage:"))  # argparse's
 
 
-def test_run_with_a_job_id_in_use_is_exit_2(env, store):
+def test_run_with_a_job_id_in_use_is_a_usage_error(env, store):
     store.create_job("taken", "p", steps=["a"], pipeline="command")
     done = cli("run", "--job-id", "taken", "--", "true", env=env)
-    assert done.returncode == 2 and "exists already" in one_line(done.stderr)
+    assert done.returncode == exit_codes.USAGE and "exists already" in one_line(done.stderr)
 
 
 def test_run_a_command_that_does_not_exist_is_127(env, store):
@@ -250,9 +251,9 @@ def test_run_interrupted_cancels_the_job_and_kills_the_tree(env, store, tmp_path
     (["not a paper"], "paper_id must match"),
     (["31452104", "--job-id", "x/y"], "job_id must match"),
 ])
-def test_submit_bad_input_is_one_line_and_exit_2(env, store, args, says):
+def test_submit_bad_input_is_one_line_and_a_usage_error(env, store, args, says):
     done = cli("submit", *args, env=env)
-    assert done.returncode == 2
+    assert done.returncode == exit_codes.USAGE
     assert says in one_line(done.stderr)
     assert store.recent_job_ids() == []
 
@@ -289,9 +290,9 @@ def test_worker_burst_runs_the_queued_jobs_then_exits(env, settings, store, rq_c
     assert f"queue '{settings.queue_name}'" in text and "mirror on" in text
 
 
-def test_worker_without_redis_says_so_and_exits_1(env):
+def test_worker_without_redis_says_so_and_exits_unavailable(env):
     done = cli("worker", "--burst", env={**env, "REDIS_URL": "redis://127.0.0.1:1/0"})
-    assert done.returncode == 1 and "does not answer" in done.stderr
+    assert done.returncode == exit_codes.UNAVAILABLE and "does not answer" in done.stderr
 
 
 @pytest.mark.slow

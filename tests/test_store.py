@@ -9,9 +9,12 @@ import time
 
 import pytest
 from conftest import wait_until
+from tcp_proxy import TcpProxy
 
 from progress_service import InvalidInput, JobConflict, JobNotFound, ProgressStore, Status
+from progress_service.errors import BackendUnavailable
 from progress_service.models import DEFAULT_STEPS
+from progress_service.store import connect
 
 STEPS = list(DEFAULT_STEPS)
 
@@ -321,6 +324,53 @@ def test_subscribing_to_a_finished_job_yields_once(store, job):
 def test_subscribing_to_an_unknown_job_raises(store):
     with pytest.raises(JobNotFound):
         next(store.subscribe("ghost", timeout=1))
+
+
+def test_a_subscriber_waits_out_a_redis_outage_and_still_sees_the_end(real_redis, settings, caplog):
+    """Redis away mid-job (a restart, a cut link): the iterator does not die with a
+    connection error; when Redis is back it reads what changed and ends on the terminal state."""
+    proxy = TcpProxy(settings.progress_redis_url)
+    proxy.up()
+    via_proxy = dataclasses.replace(settings, progress_redis_url=proxy.url)
+    watcher = ProgressStore(connect(via_proxy), via_proxy)
+    direct = ProgressStore(connect(settings), settings)
+    direct.create_job("j", "p", steps=["a", "b"])
+    direct.update("j", status="running", current_step="a", progress_percent=10)
+    seen: list[dict] = []
+    errors: list[BaseException] = []
+    first = threading.Event()
+
+    def follow():
+        try:
+            for snap in watcher.subscribe("j", timeout=30, idle_check=0.3):
+                seen.append(snap)
+                first.set()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        assert first.wait(5)
+        proxy.down()
+        assert wait_until(lambda: "connection lost" in caplog.text, timeout=10)
+        direct.update("j", current_step="b", progress_percent=60)  # both while it is away
+        direct.update("j", progress_percent=100)
+        proxy.up()
+        thread.join(15)
+    finally:
+        proxy.down()
+    assert not thread.is_alive() and not errors, errors
+    assert seen[0]["progress_percent"] == 10 and seen[-1]["status"] == "completed"
+    assert all(a["seq"] < b["seq"] for a, b in zip(seen, seen[1:], strict=False))
+    watcher.client.close()
+    direct.client.close()
+
+
+def test_subscribing_without_redis_is_backend_unavailable(settings):
+    down = dataclasses.replace(settings, progress_redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(BackendUnavailable):
+        next(ProgressStore(connect(down), down).subscribe("j", timeout=1))
 
 
 def test_list_jobs_newest_first_and_filtered(store):
