@@ -39,7 +39,7 @@ from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
 logger = logging.getLogger(__name__)
 
 MAX_TEXT = 8192  # characters of a message or an error
-ETA_WINDOW = 20  # history entries the ETA looks back over
+ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
 INDEX_MAX = 10000  # job ids kept in the recent-jobs index
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -195,7 +195,7 @@ class ProgressStore:
         """The job's snapshot, or None if Redis does not hold it."""
         validate_id(job_id)
         k = self.keys
-        reply = self._call(self.scripts.read, [k.job(job_id), k.history(job_id)], [ETA_WINDOW])
+        reply = self._call(self.scripts.read, [k.job(job_id), k.history(job_id)], [ETA_WINDOW_MS])
         return self._snapshot_from_reply(reply)
 
     def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -206,12 +206,12 @@ class ProgressStore:
             return []
         k = self.keys
         if self.is_cluster:
-            replies = [self._call(self.scripts.read, [k.job(j), k.history(j)], [ETA_WINDOW])
+            replies = [self._call(self.scripts.read, [k.job(j), k.history(j)], [ETA_WINDOW_MS])
                        for j in job_ids]
             return [s for s in map(self._snapshot_from_reply, replies) if s is not None]
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
-            self.scripts.read(keys=[k.job(job_id), k.history(job_id)], args=[ETA_WINDOW], client=pipe)
+            self.scripts.read(keys=[k.job(job_id), k.history(job_id)], args=[ETA_WINDOW_MS], client=pipe)
         try:
             replies = pipe.execute()
         except (RedisConnectionError, RedisTimeoutError) as exc:

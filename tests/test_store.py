@@ -373,6 +373,39 @@ def test_subscribing_without_redis_is_backend_unavailable(settings):
         next(ProgressStore(connect(down), down).subscribe("j", timeout=1))
 
 
+# -- eta_seconds ---------------------------------------------------------------------
+
+
+def test_eta_is_none_until_a_running_job_has_moved_and_once_it_ends(store, job):
+    assert stored(store)["eta_seconds"] is None  # pending
+    store.update(job, status="running", progress_percent=10)
+    assert stored(store)["eta_seconds"] is None  # no rate yet
+    time.sleep(0.2)
+    store.update(job, progress_percent=20)
+    eta = stored(store)["eta_seconds"]
+    # 10 points in >= 0.2 s, 80 to go: >= 1.6 s (less than a minute on any machine)
+    assert eta is not None and 1.5 <= eta < 60, eta
+    store.update(job, status="completed")
+    assert stored(store)["eta_seconds"] is None
+
+
+def test_eta_follows_the_recent_rate_and_grows_when_progress_stops(store, job, monkeypatch):
+    monkeypatch.setattr("progress_service.store.ETA_WINDOW_MS", 500)
+    store.update(job, status="running", progress_percent=10)
+    time.sleep(1.5)  # slow at first: over the whole run, 50 to go would take ~2 s
+    for p in (20, 30, 40, 50):
+        time.sleep(0.03)
+        store.update(job, progress_percent=p)
+    fast = stored(store)["eta_seconds"]
+    # Over the last 500 ms it gained at least 30 points: under a second for the last 50.
+    assert fast is not None and fast < 1.0, fast
+    time.sleep(0.6)  # now nothing moves: the window is empty
+    stalled = stored(store)["eta_seconds"]
+    time.sleep(0.3)
+    later = stored(store)["eta_seconds"]
+    assert stalled is not None and later is not None and later > stalled > fast, (fast, stalled, later)
+
+
 def test_list_jobs_newest_first_and_filtered(store):
     store.create_job("a1", "p1")
     time.sleep(0.003)
