@@ -6,6 +6,11 @@
 --         A runner re-creating a job the store lost (Redis restarted empty) passes the
 --         last seq it saw, so that readers, who drop any event not newer than what
 --         they have shown, do not drop the re-created job's events.
+-- ARGV[9] created_at_ms, ARGV[10] started_at_ms (optional; absent or "" = now, none):
+--         the same runner carries the lost job's own times over (Redis-clock times it
+--         read from the store before), so the job does not look newly created or
+--         newly started. A started_at_ms makes the job's next move to `running`
+--         keep it (update_progress-2.lua). Neither may lie in the future.
 -- returns {created 0|1, seq, created_at_ms}
 local rcall = redis.call
 
@@ -27,17 +32,33 @@ local seq = floor + 1
 
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function past_ms(raw, name)
+  if raw == nil or raw == '' then return nil end
+  local ms = tonumber(raw)
+  if ms == nil or ms < 0 or ms ~= math.floor(ms) or ms > now then
+    return false, redis.error_reply('INVALID ' .. name .. ' must be a whole number of ms, not in the future; got ' .. raw)
+  end
+  return ms
+end
+local created, bad = past_ms(ARGV[9], 'created_at_ms')
+if created == false then return bad end
+local started
+started, bad = past_ms(ARGV[10], 'started_at_ms')
+if started == false then return bad end
+created = created or now
 rcall('DEL', KEYS[2])
 rcall('HSET', KEYS[1], 'job_id', ARGV[1], 'paper_id', ARGV[2], 'pipeline', ARGV[3],
   'steps', ARGV[4], 'status', 'pending', 'progress_percent', '0', 'current_step', '',
   'completed_count', 0, 'completed_json', '[]', 'total_steps', #steps, 'message', '', 'error', '', 'result', '', 'seq', seq,
-  'created_at_ms', now, 'progress_updated_at_ms', now)
+  'created_at_ms', created, 'progress_updated_at_ms', now)
+if started then rcall('HSET', KEYS[1], 'started_at_ms', started) end
 rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'at', now,
   'progress_percent', '0', 'current_step', '', 'status', 'pending')
 local payload = '{"job_id":' .. cjson.encode(ARGV[1]) .. ',"paper_id":' .. cjson.encode(ARGV[2])
   .. ',"seq":' .. seq .. ',"status":"pending","progress_percent":0,"current_step":null,"completed_steps":[]'
   .. ',"total_steps":' .. #steps .. ',"message":null,"error":null,"result":null'
-  .. ',"progress_updated_at_ms":' .. now .. ',"started_at_ms":null,"finished_at_ms":null}'
+  .. ',"progress_updated_at_ms":' .. now .. ',"started_at_ms":' .. (started or 'null')
+  .. ',"finished_at_ms":null}'
 rcall('PUBLISH', ARGV[5], payload)
 rcall('PUBLISH', ARGV[6], payload)
-return {1, seq, now}
+return {1, seq, created}

@@ -134,7 +134,9 @@ if new_done ~= cur_done or done_json == nil or total_steps == nil then
   set('completed_count', new_done); set('completed_json', done_json); set('total_steps', total_steps)
 end
 local started = cur[10] or ''
-if new_status == 'running' and cur_status ~= 'running' then
+-- A pending job with a start time is one create_job restored (a runner re-creating a
+-- job Redis lost): it keeps that time.
+if new_status == 'running' and cur_status ~= 'running' and not (cur_status == 'pending' and started ~= '') then
   started = now
   set('started_at_ms', now)
 end

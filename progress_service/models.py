@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import re
 import time
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -63,6 +65,14 @@ def iso_ms(ms: int | None) -> str | None:
     sec, milli = divmod(ms, 1000)
     t = time.gmtime(sec)  # half the cost of datetime + strftime: every snapshot formats five
     return f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}.{milli:03d}Z"
+
+
+def ms_from_iso(iso: str | None) -> int | None:
+    """The inverse of :func:`iso_ms`: an ISO-8601 time -> integer ms since the epoch (exact)."""
+    if not iso:
+        return None
+    dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return calendar.timegm(dt.utctimetuple()) * 1000 + dt.microsecond // 1000
 
 
 def _int_or_none(raw: str | None) -> int | None:

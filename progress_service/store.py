@@ -87,12 +87,17 @@ class ProgressStore:
         pipeline: str = "video",
         *,
         seq_floor: int = 0,
+        created_at_ms: int | None = None,
+        started_at_ms: int | None = None,
     ) -> dict[str, Any]:
         """Create ``job_id`` in ``pending`` and return its snapshot.
 
         Its first ``seq`` is ``seq_floor + 1`` (default 1). A runner re-creating a
         job that the store lost (Redis restarted empty) passes the last seq it saw:
-        readers drop any event whose seq is not newer than what they have shown.
+        readers drop any event whose seq is not newer than what they have shown;
+        and the job's own ``created_at_ms`` / ``started_at_ms`` (Redis-clock times
+        it read before, not in the future), so that it does not look newly created
+        or started: its next move to ``running`` keeps that start time.
         Raises ``JobConflict`` if the job exists already.
         """
         validate_id(job_id, "job_id")
@@ -101,12 +106,16 @@ class ProgressStore:
         names = validate_steps(steps)
         if isinstance(seq_floor, bool) or not isinstance(seq_floor, int) or seq_floor < 0:
             raise InvalidInput(f"seq_floor must be a whole number >= 0, got {seq_floor!r}")
+        for name, value in (("created_at_ms", created_at_ms), ("started_at_ms", started_at_ms)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidInput(f"{name} must be a whole number of ms >= 0, got {value!r}")
         k = self.keys
         reply = self._call(
             self.scripts.create,
             [k.job(job_id), k.history(job_id)],
             [job_id, paper_id, pipeline, json.dumps(names), k.events(job_id), k.all_events,
-             self.settings.history_maxlen, seq_floor],
+             self.settings.history_maxlen, seq_floor,
+             "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms],
         )
         created, _, created_ms = (int(x) for x in reply)
         if not created:

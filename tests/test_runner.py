@@ -553,11 +553,12 @@ def restartable_redis(redis_server_bin):
 
 
 def _run_across_a_restart(restartable_redis, settings, tmp_path, *, before_go=None,
-                          go=True, **overrides):
+                          go=True, record=None, **overrides):
     """Run WAITS_THEN_FINISHES as job "j"; restart Redis empty while it waits; then
     ``before_go(store, seq_before)`` and (unless ``go`` is false: then it must end
     otherwise) let it finish. Returns (outcome, store, seq_before, the seqs the runner
-    got from the store after the restart)."""
+    got from the store after the restart). ``record["before_restart"]`` gets the job's
+    last snapshot before the restart."""
     own = dataclasses.replace(settings, redis_url=restartable_redis.url,
                               progress_redis_url=restartable_redis.url, **overrides)
     store = ProgressStore(connect(own), own)
@@ -577,7 +578,10 @@ def _run_across_a_restart(restartable_redis, settings, tmp_path, *, before_go=No
     thread.start()
     try:
         assert wait_until(lambda: (store.get("j") or {}).get("progress_percent") == 20, timeout=10)
-        seq_before = store.get("j")["seq"]
+        snap_before = store.get("j")
+        seq_before = snap_before["seq"]
+        if record is not None:
+            record["before_restart"] = snap_before
         restartable_redis.restart_empty()
         restarted.set()
         assert store.get("j") is None  # the store lost the job
@@ -634,11 +638,13 @@ def test_a_job_lost_by_a_redis_restart_is_recreated_by_the_heartbeat(restartable
         seen["snap"] = store.get("j")
 
     outcome, store, seq_before, seqs_after = _run_across_a_restart(
-        restartable_redis, settings, tmp_path, before_go=before_go)
+        restartable_redis, settings, tmp_path, before_go=before_go, record=seen)
     try:
-        snap = seen["snap"]
+        snap, lost = seen["snap"], seen["before_restart"]
         assert (snap["current_step"], snap["progress_percent"], snap["message"]) == ("a", 20, "in a")
-        assert snap["started_at"] and snap["seq"] > seq_before
+        assert snap["seq"] > seq_before
+        # the page goes on saying when the job was created and started, not "just now"
+        assert (snap["created_at"], snap["started_at"]) == (lost["created_at"], lost["started_at"])
         assert outcome.status == "completed", outcome
         _assert_completed_above(store, seq_before, seqs_after)
     finally:

@@ -13,7 +13,7 @@ from tcp_proxy import TcpProxy
 
 from progress_service import InvalidInput, JobConflict, JobNotFound, ProgressStore, Status
 from progress_service.errors import BackendUnavailable
-from progress_service.models import DEFAULT_STEPS
+from progress_service.models import DEFAULT_STEPS, ms_from_iso
 from progress_service.store import connect
 
 STEPS = list(DEFAULT_STEPS)
@@ -371,6 +371,41 @@ def test_subscribing_without_redis_is_backend_unavailable(settings):
     down = dataclasses.replace(settings, progress_redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(BackendUnavailable):
         next(ProgressStore(connect(down), down).subscribe("j", timeout=1))
+
+
+def test_a_restored_job_keeps_its_creation_and_start_times(store):
+    """create_job(created_at_ms=, started_at_ms=), as a runner re-creating a lost job does."""
+    original = store.create_job("old", "p", steps=STEPS)
+    store.update("old", status="running", progress_percent=5)
+    before = store.get("old")
+    store.client.delete(store.keys.job("old"), store.keys.history("old"))  # Redis lost it
+    created_ms = ms_from_iso(original["created_at"])
+    started_ms = ms_from_iso(before["started_at"])
+    time.sleep(0.01)
+    restored = store.create_job("old", "p", steps=STEPS, seq_floor=before["seq"],
+                                created_at_ms=created_ms, started_at_ms=started_ms)
+    assert restored["created_at"] == original["created_at"] and restored["seq"] == before["seq"] + 1
+    assert store.update("old", status="running", progress_percent=5).reason == "ok"
+    after = store.get("old")
+    assert after["status"] == "running" and after["started_at"] == before["started_at"]
+    assert after["progress_updated_at"] > before["progress_updated_at"]
+
+
+def test_a_new_job_still_gets_its_start_time_when_it_starts(store, job):
+    created = stored(store)["created_at"]
+    time.sleep(0.01)
+    store.update(job, status="running")
+    assert stored(store)["started_at"] > created
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("created_at_ms", -1), ("started_at_ms", 1.5), ("started_at_ms", "soon"),
+    ("created_at_ms", 4102444800000),  # 2100: in the future of the Redis clock
+])
+def test_restored_times_must_be_past_whole_milliseconds(store, field, value):
+    with pytest.raises(InvalidInput, match=field):
+        store.create_job("new", "p", steps=STEPS, **{field: value})
+    assert store.get("new") is None
 
 
 # -- eta_seconds ---------------------------------------------------------------------

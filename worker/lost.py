@@ -28,12 +28,11 @@ import logging
 import os
 import socket
 import threading
-from datetime import datetime
 from typing import Any
 
 from progress_service import ProgressStore, Settings, Status
 from progress_service.errors import BackendUnavailable
-from progress_service.models import ID_PATTERN
+from progress_service.models import ID_PATTERN, ms_from_iso
 from worker.process_tree import (
     KILL_GRACE,
     environ_has,
@@ -65,16 +64,10 @@ def sweep_interval(settings: Settings) -> float:
     return max(0.2, min(5.0, settings.worker_lost_after / 4))
 
 
-def _ms(iso: str | None) -> int | None:
-    if not iso:
-        return None
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
-
-
 def last_sign_of_life_ms(snap: dict[str, Any]) -> int | None:
     """The job's last heartbeat, else its start, else its creation (ms, Redis clock)."""
     for name in ("heartbeat_at", "started_at", "created_at"):
-        ms = _ms(snap.get(name))
+        ms = ms_from_iso(snap.get(name))
         if ms is not None:
             return ms
     return None

@@ -54,6 +54,7 @@ from typing import Any
 
 from progress_service import ProgressStore, Settings, Status, Throttle
 from progress_service.errors import BackendUnavailable, JobConflict, JobNotFound
+from progress_service.models import ms_from_iso
 from progress_service.scripts import UpdateResult
 from worker.parser import LineKind, LineSplitter, ProgressTracker, parse_line
 from worker.process_tree import KILL_GRACE, group_members, kill_process_tree, tagged_processes
@@ -497,7 +498,9 @@ class _CommandRun:
             return None
         if snap is None:
             return None
-        return {"paper_id": snap["paper_id"], "pipeline": snap["pipeline"], "steps": snap["steps"]}
+        return {"paper_id": snap["paper_id"], "pipeline": snap["pipeline"], "steps": snap["steps"],
+                "created_at_ms": ms_from_iso(snap["created_at"]),
+                "started_at_ms": ms_from_iso(snap["started_at"])}
 
     def _recreate_job(self) -> None:
         """Re-create the job the store lost and re-apply what was written so far.
@@ -511,7 +514,9 @@ class _CommandRun:
                        "re-creating it at seq > %d and carrying on", self.job_id, self.last_seq)
         try:
             snap = self.store.create_job(self.job_id, spec["paper_id"], steps=spec["steps"],
-                                         pipeline=spec["pipeline"], seq_floor=self.last_seq)
+                                         pipeline=spec["pipeline"], seq_floor=self.last_seq,
+                                         created_at_ms=spec["created_at_ms"],
+                                         started_at_ms=spec["started_at_ms"])
             self.last_seq = max(self.last_seq, snap["seq"])
         except JobConflict:
             pass  # it is back already
