@@ -12,7 +12,27 @@
 --         newly started. A started_at_ms makes the job's next move to `running`
 --         keep it (update_progress-2.lua). Neither may lie in the future.
 -- returns {created 0|1, seq, created_at_ms}
+-- raises "INVALID <what>" on bad arguments, before anything is written.
 local rcall = redis.call
+
+if #KEYS ~= 2 or #ARGV < 7 or #ARGV > 10 then
+  return redis.error_reply('INVALID create_job takes 2 keys and 7 to 10 arguments, got '
+    .. #KEYS .. ' and ' .. #ARGV)
+end
+-- The ids go into event payloads unescaped (update_progress-2.lua): CONTRACT's pattern.
+for i, name in ipairs({'job_id', 'paper_id'}) do
+  local id = ARGV[i]
+  if #id > 64 or not string.find(id, '^[A-Za-z0-9][A-Za-z0-9._%-]*$') then
+    return redis.error_reply('INVALID ' .. name .. ' must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$, got ' .. id)
+  end
+end
+if ARGV[5] == '' or ARGV[6] == '' then
+  return redis.error_reply('INVALID the job\'s channel and the all-jobs channel must be named')
+end
+local maxlen = tonumber(ARGV[7])
+if maxlen == nil or maxlen < 1 or maxlen ~= math.floor(maxlen) then
+  return redis.error_reply('INVALID history MAXLEN must be a whole number >= 1, got ' .. ARGV[7])
+end
 
 if rcall('EXISTS', KEYS[1]) == 1 then
   return {0, tonumber(rcall('HGET', KEYS[1], 'seq')) or 0, tonumber(rcall('HGET', KEYS[1], 'created_at_ms')) or 0}

@@ -8,8 +8,34 @@
 -- ARGV[10] history MAXLEN (approximate)   ARGV[11] TTL in seconds of a finished job
 -- returns {accepted 0|1, reason, seq, status after the update}
 --   reason: ok | unchanged | regression | terminal | not_found
--- raises "INVALID <what>" on invalid input (rule 5); nothing is written then.
+-- raises "INVALID <what>" on invalid input (rule 5), and on arguments that break this
+-- header (a caller other than ProgressStore); nothing is written then. Redis does not
+-- undo the writes of a script that fails halfway, so every argument is checked
+-- before the first write.
 local rcall = redis.call
+
+if #KEYS ~= 2 or #ARGV ~= 11 then
+  return redis.error_reply('INVALID update_progress takes 2 keys and 11 arguments, got '
+    .. #KEYS .. ' and ' .. #ARGV)
+end
+for i = 4, 6 do
+  if ARGV[i] ~= '' and string.byte(ARGV[i]) ~= 61 then -- 61: '='
+    return redis.error_reply('INVALID ARGV[' .. i .. '] must be "" (keep) or "=" followed by the value')
+  end
+end
+if ARGV[7] ~= '0' and ARGV[7] ~= '1' then
+  return redis.error_reply('INVALID force must be "1" or "0", got ' .. ARGV[7])
+end
+if ARGV[8] == '' or ARGV[9] == '' then
+  return redis.error_reply('INVALID the job\'s channel and the all-jobs channel must be named')
+end
+for i = 10, 11 do
+  local n = tonumber(ARGV[i])
+  if n == nil or n < 1 or n ~= math.floor(n) then
+    return redis.error_reply('INVALID ' .. (i == 10 and 'history MAXLEN' or 'TTL') ..
+      ' must be a whole number >= 1, got ' .. ARGV[i])
+  end
+end
 -- Redis >= 5 replicates a script by its effects, so reading TIME before the
 -- writes is allowed without redis.replicate_commands().
 

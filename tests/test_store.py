@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 import time
 
@@ -406,6 +407,53 @@ def test_restored_times_must_be_past_whole_milliseconds(store, field, value):
     with pytest.raises(InvalidInput, match=field):
         store.create_job("new", "p", steps=STEPS, **{field: value})
     assert store.get("new") is None
+
+
+# -- the scripts called directly (another service, a typo in a client) -----------------
+
+
+def _update_args(store, job_id, **changes):
+    keys, args = store._update_call(job_id, progress_percent=50)
+    names = ["progress", "step", "status", "message", "error", "result", "force", "channel",
+             "all_channel", "maxlen", "ttl"]
+    named = dict(zip(names, args, strict=True)) | changes
+    return keys, [named[n] for n in names if n in named]
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"maxlen": "lots"}, "history MAXLEN"),  # would fail in XADD, after the HSET
+    ({"ttl": "0"}, "TTL"),
+    ({"force": "yes"}, "force"),
+    ({"channel": ""}, "channel"),
+    ({"message": "no equals sign"}, "ARGV[4]"),
+    ({"ttl": None}, "11 arguments"),  # one argument missing
+])
+def test_a_direct_update_with_broken_arguments_is_refused_before_any_write(store, job, changes,
+                                                                           says):
+    store.update(job, status="running", progress_percent=10)
+    before = (store.client.hgetall(store.keys.job(job)), store.client.xlen(store.keys.history(job)))
+    keys, args = _update_args(store, job, **{k: v for k, v in changes.items() if v is not None})
+    if None in changes.values():
+        args = args[:-1]
+    with pytest.raises(Exception, match=re.escape(says)) as err:
+        store.scripts.update(keys=keys, args=args)
+    assert "INVALID" in str(err.value)
+    after = (store.client.hgetall(store.keys.job(job)), store.client.xlen(store.keys.history(job)))
+    assert after == before  # not half an update: no seq, no history entry
+
+
+@pytest.mark.parametrize(("index", "value", "says"), [
+    (0, 'x"}', "job_id must match"),  # would break every event's JSON
+    (1, "../etc", "paper_id must match"),
+    (6, "-3", "history MAXLEN"),
+])
+def test_a_direct_create_with_broken_arguments_is_refused(store, index, value, says):
+    k = store.keys
+    args = ["new", "p", "video", json.dumps(STEPS), k.events("new"), k.all_events, 100, 0]
+    args[index] = value
+    with pytest.raises(Exception, match=says):
+        store.scripts.create(keys=[k.job("new"), k.history("new")], args=args)
+    assert store.get("new") is None and store.client.exists(k.history("new")) == 0
 
 
 # -- eta_seconds ---------------------------------------------------------------------
