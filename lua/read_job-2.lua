@@ -1,11 +1,11 @@
 -- read_job: a job's hash, the server's clock and its ETA's starting point, in one round trip.
 -- KEYS[1] job hash   KEYS[2] history stream
 -- ARGV[1] the ETA's window in milliseconds (0: no ETA point)
--- returns {hash as a JSON array [field, value, ...], seconds, microseconds, entries}
+-- returns {hash as a JSON array [field, value, ...], seconds, microseconds, at, progress}
 --   (one JSON string, not a flat list: redis-py parses a RESP reply value by value in
 --   Python, json.loads does the whole hash in C)
---   entries: the ETA's starting point, as XRANGE shapes it ({{id, {field, value, ...}}}),
---   or none: the oldest `running` entry of the last ARGV[1] ms. When the window holds
+--   at, progress: the ETA's starting point (the entry's `at` ms and percent), or "", "":
+--   the oldest `running` entry of the last ARGV[1] ms. When the window holds
 --   none (the job has not moved for that long), the oldest `running` one of the newest
 --   three, so that a stalled job's ETA grows instead of freezing.
 --   Only a few entries are read either way: the history is a stream whose ids are
@@ -15,7 +15,7 @@ local rcall = redis.call
 local t = rcall('TIME')
 local fields = rcall('HGETALL', KEYS[1])
 if #fields == 0 then
-  return {'[]', t[1], t[2], {}}
+  return {'[]', t[1], t[2], '', ''}
 end
 
 local function first_running(entries)
@@ -28,13 +28,13 @@ local function first_running(entries)
       elseif f[j] == 'progress_percent' then progress = f[j + 1] end
     end
     if status == 'running' then
-      return {{entry[1], {'at', at, 'progress_percent', progress, 'status', status}}}
+      return {at, progress}
     end
   end
   return nil
 end
 
-local recent = {}
+local recent = nil
 local window = tonumber(ARGV[1]) or 0
 if window > 0 then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -43,7 +43,8 @@ if window > 0 then
     local newest = rcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 3)
     local oldest_first = {}
     for i = #newest, 1, -1 do oldest_first[#oldest_first + 1] = newest[i] end
-    recent = first_running(oldest_first) or {}
+    recent = first_running(oldest_first)
   end
 end
-return {cjson.encode(fields), t[1], t[2], recent}
+recent = recent or {'', ''}
+return {cjson.encode(fields), t[1], t[2], recent[1], recent[2]}

@@ -49,10 +49,6 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _pairs(flat: Sequence[Any]) -> dict[str, str]:
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
 def connect(settings: Settings):
     """A client for the progress store: a plain Redis, or a Redis Cluster."""
     if settings.redis_cluster:
@@ -202,9 +198,8 @@ class ProgressStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's snapshot, or None if Redis does not hold it."""
-        validate_id(job_id)
-        k = self.keys
-        reply = self._call(self.scripts.read, [k.job(job_id), k.history(job_id)], [ETA_WINDOW_MS])
+        job_key, history_key, _ = self._job_keys(job_id)  # validates the id on first sight
+        reply = self._call(self.scripts.read, [job_key, history_key], [ETA_WINDOW_MS])
         return self._snapshot_from_reply(reply)
 
     def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -442,17 +437,13 @@ class ProgressStore:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
     def _snapshot_from_reply(self, reply) -> dict[str, Any] | None:
-        flat_json, sec, usec, recent = reply
+        flat_json, sec, usec, eta_at, eta_progress = reply
         flat = json.loads(flat_json)  # read_job sends the hash as one JSON array
         if not flat:
             return None
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         now_ms = int(sec) * 1000 + int(usec) // 1000
-        points = []
-        for _, raw in reversed(recent):  # oldest first
-            e = _pairs(raw) if isinstance(raw, list) else {_text(a): _text(b) for a, b in raw.items()}
-            if e.get("status") == Status.RUNNING.value:
-                points.append((int(e["at"]), float(e["progress_percent"])))
+        points = [(int(eta_at), float(eta_progress))] if eta_at else []
         s = self.settings
         return build_snapshot(fields, now_ms, stale_after=s.stale_after,
                               pending_stale_after=s.pending_stale_after, recent=points)
