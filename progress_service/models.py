@@ -38,8 +38,11 @@ TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 def validate_id(value: object, what: str = "job_id") -> str:
     """Return ``value`` if it is a valid id, else raise ``InvalidInput`` (a ValueError)."""
     if not isinstance(value, str) or not ID_PATTERN.match(value):
+        shown = repr(value)
+        if len(shown) > 80:  # an error echoes what was wrong, not 10 kB of it
+            shown = f"{shown[:70]}... ({len(value) if isinstance(value, str) else len(shown)} characters)"
         raise InvalidInput(
-            f"{what} must match {ID_PATTERN.pattern} (1-64 letters, digits, '.', '_', '-'), got {value!r}"
+            f"{what} must match {ID_PATTERN.pattern} (1-64 letters, digits, '.', '_', '-'), got {shown}"
         )
     return value
 

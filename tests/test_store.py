@@ -214,6 +214,12 @@ def test_bad_ids_raise_value_error(store, bad):
         store.get(bad)
 
 
+def test_a_huge_bad_id_is_named_not_echoed_whole(store):
+    with pytest.raises(ValueError, match=r"job_id must match .*\(10000 characters\)") as err:
+        store.get("x" * 10000)
+    assert len(str(err.value)) < 300
+
+
 def test_a_running_job_goes_stale_without_progress(store, job):
     fast = ProgressStore(store.client, dataclasses.replace(store.settings, stale_after=0.2))
     fast.update(job, progress_percent=5, status="running")
