@@ -431,6 +431,34 @@ def test_a_double_forked_daemon_left_by_a_finished_command_is_killed(store, sett
     assert wait_until(lambda: not process_alive(daemon), timeout=5)
 
 
+def test_impossible_progress_lines_are_warned_about_a_few_times_and_change_nothing(
+        store, settings, caplog):
+    caplog.set_level("DEBUG", logger="worker.runner")
+    store.create_job("j", "p", steps=["a", "b"], pipeline="command")
+    source = """
+        print("STEP a")
+        print("PROGRESS 40 fine")
+        print("PROGRESS 150 too far")
+        print("STEP no-such-step")
+        print("just output, not for us")
+        for i in range(30):
+            print("PROGRESS banana")
+        print("PROGRESS 60 still fine")
+    """
+    unthrottled = dataclasses.replace(settings, min_interval=0.0)  # every change its own write
+    outcome = run_command(store, "j", program(source), steps=["a", "b"], settings=unthrottled)
+    assert outcome.status == "completed"
+    history = [h["progress_percent"] for h in store.history("j")]
+    assert history[-3:] == [40, 60, 100], history  # the bad lines moved nothing
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "worker.runner" and r.levelname == "WARNING"]
+    assert len(warnings) == 5, warnings  # not 32: a pipeline printing garbage must not flood the log
+    assert "PROGRESS 150 is outside 0..100: 'PROGRESS 150 too far'" in warnings[0]
+    assert "unknown step 'no-such-step': the steps are a, b" in warnings[1]
+    assert "further ones are logged at debug level" in warnings[-1]
+    assert not any("just output" in w for w in warnings)
+
+
 def test_the_output_hook_sees_every_line(store, settings):
     store.create_job("j", "p", steps=["a"], pipeline="command")
     seen = []

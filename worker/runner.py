@@ -69,6 +69,7 @@ READ_SIZE = 1 << 16
 TAIL_LINES = 20  # stderr lines kept for a failure's error
 TAIL_CHARS = 2000
 TAIL_LINE_CHARS = 300
+REFUSED_WARNINGS = 5  # lines that looked like ours but were refused, logged at WARNING per job
 DRAIN_AFTER_EXIT = 1.0  # seconds to keep reading after the command exited (a grandchild may hold the pipes)
 _TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 
@@ -174,6 +175,7 @@ class _CommandRun:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_reason: str | None = None  # set by the watcher or a rejected write
         self.write_failing = False
+        self.refused_lines = 0
         self._stop_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         self._finished = threading.Event()
@@ -302,14 +304,17 @@ class _CommandRun:
         if parsed is None:
             return
         if parsed.kind is LineKind.IGNORED:
-            logger.debug("job %s: ignored line: %s", self.job_id, parsed.reason)
+            self._refused(line, parsed.reason or "not understood")
             return
         if parsed.result is not None:
             self.result = parsed.result
         update = self.tracker.feed(parsed)
         if update is None:
-            if self.tracker.last_ignored_reason:
-                logger.debug("job %s: ignored line: %s", self.job_id, self.tracker.last_ignored_reason)
+            reason = self.tracker.last_ignored_reason
+            if reason and reason.startswith("unknown step"):
+                self._refused(line, reason)  # a pipeline bug, like PROGRESS 150
+            elif reason:  # a bar restarting lower, a late PROGRESS: ordinary, nothing moves back
+                logger.debug("job %s: ignored line: %s", self.job_id, reason)
             return
         fields: dict[str, Any] = {"progress_percent": update.progress_percent}
         if update.current_step is not None and update.current_step != self.written_step:
@@ -326,6 +331,19 @@ class _CommandRun:
                 logger.warning("job %s: progress write failed, retrying with the next change: %s",
                                self.job_id, exc)
                 self.write_failing = True
+
+    def _refused(self, line: str, reason: str) -> None:
+        """A line in the pipeline's progress protocol that says something impossible
+        (``PROGRESS 150``, ``STEP no-such-step``): the pipeline's author should hear of it,
+        a few times per job, without a flood from a pipeline that prints only that."""
+        self.refused_lines += 1
+        if self.refused_lines > REFUSED_WARNINGS:
+            logger.debug("job %s: ignored line: %s", self.job_id, reason)
+            return
+        shown = line if len(line) <= 120 else line[:119] + "…"
+        more = (" (further ones are logged at debug level)"
+                if self.refused_lines == REFUSED_WARNINGS else "")
+        logger.warning("job %s: ignored a progress line: %s: %r%s", self.job_id, reason, shown, more)
 
     # -- the end ---------------------------------------------------------------
 
@@ -477,6 +495,7 @@ class _CommandRun:
         if self.write_failing:
             logger.info("job %s: progress writes go through again", self.job_id)
             self.write_failing = False
+        self.refused_lines = 0
         self.last_seq = max(self.last_seq, result.seq)
         if result.accepted:
             self.progress_state.update(
