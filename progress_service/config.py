@@ -65,6 +65,15 @@ class Settings:
     web_redis_pool: int = 3  # PROGRESS_WEB_REDIS_POOL: read connections per web process
     sse_keepalive: float = 15.0  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
 
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between two heartbeats of a running job: min(5, worker_lost_after / 3).
+
+        A job's runner stamps ``heartbeat_at`` this often; a reader that has not seen
+        one for three intervals knows the worker has gone quiet.
+        """
+        return max(0.1, min(5.0, self.worker_lost_after / 3))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (``os.environ`` when None)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -190,9 +191,30 @@ def test_a_job_with_no_worker_shows_the_stale_warning(web, store, page):
     page.goto(f"{web.base}/status/{paper}/")
     assert page.is_hidden("#stale-warning")
     page.wait_for_selector("#stale-warning", state="visible", timeout=WAIT_MS)  # PROGRESS_STALE_AFTER=2
-    assert "No progress for" in page.text_content("#stale-warning")
+    text = page.text_content("#stale-warning")
+    assert "No progress for" in text and "its worker may have stopped" in text, text
     screenshot(page, "status-stale.png")
-    store.update(job_id, progress_percent=35)  # the worker is back
+
+    # The worker is alive after all (its heartbeat goes on), only the step is slow: the
+    # warning says so instead of blaming the worker.
+    beating = threading.Event()
+
+    def beat():
+        while not beating.wait(0.5):
+            store.heartbeat(job_id)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        page.wait_for_function(
+            "document.querySelector('#stale-warning').textContent.includes('its worker is alive')",
+            timeout=WAIT_MS)
+        assert page.is_visible("#stale-warning")
+        screenshot(page, "status-stale-worker-alive.png")
+    finally:
+        beating.set()
+        beater.join(5)
+    store.update(job_id, progress_percent=35)  # it moves again
     page.wait_for_selector("#stale-warning", state="hidden", timeout=WAIT_MS)
     assert bar_value(page) == 35
 

@@ -21,7 +21,7 @@ from tcp_proxy import TcpProxy
 from progress_service import JobNotFound, ProgressStore
 from progress_service.store import connect
 from worker.process_tree import process_alive
-from worker.runner import heartbeat_interval, run_command
+from worker.runner import run_command
 
 PY = sys.executable
 
@@ -202,7 +202,7 @@ def test_garbage_and_silence_crash_nothing_and_let_the_job_go_stale(store, setti
         assert stale["heartbeat_at"] is not None  # the worker is alive; only progress stopped
         first_beat = stale["heartbeat_at"]
         assert wait_until(lambda: store.get("j")["heartbeat_at"] != first_beat,
-                          timeout=heartbeat_interval(settings) * 3)
+                          timeout=settings.heartbeat_interval * 3)
         assert store.get("j")["is_stale"] is True  # heartbeats alone do not count as progress
     finally:
         go_on.touch()

@@ -33,6 +33,8 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
         "server_now_ms": store.server_time_ms(),
         "stale_after": settings.stale_after,
         "pending_stale_after": settings.pending_stale_after,
+        # a worker that missed three heartbeats has gone quiet (Settings.heartbeat_interval)
+        "heartbeat_fresh_ms": int(3 * settings.heartbeat_interval * 1000),
         "poll_ms": POLL_MS,
         "stream_retry_ms": STREAM_RETRY_MS,
         "stream_retry_max_ms": STREAM_RETRY_MAX_MS,

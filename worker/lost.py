@@ -1,7 +1,7 @@
 """Jobs whose worker died: found by their heartbeat, failed as ``worker lost``.
 
 A running job's runner stamps ``heartbeat_at`` every few seconds
-(``worker.runner.heartbeat_interval``). When the worker and its work horse are
+(``Settings.heartbeat_interval``). When the worker and its work horse are
 killed (SIGKILL, a lost machine), nothing stamps it any more: the job first reads
 ``is_stale`` (its progress stopped), and once its last heartbeat (or its start, if
 it never had one) is older than ``settings.worker_lost_after`` seconds on the

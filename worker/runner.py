@@ -17,7 +17,7 @@ What happens, in order:
    percent-only changes at most every ``settings.min_interval`` seconds, and
    nothing dropped at the end. Lines that are not ours, or refused, are logged
    at debug level and otherwise ignored.
-4. A watcher thread stamps ``store.heartbeat`` every ``heartbeat_interval(settings)``
+4. A watcher thread stamps ``store.heartbeat`` every ``settings.heartbeat_interval``
    seconds, flushes the update statistics, and listens on the job's channel: when
    the job turns terminal under us (a cancel from anywhere, a sweeper's
    ``worker lost``), the whole process tree is killed.
@@ -61,7 +61,7 @@ from worker.process_tree import KILL_GRACE, group_members, kill_process_tree, ta
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JOB_ID_ENV", "KILL_GRACE", "RunOutcome", "heartbeat_interval", "run_command"]
+__all__ = ["JOB_ID_ENV", "KILL_GRACE", "RunOutcome", "run_command"]
 
 JOB_ID_ENV = "PROGRESS_JOB_ID"  # set in the command's environment: marks its process tree
 MAX_LINE_BYTES = 1 << 20  # a line longer than this keeps its first MiB
@@ -74,11 +74,6 @@ DRAIN_AFTER_EXIT = 1.0  # seconds to keep reading after the command exited (a gr
 _TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 
 OnWrite = Callable[[dict[str, Any], UpdateResult], None]
-
-
-def heartbeat_interval(settings: Settings) -> float:
-    """Seconds between two heartbeats of a running job: min(5, worker_lost_after / 3)."""
-    return max(0.1, min(5.0, settings.worker_lost_after / 3))
 
 
 @dataclass
@@ -563,7 +558,7 @@ class _CommandRun:
 
     def _watch(self) -> None:
         """Heartbeats, statistics, and a kill when the job turns terminal under us."""
-        interval = heartbeat_interval(self.settings)
+        interval = self.settings.heartbeat_interval
         pubsub = None
         try:
             pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)

@@ -25,6 +25,8 @@
   var TERMINAL = { completed: true, failed: true, canceled: true };
   var QUIET_CHECK_MS = 10000; // a live but quiet page asks for the status this often
   var STALE_RECHECK_MS = 2000;
+  var HEARTBEAT_CHECK_MS = 5000; // a stale job's full snapshot (its heartbeat) is read this often
+  var lastBeatCheckAt = 0;
 
   var offset = cfg.server_now_ms - Date.now(); // server clock minus ours
   var job = null; // the snapshot on screen
@@ -86,7 +88,14 @@
   // A full snapshot (from the stream or the API): shown only if its seq is newer.
   function accept(snap) {
     if (!snap || !snap.job_id) return false;
-    if (job && snap.job_id === job.job_id && snap.seq <= job.seq) return false;
+    if (job && snap.job_id === job.job_id && snap.seq <= job.seq) {
+      // Nothing moved, but the worker's heartbeat may be newer: it tells a slow step from a dead worker.
+      if (snap.heartbeat_at && (!job.heartbeat_at || ms(snap.heartbeat_at) > ms(job.heartbeat_at))) {
+        job = Object.assign({}, job, { heartbeat_at: snap.heartbeat_at });
+        render();
+      }
+      return false;
+    }
     if (job && snap.job_id !== job.job_id) { stepStart = {}; finishedAt = null; videoUrl = null; }
     job = snap;
     receivedAt = Date.now();
@@ -370,6 +379,19 @@
     el.videoBox.hidden = false;
   }
 
+  // A running job that stopped moving: is its worker still beating (a slow step, a quiet
+  // pipeline), or silent too (it may be dead; the lost-job sweeper fails it in time)?
+  function staleRunningText(t, updatedAt) {
+    var still = "No progress for " + duration((t - updatedAt) / 1000);
+    var beat = ms(job.heartbeat_at);
+    if (beat !== null && t - beat <= cfg.heartbeat_fresh_ms + HEARTBEAT_CHECK_MS) { // our own lag too
+      return still + ", but its worker is alive (heard from " + ago(t - beat) + "): a step may be slow, " +
+        "or the pipeline has stopped reporting. This page updates as soon as it moves again.";
+    }
+    return still + (beat !== null ? ", and no sign of its worker for " + duration((t - beat) / 1000) : "") +
+      ": its worker may have stopped. This page updates as soon as it moves again.";
+  }
+
   // Every second: "updated N s ago", the ETA countdown, the running step's time, staleness.
   function tick() {
     if (!job) return;
@@ -394,7 +416,11 @@
     if (job.is_stale) {
       el.staleText.textContent = job.status === "pending"
         ? "The job has waited in the queue for " + duration((t - ms(job.created_at)) / 1000) + ": is a worker running?"
-        : "No progress for " + duration((t - updatedAt) / 1000) + ": its worker may have stopped. This page updates as soon as it moves again.";
+        : staleRunningText(t, updatedAt);
+      if (job.status === "running" && Date.now() - lastBeatCheckAt > HEARTBEAT_CHECK_MS) {
+        lastBeatCheckAt = Date.now();
+        getJSON(jobUrl(job.job_id)).then(accept, function () {});
+      }
     }
     // The stream says nothing while a job is quiet: ask the server (it alone knows staleness for sure).
     if (mode === "live" && !checking && !TERMINAL[job.status]) {
