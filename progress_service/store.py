@@ -292,7 +292,9 @@ class ProgressStore:
         ``JobNotFound`` for an unknown job, ``TimeoutError`` after ``timeout`` s,
         ``BackendUnavailable`` when Redis does not answer at the start. Once the
         snapshot is out, a Redis that goes away is waited for (one WARNING line), and
-        what changed meanwhile is read when it is back.
+        what changed meanwhile is read when it is back. If it comes back empty (no
+        persistence), the job is waited for up to ``worker_lost_after`` seconds: its
+        runner re-creates it, with a higher seq (``worker.runner``).
         """
         validate_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -307,7 +309,7 @@ class ProgressStore:
                 raise JobNotFound(f"job {job_id} not found")
             yield snap
             last_seen = time.monotonic()
-            lost = False
+            lost, back_at = False, None
             while snap["status"] not in _TERMINAL_VALUES:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
@@ -320,6 +322,10 @@ class ProgressStore:
                     time.sleep(0.5)
                     message = None
                     last_seen = 0.0  # re-read at once after the reconnect
+                else:
+                    if lost:
+                        logger.info("job %s: Redis is back", job_id)
+                        lost, back_at = False, time.monotonic()
                 fresh: dict[str, Any] | None = None
                 if message is not None and message.get("type") == "message":
                     event = json.loads(message["data"])
@@ -335,10 +341,12 @@ class ProgressStore:
                     except BackendUnavailable:
                         continue  # still away: the next get_message reconnects
                     last_seen = time.monotonic()
-                    if lost:
+                    if lost:  # the store answered before pub/sub did
                         logger.info("job %s: Redis is back", job_id)
-                        lost = False
+                        lost, back_at = False, time.monotonic()
                     if fresh is None:
+                        if back_at is not None and time.monotonic() - back_at < self.settings.worker_lost_after:
+                            continue  # Redis came back empty: the job's runner re-creates it
                         raise JobNotFound(f"job {job_id} vanished from Redis")
                 if fresh is None or fresh["seq"] <= snap["seq"]:
                     continue

@@ -374,6 +374,51 @@ def test_a_subscriber_waits_out_a_redis_outage_and_still_sees_the_end(real_redis
     direct.client.close()
 
 
+def test_a_subscriber_waits_for_a_job_redis_lost_until_its_runner_recreates_it(real_redis, settings):
+    """Redis came back empty: the job is gone for a moment, then re-created above its old seq
+    (as worker.runner does). The iterator does not end with "not found" in between."""
+    proxy = TcpProxy(settings.progress_redis_url)
+    proxy.up()
+    via_proxy = dataclasses.replace(settings, progress_redis_url=proxy.url)
+    watcher = ProgressStore(connect(via_proxy), via_proxy)
+    direct = ProgressStore(connect(settings), settings)
+    direct.create_job("j", "p", steps=["a", "b"])
+    direct.update("j", status="running", current_step="a", progress_percent=10)
+    seen: list[dict] = []
+    errors: list[BaseException] = []
+    first = threading.Event()
+
+    def follow():
+        try:
+            for snap in watcher.subscribe("j", timeout=30, idle_check=0.2):
+                seen.append(snap)
+                first.set()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        assert first.wait(5)
+        lost_seq = direct.get("j")["seq"]
+        proxy.down()
+        direct.client.delete(direct.keys.job("j"), direct.keys.history("j"))  # an empty restart
+        time.sleep(1.0)
+        proxy.up()
+        time.sleep(1.0)  # the watcher is back and finds no job: it must keep waiting
+        assert thread.is_alive() and not errors, errors
+        direct.create_job("j", "p", steps=["a", "b"], seq_floor=lost_seq)
+        direct.update("j", status="running", current_step="b", progress_percent=60)
+        direct.update("j", progress_percent=100)
+        thread.join(15)
+    finally:
+        proxy.down()
+    assert not thread.is_alive() and not errors, errors
+    assert seen[-1]["status"] == "completed" and seen[-1]["seq"] > lost_seq
+    watcher.client.close()
+    direct.client.close()
+
+
 def test_subscribing_without_redis_is_backend_unavailable(settings):
     down = dataclasses.replace(settings, progress_redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(BackendUnavailable):
