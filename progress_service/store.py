@@ -310,6 +310,13 @@ class ProgressStore:
             yield snap
             last_seen = time.monotonic()
             lost, back_at = False, None
+
+            def answered() -> None:  # by pub/sub or the store, whichever comes first
+                nonlocal lost, back_at
+                if lost:
+                    logger.info("job %s: Redis is back", job_id)
+                    lost, back_at = False, time.monotonic()
+
             while snap["status"] not in _TERMINAL_VALUES:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
@@ -323,9 +330,7 @@ class ProgressStore:
                     message = None
                     last_seen = 0.0  # re-read at once after the reconnect
                 else:
-                    if lost:
-                        logger.info("job %s: Redis is back", job_id)
-                        lost, back_at = False, time.monotonic()
+                    answered()
                 fresh: dict[str, Any] | None = None
                 if message is not None and message.get("type") == "message":
                     event = json.loads(message["data"])
@@ -341,9 +346,7 @@ class ProgressStore:
                     except BackendUnavailable:
                         continue  # still away: the next get_message reconnects
                     last_seen = time.monotonic()
-                    if lost:  # the store answered before pub/sub did
-                        logger.info("job %s: Redis is back", job_id)
-                        lost, back_at = False, time.monotonic()
+                    answered()
                     if fresh is None:
                         if back_at is not None and time.monotonic() - back_at < self.settings.worker_lost_after:
                             continue  # Redis came back empty: the job's runner re-creates it

@@ -333,9 +333,29 @@ def test_subscribing_to_an_unknown_job_raises(store):
         next(store.subscribe("ghost", timeout=1))
 
 
-def test_a_subscriber_waits_out_a_redis_outage_and_still_sees_the_end(real_redis, settings, caplog):
-    """Redis away mid-job (a restart, a cut link): the iterator does not die with a
-    connection error; when Redis is back it reads what changed and ends on the terminal state."""
+class Follower:
+    """``store.subscribe("j")`` in a thread: what it yielded, and what it raised."""
+
+    def __init__(self, store: ProgressStore, idle_check: float) -> None:
+        self.seen: list[dict] = []
+        self.errors: list[BaseException] = []
+        self.first = threading.Event()
+        self.thread = threading.Thread(target=self._follow, args=(store, idle_check))
+        self.thread.start()
+
+    def _follow(self, store: ProgressStore, idle_check: float) -> None:
+        try:
+            for snap in store.subscribe("j", timeout=30, idle_check=idle_check):
+                self.seen.append(snap)
+                self.first.set()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            self.errors.append(exc)
+
+
+@pytest.fixture
+def cut_link(real_redis, settings):
+    """(proxy, watcher, direct): job "j" running at 10% in step a; ``watcher`` reaches Redis
+    through ``proxy``, which the test can cut and restore; ``direct`` does not."""
     proxy = TcpProxy(settings.progress_redis_url)
     proxy.up()
     via_proxy = dataclasses.replace(settings, progress_redis_url=proxy.url)
@@ -343,80 +363,53 @@ def test_a_subscriber_waits_out_a_redis_outage_and_still_sees_the_end(real_redis
     direct = ProgressStore(connect(settings), settings)
     direct.create_job("j", "p", steps=["a", "b"])
     direct.update("j", status="running", current_step="a", progress_percent=10)
-    seen: list[dict] = []
-    errors: list[BaseException] = []
-    first = threading.Event()
+    yield proxy, watcher, direct
+    proxy.down()
+    watcher.client.close()
+    direct.client.close()
 
-    def follow():
-        try:
-            for snap in watcher.subscribe("j", timeout=30, idle_check=0.3):
-                seen.append(snap)
-                first.set()
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            errors.append(exc)
 
-    thread = threading.Thread(target=follow)
-    thread.start()
+def test_a_subscriber_waits_out_a_redis_outage_and_still_sees_the_end(cut_link, caplog):
+    """Redis away mid-job (a restart, a cut link): the iterator does not die with a
+    connection error; when Redis is back it reads what changed and ends on the terminal state."""
+    proxy, watcher, direct = cut_link
+    follower = Follower(watcher, idle_check=0.3)
     try:
-        assert first.wait(5)
+        assert follower.first.wait(5)
         proxy.down()
         assert wait_until(lambda: "connection lost" in caplog.text, timeout=10)
         direct.update("j", current_step="b", progress_percent=60)  # both while it is away
         direct.update("j", progress_percent=100)
         proxy.up()
-        thread.join(15)
     finally:
-        proxy.down()
-    assert not thread.is_alive() and not errors, errors
+        follower.thread.join(15)
+    seen, errors = follower.seen, follower.errors
+    assert not follower.thread.is_alive() and not errors, errors
     assert seen[0]["progress_percent"] == 10 and seen[-1]["status"] == "completed"
     assert all(a["seq"] < b["seq"] for a, b in zip(seen, seen[1:], strict=False))
-    watcher.client.close()
-    direct.client.close()
 
 
-def test_a_subscriber_waits_for_a_job_redis_lost_until_its_runner_recreates_it(real_redis, settings):
+def test_a_subscriber_waits_for_a_job_redis_lost_until_its_runner_recreates_it(cut_link):
     """Redis came back empty: the job is gone for a moment, then re-created above its old seq
     (as worker.runner does). The iterator does not end with "not found" in between."""
-    proxy = TcpProxy(settings.progress_redis_url)
-    proxy.up()
-    via_proxy = dataclasses.replace(settings, progress_redis_url=proxy.url)
-    watcher = ProgressStore(connect(via_proxy), via_proxy)
-    direct = ProgressStore(connect(settings), settings)
-    direct.create_job("j", "p", steps=["a", "b"])
-    direct.update("j", status="running", current_step="a", progress_percent=10)
-    seen: list[dict] = []
-    errors: list[BaseException] = []
-    first = threading.Event()
-
-    def follow():
-        try:
-            for snap in watcher.subscribe("j", timeout=30, idle_check=0.2):
-                seen.append(snap)
-                first.set()
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            errors.append(exc)
-
-    thread = threading.Thread(target=follow)
-    thread.start()
+    proxy, watcher, direct = cut_link
+    follower = Follower(watcher, idle_check=0.2)
     try:
-        assert first.wait(5)
+        assert follower.first.wait(5)
         lost_seq = direct.get("j")["seq"]
         proxy.down()
         direct.client.delete(direct.keys.job("j"), direct.keys.history("j"))  # an empty restart
         time.sleep(1.0)
         proxy.up()
         time.sleep(1.0)  # the watcher is back and finds no job: it must keep waiting
-        assert thread.is_alive() and not errors, errors
+        assert follower.thread.is_alive() and not follower.errors, follower.errors
         direct.create_job("j", "p", steps=["a", "b"], seq_floor=lost_seq)
         direct.update("j", status="running", current_step="b", progress_percent=60)
         direct.update("j", progress_percent=100)
-        thread.join(15)
     finally:
-        proxy.down()
-    assert not thread.is_alive() and not errors, errors
-    assert seen[-1]["status"] == "completed" and seen[-1]["seq"] > lost_seq
-    watcher.client.close()
-    direct.client.close()
+        follower.thread.join(15)
+    assert not follower.thread.is_alive() and not follower.errors, follower.errors
+    assert follower.seen[-1]["status"] == "completed" and follower.seen[-1]["seq"] > lost_seq
 
 
 def test_subscribing_without_redis_is_backend_unavailable(settings):
