@@ -119,19 +119,25 @@ def test_demo_runs_one_job_with_a_moving_bar_and_leaves_nothing_behind(demo_env,
     assert_nothing_left(output, tmp_path)
 
 
+def read_until(demo, prefix: str, timeout: float = 60) -> str:
+    """The demo's stdout up to and including the first line that starts with ``prefix``
+    (or all of it, if it ends first or ``timeout`` passes)."""
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = demo.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith(prefix):
+            break
+    return "".join(lines)
+
+
 def test_demo_serve_keeps_the_page_up_until_ctrl_c(demo_env, tmp_path):
     demo = start_demo(demo_env, "--serve")
-    lines = []
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = demo.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("demo: serving "):
-                break
-        output = "".join(lines)
+        output = read_until(demo, "demo: serving ")
         assert "demo: serving " in output, output
         url = re.search(r"serving (http://\S+)", output)[1]
         with urllib.request.urlopen(f"{url}?_json=1", timeout=5) as response:
@@ -150,22 +156,15 @@ def test_demo_serve_keeps_the_page_up_until_ctrl_c(demo_env, tmp_path):
 
 def test_ctrl_c_in_the_middle_stops_everything(demo_env, tmp_path):
     demo = start_demo(demo_env)
-    lines = []
+    output = ""
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = demo.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("demo: submitted job"):
-                break
+        output = read_until(demo, "demo: submitted job")
         os.killpg(demo.pid, signal.SIGINT)
         out, err = demo.communicate(timeout=30)
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
-    output = "".join(lines) + out + err
+    output += out + err
     assert "demo: submitted job" in output, output
     assert demo.returncode in (0, 1), output[-4000:]  # 0 only if the job won the race
     assert_nothing_left(output, tmp_path)
