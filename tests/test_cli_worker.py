@@ -127,6 +127,17 @@ def test_help_examples_name_only_bundled_papers(env, command):
     assert named <= pmids, f"not in the bundled set: {sorted(named - pmids)}"
 
 
+@pytest.mark.parametrize("args", [["submit", "31452104", "--bogus"], ["watch", "j", "--bogus"],
+                                  ["db", "upgrade", "--bogus"], ["demo", "--bogus"], ["web", "--bogus"]])
+def test_an_unknown_option_is_the_commands_own_usage_error(env, args):
+    """argparse would hand ``--bogus`` up and print the top-level usage, not the command's."""
+    done = cli(*args, env=env)
+    assert done.returncode == exit_codes.USAGE, done.stderr
+    command = " ".join(a for a in args[:2] if not a[0].isdigit() and a not in ("j", "--bogus"))
+    assert done.stderr.startswith(f"usage: progress-service {command} "), done.stderr
+    assert done.stderr.strip().endswith(f"progress-service {command}: error: unrecognized arguments: --bogus")
+
+
 def test_the_run_help_example_of_the_video_pipeline_works(env, store, tmp_path):
     """The example as printed (the video pipeline's fast mode from the environment)."""
     done = cli("run", "--help", env=env)
