@@ -110,7 +110,7 @@ def _store(settings: Settings):
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from progress_cli.terminal import exit_code_for, follow_job, summary_line
+    from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
     from progress_service.mirror import Mirror
     from progress_service.models import validate_id
 
@@ -118,7 +118,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     store = _store(settings)
     try:
-        final = follow_job(store, args.job_id, out=sys.stderr, timeout=args.timeout)
+        with NoWorkerNotice(settings, args.job_id, "watch"):
+            final = follow_job(store, args.job_id, out=sys.stderr, timeout=args.timeout)
     except JobNotFound:
         final = None
         try:

@@ -235,7 +235,7 @@ def _start_mirror(store, settings: Settings, stop: threading.Event):
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from progress_cli.terminal import exit_code_for, follow_job, summary_line
+    from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
     from worker.jobs import submit_job
 
     settings = Settings.from_env()
@@ -248,7 +248,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     try:
-        final = follow_job(store, job_id, out=sys.stderr, timeout=args.timeout)
+        with NoWorkerNotice(settings, job_id, "submit"):
+            final = follow_job(store, job_id, out=sys.stderr, timeout=args.timeout)
     except TimeoutError:
         return _fail("submit", f"job {job_id} did not finish within {args.timeout:g}s",
                      exit_codes.TIMEOUT)
