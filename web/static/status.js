@@ -34,6 +34,7 @@
   var stepStart = {}; // step name -> ms (server clock) it became current
   var finishedAt = null;
   var videoUrl = cfg.video_url || null;
+  var queue = cfg.queue || null; // a pending job's RQ queue: {name, workers}, from the server
   var source = null;
   var pollTimer = null;
   var retryTimer = null; // while polling: the next try to reopen the stream
@@ -53,7 +54,7 @@
     bar: $("progress"), fill: $("progress-fill"), text: $("progress-text"), eta: $("eta"),
     message: $("message"), updated: $("updated"), steps: $("steps"),
     videoBox: $("video-box"), video: $("video"), videoLink: $("video-link"),
-    conn: $("conn"), connDot: $("conn-dot")
+    conn: $("conn"), connDot: $("conn-dot"), noWorker: $("no-worker"), noWorkerQueue: $("no-worker-queue")
   };
 
   function now() { return Date.now() + offset; }
@@ -110,7 +111,9 @@
   // The small status of ?_json=1 (no seq): shown only if it is not behind the screen.
   function acceptStatus(st) {
     if (!st.exists) { if (!job) showNoJob(); return; }
+    queue = st.queue || null;
     if (!job || st.job_id !== job.job_id) { loadJob(st.job_id); return; }
+    renderQueue();
     if (st.progress_percent < job.progress_percent) return;
     if (RANK[st.status] < RANK[job.status]) return;
     var shownAt = ms(job.progress_updated_at), polledAt = ms(st.progress_updated_at);
@@ -306,7 +309,15 @@
 
     renderSteps();
     renderVideo();
+    renderQueue();
     tick();
+  }
+
+  // A pending job with no worker on its queue says so: it would wait forever without a word.
+  function renderQueue() {
+    var none = job.status === "pending" && queue !== null && queue.workers === 0;
+    el.noWorker.hidden = !none;
+    if (none) el.noWorkerQueue.textContent = queue.name;
   }
 
   function renderSteps() {
