@@ -19,7 +19,13 @@ import sys
 from progress_cli import exit_codes
 from progress_service import ProgressError
 from progress_service.config import ConfigError
-from progress_service.errors import BackendUnavailable, JobConflict, JobNotFound, SchemaMissing
+from progress_service.errors import (
+    BackendUnavailable,
+    EmbeddedServerError,
+    JobConflict,
+    JobNotFound,
+    SchemaMissing,
+)
 
 AREAS = ("worker_commands", "web_commands", "data_commands")
 
@@ -91,13 +97,13 @@ def exit_code_of(exc: Exception) -> int:
     """The exit status for an error that stopped a command (see ``exit_codes``)."""
     if isinstance(exc, ConfigError | SchemaMissing):
         return exit_codes.CONFIG
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, BackendUnavailable | EmbeddedServerError):
         return exit_codes.UNAVAILABLE
     if isinstance(exc, JobNotFound):
         return exit_codes.NOT_FOUND
     if isinstance(exc, ValueError | JobConflict):
         return exit_codes.USAGE
-    return exit_codes.FAILED
+    return exit_codes.SOFTWARE
 
 
 if __name__ == "__main__":

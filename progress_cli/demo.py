@@ -38,6 +38,7 @@ from pathlib import Path
 
 from progress_cli import exit_codes
 from progress_service import Settings
+from progress_service.config import redacted_url
 from progress_service.errors import BackendUnavailable, ProgressError
 from worker.process_tree import descendants, group_members, process_alive, process_table, start_time
 
@@ -240,7 +241,7 @@ class Demo:
             env["REDIS_URL"] = server.url
             say(f"REDIS_URL is unset: started an embedded Redis at {server.url} (pid {server.pid})")
         else:
-            say(f"Redis: {_safe_url(env['REDIS_URL'])} (REDIS_URL)")
+            say(f"Redis: {redacted_url(env['REDIS_URL'])} (REDIS_URL)")
         if not env.get("DATABASE_URL"):
             server = EmbeddedPostgres(base_dir=self.folder)
             self.servers.append(server)
@@ -248,7 +249,7 @@ class Demo:
             say(f"DATABASE_URL is unset: started an embedded PostgreSQL at {server.url} "
                 f"(pid {server.pid})")
         else:
-            say(f"PostgreSQL: {_safe_url(env['DATABASE_URL'])} (DATABASE_URL)")
+            say(f"PostgreSQL: {redacted_url(env['DATABASE_URL'])} (DATABASE_URL)")
         env.setdefault("PROGRESS_MIN_INTERVAL", DEMO_MIN_INTERVAL)
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -334,17 +335,6 @@ def _free_port() -> int:
     from progress_service.embedded import find_free_port
 
     return find_free_port()
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without its password, for printing."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 def _poll(fn: Callable[[], object], timeout: float, interval: float = 0.2):

@@ -86,6 +86,12 @@ def test_db_upgrade_without_postgres_is_a_clear_error(env):
     assert "Traceback" not in done.stderr
 
 
+def test_db_status_with_a_pending_migration_is_a_config_error_not_a_job_outcome(env):
+    done = cli("db", "status", env=env)  # a fresh schema: every migration pending
+    assert done.returncode == exit_codes.CONFIG == 78, done.stderr
+    assert "pending" in done.stdout
+
+
 def test_db_help_has_examples(env):
     done = cli("db", "upgrade", "--help", env=env)
     assert done.returncode == 0 and "examples:" in done.stdout and "already up to date" in done.stdout
@@ -222,6 +228,8 @@ def test_help_gives_a_bad_command_line_64_never_a_job_outcome(env, command):
     assert set(said) <= {"64"}, said
     bad = cli(*command, "--no-such-option", env=env)
     assert bad.returncode == exit_codes.USAGE == 64, bad.stderr
+    if command:  # the top-level help lists them all; each command's names what it can exit with
+        assert re.search(r"\b78\b", text), text
 
 
 def test_watch_a_job_redis_expired_reads_postgres(env, db_url, real_store):
