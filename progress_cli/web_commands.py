@@ -17,10 +17,12 @@ import os
 import socket
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from progress_cli import exit_codes
 from progress_service import Settings
+from progress_service.config import ConfigError
 
 APP = "web:create_app()"
 BACKLOG = 2048  # as web/gunicorn_conf.py
@@ -28,11 +30,12 @@ BACKLOG = 2048  # as web/gunicorn_conf.py
 WEB_EPILOG = f"""\
 exit status:
   {exit_codes.USAGE}   a bad command line
-  {exit_codes.CONFIG}   the configuration is not usable: a malformed REDIS_URL or DATABASE_URL,
-       or the address cannot be listened on (the port is in use, a port below
-       1024, a host not on this machine): choose another --host/--port. 78, not
-       69: 69 means Redis or PostgreSQL does not answer (try again later), while
-       this needs a change. Nothing is served then, and nothing claims to be.
+  {exit_codes.CONFIG}   the configuration is not usable: a malformed REDIS_URL, DATABASE_URL
+       or PROGRESS_WEB_* variable, or the address cannot be listened on (the
+       port is in use, a port below 1024, a host not on this machine): choose
+       another --host/--port. 78, not 69: 69 means Redis or PostgreSQL does not
+       answer (try again later), while this needs a change. Nothing is served
+       then, and nothing claims to be.
   Once it serves, gunicorn's own: 0 after Ctrl-C or SIGTERM (a graceful stop).
   Redis or PostgreSQL down does not stop it: /healthz answers 503 naming them.
 
@@ -71,15 +74,22 @@ def gunicorn_argv(host: str = "127.0.0.1", port: int = 8000, workers: int = 2, *
     return [*argv, APP]
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {value}")
     return value
@@ -104,8 +114,24 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _from_env(value, name: str, default: str, kind: Callable[[str], object]):
+    """``value`` from the command line, else the environment's ``name``, else ``default``."""
+    if value is not None:
+        return value
+    raw = os.environ.get(name) or default
+    try:
+        return kind(raw)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+
 def run_web(args: argparse.Namespace) -> int:
     Settings.from_env()  # a malformed URL: one line and 78 here, not a traceback per gunicorn worker
+    args.host = _from_env(args.host, "PROGRESS_WEB_HOST", "127.0.0.1", str)
+    args.port = _from_env(args.port, "PROGRESS_WEB_PORT", "8000", _port)
+    args.workers = _from_env(args.workers, "PROGRESS_WEB_WORKERS", "2", _positive)
+    args.worker_connections = _from_env(args.worker_connections, "PROGRESS_WEB_CONNECTIONS", "4000",
+                                        _positive)
     where = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     try:
         sock = listen(args.host, args.port)
@@ -126,10 +152,6 @@ def run_web(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each option's help, and the epilog's lines as written."""
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "web",
@@ -143,17 +165,20 @@ def register(subparsers) -> None:
             "PROGRESS_API_TOKEN (writing endpoints and /rq/ need it when set), "
             "PROGRESS_WEB_REDIS_POOL (Redis connections per worker for reads, default 3).", 78),
         epilog=WEB_EPILOG,
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default=os.environ.get("PROGRESS_WEB_HOST", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=_port, default=int(os.environ.get("PROGRESS_WEB_PORT", "8000")),
-                        help="TCP port to listen on")
-    parser.add_argument("--workers", type=_positive, default=int(os.environ.get("PROGRESS_WEB_WORKERS", "2")),
+    # The defaults come from the environment when the command runs (a malformed one is a
+    # config error of `web` alone, not a traceback of every command): see _from_env.
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (0.0.0.0: every interface; "
+                             "default: PROGRESS_WEB_HOST, else 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=None,
+                        help="TCP port to listen on (default: PROGRESS_WEB_PORT, else 8000)")
+    parser.add_argument("--workers", type=_positive, default=None,
                         help="gunicorn worker processes; each holds one pub/sub connection and "
-                             "serves thousands of streams")
-    parser.add_argument("--worker-connections", type=_positive,
-                        default=int(os.environ.get("PROGRESS_WEB_CONNECTIONS", "4000")),
-                        help="open connections (streams included) per worker")
+                             "serves thousands of streams (default: PROGRESS_WEB_WORKERS, else 2)")
+    parser.add_argument("--worker-connections", type=_positive, default=None,
+                        help="open connections (streams included) per worker "
+                             "(default: PROGRESS_WEB_CONNECTIONS, else 4000)")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
     parser.set_defaults(handler=run_web)

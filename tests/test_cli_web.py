@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from conftest import cli_env
+from conftest import cli_env, wait_until
 
 from progress_cli import exit_codes
 
@@ -33,3 +37,43 @@ def test_a_port_out_of_range_is_a_usage_error(settings):
                           env=cli_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == exit_codes.USAGE, done.stderr
     assert "1 to 65535" in done.stderr
+
+
+def test_a_malformed_web_variable_is_a_config_error_of_web_alone(settings):
+    env = cli_env(settings, PROGRESS_WEB_PORT="80OO")
+    papers = subprocess.run([sys.executable, "-m", "progress_cli", "papers"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert papers.returncode == 0, papers.stderr  # not a traceback of every command
+    web = subprocess.run([sys.executable, "-m", "progress_cli", "web"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert web.returncode == exit_codes.CONFIG, web.stderr
+    assert web.stderr == "progress-service web: PROGRESS_WEB_PORT='80OO': expected a whole number, got '80OO'\n"
+
+
+def test_web_serves_on_the_socket_it_bound(settings):
+    from progress_service.embedded import find_free_port
+
+    port = find_free_port()
+    web = subprocess.Popen([sys.executable, "-m", "progress_cli", "web", "--workers", "1"],
+                           env=cli_env(settings, PROGRESS_WEB_PORT=str(port)), cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        def answers():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    return True
+            except urllib.error.HTTPError:
+                return True  # 503: PostgreSQL is a closed port here; it answers all the same
+            except OSError:
+                return web.poll() is not None  # it exited: stop waiting
+
+        assert wait_until(answers, timeout=60), "no answer"
+        assert web.poll() is None
+        web.send_signal(signal.SIGTERM)
+        assert web.wait(30) == 0
+    finally:
+        if web.poll() is None:
+            os.killpg(web.pid, signal.SIGKILL)
+            web.wait()
+    assert f"progress-service web: http://127.0.0.1:{port}/" in web.stderr.read()
