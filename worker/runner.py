@@ -72,6 +72,7 @@ TAIL_LINE_CHARS = 300
 REFUSED_WARNINGS = 5  # lines that looked like ours but were refused, logged at WARNING per job
 DRAIN_AFTER_EXIT = 1.0  # seconds to keep reading after the command exited (a grandchild may hold the pipes)
 _TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
+_RESTORED = ("progress_percent", "current_step", "message")  # what re-creating a lost job carries over
 
 OnWrite = Callable[[dict[str, Any], UpdateResult], None]
 
@@ -485,7 +486,7 @@ class _CommandRun:
         under the throttle's lock, whichever thread makes it)."""
         result = self.store.update(self.job_id, **fields)
         if result.reason == "not_found" and self.job_spec is not None:
-            self._recreate_job()
+            self._recreate_job(fields)
             result = self.store.update(self.job_id, **fields)
         if self.write_failing:
             logger.info("job %s: progress writes go through again", self.job_id)
@@ -493,9 +494,7 @@ class _CommandRun:
         self.refused_lines = 0
         self.last_seq = max(self.last_seq, result.seq)
         if result.accepted:
-            self.progress_state.update(
-                (k, v) for k, v in fields.items()
-                if k in ("progress_percent", "current_step", "message"))
+            self.progress_state.update((k, v) for k, v in fields.items() if k in _RESTORED)
         if not result.accepted and result.reason in ("terminal", "not_found"):
             if fields.get("status") not in _TERMINAL:
                 self._request_stop(result.reason)
@@ -516,26 +515,33 @@ class _CommandRun:
                 "created_at_ms": ms_from_iso(snap["created_at"]),
                 "started_at_ms": ms_from_iso(snap["started_at"])}
 
-    def _recreate_job(self) -> None:
-        """Re-create the job the store lost and re-apply what was written so far.
+    def _recreate_job(self, fields: dict[str, Any]) -> None:
+        """Re-create the job the store lost at the state it had, in one script call.
 
-        Its seq goes on above the last one this run saw. A cancel is not lost this
-        way: it leaves the job ``canceled``, which is ``terminal``, not ``not_found``.
+        ``store.restore_job`` writes it ``running`` at the step, percent and message
+        the store last accepted, with ``fields`` (the write that found it gone, which
+        is never behind them) laid over, and publishes that as its first event: no
+        reader sees it pass through pending/0. Its seq goes on above the last one this
+        run saw. A cancel is not lost this way: it leaves the job ``canceled``, which
+        is ``terminal``, not ``not_found``.
         """
         spec = self.job_spec
         assert spec is not None
         logger.warning("job %s: the progress store lost the job (Redis restarted empty?); "
                        "re-creating it at seq > %d and carrying on", self.job_id, self.last_seq)
+        state = {**self.progress_state,
+                 **{k: v for k, v in fields.items() if k in _RESTORED and v is not None}}
+        if state.get("progress_percent", 0) >= 100:  # this write completes it: restore it before
+            state["progress_percent"] = self.progress_state.get("progress_percent", 0)
         try:
-            snap = self.store.create_job(self.job_id, spec["paper_id"], steps=spec["steps"],
-                                         pipeline=spec["pipeline"], seq_floor=self.last_seq,
-                                         created_at_ms=spec["created_at_ms"],
-                                         started_at_ms=spec["started_at_ms"])
+            snap = self.store.restore_job(self.job_id, spec["paper_id"], spec["steps"], spec["pipeline"],
+                                          seq_floor=self.last_seq, created_at_ms=spec["created_at_ms"],
+                                          started_at_ms=spec["started_at_ms"],
+                                          status=Status.RUNNING.value, **state)
             self.last_seq = max(self.last_seq, snap["seq"])
-        except JobConflict:
-            pass  # it is back already
-        restored = self.store.update(self.job_id, status=Status.RUNNING.value, **self.progress_state)
-        self.last_seq = max(self.last_seq, restored.seq)
+        except JobConflict:  # it is back already: bring it up to date (forward only)
+            restored = self.store.update(self.job_id, status=Status.RUNNING.value, **state)
+            self.last_seq = max(self.last_seq, restored.seq)
 
     def _notify(self, fields: dict[str, Any], result: UpdateResult) -> None:
         if self.on_write is None:
