@@ -528,6 +528,24 @@ def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_returns(real_re
     direct.client.close()
 
 
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_a_result_the_store_refuses_still_completes_the_job_saying_why(store, settings, caplog, bad):
+    """Python's json reads NaN and Infinity; the store refuses them (not JSON). The job must
+    not stay running until a sweeper fails it as "worker lost"."""
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    source = f"""
+        print("STEP a", flush=True)
+        print('{{"result": {{"x": {bad}, "video_url": "file:///tmp/x.mp4"}}}}', flush=True)
+    """
+    outcome = run_command(store, "j", program(source), steps=["a"], settings=settings)
+    assert outcome.status == "completed" and outcome.exit_code == 0, outcome
+    snap = store.get("j")
+    assert snap["status"] == "completed" and snap["progress_percent"] == 100
+    assert snap["result"] == {"exit_code": 0} == outcome.result
+    assert "result was not stored" in snap["message"] and "JSON" in snap["message"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 # -- Redis restarted empty mid-job ----------------------------------------------------
 
 

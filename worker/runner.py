@@ -355,7 +355,8 @@ class _CommandRun:
         if code == 0:
             result = {**(self.result or {}), "exit_code": 0}
             logger.info("job %s: %s -> %s", self.job_id, Status.RUNNING.value, Status.COMPLETED.value)
-            self._final(status=Status.COMPLETED.value, result=result)
+            written = self._final(status=Status.COMPLETED.value, result=result)
+            result = written.get("result", result)
             return RunOutcome(self.job_id, Status.COMPLETED.value, exit_code=0, result=result,
                               pid=proc.pid, survivors=survivors)
         error = self._failure_text(code)
@@ -451,12 +452,15 @@ class _CommandRun:
         logger.info("job %s: the command left %d process(es) behind: killing them", self.job_id, len(left))
         return kill_process_tree(self.proc.pid, grace=min(self.kill_grace, 1.0), extra=left, tag=self._tag)
 
-    def _final(self, **fields: Any) -> None:
+    def _final(self, **fields: Any) -> dict[str, Any]:
         """The last write: at once, through the throttle so nothing pending is lost.
+        Returns the fields written.
 
         Redis may be away for a moment: the write is retried for up to
         ``worker_lost_after`` seconds (at least 5), so that a job that ended is not
-        later failed as ``worker lost``.
+        later failed as ``worker lost``. A result the store refuses (NaN or Infinity
+        in it, say) must not leave the job running either: it is written again with
+        only the exit code as its result, and the message saying why.
         """
         fields = {k: v for k, v in fields.items() if v is not None}
         deadline = time.monotonic() + max(5.0, self.settings.worker_lost_after)
@@ -465,19 +469,26 @@ class _CommandRun:
             try:
                 self.throttle.update(**fields)  # urgent: flushes what is pending with it
                 self.throttle.close()
-                return
+                return fields
             except (BackendUnavailable, OSError) as exc:
                 if time.monotonic() + delay > deadline:
                     logger.error("job %s: could not write the final state %r: %s",
                                  self.job_id, fields, exc)
-                    return
+                    return fields
                 if delay == 0.1:
                     logger.warning("job %s: the final write failed (%s); retrying", self.job_id, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
+                kept = {k: v for k, v in (fields.get("result") or {}).items() if k == "exit_code"}
+                if "result" in fields and fields["result"] != kept:
+                    why = f"the pipeline's result was not stored: {exc}"
+                    logger.warning("job %s: %s", self.job_id, why)
+                    # overrides the refused values the throttle kept for the next try
+                    fields = {**fields, "result": kept, "message": why}
+                    continue
                 logger.error("job %s: could not write the final state %r: %s", self.job_id, fields, exc)
-                return
+                return fields
 
     # -- writes and the watcher ------------------------------------------------
 
