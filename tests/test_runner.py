@@ -549,28 +549,6 @@ def test_a_result_the_store_refuses_still_completes_the_job_saying_why(store, se
 # -- Redis restarted empty mid-job ----------------------------------------------------
 
 
-class RestartableRedis:
-    """A throwaway redis-server of the test's own, without persistence, that the test
-    kills (SIGKILL, as a crash would) and starts again, empty, on the same port."""
-
-    def __init__(self, binary: str) -> None:
-        from progress_service.embedded import EmbeddedRedis
-
-        self._start = lambda port=None: EmbeddedRedis(port=port, binary=binary,
-                                                      extra_args=["--save", "", "--appendonly", "no"])
-        self.server = self._start()
-        self.url = self.server.url
-
-    def restart_empty(self) -> None:
-        port = self.server.port
-        self.server.process.kill()
-        self.server.stop()
-        self.server = self._start(port)
-
-    def stop(self) -> None:
-        self.server.stop()
-
-
 # The command announces step a and 20%, waits for the file argv[1], then goes through
 # steps b and c and ends with a result line.
 WAITS_THEN_FINISHES = """
@@ -587,17 +565,6 @@ WAITS_THEN_FINISHES = """
     print("PROGRESS 90 in c", flush=True)
     print(json.dumps({"result": {"ok": 1}}), flush=True)
 """
-
-
-@pytest.fixture
-def restartable_redis(redis_server_bin):
-    if redis_server_bin is None:
-        from conftest import unavailable
-
-        unavailable("no redis-server binary to start a throwaway Redis")
-    server = RestartableRedis(redis_server_bin)
-    yield server
-    server.stop()
 
 
 def _run_across_a_restart(restartable_redis, settings, tmp_path, *, before_go=None,
@@ -630,7 +597,7 @@ def _run_across_a_restart(restartable_redis, settings, tmp_path, *, before_go=No
         seq_before = snap_before["seq"]
         if record is not None:
             record["before_restart"] = snap_before
-        restartable_redis.restart_empty()
+        restartable_redis.crash_and_restart()
         restarted.set()
         assert store.get("j") is None  # the store lost the job
         if before_go is not None:
