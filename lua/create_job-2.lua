@@ -17,7 +17,9 @@
 --         published, already at the state it had (`running`, its step and percent),
 --         never passing through pending/0: no event shows it moving back. A
 --         `running` job without started_at_ms starts now; a `pending` one has
---         neither progress nor a step.
+--         neither progress nor a step. A `running` one is stamped with a heartbeat:
+--         its runner is alive, and a job started long ago is not failed as `worker
+--         lost` (worker/lost.py) before the runner's next heartbeat.
 -- returns {created 0|1, seq, created_at_ms}
 -- raises "INVALID <what>" on bad arguments, before anything is written.
 local rcall = redis.call
@@ -121,6 +123,7 @@ rcall('HSET', KEYS[1], 'job_id', ARGV[1], 'paper_id', ARGV[2], 'pipeline', ARGV[
   'completed_count', done, 'completed_json', done_json, 'total_steps', #steps, 'message', message,
   'error', '', 'result', '', 'seq', seq, 'created_at_ms', created, 'progress_updated_at_ms', now)
 if started then rcall('HSET', KEYS[1], 'started_at_ms', started) end
+if status == 'running' then rcall('HSET', KEYS[1], 'heartbeat_at_ms', now) end
 rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'at', now,
   'progress_percent', percent, 'current_step', step, 'status', status)
 local function jstr(text)

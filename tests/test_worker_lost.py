@@ -116,6 +116,17 @@ def test_the_sweeper_fails_only_running_jobs_without_a_heartbeat(real_redis, set
     store.client.close()
 
 
+def test_a_job_its_runner_restored_is_not_failed_as_lost_before_its_next_heartbeat(store, settings):
+    """After an empty Redis restart the runner restores its job with the job's own start
+    time, long ago: the restore is its sign of life, or the sweeper fails it at once."""
+    long_ago = store.server_time_ms() - 60_000
+    store.restore_job("r", "p", ["a"], "command", seq_floor=4, created_at_ms=long_ago,
+                      started_at_ms=long_ago, progress_percent=10)
+    assert sweep_lost_jobs(store, settings) == []
+    snap = store.get("r")
+    assert snap["status"] == "running" and snap["heartbeat_at"] is not None
+
+
 def test_the_sweeper_loop_survives_a_redis_that_does_not_answer(settings, caplog):
     dead = dataclasses.replace(settings, progress_redis_url="redis://127.0.0.1:1/0")
     store = ProgressStore(connect(dead), dead)
