@@ -3,8 +3,8 @@
 Headers (``add_headers``, after every request): ``X-Content-Type-Options:
 nosniff``, ``Referrer-Policy: same-origin``, ``X-Frame-Options: DENY`` and a
 Content-Security-Policy: ``PAGE_CSP`` on HTML (scripts only from our own
-static files, no inline script or handler, no framing), ``DATA_CSP`` on
-everything else. The RQ dashboard sets its own (``web.dashboard``).
+static files, no inline script or handler, no framing), ``DATA_CSP`` (no
+framing) on everything else. The RQ dashboard sets its own (``web.dashboard``).
 
 Writes (``refuse_cross_site``, before every request): a browser marks where a
 request comes from (``Sec-Fetch-Site``, else ``Origin``); a state-changing
@@ -37,7 +37,10 @@ PAGE_CSP = "; ".join([
     "form-action 'self'",
     "frame-ancestors 'none'",
 ])
-DATA_CSP = "default-src 'none'; frame-ancestors 'none'"
+# JSON, event streams, files: never rendered as a page (nosniff), so the frame policy is what counts.
+# (A stricter default-src 'none' would also stop a page of ours opened on such an answer, e.g. a
+# browser's JSON view, from opening this origin's event stream.)
+DATA_CSP = "frame-ancestors 'none'"
 HEADERS = (
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "same-origin"),
