@@ -602,6 +602,7 @@ def test_a_write_takes_a_json_body_or_none(client, jobs, rq_cleanup, content_typ
     r = client.post("/api/v1/jobs", data=body, content_type=content_type)
     assert "application/json" in assert_error(r, 415, "unsupported_media_type")["detail"]
     assert_error(client.post("/api/v1/jobs", data=body), 415, "unsupported_media_type")  # no type at all
+    assert_error(client.post("/api/v1/any/write", data=body, content_type=content_type), 415)  # all of /api/
     assert client.get("/api/v1/jobs").get_json()["jobs"] == []
 
     job_id = client.post("/api/v1/jobs", json={"paper_id": "31452104"}).get_json()["job_id"]

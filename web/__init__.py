@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app.register_blueprint(events.bp)
     app.register_blueprint(pages.bp)
     dashboard.init_app(app, settings.redis_url)
-    app.before_request(security.refuse_cross_site)
+    app.before_request(security.guard_writes)
     app.after_request(security.add_headers)
 
     @app.after_request

@@ -20,12 +20,10 @@ from progress_service.models import Status, validate_id
 from .auth import require_token
 from .jobs import job_history as find_history
 from .jobs import progress_store, recent_jobs, require_job, video_file
-from .security import require_json_body
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-bp.before_request(require_json_body)  # every write: a JSON body or none (web.security)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000

@@ -6,12 +6,12 @@ Content-Security-Policy: ``PAGE_CSP`` on HTML (scripts only from our own
 static files, no inline script or handler, no framing), ``DATA_CSP`` (no
 framing) on everything else. The RQ dashboard sets its own (``web.dashboard``).
 
-Writes (``refuse_cross_site``, before every request): a browser marks where a
+Writes (``guard_writes``, before every request): a browser marks where a
 request comes from (``Sec-Fetch-Site``, else ``Origin``); a state-changing
 request from another site is a 403. A client that sends neither (curl, a
-script) is not a browser and is let through. ``require_json_body`` (the API's
-writes) takes a JSON body or none at all: a form or ``text/plain`` body, which
-a page elsewhere can send without asking CORS, is a 415.
+script) is not a browser and is let through. A write under ``/api/`` takes a
+JSON body or none at all (``require_json_body``): a form or ``text/plain``
+body, which a page elsewhere can send without asking CORS, is a 415.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_TYPE = "application/json"
+API_PREFIX = "/api/"
 SAME_ORIGIN = frozenset({"same-origin", "none"})  # Sec-Fetch-Site "none": typed in, a bookmark
 
 PAGE_CSP = "; ".join([
@@ -68,22 +69,30 @@ def cross_site() -> bool:
     return origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()
 
 
-def refuse_cross_site() -> None:
-    """``before_request``: a state-changing request from another site is a 403."""
-    if request.method not in SAFE_METHODS and cross_site():
+def guard_writes() -> None:
+    """``before_request`` of the app: a write from another site is a 403; one under ``/api/``
+    with a body that is not JSON, a 415.
+
+    The whole of ``/api/`` (not one blueprint) so that a write endpoint added
+    anywhere under it is covered. ``/rq/`` posts forms of its own: it gets the
+    cross-site check alone.
+    """
+    if request.method in SAFE_METHODS:
+        return
+    if cross_site():
         raise Forbidden(f"a {request.method} from another site is refused: "
                         "write from this site's pages or from a client that is not a browser")
+    if request.path.startswith(API_PREFIX):
+        require_json_body()
 
 
 def require_json_body() -> None:
-    """``before_request`` of the API: a write's body is JSON, or there is none (and no form type).
+    """A write's body is JSON, or there is none (and no form type), else a 415.
 
     A browser sends ``text/plain``, ``application/x-www-form-urlencoded`` and
     ``multipart/form-data`` (and a POST with no body) cross-site without a CORS
     preflight; ``application/json`` it does not.
     """
-    if request.method in SAFE_METHODS:
-        return
     mimetype = request.mimetype  # "" when there is no Content-Type
     has_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if mimetype == JSON_TYPE or (not mimetype and not has_body):
