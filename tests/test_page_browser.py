@@ -371,6 +371,9 @@ def test_the_pages_run_under_their_csp_and_the_bar_still_moves_live(web, store, 
     assert page.get_attribute(f"li[data-step='{STEPS[2]}']", "data-state") == "current"
     assert page.evaluate("document.getElementById('progress-fill').style.width") == "55%"
     assert page.evaluate("window.__csp") == [] and console == []
+    # the page's own writes pass the cross-site guard (Chromium sends Sec-Fetch-Site: same-origin)
+    cancel = "fetch('/api/v1/jobs/no-such-job/cancel', {method: 'POST'}).then(r => r.status)"
+    assert page.evaluate(cancel) == 404
 
     page.goto(f"{web.base}/")
     page.wait_for_selector(f"a[href='/status/{paper}/']", timeout=WAIT_MS)
@@ -415,3 +418,17 @@ def test_the_rq_dashboard_runs_no_script_from_a_job_text(web, page, rq_job_with_
     page.goto(f"{web.base}/rq/")
     page.wait_for_selector("#queues tbody tr", timeout=WAIT_MS)
     assert page.evaluate("window.__csp") == [], console
+
+
+def test_a_page_on_another_site_can_neither_cancel_nor_submit(web, store, page):
+    """What a page elsewhere can send without CORS: a bodyless POST and a text/plain one (no-cors)."""
+    job_id = start_job(store, new_paper(), percent=20)
+    other_site = web.base.replace("127.0.0.1", "localhost")  # another origin, another site
+    page.goto(f"{other_site}/healthz")
+    sent = page.evaluate("""([base, jobId]) => Promise.all([
+      fetch(base + '/api/v1/jobs/' + jobId + '/cancel', {method: 'POST', mode: 'no-cors'}),
+      fetch(base + '/api/v1/jobs', {method: 'POST', mode: 'no-cors', body: '{"paper_id": "31452104"}'}),
+    ]).then(() => true)""", [web.base, job_id])
+    assert sent
+    assert store.get(job_id)["status"] == "running"
+    assert [j["job_id"] for j in json.loads(web.get("/api/v1/jobs?paper_id=31452104")[1])["jobs"]] == []
