@@ -23,8 +23,8 @@ import os
 
 import gunicorn.http.wsgi
 
-# The Server header does not advertise gunicorn. gunicorn (22 to 27) writes
-# ``Server: <gunicorn.http.wsgi.SERVER>`` itself (an app's own Server header would
+# The Server header does not advertise gunicorn. gunicorn writes
+# ``Server: <gunicorn.http.wsgi.SERVER>`` itself (since 20.1; tested with 27) (an app's own Server header would
 # be a second one); that module imported ``gunicorn.SERVER`` by value, so setting
 # ``gunicorn.SERVER`` here is too late. The workers, forked from this master,
 # inherit the change. SERVER_SOFTWARE (the WSGI environ's) likewise.
