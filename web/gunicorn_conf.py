@@ -23,11 +23,11 @@ import os
 
 import gunicorn.http.wsgi
 
-# The Server header does not advertise gunicorn. gunicorn writes
-# ``Server: <gunicorn.http.wsgi.SERVER>`` itself (since 20.1; tested with 27) (an app's own Server header would
-# be a second one); that module imported ``gunicorn.SERVER`` by value, so setting
-# ``gunicorn.SERVER`` here is too late. The workers, forked from this master,
-# inherit the change. SERVER_SOFTWARE (the WSGI environ's) likewise.
+# The Server header does not advertise gunicorn. gunicorn (since 20.1; tested with 27)
+# writes ``Server: <gunicorn.http.wsgi.SERVER>`` itself, and an app's own Server header
+# would only be a second one. That module imported ``gunicorn.SERVER`` by value, so
+# setting ``gunicorn.SERVER`` here would be too late. The workers, forked from this
+# master, inherit the change; SERVER_SOFTWARE (the WSGI environ's) likewise.
 SERVER_NAME = "progress-service"
 gunicorn.http.wsgi.SERVER = SERVER_NAME
 gunicorn.http.wsgi.SERVER_SOFTWARE = SERVER_NAME
