@@ -8,6 +8,7 @@ it started is gone once it exits (Ctrl-C included).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -24,9 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
-from worker.process_tree import descendants, process_alive, start_time
+from worker.process_tree import descendants, process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -205,26 +207,28 @@ def test_closing_the_terminal_under_serve_stops_everything(demo_env, tmp_path):
                             cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                             preexec_fn=take_the_terminal)
     os.close(slave)
-    started: dict[int, int | None] = {}
+    started: list[psutil.Process] = []
     try:
         output = read_terminal_until(master, "demo: serving ")
         assert "demo: serving " in output, output[-4000:]
         folder = [p for p in tmp_path.glob("progress-demo-*") if p.is_dir()]
         assert len(folder) == 1, folder
-        started = {pid: start_time(pid) for pid in descendants(demo.pid)}
+        for pid in descendants(demo.pid):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                started.append(psutil.Process(pid))  # the pid and its start time: never a reused pid
         assert len(started) >= 4, output  # redis, postgres, web, worker (and their children)
         os.close(master)  # the terminal window closes
         master = None
         demo.wait(timeout=60)
-        left = [pid for pid, when in started.items() if process_alive(pid, when)]
+        left = [process.pid for process in started if process_alive(process)]
     finally:
         if master is not None:
             os.close(master)
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
-        for pid, when in started.items():  # a failed run leaves nothing running either
-            if process_alive(pid, when):
-                os.kill(pid, signal.SIGKILL)
+        for process in started:  # a failed run leaves nothing running either
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
     assert left == []
     assert own_processes(tmp_path) == []
     assert list(tmp_path.glob("progress-demo-*")) == []
