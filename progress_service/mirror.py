@@ -18,8 +18,21 @@ progress_jobs.seq < EXCLUDED.seq``), so replays, racing sweepers and backfills
 never overwrite a newer row. A due entry is removed only after its row landed;
 when PostgreSQL fails, the batch's entries are re-scored with exponential
 back-off (``retry_base`` doubling up to ``retry_max`` seconds), so nothing is
-lost and a dead database is not hammered; and a job whose Redis TTL would run
-out before the next try is held in Redis longer (``hold_ttl``).
+lost and a dead database is not hammered.
+
+No finished job leaves Redis unmirrored: ``lua/update_progress-2.lua`` writes
+down when a finished job expires (``PROGRESS_JOB_TTL`` after it finished) but
+keeps its keys persistent; only once its row has landed does
+``lua/expire_mirrored-2.lua`` set that expiry. A job nothing mirrors waits in
+Redis (and in the due set) for as long as it takes.
+
+Every PostgreSQL access is bounded: at most ``timeout`` seconds in all
+(connecting, waiting for a free connection, the statement), enforced on the
+client (a blackholed network answers nothing, not even a reset) as well as by
+the server's ``statement_timeout``. Connections come from a small pool
+(``pool_size``), so one caller never waits on another's hung connection; after
+PostgreSQL failed to answer, callers fail fast for ``recheck_after`` seconds
+instead of each waiting out the same partition.
 
 The mirror creates no table itself: the schema comes from ``progress-service
 db upgrade`` (``progress_service.migrations``); without it every write fails
@@ -30,12 +43,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -82,6 +99,8 @@ _SNAPSHOT_FIELDS = _NAMES[:-1]  # without history
 SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+MIN_CONNECT_TIMEOUT = 2  # seconds: libpq's (and psycopg's) floor for connect_timeout
+T = TypeVar("T")
 
 
 def _text(value: Any) -> str:
@@ -145,8 +164,10 @@ def history_entries(entries: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
 class Mirror:
     """Copies finished jobs from the progress store into PostgreSQL's ``progress_jobs``.
 
-    One PostgreSQL connection, opened on first use and again after a failure;
-    a lock makes one Mirror safe to share between threads (the web app does).
+    Up to ``pool_size`` PostgreSQL connections, opened on first use and dropped
+    after a failure; one Mirror is safe to share between threads (the web app does).
+    ``timeout`` bounds each access (``connect_timeout`` the connecting part of it);
+    ``recheck_after`` is how long callers fail fast after PostgreSQL did not answer.
     """
 
     def __init__(
@@ -159,9 +180,14 @@ class Mirror:
         retry_max: float = 60.0,
         lease: float = 60.0,
         connect_timeout: float = 5.0,
+        timeout: float = 30.0,
+        pool_size: int = 4,
+        recheck_after: float = 1.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if timeout < MIN_CONNECT_TIMEOUT or pool_size < 1:
+            raise ValueError(f"timeout must be at least {MIN_CONNECT_TIMEOUT}s and pool_size at least 1")
         self.store = store
         self.database_url = database_url
         self.batch_size = batch_size
@@ -169,15 +195,19 @@ class Mirror:
         self.retry_max = retry_max
         self.lease = lease  # seconds a claimed due entry waits before another sweeper may take it
         self.connect_timeout = connect_timeout
-        # Seconds an unmirrored job is kept in Redis after a failed try: far
-        # beyond the longest back-off, so the next tries find it.
-        self.hold_ttl = int(max(3600, 10 * retry_max))
+        self.timeout = timeout
+        self.recheck_after = recheck_after
         self.failures = 0  # PostgreSQL failures in a row, for the back-off
         self.postgres_ok: bool | None = None  # None until the first write or read
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.RLock()
+        self._conninfo = _conninfo(database_url, timeout)
+        self._idle: list[psycopg.Connection] = []
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._pool_lock = threading.Lock()  # guards _idle and _closed; never held over I/O
+        self._closed = False
+        self._down: tuple[float, str] | None = None  # (monotonic time to try again, why)
         self._read = store.client.register_script(script_source("read_for_mirror"))
         self._claim = store.client.register_script(script_source("claim_mirror_due"))
+        self._expire = store.client.register_script(script_source("expire_mirrored"))
 
     # -- writing ----------------------------------------------------------
 
@@ -321,9 +351,11 @@ class Mirror:
         return int(self._query(f"SELECT count(*) FROM {TABLE}")[0][0])
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
+        """Close the idle connections (and each busy one when its caller is done)."""
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
             conn.close()
 
     def __enter__(self) -> Mirror:
@@ -385,29 +417,40 @@ class Mirror:
         return rows, handled
 
     def _settle(self, handled: dict[str, int | None]) -> None:
-        """Remove handled entries from the due set; put back any job that changed meanwhile.
+        """Remove handled entries from the due set, let the landed jobs expire, and put
+        back any job that changed meanwhile.
 
-        The job's seq and status are read AFTER the ZREM: an update that finished
-        the job again between our read and the ZREM shows there, and re-queues it.
+        Each job is checked AFTER the ZREM (``lua/expire_mirrored-2.lua``): an update
+        that finished the job again between our read and the ZREM shows there as a
+        newer seq, and re-queues it; only a job PostgreSQL holds at its current seq
+        gets its expiry.
         """
         if not handled:
             return
         keys = self.store.keys
-        ids = list(handled)
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.zrem(keys.mirror_due, *ids)
-        valid = [j for j in ids if ID_PATTERN.match(j)]
-        for job_id in valid:
-            pipe.hmget(keys.job(job_id), "status", "seq")
-        replies = self._redis(pipe.execute)[1:]
-        again = {}
-        for job_id, (status, seq) in zip(valid, replies, strict=True):
-            if status is None or _text(status) not in TERMINAL_VALUES:
-                continue
-            if handled[job_id] is None or int(seq) != handled[job_id]:
-                again[job_id] = 0
+        self._redis(lambda: self.store.client.zrem(keys.mirror_due, *handled))
+        seqs = {j: -1 if seq is None else seq for j, seq in handled.items() if ID_PATTERN.match(j)}
+        outcomes = self._expire_landed(seqs)
+        again = {j: 0 for j, outcome in outcomes.items() if outcome == "changed"}
         if again:
             self._redis(lambda: self.store.client.zadd(keys.mirror_due, again))
+
+    def _expire_landed(self, seqs: dict[str, int]) -> dict[str, str]:
+        """Job id -> ``lua/expire_mirrored-2.lua``'s answer, for jobs PostgreSQL holds at ``seq``."""
+        k = self.store.keys
+        ttl = self.store.settings.job_ttl
+        ids = list(seqs)
+        if self.store.is_cluster:  # redis-py refuses scripts in cluster pipelines
+            replies = [self._redis(lambda j=j: self._expire(keys=[k.job(j), k.history(j)],
+                                                            args=[seqs[j], ttl]))
+                       for j in ids]
+        else:
+            pipe = self.store.client.pipeline(transaction=False)
+            for job_id in ids:
+                self._expire(keys=[k.job(job_id), k.history(job_id)], args=[seqs[job_id], ttl],
+                             client=pipe)
+            replies = self._redis(pipe.execute) if ids else []
+        return {j: _text(r) for j, r in zip(ids, replies, strict=True)}
 
     def _retry_later(self, ids: Sequence[str]) -> None:
         """Re-score due entries at now + the back-off (only entries still there)."""
@@ -424,30 +467,21 @@ class Mirror:
     def _hold(self, ids: Sequence[str]) -> None:
         """Keep jobs that PostgreSQL has not taken yet from expiring out of Redis.
 
-        A finished job lives ``PROGRESS_JOB_TTL`` seconds in Redis; were
-        PostgreSQL down for longer, it would be gone before it landed. Each
-        failed try lifts a TTL below ``hold_ttl`` back to it, so a job is kept
-        as long as tries go on, and expires at most ``hold_ttl`` after it landed.
+        A job finished by this version has no TTL until its row lands; one finished
+        by an older version (which set the TTL at once) loses it here.
         """
         keys = self.store.keys
-        hold = self.hold_ttl
         try:
             pipe = self.store.client.pipeline(transaction=False)
             for job_id in ids:
-                pipe.ttl(keys.job(job_id))
-            ttls = pipe.execute()
-            short = [j for j, ttl in zip(ids, ttls, strict=True) if 0 <= int(ttl) < hold]
-            if not short:
-                return
-            pipe = self.store.client.pipeline(transaction=False)
-            for job_id in short:
-                pipe.expire(keys.job(job_id), hold)
-                pipe.expire(keys.history(job_id), hold)
-            pipe.execute()
+                pipe.persist(keys.job(job_id))
+                pipe.persist(keys.history(job_id))
+            held = sum(pipe.execute()[::2])
         except (RedisConnectionError, RedisTimeoutError):
             logger.warning("mirror: could not hold %d unmirrored jobs in Redis", len(ids))
             return
-        logger.info("mirror: %d unmirrored jobs kept in Redis %d s longer", len(short), hold)
+        if held:
+            logger.info("mirror: %d unmirrored jobs no longer expire until they land", held)
 
     def _scan_job_ids(self) -> Iterable[str]:
         prefix = self.store.keys.prefix
@@ -472,6 +506,8 @@ class Mirror:
             return 0
         held = dict(self._query(f"SELECT job_id, seq FROM {TABLE} WHERE job_id = ANY(%s)",
                                 (list(finished),)))
+        # Landed, but Redis never heard (the expiry was not set): let them expire now.
+        self._expire_landed({j: seq for j, seq in finished.items() if held.get(j) == seq})
         missing = [j for j, seq in finished.items() if held.get(j, -1) < seq]
         if not missing:
             return 0
@@ -486,31 +522,84 @@ class Mirror:
 
     # -- internals: PostgreSQL --------------------------------------------
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.database_url,
-                autocommit=True,
-                connect_timeout=max(1, int(self.connect_timeout)),
-                application_name="progress-service mirror",
-            )
-        return self._conn
+    def _run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(connection)`` on a connection of the pool, within ``timeout`` seconds in all.
+
+        Raises ``PostgresUnavailable`` (at once while PostgreSQL is known to be down)
+        when it fails or does not answer in time; the connection is dropped then.
+        """
+        deadline = time.monotonic() + self.timeout
+        self._fail_fast()
+        if not self._slots.acquire(timeout=self.timeout):
+            raise PostgresUnavailable(f"postgres: no connection came free within {self.timeout:g}s "
+                                      f"(every one is waiting on PostgreSQL)")
+        conn = None
+        try:
+            conn = self._take_idle() or self._connect(deadline)
+            with _Deadline(conn, deadline - time.monotonic()) as watch:
+                try:
+                    result = work(conn)
+                except psycopg.OperationalError as exc:
+                    if watch.expired:
+                        raise psycopg.OperationalError(
+                            f"no answer within {self.timeout:g}s") from exc
+                    raise
+            if watch.expired:  # answered just in time, but the socket is cut now
+                conn.close()
+        except psycopg.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise self._failed(exc) from exc
+        finally:
+            if conn is not None:
+                self._put_back(conn)
+            self._slots.release()
+        self._succeeded()
+        return result
+
+    def _connect(self, deadline: float) -> psycopg.Connection:
+        left = min(self.connect_timeout, deadline - time.monotonic())
+        if left < MIN_CONNECT_TIMEOUT:  # psycopg would wait that long anyway
+            raise psycopg.OperationalError(f"no answer within {self.timeout:g}s")
+        return psycopg.connect(**self._conninfo, autocommit=True, connect_timeout=int(left))
+
+    def _take_idle(self) -> psycopg.Connection | None:
+        with self._pool_lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn
+        return None
+
+    def _put_back(self, conn: psycopg.Connection) -> None:
+        if conn.closed or conn.broken:
+            return
+        with self._pool_lock:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _fail_fast(self) -> None:
+        """While PostgreSQL is known not to answer, say so at once instead of trying again."""
+        down = self._down
+        if down is not None and time.monotonic() < down[0]:
+            self.failures += 1  # the back-off grows as if each try had failed
+            raise PostgresUnavailable(f"postgres: {down[1]} (next try in "
+                                      f"{max(down[0] - time.monotonic(), 0):.1f}s)")
 
     def _write(self, rows: list[tuple]) -> int:
         """Upsert ``rows`` in one transaction; return how many were written."""
-        with self._lock:
+
+        def upsert(conn: psycopg.Connection) -> int:
             try:
-                conn = self._connection()
-                try:
-                    with conn.transaction(), conn.cursor() as cur:
-                        cur.executemany(UPSERT, rows)
-                        written = cur.rowcount
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    written = self._write_one_by_one(conn, rows, exc)
-            except psycopg.Error as exc:
-                raise self._failed(exc) from exc
-            self._succeeded()
-        return max(written, 0)
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(UPSERT, rows)
+                    return cur.rowcount
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                return self._write_one_by_one(conn, rows, exc)
+
+        return max(self._run(upsert), 0)
 
     def _write_one_by_one(self, conn: psycopg.Connection, rows: list[tuple],
                           exc: psycopg.Error) -> int:
@@ -533,25 +622,18 @@ class Mirror:
         return written
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                rows = self._connection().execute(sql, params).fetchall()
-            except psycopg.Error as exc:
-                raise self._failed(exc) from exc
-            self._succeeded()
-        return rows
+        return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     def _failed(self, exc: psycopg.Error) -> PostgresUnavailable:
-        """Drop a broken connection, count the failure, log the first one of a run."""
+        """Count the failure, log the first one of a run; after no answer, fail fast a while."""
         self.failures += 1
         if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
             error: PostgresUnavailable = SchemaMissing(
                 f"postgres: {_one_line(exc)}: run progress-service db upgrade")
         else:
             error = PostgresUnavailable(f"postgres: {_one_line(exc)}")
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
+            if isinstance(exc, psycopg.OperationalError):
+                self._down = (time.monotonic() + self.recheck_after, _one_line(exc))
         if self.postgres_ok is not False:
             logger.warning("mirror: PostgreSQL is unavailable (%s); finished jobs wait in Redis", error)
         self.postgres_ok = False
@@ -562,6 +644,7 @@ class Mirror:
             logger.info("mirror: PostgreSQL is back")
         self.postgres_ok = True
         self.failures = 0
+        self._down = None
 
     def _snapshot(self, row: Sequence[Any]) -> dict[str, Any]:
         snap = dict(zip(_SNAPSHOT_FIELDS, row, strict=True))
@@ -571,3 +654,50 @@ class Mirror:
         snap["is_stale"] = False
         snap["eta_seconds"] = None
         return snap
+
+
+def _conninfo(database_url: str, timeout: float) -> dict[str, Any]:
+    """``database_url``'s connection parameters, with the server-side statement timeout
+    added to its ``options`` (kept: a ``search_path`` there still applies)."""
+    params = conninfo_to_dict(database_url)
+    options = f"{params.get('options') or ''} -c statement_timeout={int(timeout * 1000)}"
+    params.update(options=options.strip(), application_name="progress-service mirror")
+    params.pop("connect_timeout", None)  # ours is bounded by the access's deadline
+    return params
+
+
+class _Deadline:
+    """Cuts a connection's socket (``shutdown``) if the code inside takes more than ``seconds``.
+
+    The statement timeout is the server's; a partitioned network delivers nothing,
+    not even the cancel, and psycopg would wait for ever. A shutdown wakes the wait
+    at once (psycopg raises ``OperationalError``); ``expired`` says it happened.
+    """
+
+    def __init__(self, conn: psycopg.Connection, seconds: float) -> None:
+        self.expired = False
+        self._sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self._timer = threading.Timer(max(seconds, 0.0), self._cut)
+        self._timer.daemon = True
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+            self._sock.close()
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
