@@ -535,6 +535,7 @@ class Mirror:
                                       f"(every one is waiting on PostgreSQL)")
         conn = None
         try:
+            self._fail_fast()  # it may have failed for another caller meanwhile
             conn = self._take_idle() or self._connect(deadline)
             with _Deadline(conn, deadline - time.monotonic()) as watch:
                 try:
