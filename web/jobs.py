@@ -24,7 +24,7 @@ TERMINAL_STATUSES = frozenset(s.value for s in TERMINAL)
 # A read answers within 3 s even while PostgreSQL is partitioned away: each PostgreSQL
 # access gets MIRROR_TIMEOUT seconds in all (connecting included, at libpq's 2 s floor),
 # and for MIRROR_RECHECK_AFTER seconds after one got no answer the others fail at once.
-MIRROR_TIMEOUT = 2.5
+MIRROR_TIMEOUT = 2.2
 MIRROR_CONNECT_TIMEOUT = 2
 MIRROR_RECHECK_AFTER = 2.0
 
