@@ -199,7 +199,6 @@ class Mirror:
         self.recheck_after = recheck_after
         self.failures = 0  # PostgreSQL failures in a row, for the back-off
         self.postgres_ok: bool | None = None  # None until the first write or read
-        self._conninfo = _conninfo(database_url, timeout)
         self._idle: list[psycopg.Connection] = []
         self._slots = threading.BoundedSemaphore(pool_size)
         self._pool_lock = threading.Lock()  # guards _idle and _closed; never held over I/O
@@ -560,9 +559,12 @@ class Mirror:
 
     def _connect(self, deadline: float) -> psycopg.Connection:
         left = min(self.connect_timeout, deadline - time.monotonic())
-        if left < MIN_CONNECT_TIMEOUT:  # psycopg would wait that long anyway
+        if left < MIN_CONNECT_TIMEOUT - 0.1:  # psycopg would wait 2 s anyway: past the deadline
             raise psycopg.OperationalError(f"no answer within {self.timeout:g}s")
-        return psycopg.connect(**self._conninfo, autocommit=True, connect_timeout=int(left))
+        # Parsed here, not in __init__: a malformed URL is a failed access (503 on the web).
+        params = _conninfo(self.database_url, self.timeout)
+        return psycopg.connect(**params, autocommit=True,
+                               connect_timeout=max(MIN_CONNECT_TIMEOUT, int(left)))
 
     def _take_idle(self) -> psycopg.Connection | None:
         with self._pool_lock:

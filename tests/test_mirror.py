@@ -291,6 +291,38 @@ def test_jobs_finished_while_postgres_is_down_land_when_it_returns(store, db_url
     assert sum("PostgreSQL is back" in msg for msg in messages) == 1
 
 
+def test_a_write_into_a_partition_times_out_and_the_job_waits_for_the_next_try(store, db_url):
+    proxy = TcpProxy(db_url)
+    proxy.up()
+    try:
+        with Mirror(store, proxy.url, timeout=2, retry_base=0.1, retry_max=0.2, recheck_after=0.5) as m:
+            assert m.count() == 0  # a connection is open: the partition hangs it, not refuses it
+            proxy.blackhole()
+            finish(store, "in-the-partition")
+            start = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="no answer within 2s"):
+                m.sweep()
+            assert time.monotonic() - start < 3  # bounded by the timeout, not by the network
+            with pytest.raises(BackendUnavailable, match="next try in"):
+                m.fetch("in-the-partition")  # meanwhile, callers are told at once
+            assert "in-the-partition" in due(store)
+            assert ttls(store, "in-the-partition") == {-1}  # a hanging try expires nothing
+
+            proxy.heal()
+            store.client.zadd(store.keys.mirror_due, {"in-the-partition": 0})
+            assert wait_until(lambda: _sweeps(m), timeout=10)
+        assert [r["job_id"] for r in rows(db_url)] == ["in-the-partition"]
+    finally:
+        proxy.down()
+
+
+def _sweeps(m: Mirror) -> int:
+    try:
+        return m.sweep()
+    except BackendUnavailable:
+        return 0
+
+
 def ttls(store, job_id):
     return {store.client.ttl(store.keys.job(job_id)), store.client.ttl(store.keys.history(job_id))}
 
