@@ -26,13 +26,9 @@ keeps its keys persistent; only once its row has landed does
 ``lua/expire_mirrored-2.lua`` set that expiry. A job nothing mirrors waits in
 Redis (and in the due set) for as long as it takes.
 
-Every PostgreSQL access is bounded: at most ``timeout`` seconds in all
-(connecting, waiting for a free connection, the statement), enforced on the
-client (a blackholed network answers nothing, not even a reset) as well as by
-the server's ``statement_timeout``. Connections come from a small pool
-(``pool_size``), so one caller never waits on another's hung connection; after
-PostgreSQL failed to answer, callers fail fast for ``recheck_after`` seconds
-instead of each waiting out the same partition.
+Every PostgreSQL access goes through a :class:`~progress_service.postgres.PostgresPool`:
+at most ``timeout`` seconds in all, a pool so that no caller waits on another's
+hung connection, and a fail-fast window after PostgreSQL did not answer.
 
 The mirror creates no table itself: the schema comes from ``progress-service
 db upgrade`` (``progress_service.migrations``); without it every write fails
@@ -43,21 +39,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
 from .models import ID_PATTERN, TERMINAL, build_snapshot, iso_ms, validate_id
+from .postgres import PostgresPool, one_line
 from .scripts import script_source
 from .store import ProgressStore
 
@@ -99,7 +92,6 @@ _SNAPSHOT_FIELDS = _NAMES[:-1]  # without history
 SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-MIN_CONNECT_TIMEOUT = 2  # seconds: libpq's (and psycopg's) floor for connect_timeout
 T = TypeVar("T")
 
 
@@ -109,11 +101,6 @@ def _text(value: Any) -> str:
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -186,24 +173,17 @@ class Mirror:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if timeout < MIN_CONNECT_TIMEOUT or pool_size < 1:
-            raise ValueError(f"timeout must be at least {MIN_CONNECT_TIMEOUT}s and pool_size at least 1")
         self.store = store
         self.database_url = database_url
         self.batch_size = batch_size
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.lease = lease  # seconds a claimed due entry waits before another sweeper may take it
-        self.connect_timeout = connect_timeout
-        self.timeout = timeout
-        self.recheck_after = recheck_after
         self.failures = 0  # PostgreSQL failures in a row, for the back-off
         self.postgres_ok: bool | None = None  # None until the first write or read
-        self._idle: list[psycopg.Connection] = []
-        self._slots = threading.BoundedSemaphore(pool_size)
-        self._pool_lock = threading.Lock()  # guards _idle and _closed; never held over I/O
-        self._closed = False
-        self._down: tuple[float, str] | None = None  # (monotonic time to try again, why)
+        self._postgres = PostgresPool(database_url, timeout=timeout, connect_timeout=connect_timeout,
+                                      pool_size=pool_size, recheck_after=recheck_after,
+                                      application_name="progress-service mirror")
         self._read = store.client.register_script(script_source("read_for_mirror"))
         self._claim = store.client.register_script(script_source("claim_mirror_due"))
         self._expire = store.client.register_script(script_source("expire_mirrored"))
@@ -350,12 +330,7 @@ class Mirror:
         return int(self._query(f"SELECT count(*) FROM {TABLE}")[0][0])
 
     def close(self) -> None:
-        """Close the idle connections (and each busy one when its caller is done)."""
-        with self._pool_lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._postgres.close()
 
     def __enter__(self) -> Mirror:
         return self
@@ -522,74 +497,17 @@ class Mirror:
     # -- internals: PostgreSQL --------------------------------------------
 
     def _run(self, work: Callable[[psycopg.Connection], T]) -> T:
-        """``work(connection)`` on a connection of the pool, within ``timeout`` seconds in all.
-
-        Raises ``PostgresUnavailable`` (at once while PostgreSQL is known to be down)
-        when it fails or does not answer in time; the connection is dropped then.
-        """
-        deadline = time.monotonic() + self.timeout
-        self._fail_fast()
-        if not self._slots.acquire(timeout=self.timeout):
-            raise PostgresUnavailable(f"postgres: no connection came free within {self.timeout:g}s "
-                                      f"(every one is waiting on PostgreSQL)")
-        conn = None
+        """``work(connection)`` within the pool's deadline; PostgreSQL's failures counted and
+        logged, and raised as ``PostgresUnavailable`` (``SchemaMissing`` for a missing table)."""
         try:
-            self._fail_fast()  # it may have failed for another caller meanwhile
-            conn = self._take_idle() or self._connect(deadline)
-            with _Deadline(conn, deadline - time.monotonic()) as watch:
-                try:
-                    result = work(conn)
-                except psycopg.OperationalError as exc:
-                    if watch.expired:
-                        raise psycopg.OperationalError(
-                            f"no answer within {self.timeout:g}s") from exc
-                    raise
-            if watch.expired:  # answered just in time, but the socket is cut now
-                conn.close()
+            result = self._postgres.run(work)
         except psycopg.Error as exc:
-            if conn is not None:
-                conn.close()
             raise self._failed(exc) from exc
-        finally:
-            if conn is not None:
-                self._put_back(conn)
-            self._slots.release()
+        except PostgresUnavailable:
+            self.failures += 1  # told at once: the back-off grows as if this try had failed
+            raise
         self._succeeded()
         return result
-
-    def _connect(self, deadline: float) -> psycopg.Connection:
-        left = min(self.connect_timeout, deadline - time.monotonic())
-        if left < MIN_CONNECT_TIMEOUT - 0.1:  # psycopg would wait 2 s anyway: past the deadline
-            raise psycopg.OperationalError(f"no answer within {self.timeout:g}s")
-        # Parsed here, not in __init__: a malformed URL is a failed access (503 on the web).
-        params = _conninfo(self.database_url, self.timeout)
-        return psycopg.connect(**params, autocommit=True,
-                               connect_timeout=max(MIN_CONNECT_TIMEOUT, int(left)))
-
-    def _take_idle(self) -> psycopg.Connection | None:
-        with self._pool_lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed:
-                    return conn
-        return None
-
-    def _put_back(self, conn: psycopg.Connection) -> None:
-        if conn.closed or conn.broken:
-            return
-        with self._pool_lock:
-            if not self._closed:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def _fail_fast(self) -> None:
-        """While PostgreSQL is known not to answer, say so at once instead of trying again."""
-        down = self._down
-        if down is not None and time.monotonic() < down[0]:
-            self.failures += 1  # the back-off grows as if each try had failed
-            raise PostgresUnavailable(f"postgres: {down[1]} (next try in "
-                                      f"{max(down[0] - time.monotonic(), 0):.1f}s)")
 
     def _write(self, rows: list[tuple]) -> int:
         """Upsert ``rows`` in one transaction; return how many were written."""
@@ -609,7 +527,7 @@ class Mirror:
         """A row PostgreSQL refuses must not hold back its batch: write the rows one by one,
         retry a refused one with NUL characters replaced, and give up only on that row."""
         logger.warning("mirror: a batch of %d was refused (%s); writing row by row",
-                       len(rows), _one_line(exc))
+                       len(rows), one_line(exc))
         written = 0
         for row in rows:
             for attempt in (row, tuple(_strip_nul(v) for v in row)):
@@ -621,22 +539,20 @@ class Mirror:
                 except (psycopg.DataError, psycopg.IntegrityError) as row_exc:
                     if attempt is not row:
                         logger.error("job %s: PostgreSQL refuses its row, not mirrored: %s",
-                                     row[0], _one_line(row_exc))
+                                     row[0], one_line(row_exc))
         return written
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     def _failed(self, exc: psycopg.Error) -> PostgresUnavailable:
-        """Count the failure, log the first one of a run; after no answer, fail fast a while."""
+        """Count the failure, log the first one of a run."""
         self.failures += 1
         if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
             error: PostgresUnavailable = SchemaMissing(
-                f"postgres: {_one_line(exc)}: run progress-service db upgrade")
+                f"postgres: {one_line(exc)}: run progress-service db upgrade")
         else:
-            error = PostgresUnavailable(f"postgres: {_one_line(exc)}")
-            if isinstance(exc, psycopg.OperationalError):
-                self._down = (time.monotonic() + self.recheck_after, _one_line(exc))
+            error = PostgresUnavailable(f"postgres: {one_line(exc)}")
         if self.postgres_ok is not False:
             logger.warning("mirror: PostgreSQL is unavailable (%s); finished jobs wait in Redis", error)
         self.postgres_ok = False
@@ -647,7 +563,6 @@ class Mirror:
             logger.info("mirror: PostgreSQL is back")
         self.postgres_ok = True
         self.failures = 0
-        self._down = None
 
     def _snapshot(self, row: Sequence[Any]) -> dict[str, Any]:
         snap = dict(zip(_SNAPSHOT_FIELDS, row, strict=True))
@@ -657,50 +572,3 @@ class Mirror:
         snap["is_stale"] = False
         snap["eta_seconds"] = None
         return snap
-
-
-def _conninfo(database_url: str, timeout: float) -> dict[str, Any]:
-    """``database_url``'s connection parameters, with the server-side statement timeout
-    added to its ``options`` (kept: a ``search_path`` there still applies)."""
-    params = conninfo_to_dict(database_url)
-    options = f"{params.get('options') or ''} -c statement_timeout={int(timeout * 1000)}"
-    params.update(options=options.strip(), application_name="progress-service mirror")
-    params.pop("connect_timeout", None)  # ours is bounded by the access's deadline
-    return params
-
-
-class _Deadline:
-    """Cuts a connection's socket (``shutdown``) if the code inside takes more than ``seconds``.
-
-    The statement timeout is the server's; a partitioned network delivers nothing,
-    not even the cancel, and psycopg would wait for ever. A shutdown wakes the wait
-    at once (psycopg raises ``OperationalError``); ``expired`` says it happened.
-    """
-
-    def __init__(self, conn: psycopg.Connection, seconds: float) -> None:
-        self.expired = False
-        self._sock = socket.socket(fileno=os.dup(conn.fileno()))
-        self._timer = threading.Timer(max(seconds, 0.0), self._cut)
-        self._timer.daemon = True
-        self._lock = threading.Lock()
-        self._done = False
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
-        with self._lock:
-            self._done = True
-            self._sock.close()
-
-    def _cut(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self.expired = True
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
