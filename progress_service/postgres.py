@@ -17,6 +17,10 @@ arrives, nor would a cancel). :class:`PostgresPool` bounds every access::
   at once with ``PostgresUnavailable`` for ``recheck_after`` seconds instead of
   each waiting out the same partition.
 
+One limit: libpq's convention gives ``connect_timeout`` to each address a host
+name resolves to, so a name with two addresses (``localhost``: ::1 and
+127.0.0.1) may take twice as long to fail to connect; name an address.
+
 ``run`` raises psycopg's errors as they are (the caller maps them: see
 ``progress_service.mirror``), and ``PostgresUnavailable`` when it did not try.
 """
