@@ -24,7 +24,8 @@ No finished job leaves Redis unmirrored: ``lua/update_progress-2.lua`` writes
 down when a finished job expires (``PROGRESS_JOB_TTL`` after it finished) but
 keeps its keys persistent; only once its row has landed does
 ``lua/expire_mirrored-2.lua`` set that expiry. A job nothing mirrors waits in
-Redis (and in the due set) for as long as it takes.
+Redis (and in the due set) for as long as it takes. (The one exception: a row
+PostgreSQL refuses outright, logged as an error, expires as if it had landed.)
 
 Every PostgreSQL access goes through a :class:`~progress_service.postgres.PostgresPool`:
 at most ``timeout`` seconds in all, a pool so that no caller waits on another's
