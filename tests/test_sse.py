@@ -403,3 +403,40 @@ def test_keep_alive_comments_flow_while_a_job_is_quiet(settings, real_redis):
     response.close()
     assert app.extensions["progress_events"].client_count == 0
     app.extensions["progress_events"].close()
+
+
+def raw_request(base: str, data: bytes) -> tuple[str, dict[str, str], bytes]:
+    """(status line, headers, body) of the answer to ``data`` sent as it is: a request that
+    no HTTP client would send."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=READ_TIMEOUT) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in lines)}
+    return status_line, headers, body
+
+
+# Each request is read whole by gunicorn before it answers (a few kB at most): unread bytes
+# left behind would turn its close into a reset that can swallow the answer.
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GARBAGE\r\n\r\n", 400),  # no method, path, version
+    (b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", 400),  # a broken header
+    (b"GET /api/v1/jobs HTTP/9.9\r\nHost: x\r\n\r\n", 400),  # an HTTP version that is not
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),  # over --limit-request-line
+    (b"GET /api/v1/jobs HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n",
+     431),  # over --limit-request-fields
+], ids=["request-line", "header", "version", "uri-too-long", "too-many-headers"])
+def test_requests_gunicorn_refuses_itself_get_a_json_error(server, request_bytes, status):
+    """gunicorn answers these before the app runs: JSON like every other error, not its HTML page."""
+    status_line, headers, body = raw_request(server.base, request_bytes)
+    assert status_line.startswith(f"HTTP/1.1 {status} "), (status_line, body[:200])
+    assert headers["content-type"] == "application/json", (headers, body[:200])
+    assert int(headers["content-length"]) == len(body)
+    assert headers["cache-control"] == "no-cache, no-store, must-revalidate"
+    answer = json.loads(body)
+    assert set(answer) == {"error", "detail"} and answer["error"] and answer["detail"], answer
+    assert b"<html" not in body
