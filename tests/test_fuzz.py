@@ -29,7 +29,7 @@ import urllib.parse
 
 import pytest
 import redis
-from conftest import unavailable
+from conftest import embedded_redis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -153,16 +153,8 @@ def fuzzed_request(draw, table):
 @pytest.fixture
 def private_redis_url(redis_server_bin):
     """A Redis of this test's own: every key it holds afterwards is one the test made."""
-    from progress_service.embedded import EmbeddedRedis, EmbeddedServerError
-
-    if redis_server_bin is None:
-        unavailable("no redis-server binary for the fuzz test's private Redis")
-    try:
-        server = EmbeddedRedis(binary=redis_server_bin)
-    except EmbeddedServerError as exc:
-        unavailable(f"the fuzz test's private Redis did not start: {exc}")
-    with server:
-        yield server.url
+    with embedded_redis(redis_server_bin, "the fuzz test wants a Redis of its own") as url:
+        yield url
 
 
 @pytest.fixture
