@@ -440,3 +440,15 @@ def test_requests_gunicorn_refuses_itself_get_a_json_error(server, request_bytes
     answer = json.loads(body)
     assert set(answer) == {"error", "detail"} and answer["error"] and answer["detail"], answer
     assert b"<html" not in body
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"\xc2\xb2", b"9" * 5000])
+def test_a_last_event_id_that_is_no_seq_is_a_400_json_error_over_gunicorn(server, sse_store, value):
+    """Raw bytes as a browser or a proxy may send them (gunicorn hands them on as latin-1)."""
+    job_id = new_job(sse_store)
+    request = (f"GET /api/v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               .encode() + b"Last-Event-ID: " + value + b"\r\n\r\n")
+    status_line, headers, body = raw_request(server.base, request)
+    assert status_line.startswith("HTTP/1.1 400 "), (status_line, body[:200])
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "invalid_input"
