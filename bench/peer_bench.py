@@ -160,6 +160,51 @@ def measure_rounds(client: redis.Redis, writers: list[Writer], jobs: int, rounds
             w.cmd_us.append((after_cmd.get(w.command, 0) - before_cmd.get(w.command, 0)) / jobs)
 
 
+# Where ours goes: the update's commands one by one, each part adding one, with the
+# arguments ProgressStore sends (a percent-only update of a running job).
+_HMGET = ("local rcall = redis.call\n"
+          "local cur = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'current_step', "
+          "'completed_count', 'total_steps', 'message', 'error', 'result', 'seq', 'started_at_ms', "
+          "'job_id', 'paper_id', 'finished_at_ms', 'completed_json')\n")
+_TIME = ("local t = rcall('TIME')\n"
+         "local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
+         "local seq = tostring(tonumber(cur[9]) + 1)\n")
+_HSET = "rcall('HSET', KEYS[1], 'progress_percent', ARGV[1], 'seq', seq, 'progress_updated_at_ms', now)\n"
+_XADD = ("rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq, 'at', now, "
+         "'progress_percent', ARGV[1], 'current_step', cur[3], 'status', cur[1])\n")
+_PUBLISH = ("local payload = '{\"job_id\":\"' .. cur[11] .. '\",\"paper_id\":\"' .. cur[12] .. '\",\"seq\":' .. seq "
+            ".. ',\"status\":\"' .. cur[1] .. '\",\"progress_percent\":' .. ARGV[1] .. ',\"current_step\":null"
+            ",\"completed_steps\":' .. cur[14] .. ',\"total_steps\":' .. cur[5] .. ',\"message\":null,\"error\":null"
+            ",\"result\":null,\"progress_updated_at_ms\":' .. now .. ',\"started_at_ms\":null,\"finished_at_ms\":null}'\n"
+            "rcall('PUBLISH', ARGV[8], payload)\nrcall('PUBLISH', ARGV[9], payload)\n")
+PARTS = [
+    ("HMGET of 14 fields", _HMGET),
+    ("+ TIME", _HMGET + _TIME),
+    ("+ HSET of 3 fields", _HMGET + _TIME + _HSET),
+    ("+ XADD to the history", _HMGET + _TIME + _HSET + _XADD),
+    ("+ the event, 2 PUBLISHes", _HMGET + _TIME + _HSET + _XADD + _PUBLISH),
+]
+
+
+def part_writers(raw: redis.Redis, store: ProgressStore, jobs: list[str]) -> list[Writer]:
+    """A writer per part: the same percent-only update as ours, through the part alone."""
+    out = []
+    tick = [0]
+    for name, body in PARTS:
+        sha = raw.script_load(body + "return 1")
+
+        def write(n: int, sha: str = sha) -> None:
+            tick[0] += 1
+            for start in range(0, n, CHUNK):
+                pipe = raw.pipeline(transaction=False)
+                for j in jobs[start:min(n, start + CHUNK)]:
+                    keys, args = store._update_call(j, progress_percent=tick[0] * 0.001)
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                pipe.execute()
+        out.append(Writer(name, "evalsha", write))
+    return out
+
+
 def reader_latency(update: Callable[[int], None], wait_for: Callable[[int], None],
                    n: int) -> list[float]:
     """ms from just before ``update(i)`` to ``wait_for(i)`` seeing it, for i in 1..n."""
@@ -441,6 +486,8 @@ def main() -> int:
         # commandstats lumps every EVALSHA together, so each writer's rounds run alone
         measure_rounds(client, writers, len(jobs), args.rounds)
         by_name = {w.name: w for w in writers}
+        parts = part_writers(raw, store, jobs) + [Writer("update_progress-2.lua", "evalsha", ours)]
+        measure_rounds(client, parts, len(jobs), args.rounds)
 
         # memory of one running job after --updates updates (a fresh job of each system)
         store.create_job("mem", "31452104", steps=DEFAULT_STEPS)
@@ -508,6 +555,9 @@ def main() -> int:
             cpu = median(w.cpu_us)
             ratio = f"{cpu / median(bull.cpu_us):.2f}x" if bull else "-"
             print(f"  {w.name:<32}{cpu:>12.1f}{median(w.cmd_us):>12.1f}{ratio:>11}")
+        print("where ours goes (each part adds one command; the same rounds, medians)")
+        for w in parts:
+            print(f"  {w.name:<32}{median(w.cpu_us):>12.1f}{median(w.cmd_us):>12.1f}")
         print(f"memory of one running job after {args.updates} updates (MEMORY USAGE)")
         print(f"  ours (hash {ours_hash} B + history stream)   {ours_mem:>7} B")
         print(f"  ours, history as a LIST capped at {list_cap:<4}     {list_mem:>7} B   (not shipped: a CONTRACT change)")

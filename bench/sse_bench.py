@@ -139,6 +139,12 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_file_limit(needed: int) -> None:
     """Open files enough for ``needed`` sockets, up to the hard limit (children inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -223,6 +229,7 @@ def main() -> int:
               f" -> {rss_open / 2**20:.0f} MB: {(rss_open - rss_before) / args.clients / 1024:.1f} KB per client")
 
         sent: dict[int, float] = {}
+        cpu_web, cpu_bench = cpu_seconds(worker), time.process_time()
         max_sockets = max_named = 0
         prefix_name = f"{prefix}.web.{worker}."
         for i in range(1, args.updates + 1):
@@ -239,6 +246,7 @@ def main() -> int:
         result = store.update(job_id, progress_percent=100)
         sent[result.seq] = t0
         gevent.joinall(greenlets, timeout=30)
+        cpu_web, cpu_bench = cpu_seconds(worker) - cpu_web, time.process_time() - cpu_bench
         floor.kill()
         pubsub.close()
 
@@ -258,6 +266,9 @@ def main() -> int:
         print(f"floor (pub/sub) ms: p50 {statistics.median(floor_ms):7.1f}   p99 {floor_p99:7.1f}"
               f"   max {max(floor_ms):7.1f}")
         print(f"ratio p99 SSE / p99 floor: {p99 / floor_p99:.1f}x")
+        deliveries = max(1, len(latencies))
+        print(f"CPU per delivery: web process {cpu_web / deliveries * 1e6:.0f} us, this bench's clients"
+              f" {cpu_bench / deliveries * 1e6:.0f} us (both on the same {os.cpu_count()} cores)")
         print(f"Redis connections held by the web worker (pid {worker}): max {max_sockets} sockets,"
               f" max {max_named} in CLIENT LIST")
         ok = (missing == 0 and not errors and closed == len(clients) and p99 <= P99_TARGET_MS
