@@ -534,7 +534,7 @@ class RestartableRedis:
     kills (SIGKILL, as a crash would) and starts again, empty, on the same port."""
 
     def __init__(self, binary: str) -> None:
-        from progress_service.embedded import EmbeddedRedis
+        from progress_cli.embedded import EmbeddedRedis
 
         self._start = lambda port=None: EmbeddedRedis(port=port, binary=binary,
                                                       extra_args=["--save", "", "--appendonly", "no"])
