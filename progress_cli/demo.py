@@ -357,6 +357,9 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from progress_cli.extras import require
+
+    require("web", "worker", "video", install="demo")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     demo = Demo(args)
     code = 1

@@ -50,6 +50,9 @@ def _positive(text: str) -> int:
 
 
 def run_web(args: argparse.Namespace) -> int:
+    from progress_cli.extras import require
+
+    require("web")  # checked here: gunicorn imports the app in a process of its own
     argv = gunicorn_argv(args.host, args.port, args.workers, worker_connections=args.worker_connections,
                          access_log=args.access_log, log_level="debug" if args.verbose else None)
     print(f"progress-service web: http://{args.host}:{args.port}/ "
