@@ -116,6 +116,10 @@ class _ServerProcess:
         atexit.register(self.stop)
 
     @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
@@ -248,10 +252,6 @@ class EmbeddedRedis(_ServerProcess):
             self.dir,
             time.monotonic() - started,
         )
-
-    @property
-    def host(self) -> str:
-        return LOOPBACK
 
     @property
     def url(self) -> str:
@@ -387,10 +387,6 @@ class EmbeddedPostgres(_ServerProcess):
             f", as user {self.run_as.pw_name}" if self.run_as else "",
             time.monotonic() - started,
         )
-
-    @property
-    def host(self) -> str:
-        return LOOPBACK
 
     @property
     def url(self) -> str:
