@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,6 +25,8 @@ from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
 from .keys import Keys
 from .models import (
     DEFAULT_STEPS,
+    MAX_EXACT_INT,
+    MAX_SEQ_FLOOR,
     TERMINAL,
     Status,
     build_snapshot,
@@ -88,32 +89,74 @@ class ProgressStore:
     ) -> dict[str, Any]:
         """Create ``job_id`` in ``pending`` and return its snapshot.
 
-        Its first ``seq`` is ``seq_floor + 1`` (default 1). A runner re-creating a
-        job that the store lost (Redis restarted empty) passes the last seq it saw:
-        readers drop any event whose seq is not newer than what they have shown;
-        and the job's own ``created_at_ms`` / ``started_at_ms`` (Redis-clock times
-        it read before, not in the future), so that it does not look newly created
-        or started: its next move to ``running`` keeps that start time.
+        Its first ``seq`` is ``seq_floor + 1`` (default 1); ``created_at_ms`` and
+        ``started_at_ms`` carry over a lost job's times (see :meth:`restore_job`,
+        which a runner re-creating a running job uses instead).
         Raises ``JobConflict`` if the job exists already.
         """
+        return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
+                            created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=[])
+
+    def restore_job(
+        self,
+        job_id: str,
+        paper_id: str,
+        steps: Iterable[str],
+        pipeline: str,
+        *,
+        seq_floor: int,
+        created_at_ms: int | None = None,
+        started_at_ms: int | None = None,
+        status: Status | str = Status.RUNNING,
+        progress_percent: float = 0,
+        current_step: str | None = None,
+        message: str | None = None,
+    ) -> dict[str, Any]:
+        """Re-create a job the store lost (Redis restarted empty) at the state it had.
+
+        One script call writes the job and publishes its one event already at
+        ``status`` (``running``, or ``pending``), ``current_step`` (the steps
+        before it done), ``progress_percent`` and ``message``, with the job's own
+        ``created_at_ms`` / ``started_at_ms`` (Redis-clock times read before, not
+        in the future; a running job without one starts now) and ``seq`` going
+        on from ``seq_floor + 1``: readers, who drop any event not newer than what
+        they have shown, take it, and none sees the job move back (CONTRACT,
+        "Redis"). Raises ``JobConflict`` if the job exists already, ``InvalidInput``
+        (before anything is written) for a bad argument.
+        """
+        status_arg = _status_arg(status)
+        if status_arg not in (Status.PENDING.value, Status.RUNNING.value):
+            raise InvalidInput(f"a job is restored pending or running, not {status_arg}")
+        if progress_percent is None:
+            raise InvalidInput("progress_percent must be a number from 0 to 100, got None")
+        restore = [status_arg, _progress_arg(progress_percent),
+                   "" if current_step is None else _step_arg(current_step),
+                   "" if message is None else _text_arg(message, "message")]
+        return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
+                            created_at_ms=created_at_ms, started_at_ms=started_at_ms,
+                            restore=restore)
+
+    def _create(self, job_id, paper_id, steps, pipeline, *, seq_floor, created_at_ms,
+                started_at_ms, restore: list[str]) -> dict[str, Any]:
+        """create_job-2.lua, then the job's place in the indexes; ``restore``: its ARGV[11..14]."""
         validate_id(job_id, "job_id")
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
         names = validate_steps(steps)
-        if isinstance(seq_floor, bool) or not isinstance(seq_floor, int) or seq_floor < 0:
-            raise InvalidInput(f"seq_floor must be a whole number >= 0, got {seq_floor!r}")
+        _whole(seq_floor, "seq_floor", MAX_SEQ_FLOOR)
         for name, value in (("created_at_ms", created_at_ms), ("started_at_ms", started_at_ms)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise InvalidInput(f"{name} must be a whole number of ms >= 0, got {value!r}")
+            if value is not None:
+                _whole(value, name, MAX_EXACT_INT)  # create_job-2.lua: and not in the future
         k = self.keys
         reply = self._call(
             self.scripts.create,
             [k.job(job_id), k.history(job_id)],
             [job_id, paper_id, pipeline, json.dumps(names), k.events(job_id), k.all_events,
              self.settings.history_maxlen, seq_floor,
-             "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms],
+             "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms,
+             *restore],
         )
-        created, _, created_ms = (int(x) for x in reply)
+        created, seq, created_ms = (int(x) for x in reply)
         if not created:
             raise JobConflict(f"job {job_id} exists already")
         paper_key = k.paper_jobs(paper_id)
@@ -134,7 +177,12 @@ class ProgressStore:
             pipe.execute()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        logger.info("job %s: created for paper %s (%s, %d steps)", job_id, paper_id, pipeline, len(names))
+        if restore:
+            logger.info("job %s: restored for paper %s (%s, %s at %s%%, seq %d)", job_id, paper_id,
+                        pipeline, restore[0], restore[1], seq)
+        else:
+            logger.info("job %s: created for paper %s (%s, %d steps)", job_id, paper_id, pipeline,
+                        len(names))
         snap = self.get(job_id)
         assert snap is not None
         return snap
@@ -460,14 +508,22 @@ class ProgressStore:
                               pending_stale_after=s.pending_stale_after, recent=points)
 
 
+def _whole(value, what: str, maximum: int) -> int:
+    """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
+    return value
+
+
 def _progress_arg(value) -> str:
+    """The percent as the script reads it: exact here, rounded to 6 decimals there
+    (update_progress-2.lua, the one place that rounds, for every caller)."""
     if value is None:
         return ""
     if type(value) is float and 0.0 <= value <= 100.0:  # the common case, checked cheaply
         return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
-    if not math.isfinite(value) or not 0 <= value <= 100:
+    # compared before any conversion: float(10**400) would raise OverflowError; NaN fails it
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
         raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
     return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
 
@@ -510,3 +566,5 @@ def _result_arg(value) -> str:
         return "=" + json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"result must be JSON-serialisable: {exc}") from None
+    except RecursionError:  # the script allows 64 levels (update_progress-2.lua)
+        raise InvalidInput("result must nest at most 64 levels deep") from None

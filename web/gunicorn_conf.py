@@ -21,6 +21,17 @@ always passes ``--bind`` and ``--workers`` (from its own ``--host``/``--port``/
 
 import os
 
+import gunicorn.http.wsgi
+
+# The Server header does not advertise gunicorn. gunicorn (since 20.1; tested with 27)
+# writes ``Server: <gunicorn.http.wsgi.SERVER>`` itself, and an app's own Server header
+# would only be a second one. That module imported ``gunicorn.SERVER`` by value, so
+# setting ``gunicorn.SERVER`` here would be too late. The workers, forked from this
+# master, inherit the change; SERVER_SOFTWARE (the WSGI environ's) likewise.
+SERVER_NAME = "progress-service"
+gunicorn.http.wsgi.SERVER = SERVER_NAME
+gunicorn.http.wsgi.SERVER_SOFTWARE = SERVER_NAME
+
 wsgi_app = "web:create_app()"
 bind = os.environ.get("PROGRESS_WEB_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PROGRESS_WEB_WORKERS", "2"))
@@ -43,7 +54,8 @@ control_socket_disable = True
 
 
 def post_fork(server, worker):
-    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr.
+    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr,
+    and gunicorn's own error answers in JSON (``web.gunicorn_errors``).
 
     At gunicorn's effective log level (``--log-level`` wins over ``PROGRESS_WEB_LOG_LEVEL``).
     gunicorn's own loggers do not propagate to the root logger, so nothing is logged twice.
@@ -54,6 +66,10 @@ def post_fork(server, worker):
         level=str(worker.cfg.loglevel).upper(),
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+
+    from web.gunicorn_errors import answer_errors_in_json
+
+    answer_errors_in_json()  # a malformed request gunicorn refuses itself gets a JSON error too
 
 
 def post_worker_init(worker):
