@@ -277,7 +277,7 @@ def test_demo_says_in_one_line_that_postgres_could_not_start(tmp_path, real_redi
     result = subprocess.run([sys.executable, "-m", "progress_cli", "demo"], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    assert result.returncode == 69, output  # EX_UNAVAILABLE: a server could not be started
     assert "Traceback" not in output
     failures = [line for line in output.splitlines() if "could not start" in line]
     assert len(failures) == 1, output
