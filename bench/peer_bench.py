@@ -59,8 +59,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from progress_cli.embedded import EmbeddedRedis, find_free_port  # noqa: E402
 from progress_service.config import Settings  # noqa: E402
-from progress_service.embedded import EmbeddedRedis, find_free_port  # noqa: E402
 from progress_service.models import DEFAULT_STEPS  # noqa: E402
 from progress_service.store import ProgressStore  # noqa: E402
 
@@ -332,6 +332,14 @@ def start_web(redis_url: str, prefix: str, **extra_env: str) -> tuple[subprocess
             time.sleep(0.1)
 
 
+def stop_web(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def memory_of(client: redis.Redis, *keys: str) -> int:
     return sum(client.memory_usage(k, samples=0) or 0 for k in keys)
 
@@ -592,11 +600,7 @@ def main() -> int:
         return 0 if ok else 1
     finally:
         if web is not None:
-            web.terminate()
-            try:
-                web.wait(20)
-            except subprocess.TimeoutExpired:
-                web.kill()
+            stop_web(web)
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

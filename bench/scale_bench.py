@@ -3,7 +3,7 @@
     .venv/bin/python bench/scale_bench.py [--jobs 10000] [--seconds 30] [--sample 50] [--no-cluster]
 
 Starts a redis-server of its own (its INFO counts this bench alone) and then a
-three-node Redis Cluster (``EmbeddedRedisCluster``, as the test suite starts it),
+three-node Redis Cluster (``tests/redis_cluster.py``, as the test suite starts it),
 and on each: creates ``--jobs`` jobs, starts ``progress-service web`` (one gevent
 worker) with one SSE client on each of ``--sample`` jobs, and for ``--seconds``
 seconds sends every job one progress update a second from one pipelined client
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,11 +37,13 @@ import redis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the suite's cluster (tests/redis_cluster.py)
 
-from peer_bench import SseReader, cpu_seconds, median, percentile, start_web  # noqa: E402
+from peer_bench import SseReader, cpu_seconds, median, percentile, start_web, stop_web  # noqa: E402
+from redis_cluster import EmbeddedRedisCluster  # noqa: E402
 
+from progress_cli.embedded import EmbeddedRedis  # noqa: E402
 from progress_service.config import Settings  # noqa: E402
-from progress_service.embedded import EmbeddedRedis, EmbeddedRedisCluster  # noqa: E402
 from progress_service.models import DEFAULT_STEPS  # noqa: E402
 from progress_service.store import ProgressStore, connect  # noqa: E402
 
@@ -120,11 +121,7 @@ def run(label: str, store: ProgressStore, web_url: str, web_env: dict[str, str],
     finally:
         for reader in readers.values():
             reader.stop = True
-        web.terminate()
-        try:
-            web.wait(20)
-        except subprocess.TimeoutExpired:
-            web.kill()
+        stop_web(web)
 
     rate = updates / elapsed
     offered = len(jobs)
