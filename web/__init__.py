@@ -15,10 +15,10 @@ import os
 
 from flask import Flask, request
 
-from progress_service.config import Settings
+from progress_service.config import ConfigError, Settings
 from progress_service.store import ProgressStore
 
-from . import api, dashboard, errors, events, metrics, pages, security
+from . import api, auth, dashboard, errors, events, metrics, pages, security
 from .fanout import EventHub
 
 MAX_BODY = 16 * 1024  # bytes of a JSON request body; more is a 413
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     ``settings.web_redis_pool``: ``PROGRESS_WEB_REDIS_POOL``, else 3).
     """
     settings = settings or Settings.from_env()
+    if settings.reads_need_token and not settings.secret_key:
+        raise ConfigError("PROGRESS_READ_AUTH=token needs PROGRESS_SECRET_KEY (it signs the read tokens)")
     if redis_pool is None:
         redis_pool = settings.web_redis_pool
     app = Flask(__name__)
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app.register_blueprint(pages.bp)
     dashboard.init_app(app, settings.redis_url)
     app.before_request(security.guard_writes)
+    app.before_request(auth.guard_reads)
     app.after_request(security.add_headers)
 
     @app.after_request

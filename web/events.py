@@ -52,6 +52,7 @@ from progress_service.models import (
     validate_id,
 )
 
+from .auth import JOB, read_access
 from .fanout import RESYNC, SHUTDOWN, Delivery, EventHub, Subscription, is_terminal, sse_frame
 from .jobs import find_job, job_history
 
@@ -195,6 +196,7 @@ class EventStream:
 
 
 @bp.get("/jobs/<job_id>/events")
+@read_access(JOB)
 def job_events(job_id: str):
     validate_id(job_id, "job_id")
     after = last_event_id()

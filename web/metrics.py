@@ -25,6 +25,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .auth import OPEN, read_access
+
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ops", __name__)
@@ -102,12 +104,14 @@ def init_app(app: Flask) -> None:
 
 
 @bp.get("/metrics")
+@read_access(OPEN)
 def metrics_text():
     registry = current_app.extensions["progress_metrics"].registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/healthz")
+@read_access(OPEN)
 def healthz():
     store = current_app.extensions["progress"]
     answer: dict[str, str] = {}

@@ -26,8 +26,11 @@
   }
 
   // The page of a job: the server names it for the jobs it listed; later ones get the same shape.
+  // Under PROGRESS_READ_AUTH=token (cfg.token: the API token this page was opened with) the
+  // list is read with it and the links carry it on.
   function pageUrl(job) {
-    return job.page_url || statusBase + encodeURIComponent(job.paper_id) + "/";
+    var url = job.page_url || statusBase + encodeURIComponent(job.paper_id) + "/";
+    return cfg.token ? url + "?token=" + encodeURIComponent(cfg.token) : url;
   }
 
   function row(job) {
@@ -56,7 +59,8 @@
   }
 
   function refresh() {
-    fetch(cfg.api_jobs_url + "?limit=50", { cache: "no-store" })
+    var headers = cfg.token ? { Authorization: "Bearer " + cfg.token } : {};
+    fetch(cfg.api_jobs_url + "?limit=50", { cache: "no-store", headers: headers })
       .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
       .then(function (data) { render(data.jobs); }, function () { /* the next tick tries again */ });
   }

@@ -16,6 +16,10 @@
  *
  * Times come from the Redis server's clock: the page learns its offset from
  * the server_now_ms it was rendered with.
+ *
+ * Under PROGRESS_READ_AUTH=token the page was opened with a token (?token=) and
+ * cfg.token holds it: fetch sends it as a bearer header, EventSource and the
+ * video (which cannot send headers) as ?token=, and only to this origin.
  */
 (function () {
   "use strict";
@@ -64,6 +68,14 @@
   function now() { return Date.now() + OFFSET; }
   function ms(iso) { var t = iso ? Date.parse(iso) : NaN; return isNaN(t) ? null : t; }
   function jobUrl(id, tail) { return cfg.api_jobs_url + "/" + encodeURIComponent(id) + (tail || ""); }
+  // A URL of this origin with the page's read token as ?token= (a URL elsewhere never gets it).
+  function withToken(url) {
+    if (!cfg.token || !url) return url;
+    var u = new URL(url, window.location.href);
+    if (u.origin !== window.location.origin) return url;
+    u.searchParams.set("token", cfg.token);
+    return u.pathname + u.search + u.hash;
+  }
 
   function duration(seconds) {
     seconds = Math.max(0, seconds);
@@ -148,7 +160,9 @@
   /* -- fetching ----------------------------------------------------------- */
 
   function getJSON(url) {
-    return fetch(url, { cache: "no-store", headers: { Accept: "application/json" } }).then(function (r) {
+    var headers = { Accept: "application/json" };
+    if (cfg.token) headers.Authorization = "Bearer " + cfg.token;
+    return fetch(url, { cache: "no-store", headers: headers }).then(function (r) {
       if (!r.ok) throw new Error(url + ": HTTP " + r.status);
       return r.json();
     });
@@ -206,7 +220,7 @@
     if (!window.EventSource) { startPolling(); return; }
     closeStream();
     var id = state.job.job_id;
-    var es = new EventSource(jobUrl(id, "/events"));
+    var es = new EventSource(withToken(jobUrl(id, "/events")));
     var delivered = false;
     state.source = es;
     es.addEventListener("progress", function (ev) {
@@ -390,7 +404,7 @@
   }
 
   function renderVideo(job) {
-    var url = state.videoUrl;
+    var url = withToken(state.videoUrl);
     if (job.status !== "completed" || !url) { el.videoBox.hidden = true; return; }
     if (el.video.getAttribute("src") !== url) {
       el.video.setAttribute("src", url);
