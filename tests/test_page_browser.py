@@ -462,3 +462,46 @@ def test_a_page_on_another_site_can_neither_cancel_nor_submit(web, store, page):
     assert sent
     assert store.get(job_id)["status"] == "running"
     assert [j["job_id"] for j in json.loads(web.get("/api/v1/jobs?paper_id=31452104")[1])["jobs"]] == []
+
+
+class TokenServer(GunicornServer):
+    """The server under ``PROGRESS_READ_AUTH=token``: it is up once its list answers the API token."""
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return self.get(f"/api/v1/jobs?limit=1&token={READ_API_TOKEN}")[0] == 200
+        except OSError:
+            return False
+
+
+READ_API_TOKEN = "browser-api-token"
+
+
+def test_under_read_auth_a_page_opened_with_a_read_token_goes_live_and_logs_no_token(
+        real_redis_url, module_key_prefix, store, page, video_file, tmp_path):
+    from web import read_tokens
+
+    env = server_env(real_redis_url, module_key_prefix, PROGRESS_READ_AUTH="token", PROGRESS_SECRET_KEY="k",
+                     PROGRESS_API_TOKEN=READ_API_TOKEN, PROGRESS_WEB_ACCESS_LOG="1")
+    srv = TokenServer(env, log_path=tmp_path / "gunicorn.log")
+    try:
+        paper = new_paper()
+        job_id = start_job(store, paper)
+        token = read_tokens.mint("k", "job", job_id)[0]
+        assert srv.get(f"/status/{paper}/")[0] == 401
+        page.goto(f"{srv.base}/status/{paper}/?token={token}")
+        wait_for_js(page, "document.getElementById('conn').textContent.startsWith('Live')", timeout=WAIT_MS)
+        store.update(job_id, progress_percent=60, current_step=STEPS[3])
+        wait_bar_at_least(page, 60)  # through the event stream, which took ?token=
+        store.update(job_id, progress_percent=100, result={"video_url": video_file.as_uri(),
+                                                           "video_path": str(video_file)})
+        page.wait_for_selector("#video-box video", state="visible", timeout=WAIT_MS)
+        assert page.get_attribute("#video", "src") == f"/api/v1/jobs/{job_id}/video?token={token}"
+        wait_for_js(page, "document.getElementById('video').readyState >= 1", timeout=WAIT_MS)
+        log = srv.log_path.read_text(errors="replace")
+        assert f"/api/v1/jobs/{job_id}/events?token=***" in log  # the stream was logged, its token not
+        assert token not in log
+    finally:
+        srv.stop()
