@@ -27,7 +27,7 @@ SECRET = "read-token-secret"
 API_TOKEN = "the-api-token"
 # GET routes that stay open under PROGRESS_READ_AUTH=token: health and metrics (CONTRACT), the
 # OpenAPI document (it describes the endpoints, no job's data) and static files.
-OPEN_ROUTES = frozenset({"static", "ops.healthz", "ops.metrics_text", "api.openapi"})
+OPEN_ROUTES = frozenset({"static", "ops.healthz", "ops.metrics_text", "openapi.openapi_json"})
 
 
 def token_settings(settings: Settings, **changes) -> Settings:
