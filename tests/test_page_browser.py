@@ -8,6 +8,7 @@ goes back to the stream once that answers again). Screenshots are kept under
 
 from __future__ import annotations
 
+import http.server
 import json
 import random
 import subprocess
@@ -477,31 +478,83 @@ class TokenServer(GunicornServer):
 
 
 READ_API_TOKEN = "browser-api-token"
+READ_SECRET = "browser-secret-key"
+
+
+@pytest.fixture(scope="module")
+def token_web(real_redis_url, module_key_prefix, tmp_path_factory):
+    """The web server under ``PROGRESS_READ_AUTH=token``, its access log on, in a file of its own."""
+    env = server_env(real_redis_url, module_key_prefix, PROGRESS_READ_AUTH="token", PROGRESS_SECRET_KEY=READ_SECRET,
+                     PROGRESS_API_TOKEN=READ_API_TOKEN, PROGRESS_WEB_ACCESS_LOG="1")
+    srv = TokenServer(env, log_path=tmp_path_factory.mktemp("token-web") / "gunicorn.log")
+    yield srv
+    srv.stop()
+
+
+def read_token_of(job_id: str) -> str:
+    from web import read_tokens
+
+    return read_tokens.mint(READ_SECRET, "job", job_id)[0]
 
 
 def test_under_read_auth_a_page_opened_with_a_read_token_goes_live_and_logs_no_token(
-        real_redis_url, module_key_prefix, store, page, video_file, tmp_path):
-    from web import read_tokens
+        token_web, store, page, video_file):
+    paper = new_paper()
+    job_id = start_job(store, paper)
+    token = read_token_of(job_id)
+    assert token_web.get(f"/status/{paper}/")[0] == 401
+    page.goto(f"{token_web.base}/status/{paper}/?token={token}")
+    wait_for_js(page, "document.getElementById('conn').textContent.startsWith('Live')", timeout=WAIT_MS)
+    store.update(job_id, progress_percent=60, current_step=STEPS[3])
+    wait_bar_at_least(page, 60)  # through the event stream, which took ?token=
+    store.update(job_id, progress_percent=100, result={"video_url": video_file.as_uri(),
+                                                       "video_path": str(video_file)})
+    page.wait_for_selector("#video-box video", state="visible", timeout=WAIT_MS)
+    assert page.get_attribute("#video", "src") == f"/api/v1/jobs/{job_id}/video?token={token}"
+    wait_for_js(page, "document.getElementById('video').readyState >= 1", timeout=WAIT_MS)
+    log = token_web.log_path.read_text(errors="replace")
+    assert f"/api/v1/jobs/{job_id}/events?token=***" in log  # the stream was logged, its token not
+    assert token not in log
 
-    env = server_env(real_redis_url, module_key_prefix, PROGRESS_READ_AUTH="token", PROGRESS_SECRET_KEY="k",
-                     PROGRESS_API_TOKEN=READ_API_TOKEN, PROGRESS_WEB_ACCESS_LOG="1")
-    srv = TokenServer(env, log_path=tmp_path / "gunicorn.log")
+
+class RecordingHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one video file and records each request's path and Referer (another origin's server)."""
+
+    seen: list[tuple[str, str | None]] = []
+    video: Path
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).seen.append((self.path, self.headers.get("Referer")))
+        body = self.video.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_video_on_another_site_gets_neither_the_token_nor_the_pages_url(token_web, store, page, video_file):
+    """What a page opened with ?token= tells another origin: Referrer-Policy same-origin sends no
+    Referer there, and the page adds its token only to URLs of its own origin."""
+    handler = type("Recorder", (RecordingHandler,), {"seen": [], "video": video_file})
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
     try:
         paper = new_paper()
         job_id = start_job(store, paper)
-        token = read_tokens.mint("k", "job", job_id)[0]
-        assert srv.get(f"/status/{paper}/")[0] == 401
-        page.goto(f"{srv.base}/status/{paper}/?token={token}")
-        wait_for_js(page, "document.getElementById('conn').textContent.startsWith('Live')", timeout=WAIT_MS)
-        store.update(job_id, progress_percent=60, current_step=STEPS[3])
-        wait_bar_at_least(page, 60)  # through the event stream, which took ?token=
-        store.update(job_id, progress_percent=100, result={"video_url": video_file.as_uri(),
-                                                           "video_path": str(video_file)})
+        token = read_token_of(job_id)
+        video = f"http://127.0.0.1:{elsewhere.server_port}/{paper}.mp4"
+        store.update(job_id, progress_percent=100, result={"video_url": video})
+        page.goto(f"{token_web.base}/status/{paper}/?token={token}")
         page.wait_for_selector("#video-box video", state="visible", timeout=WAIT_MS)
-        assert page.get_attribute("#video", "src") == f"/api/v1/jobs/{job_id}/video?token={token}"
+        assert page.get_attribute("#video", "src") == video
         wait_for_js(page, "document.getElementById('video').readyState >= 1", timeout=WAIT_MS)
-        log = srv.log_path.read_text(errors="replace")
-        assert f"/api/v1/jobs/{job_id}/events?token=***" in log  # the stream was logged, its token not
-        assert token not in log
+        assert handler.seen, "the other site was never asked for the video"
+        for path, referer in handler.seen:
+            assert path == f"/{paper}.mp4" and referer is None, (path, referer)
     finally:
-        srv.stop()
+        elsewhere.shutdown()
+        elsewhere.server_close()

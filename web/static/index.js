@@ -71,6 +71,7 @@
     var headers = { "Content-Type": "application/json" };
     var token = document.getElementById("token");
     if (token && token.value) headers.Authorization = "Bearer " + token.value;
+    else if (cfg.token) headers.Authorization = "Bearer " + cfg.token; // the API token the page was opened with
     fetch(cfg.api_jobs_url, {
       method: "POST", cache: "no-store", headers: headers,
       body: JSON.stringify({ paper_id: document.getElementById("paper-id").value.trim() })
