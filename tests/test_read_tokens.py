@@ -31,7 +31,8 @@ OPEN_ROUTES = frozenset({"static", "ops.healthz", "ops.metrics_text", "openapi.o
 
 
 def token_settings(settings: Settings, **changes) -> Settings:
-    return dataclasses.replace(settings, read_auth="token", secret_key=SECRET, api_token=API_TOKEN, **changes)
+    return dataclasses.replace(settings, **{"read_auth": "token", "secret_key": SECRET, "api_token": API_TOKEN,
+                                            **changes})
 
 
 @pytest.fixture
@@ -256,6 +257,20 @@ def test_post_tokens_mints_a_scoped_token_with_the_api_token(client, jobs):
                 {"job_id": "job-a", "ttl": "60"}, {"job_id": "bad id"}, {"job_id": "job-a", "scope": "x"}]:
         r = client.post("/api/v1/tokens", json=bad, headers=bearer(API_TOKEN))
         assert r.status_code == 400, (bad, r.get_json())
+
+
+def test_with_no_api_token_nobody_mints_but_a_submit_answer_still_carries_one(settings, real_redis):
+    app = create_app(token_settings(settings, api_token=None))
+    try:
+        client = app.test_client()
+        app.extensions["progress"].create_job("job-a", "paper-a", steps=["one"])
+        assert "PROGRESS_API_TOKEN is not set" in assert_unauthorized(
+            client.post("/api/v1/tokens", json={"job_id": "job-a"}))
+        assert "API token" in assert_unauthorized(client.get("/api/v1/jobs", headers=bearer(read_token("job", "job-a"))))
+        assert client.get("/api/v1/jobs/job-a", headers=bearer(read_token("job", "job-a"))).status_code == 200
+        assert client.get("/rq/").status_code == 401  # it lists every job: closed with no API token to open it
+    finally:
+        app.extensions["progress_events"].close()
 
 
 def test_a_status_page_passes_its_token_on_to_its_scripts(client, jobs):

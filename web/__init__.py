@@ -11,6 +11,7 @@ open event stream is a waiting greenlet, so one process holds thousands.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from flask import Flask, request
@@ -20,6 +21,8 @@ from progress_service.store import ProgressStore
 
 from . import api, auth, dashboard, errors, events, metrics, pages, security
 from .fanout import EventHub
+
+logger = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024  # bytes of a JSON request body; more is a 413
 NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
@@ -60,6 +63,9 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     settings = settings or Settings.from_env()
     if settings.reads_need_token and not settings.secret_key:
         raise ConfigError("PROGRESS_READ_AUTH=token needs PROGRESS_SECRET_KEY (it signs the read tokens)")
+    if settings.reads_need_token and not settings.api_token:
+        logger.warning("PROGRESS_READ_AUTH=token without PROGRESS_API_TOKEN: nobody can list jobs or mint "
+                       "read tokens; only a submit's answer gives one (for its own job)")
     if redis_pool is None:
         redis_pool = settings.web_redis_pool
     app = Flask(__name__)

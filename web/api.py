@@ -15,11 +15,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, send_file, url_for
 
-from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFound
+from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFound, Unauthorized
 from progress_service.models import Status, validate_id
 
 from . import read_tokens
-from .auth import JOB, read_access, require_token
+from .auth import JOB, api_token, read_access, require_token
 from .jobs import find_job, progress_store, recent_jobs, require_job, video_file
 from .jobs import job_history as find_history
 
@@ -164,7 +164,13 @@ def job_video(job_id: str):
 @bp.post("/tokens")
 @require_token
 def create_read_token():
-    """Mint a read token for one job (``{"job_id"}``) or one batch (``{"batch_id"}``), ``ttl`` seconds."""
+    """Mint a read token for one job (``{"job_id"}``) or one batch (``{"batch_id"}``), ``ttl`` seconds.
+
+    Only with the API token: with none configured nobody mints (else anyone could read
+    anything); a submit's answer still carries its new job's token.
+    """
+    if not api_token():
+        raise Unauthorized("minting a read token needs the API token, and PROGRESS_API_TOKEN is not set")
     body = json_object({"job_id", "batch_id", "ttl"})
     kinds = [kind for kind in read_tokens.KINDS if f"{kind}_id" in body]
     if len(kinds) != 1:
