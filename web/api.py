@@ -18,8 +18,8 @@ from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFoun
 from progress_service.models import Status, validate_id
 
 from .auth import require_token
-from .jobs import job_history as find_history
-from .jobs import progress_store, recent_jobs, require_job, video_file
+from .job_lookup import job_history as find_history
+from .job_lookup import progress_store, recent_jobs, require_job, video_file
 
 logger = logging.getLogger(__name__)
 
