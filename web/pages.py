@@ -13,7 +13,14 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 
 from progress_service.models import validate_id
 
-from .job_lookup import job_history, latest_job, paper_status, progress_store, recent_jobs, video_url
+from .job_lookup import (
+    job_history,
+    latest_job,
+    paper_status,
+    progress_store,
+    recent_jobs,
+    video_url,
+)
 
 bp = Blueprint("pages", __name__)
 
