@@ -2,12 +2,19 @@
 
     pipeline = get_pipeline("video")
     store.create_job(job_id, paper_id, steps=list(pipeline.steps), pipeline=pipeline.name)
-    argv = pipeline.command(paper_id, out_dir)   # run it; parse its output with worker.parser
+    argv = pipeline.command(paper_id, out_dir)   # a worker runs it; worker.parser reads its output
     tracker = ProgressTracker(pipeline.steps, pipeline.weights)
 
-A pipeline is any program that prints the CONTRACT's progress lines ("What the pipeline
-prints") and, on success, a last stdout line ``{"result": {...}}``; see
-worker/pipelines/video.py for the one that ships.
+This is the registry of pipeline *definitions*: what a producer, the web and
+``progress-service submit`` need to create and queue a job, and nothing that runs
+one (the runner, the process tree and the video code live in ``worker/``). The
+command is data to them: an argv the worker starts, naming the pipeline's program.
+
+A pipeline is any program that prints the CONTRACT's progress lines ("What the
+pipeline prints") and, on success, a last stdout line ``{"result": {...}}``; see
+worker/pipelines/video.py for the one that ships. ``PIPELINES`` is the registry:
+the bundled ones, and whatever else is put there (a user's own pipelines, from a
+TOML file or an entry point, are meant to land in it too).
 """
 
 from __future__ import annotations
@@ -16,10 +23,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Nothing here imports a pipeline's module: ``python -m worker.pipelines.video`` imports
-# this package first, and the module must not be in sys.modules before runpy runs it.
+from .errors import InvalidInput
+from .models import validate_id
 
-__all__ = ["PIPELINES", "Pipeline", "get_pipeline"]
+__all__ = ["PIPELINES", "Pipeline", "get_pipeline", "require_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,8 @@ class Pipeline:
     # each step's share of the bar (normalised by the tracker); None: equal shares
     weights: tuple[float, ...] | None = None
     description: str = ""
+    # seconds RQ lets one job run; None: PROGRESS_JOB_TIMEOUT
+    timeout: int | None = None
 
     def __post_init__(self) -> None:
         if not self.steps or len(set(self.steps)) != len(self.steps):
@@ -39,9 +48,13 @@ class Pipeline:
             raise ValueError(
                 f"pipeline {self.name!r}: {len(self.weights)} weights for {len(self.steps)} steps"
             )
+        if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, int)
+                                         or self.timeout < 1):
+            raise ValueError(f"pipeline {self.name!r}: timeout must be a whole number of seconds >= 1")
 
 
 def _video_command(paper_id: str, out_dir: str) -> list[str]:
+    # The program is named, not imported: the core imports nothing from worker/.
     return [sys.executable, "-m", "worker.pipelines.video", paper_id, "--out", str(out_dir)]
 
 
@@ -71,3 +84,12 @@ def get_pipeline(name: str) -> Pipeline:
     except (KeyError, TypeError):
         known = ", ".join(sorted(PIPELINES))
         raise ValueError(f"unknown pipeline {name!r}: known pipelines are {known}") from None
+
+
+def require_pipeline(name: object) -> Pipeline:
+    """``get_pipeline`` for input from outside: a bad name or an unknown one is ``InvalidInput``."""
+    validate_id(name, "pipeline")
+    try:
+        return get_pipeline(str(name))
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None

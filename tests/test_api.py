@@ -439,7 +439,7 @@ def test_events_reject_a_bad_last_event_id(client, jobs):
     assert_error(client.get("/api/v1/jobs/job-1/events", headers={"Last-Event-ID": "-1"}), 400)
 
 
-# -- submitting and canceling (worker.jobs) ----------------------------------------------------
+# -- submitting and canceling (queue.py) -------------------------------------------------------
 
 
 @pytest.fixture

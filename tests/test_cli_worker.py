@@ -25,8 +25,8 @@ from rq.job import Job, JobStatus
 from progress_cli import exit_codes
 from progress_cli.terminal import exit_code_for, follow_job, render_line
 from progress_service import JobNotFound
-from worker.jobs import cancel_job, submit_job
-from worker.pipelines import PIPELINES, Pipeline
+from progress_service.pipelines import PIPELINES, Pipeline
+from progress_service.queue import cancel_job, submit_job
 from worker.pipelines.papers import list_papers
 from worker.process_tree import process_alive
 

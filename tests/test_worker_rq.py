@@ -25,9 +25,10 @@ from conftest import CLOSED_DATABASE_URL, read_pids, wait_until
 from rq.job import Job, JobStatus
 
 from progress_service import InvalidInput, JobConflict, JobNotFound
+from progress_service.pipelines import PIPELINES, Pipeline
+from progress_service.queue import cancel_job, submit_job
 from worker import jobs
-from worker.jobs import ProgressSimpleWorker, cancel_job, submit_job
-from worker.pipelines import PIPELINES, Pipeline
+from worker.jobs import ProgressSimpleWorker
 from worker.pipelines.papers import list_papers
 from worker.process_tree import process_alive
 

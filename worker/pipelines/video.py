@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.pipelines import get_pipeline
+from progress_service.pipelines import get_pipeline
 from worker.pipelines.papers import Paper, UnknownPaperError, list_papers, load_paper
 
 __all__ = ["STEPS", "WEIGHTS", "PipelineError", "main", "overall_percent"]
