@@ -29,7 +29,7 @@ def imported_modules(package: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("package", "forbidden"), [
     ("progress_service", ("worker", "web", "progress_cli")),
     ("web", ("worker", "progress_cli")),
-])
+], ids=["progress_service", "web"])
 def test_imports_point_one_way(package, forbidden):
     wrong = [(f, m) for f, m in imported_modules(package) if m.split(".")[0] in forbidden]
     assert wrong == []
