@@ -221,6 +221,16 @@ def test_submit_queues_one_rq_job_with_the_same_id_and_its_timeout(settings, sto
     assert rq_conn.llen(f"rq:queue:{settings.queue_name}") == 1  # the conflict queued nothing
 
 
+def test_a_pipelines_own_timeout_is_its_jobs_default(settings, store, rq_conn, monkeypatch):
+    monkeypatch.setitem(PIPELINES, "t-own", Pipeline(name="t-own", steps=("a", "b"),
+                                                     command=lambda p, o: [], timeout=5))
+    job_id = f"{settings.key_prefix}-own"
+    submit_job(settings, "31452104", "t-own", store=store, redis_conn=rq_conn, job_id=job_id)
+    assert Job.fetch(job_id, connection=rq_conn).timeout == 5
+    with pytest.raises(ValueError, match="timeout"):
+        Pipeline(name="t-bad", steps=("a",), command=lambda p, o: [], timeout=0)
+
+
 def test_a_redis_that_does_not_answer_is_backend_unavailable(settings, store):
     from progress_service import BackendUnavailable
 
