@@ -25,8 +25,8 @@ cancel while running      ``canceled``, tree killed              stopped
 worker SIGKILLed          ``failed``, "worker lost"              failed (worker.lost)
 ========================  =====================================  ======================
 
-The job timeout (``job_timeout``; ``PROGRESS_JOB_TIMEOUT``, default 3600 s) is
-enforced by the runner, which kills the command's tree cleanly; RQ's own alarm
+The job timeout (``job_timeout``, else the pipeline's ``timeout``, else
+``PROGRESS_JOB_TIMEOUT``, default 3600 s) is enforced by the runner, which kills the command's tree cleanly; RQ's own alarm
 is moved ``TIMEOUT_BACKSTOP`` seconds later as a backstop, because an exception
 raised by a signal handler into arbitrary code could be swallowed on its way.
 Videos go to ``$PROGRESS_OUTPUT_DIR/<job_id>/`` (default: a folder in the temp dir).
