@@ -26,9 +26,10 @@ worker SIGKILLed          ``failed``, "worker lost"              failed (worker.
 ========================  =====================================  ======================
 
 The job timeout (``job_timeout``, else the pipeline's ``timeout``, else
-``PROGRESS_JOB_TIMEOUT``, default 3600 s) is enforced by the runner, which kills the command's tree cleanly; RQ's own alarm
-is moved ``TIMEOUT_BACKSTOP`` seconds later as a backstop, because an exception
-raised by a signal handler into arbitrary code could be swallowed on its way.
+``PROGRESS_JOB_TIMEOUT``, default 3600 s) is enforced by the runner, which kills
+the command's tree cleanly; RQ's own alarm is moved ``TIMEOUT_BACKSTOP`` seconds
+later as a backstop, because an exception raised by a signal handler into
+arbitrary code could be swallowed on its way.
 Videos go to ``$PROGRESS_OUTPUT_DIR/<job_id>/`` (default: a folder in the temp dir).
 """
 
