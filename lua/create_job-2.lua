@@ -1,4 +1,4 @@
--- create_job: create a job in `pending`, unless it exists.
+-- create_job: create a job in `pending`, unless it exists; or restore one the store lost.
 -- KEYS[1] job hash   KEYS[2] history stream
 -- ARGV[1] job_id   ARGV[2] paper_id   ARGV[3] pipeline   ARGV[4] steps (JSON array)
 -- ARGV[5] the job's channel   ARGV[6] the all-jobs channel   ARGV[7] history MAXLEN
@@ -11,12 +11,21 @@
 --         read from the store before), so the job does not look newly created or
 --         newly started. A started_at_ms makes the job's next move to `running`
 --         keep it (update_progress-2.lua). Neither may lie in the future.
+-- ARGV[11] status   ARGV[12] progress percent   ARGV[13] current step   ARGV[14] message
+--         (optional; absent or "" = pending, 0, none, none; the message as "=" .. text):
+--         the restore mode of that runner. The job is written, and its one event
+--         published, already at the state it had (`running`, its step and percent),
+--         never passing through pending/0: no event shows it moving back. A
+--         `running` job without started_at_ms starts now; a `pending` one has
+--         neither progress nor a step. A `running` one is stamped with a heartbeat:
+--         its runner is alive, and a job started long ago is not failed as `worker
+--         lost` (worker/lost.py) before the runner's next heartbeat.
 -- returns {created 0|1, seq, created_at_ms}
 -- raises "INVALID <what>" on bad arguments, before anything is written.
 local rcall = redis.call
 
-if #KEYS ~= 2 or #ARGV < 7 or #ARGV > 10 then
-  return redis.error_reply('INVALID create_job takes 2 keys and 7 to 10 arguments, got '
+if #KEYS ~= 2 or #ARGV < 7 or #ARGV > 14 then
+  return redis.error_reply('INVALID create_job takes 2 keys and 7 to 14 arguments, got '
     .. #KEYS .. ' and ' .. #ARGV)
 end
 -- The ids go into event payloads unescaped (update_progress-2.lua): CONTRACT's pattern.
@@ -66,17 +75,65 @@ local started
 started, bad = past_ms(ARGV[10], 'started_at_ms')
 if started == false then return bad end
 created = created or now
+
+-- the restored state (ARGV[11..14]), checked before the first write
+local status = ARGV[11] or ''
+if status == '' then status = 'pending' end
+if status ~= 'pending' and status ~= 'running' then
+  return redis.error_reply('INVALID a job is created pending or restored running, not ' .. status)
+end
+local progress = 0
+if ARGV[12] ~= nil and ARGV[12] ~= '' then
+  progress = tonumber(ARGV[12])
+  if progress == nil or progress ~= progress or progress < 0 or progress >= 100 then
+    return redis.error_reply('INVALID a restored progress_percent must be a number from 0 to below 100, got ' .. ARGV[12])
+  end
+end
+local step, done = ARGV[13] or '', 0
+if step ~= '' then
+  for i, name in ipairs(steps) do
+    if name == step then done = i - 1 end
+  end
+  if steps[done + 1] ~= step then
+    return redis.error_reply('INVALID current_step ' .. step .. ' is not one of the job\'s steps')
+  end
+end
+local message = ARGV[14] or ''
+if message ~= '' then
+  if string.byte(message) ~= 61 then -- 61: '='
+    return redis.error_reply('INVALID the message must be "" (none) or "=" followed by the text')
+  end
+  message = string.sub(message, 2)
+end
+if status == 'pending' and (progress > 0 or step ~= '') then
+  return redis.error_reply('INVALID a pending job has no progress and no step')
+end
+if status == 'running' and not started then started = now end
+local done_json = '[]'
+if done > 0 then
+  local done_list = {}
+  for i = 1, done do done_list[i] = steps[i] end
+  done_json = cjson.encode(done_list)
+end
+local percent = tostring(progress)
+
 rcall('DEL', KEYS[2])
 rcall('HSET', KEYS[1], 'job_id', ARGV[1], 'paper_id', ARGV[2], 'pipeline', ARGV[3],
-  'steps', ARGV[4], 'status', 'pending', 'progress_percent', '0', 'current_step', '',
-  'completed_count', 0, 'completed_json', '[]', 'total_steps', #steps, 'message', '', 'error', '', 'result', '', 'seq', seq,
-  'created_at_ms', created, 'progress_updated_at_ms', now)
+  'steps', ARGV[4], 'status', status, 'progress_percent', percent, 'current_step', step,
+  'completed_count', done, 'completed_json', done_json, 'total_steps', #steps, 'message', message,
+  'error', '', 'result', '', 'seq', seq, 'created_at_ms', created, 'progress_updated_at_ms', now)
 if started then rcall('HSET', KEYS[1], 'started_at_ms', started) end
+if status == 'running' then rcall('HSET', KEYS[1], 'heartbeat_at_ms', now) end
 rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'at', now,
-  'progress_percent', '0', 'current_step', '', 'status', 'pending')
+  'progress_percent', percent, 'current_step', step, 'status', status)
+local function jstr(text)
+  if text == '' then return 'null' end
+  return cjson.encode(text)
+end
 local payload = '{"job_id":' .. cjson.encode(ARGV[1]) .. ',"paper_id":' .. cjson.encode(ARGV[2])
-  .. ',"seq":' .. seq .. ',"status":"pending","progress_percent":0,"current_step":null,"completed_steps":[]'
-  .. ',"total_steps":' .. #steps .. ',"message":null,"error":null,"result":null'
+  .. ',"seq":' .. seq .. ',"status":"' .. status .. '","progress_percent":' .. percent
+  .. ',"current_step":' .. jstr(step) .. ',"completed_steps":' .. done_json
+  .. ',"total_steps":' .. #steps .. ',"message":' .. jstr(message) .. ',"error":null,"result":null'
   .. ',"progress_updated_at_ms":' .. now .. ',"started_at_ms":' .. (started or 'null')
   .. ',"finished_at_ms":null}'
 rcall('PUBLISH', ARGV[5], payload)

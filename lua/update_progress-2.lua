@@ -6,6 +6,7 @@
 -- ARGV[7] force "1" | "0"
 -- ARGV[8] the job's channel   ARGV[9] the all-jobs channel
 -- ARGV[10] history MAXLEN (approximate)   ARGV[11] TTL in seconds of a finished job
+--         (counted from finished_at; it runs once the mirror holds the job: see the end)
 -- returns {accepted 0|1, reason, seq, status after the update}
 --   reason: ok | unchanged | regression | terminal | not_found
 -- raises "INVALID <what>" on invalid input (rule 5), and on arguments that break this
@@ -201,10 +202,14 @@ local payload = '{"job_id":"' .. cur[11] .. '","paper_id":"' .. cur[12]
 rcall('PUBLISH', ARGV[8], payload)
 rcall('PUBLISH', ARGV[9], payload)
 
+-- Rule 9's TTL: a finished job expires ARGV[11] seconds after it finished, but never
+-- before the PostgreSQL mirror holds it. So the time is written down here and the keys
+-- are made persistent; expire_mirrored sets the expiry once the job's row has landed.
+-- (A job forced back to life, or to another ending, waits again the same way.)
 if terminal then
-  rcall('EXPIRE', KEYS[1], ARGV[11])
-  rcall('EXPIRE', KEYS[2], ARGV[11])
-elseif RANK[cur_status] == 2 then
+  rcall('HSET', KEYS[1], 'expires_at_ms', now + tonumber(ARGV[11]) * 1000)
+end
+if terminal or RANK[cur_status] == 2 then
   rcall('PERSIST', KEYS[1])
   rcall('PERSIST', KEYS[2])
 end

@@ -32,10 +32,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from progress_cli import exit_codes
 from progress_service import Settings
 from progress_service.errors import BackendUnavailable, ProgressError
-from worker.process_tree import descendants, group_members, process_alive, process_table, start_time
+from worker.process_tree import group_members, process_alive
 
 DEMO_MIN_INTERVAL = "0.2"  # seconds between two percent-only writes: a bar that visibly moves
 START_TIMEOUT = 60.0  # seconds for the web server to answer /healthz
@@ -94,7 +96,7 @@ class Child:
             self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.process.pid
-        self.seen: dict[int, int | None] = {self.pid: start_time(self.pid)}  # pid -> start time
+        self.seen: dict[int, psutil.Process] = {self.pid: psutil.Process(self.pid)}  # pid, start time
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -107,25 +109,28 @@ class Child:
         """Note every process below this one: a grandchild in a session of its own (a
         pipeline run) is not in our process group, and once its parent dies only this
         note finds it."""
-        if self.process.poll() is None and (table := process_table()) is not None:
-            self.seen.update((pid, table[pid].start) for pid in descendants(self.pid, table))
+        if self.process.poll() is None:
+            try:
+                self.seen.update((p.pid, p) for p in psutil.Process(self.pid).children(recursive=True))
+            except psutil.Error:  # gone since
+                pass
 
     def signal_all(self, sig: int) -> None:
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-        for pid, started in self.seen.items():
-            if process_alive(pid, started):
+        for process in self.seen.values():
+            if process_alive(process):
                 try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
+                    process.send_signal(sig)  # not if its pid was reused
+                except psutil.Error:
                     pass
 
     def left_running(self) -> list[int]:
         """Live (not zombie) processes of its process group, and of those noted below it."""
         group = set(group_members(self.pid))
-        return sorted(group | {pid for pid, s in self.seen.items() if process_alive(pid, s)})
+        return sorted(group | {pid for pid, p in self.seen.items() if process_alive(p)})
 
     def stop(self) -> list[int]:
         """SIGTERM (twice: RQ's second one is its cold shutdown), then SIGKILL; reap; return

@@ -88,14 +88,56 @@ class ProgressStore:
     ) -> dict[str, Any]:
         """Create ``job_id`` in ``pending`` and return its snapshot.
 
-        Its first ``seq`` is ``seq_floor + 1`` (default 1). A runner re-creating a
-        job that the store lost (Redis restarted empty) passes the last seq it saw:
-        readers drop any event whose seq is not newer than what they have shown;
-        and the job's own ``created_at_ms`` / ``started_at_ms`` (Redis-clock times
-        it read before, not in the future), so that it does not look newly created
-        or started: its next move to ``running`` keeps that start time.
+        Its first ``seq`` is ``seq_floor + 1`` (default 1); ``created_at_ms`` and
+        ``started_at_ms`` carry over a lost job's times (see :meth:`restore_job`,
+        which a runner re-creating a running job uses instead).
         Raises ``JobConflict`` if the job exists already.
         """
+        return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
+                            created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=[])
+
+    def restore_job(
+        self,
+        job_id: str,
+        paper_id: str,
+        steps: Iterable[str],
+        pipeline: str,
+        *,
+        seq_floor: int,
+        created_at_ms: int | None = None,
+        started_at_ms: int | None = None,
+        status: Status | str = Status.RUNNING,
+        progress_percent: float = 0,
+        current_step: str | None = None,
+        message: str | None = None,
+    ) -> dict[str, Any]:
+        """Re-create a job the store lost (Redis restarted empty) at the state it had.
+
+        One script call writes the job and publishes its one event already at
+        ``status`` (``running``, or ``pending``), ``current_step`` (the steps
+        before it done), ``progress_percent`` and ``message``, with the job's own
+        ``created_at_ms`` / ``started_at_ms`` (Redis-clock times read before, not
+        in the future; a running job without one starts now) and ``seq`` going
+        on from ``seq_floor + 1``: readers, who drop any event not newer than what
+        they have shown, take it, and none sees the job move back (CONTRACT,
+        "Redis"). Raises ``JobConflict`` if the job exists already, ``InvalidInput``
+        (before anything is written) for a bad argument.
+        """
+        status_arg = _status_arg(status)
+        if status_arg not in (Status.PENDING.value, Status.RUNNING.value):
+            raise InvalidInput(f"a job is restored pending or running, not {status_arg}")
+        if progress_percent is None:
+            raise InvalidInput("progress_percent must be a number from 0 to 100, got None")
+        restore = [status_arg, _progress_arg(progress_percent),
+                   "" if current_step is None else _step_arg(current_step),
+                   "" if message is None else _text_arg(message, "message")]
+        return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
+                            created_at_ms=created_at_ms, started_at_ms=started_at_ms,
+                            restore=restore)
+
+    def _create(self, job_id, paper_id, steps, pipeline, *, seq_floor, created_at_ms,
+                started_at_ms, restore: list[str]) -> dict[str, Any]:
+        """create_job-2.lua, then the job's place in the indexes; ``restore``: its ARGV[11..14]."""
         validate_id(job_id, "job_id")
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
@@ -111,9 +153,10 @@ class ProgressStore:
             [k.job(job_id), k.history(job_id)],
             [job_id, paper_id, pipeline, json.dumps(names), k.events(job_id), k.all_events,
              self.settings.history_maxlen, seq_floor,
-             "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms],
+             "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms,
+             *restore],
         )
-        created, _, created_ms = (int(x) for x in reply)
+        created, seq, created_ms = (int(x) for x in reply)
         if not created:
             raise JobConflict(f"job {job_id} exists already")
         paper_key = k.paper_jobs(paper_id)
@@ -134,7 +177,12 @@ class ProgressStore:
             pipe.execute()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        logger.info("job %s: created for paper %s (%s, %d steps)", job_id, paper_id, pipeline, len(names))
+        if restore:
+            logger.info("job %s: restored for paper %s (%s, %s at %s%%, seq %d)", job_id, paper_id,
+                        pipeline, restore[0], restore[1], seq)
+        else:
+            logger.info("job %s: created for paper %s (%s, %d steps)", job_id, paper_id, pipeline,
+                        len(names))
         snap = self.get(job_id)
         assert snap is not None
         return snap

@@ -90,8 +90,11 @@ class Throttle:
         self.writes += 1
         try:
             self._write(fields)
-        except Exception:
+        except Exception as exc:
             # Keep the values for the next try: newer fields win over the failed ones.
             self._pending = {**fields, **self._pending}
-            logger.exception("throttled write failed, kept for the next try: %r", fields)
+            if isinstance(exc, ValueError):  # refused (InvalidInput): the caller decides
+                logger.warning("throttled write refused, kept for the next try: %r: %s", fields, exc)
+            else:
+                logger.exception("throttled write failed, kept for the next try: %r", fields)
             raise

@@ -17,7 +17,8 @@ CI), where such a skip is a failure.
 
 Besides the fixtures, the plain functions the test modules share live here, and
 are imported as ``from conftest import wait_until``: ``wait_until`` (a poll with
-a deadline), ``read_pids``, ``cli_env`` and ``write_worker_launcher``.
+a deadline), ``read_pids``, ``cli_env`` and ``write_worker_launcher``; and the class
+``RestartableRedis``, a redis-server of a test's own to crash and restart.
 """
 
 from __future__ import annotations
@@ -209,6 +210,41 @@ def real_redis_url(redis_server_bin):
         unavailable(f"no Redis answers at {url}, and an embedded one failed: {exc}")
     with server:
         yield server.url
+
+
+class RestartableRedis:
+    """A throwaway redis-server of the test's own (a free port, a folder of its own) that the
+    test kills (SIGKILL, as a crash would) and starts again on the same port: empty, or, given
+    ``aof_dir``, from the append-only file it keeps there (``appendfsync everysec``, as
+    compose.yaml runs Redis)."""
+
+    def __init__(self, binary: str, aof_dir: Path | None = None) -> None:
+        from progress_service.embedded import EmbeddedRedis
+
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(aof_dir)]
+                       if aof_dir is not None else ["--save", "", "--appendonly", "no"])
+        self._start = lambda port=None: EmbeddedRedis(port=port, binary=binary, extra_args=persistence)
+        self.server = self._start()
+        self.url = self.server.url
+
+    def crash_and_restart(self) -> None:
+        port = self.server.port
+        self.server.process.kill()
+        self.server.stop()
+        self.server = self._start(port)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def restartable_redis(redis_server_bin):
+    """A ``RestartableRedis`` without persistence: it comes back empty."""
+    if redis_server_bin is None:
+        unavailable("no redis-server binary to start a throwaway Redis")
+    server = RestartableRedis(redis_server_bin)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

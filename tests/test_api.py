@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+from html.parser import HTMLParser
 
 import pytest
 import redis
@@ -443,8 +444,9 @@ def test_events_reject_a_bad_last_event_id(client, jobs):
 
 
 @pytest.fixture
-def rq_cleanup(real_redis_url):
-    """RQ's own keys of the jobs a test queues (they are not under the test's key prefix)."""
+def rq_cleanup(real_redis_url, rq_conn):
+    """RQ's own keys of the jobs a test queues (they are not under the test's key prefix),
+    and its queue's entry in ``rq:queues`` (``rq_conn``)."""
     from rq.job import Job
 
     job_ids: list[str] = []
@@ -532,3 +534,151 @@ def test_a_finished_job_expired_from_redis_is_served_from_postgres(pg_app, real_
     replay = read_events(client.get("/api/v1/jobs/job-old/events", headers={"Last-Event-ID": "1"}))
     assert [(seq, snap["status"]) for seq, _, snap in replay] == [(2, "running"), (3, "completed")]
     assert replay[-1][2] == snap
+
+
+# -- the hardened edge (web.security, web.dashboard) -------------------------------------------
+
+
+class Tags(HTMLParser):
+    """Every start tag of a page, as (name, {attribute: value})."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def csp_of(response) -> dict[str, list[str]]:
+    policy = response.headers["Content-Security-Policy"]
+    return {d.split()[0]: d.split()[1:] for d in (part.strip() for part in policy.split(";")) if d}
+
+
+def test_every_answer_carries_the_security_headers(client, jobs):
+    running_job(jobs, paper_id="31452104")
+    pages = ["/", "/status/31452104/", "/status/777/", "/status/bad%20id/"]
+    others = ["/api/v1/jobs", "/api/v1/jobs/job-1", "/api/v1/jobs/job-1/history", "/api/v1/no-such",
+              "/status/31452104/?_json=1", "/healthz", "/metrics", "/static/status.js", "/static/style.css"]
+    for path in pages + others:
+        r = client.get(path)
+        assert r.headers["X-Content-Type-Options"] == "nosniff", path
+        assert r.headers["Referrer-Policy"] == "same-origin", path
+        assert r.headers["X-Frame-Options"] == "DENY", path
+        csp = csp_of(r)
+        assert csp["frame-ancestors"] == ["'none'"], path
+        if path in pages:
+            assert r.mimetype == "text/html"
+            assert csp["script-src"] == ["'self'"] and csp["object-src"] == ["'none'"], path
+            assert csp["style-src"] == ["'self'"], path
+        else:
+            assert set(csp) == {"frame-ancestors"}, path
+
+
+def test_the_pages_carry_no_inline_script_or_style(client, jobs):
+    """Their CSP runs no inline script (nor style attributes): the pages need none."""
+    running_job(jobs, paper_id="31452104")
+    for path in ["/", "/status/31452104/", "/status/777/", "/status/bad%20id/"]:
+        html = client.get(path).get_data(as_text=True)
+        tags = Tags(html).tags
+        scripts = [attrs for name, attrs in tags if name == "script"]
+        assert scripts or path.endswith("%20id/"), path  # the error page has none
+        for attrs in scripts:
+            assert attrs.get("src") or attrs.get("type") == "application/json", (path, attrs)
+        for name, attrs in tags:
+            assert not [a for a in attrs if a.startswith("on")], (path, name, attrs)
+            assert "style" not in attrs, (path, name, attrs)
+            assert not any((v or "").strip().lower().startswith("javascript:") for v in attrs.values())
+
+
+FORM_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+
+
+@pytest.mark.parametrize("content_type", FORM_TYPES)
+def test_a_write_takes_a_json_body_or_none(client, jobs, rq_cleanup, content_type):
+    """What a form on another site can send without CORS (text/plain, form types) writes nothing."""
+    body = json.dumps({"paper_id": "31452104"})
+    r = client.post("/api/v1/jobs", data=body, content_type=content_type)
+    assert "application/json" in assert_error(r, 415, "unsupported_media_type")["detail"]
+    assert_error(client.post("/api/v1/jobs", data=body), 415, "unsupported_media_type")  # no type at all
+    assert_error(client.post("/api/v1/any/write", data=body, content_type=content_type), 415)  # all of /api/
+    assert client.get("/api/v1/jobs").get_json()["jobs"] == []
+
+    job_id = client.post("/api/v1/jobs", json={"paper_id": "31452104"}).get_json()["job_id"]
+    rq_cleanup.append(job_id)
+    for data in ("", "{}"):  # a form sends its type with an empty body too
+        r = client.post(f"/api/v1/jobs/{job_id}/cancel", data=data, content_type=content_type)
+        assert_error(r, 415, "unsupported_media_type")
+    assert jobs.get(job_id)["status"] == "pending"
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel", data="{}", content_type="application/json; charset=utf-8")
+    assert r.status_code == 202, r.get_json()
+    assert jobs.get(job_id)["status"] == "canceled"
+
+
+@pytest.mark.parametrize("headers", [
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},
+    {"Sec-Fetch-Site": "cross-site", "Origin": "http://localhost"},
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},
+])
+def test_a_write_from_another_site_is_refused(client, jobs, rq_cleanup, headers):
+    """A bodyless cancel needs no CORS preflight (fetch with mode no-cors): the browser's
+    Sec-Fetch-Site / Origin say where it comes from."""
+    r = client.post("/api/v1/jobs", json={"paper_id": "31452104"}, headers=headers)
+    assert "another site" in assert_error(r, 403, "forbidden")["detail"]
+    job_id = client.post("/api/v1/jobs", json={"paper_id": "31452104"}).get_json()["job_id"]
+    rq_cleanup.append(job_id)
+    assert_error(client.post(f"/api/v1/jobs/{job_id}/cancel", headers=headers), 403, "forbidden")
+    assert jobs.get(job_id)["status"] == "pending"
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=headers).status_code == 200  # reads stay open
+    # this site's own pages (and clients that are not browsers, which send neither header) write
+    for own in ({"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, {"Origin": "http://localhost"}):
+        r = client.post("/api/v1/jobs", json={"paper_id": "31452104"}, headers=own)
+        assert r.status_code == 202, r.get_json()
+        rq_cleanup.append(r.get_json()["job_id"])
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 202
+
+
+def test_the_rq_dashboard_runs_only_its_own_scripts(client):
+    r = client.get("/rq/")
+    csp = csp_of(r)
+    nonces = [s for s in csp["script-src"] if s.startswith("'nonce-")]
+    assert len(nonces) == 1 and "'unsafe-inline'" not in csp["script-src"]
+    nonce = nonces[0][len("'nonce-"):-1]
+    scripts = [attrs for name, attrs in Tags(r.get_data(as_text=True)).tags if name == "script"]
+    assert scripts and all(attrs.get("nonce") == nonce for attrs in scripts)
+    assert csp["frame-ancestors"] == ["'none'"] and csp["object-src"] == ["'none'"]
+    assert nonce not in csp_of(client.get("/rq/")).get("script-src")[1]  # a fresh one each time
+
+
+@pytest.fixture
+def failed_rq_job(settings, rq_conn):
+    """An RQ job in the failed registry of this test's queue; the queue's keys go afterwards."""
+    from rq import Queue
+    from rq.job import Job
+
+    queue = Queue(settings.queue_name, connection=rq_conn)
+    job = Job.create("os.getcwd", connection=rq_conn, origin=queue.name, id=f"{settings.key_prefix}-rq-failed")
+    job.save()
+    queue.failed_job_registry.add(job, exc_string="Traceback: it failed")
+    yield queue, job
+    job.delete()
+    queue.delete(delete_jobs=True)
+    for registry in (queue.failed_job_registry, queue.finished_job_registry):
+        rq_conn.delete(registry.key)
+
+
+def test_rq_dashboard_state_changes_take_a_post_from_this_site_only(client, failed_rq_job):
+    queue, job = failed_rq_job
+    url = f"/rq/requeue/{queue.name}"
+    r = client.get(url)  # an <img src> on any page could do this
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}):
+        assert client.post(url, headers=headers).status_code == 403
+        assert client.post(f"/rq/job/{job.id}/requeue", headers=headers).status_code == 403
+    assert job.id in queue.failed_job_registry.get_job_ids() and queue.count == 0
+    r = client.post(url, headers={"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"})
+    assert r.status_code == 200 and r.get_json()["count"] == 1
+    assert queue.job_ids == [job.id]

@@ -154,6 +154,18 @@ def test_app_services_point_at_the_compose_servers(config):
         assert "@postgres:5432/" in env["DATABASE_URL"]
 
 
+def test_redis_keeps_an_append_only_file_in_a_named_volume(config):
+    """Queued and running jobs live in Redis: it must come back from a crash with them."""
+    argv = _command(config["services"]["redis"])
+    options = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert argv[0] == "redis-server"
+    assert options["--appendonly"] == "yes" and options["--appendfsync"] == "everysec"
+    assert "redis-data" in config["volumes"]
+    mounts = config["services"]["redis"]["volumes"]
+    texts = [m if isinstance(m, str) else f"{m['source']}:{m['target']}" for m in mounts]
+    assert any(t.split(":")[:2] == ["redis-data", options["--dir"]] for t in texts), texts
+
+
 def test_postgres_keeps_its_data_in_a_named_volume(config):
     assert "postgres-data" in config["volumes"]
     mounts = config["services"]["postgres"]["volumes"]

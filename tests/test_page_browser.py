@@ -12,6 +12,7 @@ import json
 import random
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -125,12 +126,22 @@ def start_job(store, paper_id: str, percent: float = 2) -> str:
     return job_id
 
 
+def wait_for_js(page, expression: str, timeout: float = WAIT_MS) -> None:
+    """Until ``expression`` is true in the page: Playwright's wait_for_function compiles it with
+    ``new Function`` in the page, which the pages' CSP (no eval) refuses; page.evaluate is exempt."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} ms: {expression}")
+        page.wait_for_timeout(50)
+
+
 def bar_value(page) -> float:
     return float(page.get_attribute(BAR, "aria-valuenow"))
 
 
 def wait_bar_at_least(page, percent: float) -> None:
-    page.wait_for_function(
+    wait_for_js(page,
         f"Number(document.querySelector('{BAR}').getAttribute('aria-valuenow')) >= {percent}",
         timeout=WAIT_MS)
 
@@ -138,7 +149,7 @@ def wait_bar_at_least(page, percent: float) -> None:
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     # the bar glides to its new width: let it arrive before the picture
-    page.wait_for_function("document.getAnimations().every(a => !(a instanceof CSSTransition))",
+    wait_for_js(page, "document.getAnimations().every(a => !(a instanceof CSSTransition))",
                            timeout=WAIT_MS)
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
@@ -147,7 +158,7 @@ def test_the_bar_rises_live_never_falls_and_ends_with_the_video(web, store, page
     paper = new_paper()
     job_id = start_job(store, paper)
     page.goto(f"{web.base}/status/{paper}/")
-    page.wait_for_function("document.getElementById('conn').textContent.startsWith('Live')", timeout=WAIT_MS)
+    wait_for_js(page, "document.getElementById('conn').textContent.startsWith('Live')", timeout=WAIT_MS)
     assert page.text_content("#job-id") == job_id
     assert page.get_attribute(BAR, "aria-valuemin") == "0" and page.get_attribute(BAR, "aria-valuemax") == "100"
 
@@ -172,7 +183,7 @@ def test_the_bar_rises_live_never_falls_and_ends_with_the_video(web, store, page
     page.wait_for_selector("#video-box video", state="visible", timeout=WAIT_MS)
     assert page.text_content("#progress-text") == "100% complete (5 of 5 steps)"
     assert page.get_attribute("#video", "src") == f"/api/v1/jobs/{job_id}/video"
-    page.wait_for_function("document.getElementById('video').readyState >= 1", timeout=WAIT_MS)
+    wait_for_js(page, "document.getElementById('video').readyState >= 1", timeout=WAIT_MS)
     assert page.evaluate("document.getElementById('video').duration") > 0.5  # Chromium decoded our MP4
     assert page.text_content("#title") == "A paper, as a video"
     assert page.locator("li.step.done").count() == 5
@@ -206,7 +217,7 @@ def test_a_job_with_no_worker_shows_the_stale_warning(web, store, page):
     beater = threading.Thread(target=beat, daemon=True)
     beater.start()
     try:
-        page.wait_for_function(
+        wait_for_js(page,
             "document.querySelector('#stale-warning').textContent.includes('its worker is alive')",
             timeout=WAIT_MS)
         assert page.is_visible("#stale-warning")
@@ -226,7 +237,7 @@ def test_with_the_event_stream_blocked_polling_moves_the_bar(web, store, page):
     paper = new_paper()
     job_id = start_job(store, paper, percent=10)
     page.goto(f"{web.base}/status/{paper}/")
-    page.wait_for_function("document.getElementById('conn').textContent.includes('checking every 3 s')",
+    wait_for_js(page, "document.getElementById('conn').textContent.includes('checking every 3 s')",
                            timeout=WAIT_MS)
     store.update(job_id, progress_percent=45, current_step=STEPS[2])
     wait_bar_at_least(page, 45)
@@ -264,7 +275,7 @@ def test_while_polling_the_page_retries_its_stream_and_goes_live_again(web, stor
     page.wait_for_selector("#conn-dot[data-mode='polling']", timeout=WAIT_MS)
     store.update(job_id, progress_percent=30, current_step=STEPS[1])
     wait_bar_at_least(page, 30)  # polling carries the page meanwhile
-    page.wait_for_function("window.__streamOpens.length >= 4", timeout=WAIT_MS)
+    wait_for_js(page, "window.__streamOpens.length >= 4", timeout=WAIT_MS)
     opens = page.evaluate("window.__streamOpens")
     gaps = [b - a for a, b in zip(opens, opens[1:], strict=False)]
     assert all(gap >= 200 for gap in gaps), f"the page hammers the stream: {gaps} ms"  # 300 ms -20% jitter
@@ -326,3 +337,98 @@ def test_recent_jobs_page_lists_jobs(web, store, page):
     page.wait_for_selector(f"a[href='/status/{paper}/']", timeout=WAIT_MS)
     assert "64%" in page.text_content("#jobs-body")
     screenshot(page, "recent-jobs.png")
+
+
+# Records what the page's Content-Security-Policy refuses, from the first script on.
+RECORD_CSP = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation', function (e) {
+  window.__csp.push(e.effectiveDirective + ' ' + (e.blockedURI || '') + ' ' + (e.sample || ''));
+});
+"""
+
+
+def csp_page(page) -> list[str]:
+    """Records the page's CSP violations, and the console's words about them, from here on."""
+    page.add_init_script(RECORD_CSP)
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(msg.text) if "Content Security Policy" in msg.text else None)
+    return console
+
+
+def test_the_pages_run_under_their_csp_and_the_bar_still_moves_live(web, store, page):
+    """No inline script, no eval, no style attribute: the pages' CSP refuses nothing they do."""
+    console = csp_page(page)
+    paper = new_paper()
+    job_id = start_job(store, paper, percent=5)
+    response = page.goto(f"{web.base}/status/{paper}/")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "style-src 'self';" in policy
+    wait_for_js(page, "document.getElementById('conn').textContent.startsWith('Live')")
+    for percent, step in ((30, STEPS[1]), (55, STEPS[2])):
+        store.update(job_id, progress_percent=percent, current_step=step)
+        wait_bar_at_least(page, percent)
+    assert page.get_attribute(f"li[data-step='{STEPS[2]}']", "data-state") == "current"
+    assert page.evaluate("document.getElementById('progress-fill').style.width") == "55%"
+    assert page.evaluate("window.__csp") == [] and console == []
+    # the page's own writes pass the cross-site guard (Chromium sends Sec-Fetch-Site: same-origin)
+    cancel = "fetch('/api/v1/jobs/no-such-job/cancel', {method: 'POST'}).then(r => r.status)"
+    assert page.evaluate(cancel) == 404
+
+    page.goto(f"{web.base}/")
+    page.wait_for_selector(f"a[href='/status/{paper}/']", timeout=WAIT_MS)
+    store.update(job_id, progress_percent=70, current_step=STEPS[3])
+    page.wait_for_selector(f"#jobs-body tr:has(a[href='/status/{paper}/']) .mini-pct:text-is('70%')",
+                           timeout=WAIT_MS)  # the table refreshed itself
+    assert page.evaluate("window.__csp") == [] and console == []
+
+
+@pytest.fixture
+def rq_job_with_markup(real_redis_url, module_key_prefix):
+    """A failed RQ job whose exception text holds markup, as if a pipeline's stderr had reached it."""
+    from rq.job import Job
+    from rq.results import Result
+
+    conn = redis.Redis.from_url(real_redis_url)
+    job = Job.create("os.getcwd", connection=conn, id=f"{module_key_prefix}-markup",
+                     origin=f"{module_key_prefix}-pipelines")
+    job.save()
+    Result.create_failure(job, ttl=300, exc_string=(
+        'PipelineFailed: exit code 1: <img src="/no-such.png" onerror="window.__pwned = 1">'
+        '<script>window.__pwned = 2</script>'))
+    yield job
+    Result.delete_all(job)
+    job.delete()
+    conn.close()
+
+
+def test_the_rq_dashboard_runs_no_script_from_a_job_text(web, page, rq_job_with_markup):
+    """rq-dashboard 0.9 puts a job's exception text into its page unescaped; its CSP (a nonce for
+    its own scripts) runs nothing that text brings, while the dashboard itself works."""
+    console = csp_page(page)
+    response = page.goto(f"{web.base}/rq/0/view/job/{rq_job_with_markup.id}")
+    assert "'nonce-" in response.headers["content-security-policy"]
+    page.wait_for_selector("pre.exc_info", timeout=WAIT_MS)  # the dashboard's own scripts ran
+    assert "PipelineFailed: exit code 1" in page.text_content("pre.exc_info")
+    page.wait_for_timeout(300)  # time for the image's error, had its handler been allowed to run
+    assert page.evaluate("window.__pwned") is None
+    refused = page.evaluate("window.__csp")
+    assert refused and all(v.startswith("script-src-attr") for v in refused), refused  # the onerror alone
+
+    page.goto(f"{web.base}/rq/")
+    page.wait_for_selector("#queues tbody tr", timeout=WAIT_MS)
+    assert page.evaluate("window.__csp") == [], console
+
+
+def test_a_page_on_another_site_can_neither_cancel_nor_submit(web, store, page):
+    """What a page elsewhere can send without CORS: a bodyless POST and a text/plain one (no-cors)."""
+    job_id = start_job(store, new_paper(), percent=20)
+    other_site = web.base.replace("127.0.0.1", "localhost")  # another origin, another site
+    page.goto(f"{other_site}/healthz")
+    sent = page.evaluate("""([base, jobId]) => Promise.all([
+      fetch(base + '/api/v1/jobs/' + jobId + '/cancel', {method: 'POST', mode: 'no-cors'}),
+      fetch(base + '/api/v1/jobs', {method: 'POST', mode: 'no-cors', body: '{"paper_id": "31452104"}'}),
+    ]).then(() => true)""", [web.base, job_id])
+    assert sent
+    assert store.get(job_id)["status"] == "running"
+    assert [j["job_id"] for j in json.loads(web.get("/api/v1/jobs?paper_id=31452104")[1])["jobs"]] == []

@@ -15,10 +15,12 @@ import threading
 import time
 
 import pytest
+import redis
 from conftest import read_pids, wait_until
 from tcp_proxy import TcpProxy
 
 from progress_service import JobNotFound, ProgressStore
+from progress_service.models import ms_from_iso
 from progress_service.store import connect
 from worker.process_tree import process_alive
 from worker.runner import run_command
@@ -526,29 +528,25 @@ def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_returns(real_re
     direct.client.close()
 
 
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_a_result_the_store_refuses_still_completes_the_job_saying_why(store, settings, caplog, bad):
+    """Python's json reads NaN and Infinity; the store refuses them (not JSON). The job must
+    not stay running until a sweeper fails it as "worker lost"."""
+    store.create_job("j", "p", steps=["a"], pipeline="command")
+    source = f"""
+        print("STEP a", flush=True)
+        print('{{"result": {{"x": {bad}, "video_url": "file:///tmp/x.mp4"}}}}', flush=True)
+    """
+    outcome = run_command(store, "j", program(source), steps=["a"], settings=settings)
+    assert outcome.status == "completed" and outcome.exit_code == 0, outcome
+    snap = store.get("j")
+    assert snap["status"] == "completed" and snap["progress_percent"] == 100
+    assert snap["result"] == {"exit_code": 0} == outcome.result
+    assert "result was not stored" in snap["message"] and "JSON" in snap["message"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 # -- Redis restarted empty mid-job ----------------------------------------------------
-
-
-class RestartableRedis:
-    """A throwaway redis-server of the test's own, without persistence, that the test
-    kills (SIGKILL, as a crash would) and starts again, empty, on the same port."""
-
-    def __init__(self, binary: str) -> None:
-        from progress_service.embedded import EmbeddedRedis
-
-        self._start = lambda port=None: EmbeddedRedis(port=port, binary=binary,
-                                                      extra_args=["--save", "", "--appendonly", "no"])
-        self.server = self._start()
-        self.url = self.server.url
-
-    def restart_empty(self) -> None:
-        port = self.server.port
-        self.server.process.kill()
-        self.server.stop()
-        self.server = self._start(port)
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 # The command announces step a and 20%, waits for the file argv[1], then goes through
@@ -567,17 +565,6 @@ WAITS_THEN_FINISHES = """
     print("PROGRESS 90 in c", flush=True)
     print(json.dumps({"result": {"ok": 1}}), flush=True)
 """
-
-
-@pytest.fixture
-def restartable_redis(redis_server_bin):
-    if redis_server_bin is None:
-        from conftest import unavailable
-
-        unavailable("no redis-server binary to start a throwaway Redis")
-    server = RestartableRedis(redis_server_bin)
-    yield server
-    server.stop()
 
 
 def _run_across_a_restart(restartable_redis, settings, tmp_path, *, before_go=None,
@@ -610,7 +597,7 @@ def _run_across_a_restart(restartable_redis, settings, tmp_path, *, before_go=No
         seq_before = snap_before["seq"]
         if record is not None:
             record["before_restart"] = snap_before
-        restartable_redis.restart_empty()
+        restartable_redis.crash_and_restart()
         restarted.set()
         assert store.get("j") is None  # the store lost the job
         if before_go is not None:
@@ -662,8 +649,9 @@ def test_a_job_lost_by_a_redis_restart_is_recreated_by_the_heartbeat(restartable
         # job gone and re-creates it as it was: running, in step a, at 20%
         snap = wait_until(lambda: store.get("j"), timeout=5)
         assert snap, "the job was not re-created"
-        assert wait_until(lambda: store.get("j")["status"] == "running", timeout=2)
+        assert snap["status"] == "running", "re-created as pending: readers saw it move back"
         seen["snap"] = store.get("j")
+        seen["history"] = store.history("j")
 
     outcome, store, seq_before, seqs_after = _run_across_a_restart(
         restartable_redis, settings, tmp_path, before_go=before_go, record=seen)
@@ -671,10 +659,122 @@ def test_a_job_lost_by_a_redis_restart_is_recreated_by_the_heartbeat(restartable
         snap, lost = seen["snap"], seen["before_restart"]
         assert (snap["current_step"], snap["progress_percent"], snap["message"]) == ("a", 20, "in a")
         assert snap["seq"] > seq_before
+        # one entry, one event: the job came back as it was, not pending/0 and then restored
+        first = seen["history"][0]
+        assert (first["seq"], first["status"], first["current_step"], first["progress_percent"]) == (
+            seq_before + 1, "running", "a", 20)
         # the page goes on saying when the job was created and started, not "just now"
         assert (snap["created_at"], snap["started_at"]) == (lost["created_at"], lost["started_at"])
         assert outcome.status == "completed", outcome
         _assert_completed_above(store, seq_before, seqs_after)
+    finally:
+        store.client.close()
+
+
+class EventRecorder:
+    """A raw pub/sub subscriber of job "j"'s channel, in a thread, that records every event it
+    receives (no seq filter, unlike store.subscribe) and reconnects across a Redis restart.
+    ``resubscribed()`` is true once it hears on the channel again after ``restarted()``."""
+
+    def __init__(self, store: ProgressStore) -> None:
+        self.client = connect(store.settings)
+        self.channel = store.keys.events("j")
+        self.probe_channel = self.channel + ":probe"  # a channel of the test's own, same prefix
+        self.events: list[tuple[bool, dict]] = []  # (after the restart?, event)
+        self.after_restart = False
+        self.back = threading.Event()
+        self.done = threading.Event()
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(self.channel, self.probe_channel)
+        self.pubsub.get_message(timeout=1)  # the first confirmation: subscribed
+        self.thread = threading.Thread(target=self._record, daemon=True)
+        self.thread.start()
+
+    def _record(self) -> None:
+        while not self.done.is_set():
+            try:
+                m = self.pubsub.get_message(timeout=0.05)  # reconnects and resubscribes
+            except (OSError, redis.ConnectionError, redis.TimeoutError):
+                time.sleep(0.05)
+                continue
+            if m is None or m["type"] != "message":
+                continue
+            if m["channel"] == self.probe_channel:
+                self.back.set()
+                continue
+            event = json.loads(m["data"])
+            self.events.append((self.after_restart, event))
+            if event["status"] in ("completed", "failed", "canceled"):
+                return
+
+    def restarted(self) -> None:
+        self.after_restart = True
+
+    def resubscribed(self) -> bool:
+        try:
+            self.client.publish(self.probe_channel, "{}")
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+        return self.back.wait(0.1)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+        self.pubsub.close()
+        self.client.close()
+
+
+def _position(event: dict, steps: list[str]) -> tuple:
+    """How far an event shows the job: (status rank, steps done, step, percent)."""
+    rank = {"pending": 0, "running": 1}.get(event["status"], 2)
+    step = steps.index(event["current_step"]) if event["current_step"] else len(event["completed_steps"])
+    return rank, len(event["completed_steps"]), step, event["progress_percent"]
+
+
+def test_no_event_shows_a_job_moving_back_while_its_runner_recreates_it(restartable_redis, settings,
+                                                                         tmp_path):
+    """CONTRACT, "Redis": a subscriber started before an empty Redis restart records every
+    event of a running job through the kill and restart. The re-created job's first event
+    already shows it running at its step, percent and start time; none after the restart
+    shows a lower percent, an earlier step or an earlier status than one before it."""
+    recorder: dict[str, EventRecorder] = {}
+
+    def before_go(store, seq_before):
+        recorder["r"].restarted()
+        # heartbeats 5 s apart: the job is re-created by the command's next write, which
+        # comes once the subscriber is back
+        assert wait_until(recorder["r"].resubscribed, timeout=5), "the subscriber did not reconnect"
+        assert store.get("j") is None
+
+    seen: dict = {}
+    own = dataclasses.replace(settings, redis_url=restartable_redis.url,
+                              progress_redis_url=restartable_redis.url)
+    recorder["r"] = EventRecorder(ProgressStore(connect(own), own))
+    try:
+        outcome, store, seq_before, _ = _run_across_a_restart(
+            restartable_redis, settings, tmp_path, before_go=before_go, record=seen,
+            worker_lost_after=60)
+        recorder["r"].thread.join(10)  # it ends after the terminal event
+    finally:
+        recorder["r"].close()
+    try:
+        assert outcome.status == "completed", outcome
+        events = recorder["r"].events
+        before = [e for after, e in events if not after]
+        after = [e for after, e in events if after]
+        lost = seen["before_restart"]
+        assert before and before[-1]["seq"] == seq_before and before[-1]["progress_percent"] == 20
+        assert after and after[-1]["status"] == "completed"
+        first = after[0]  # the re-creation, as the write that found the job gone saw it
+        assert first["seq"] == seq_before + 1 and first["status"] == "running"
+        assert first["started_at_ms"] == ms_from_iso(lost["started_at"])
+        assert _position(first, ["a", "b", "c"]) >= _position(before[-1], ["a", "b", "c"])
+        steps = ["a", "b", "c"]
+        for a, b in zip(events, events[1:], strict=False):
+            assert b[1]["seq"] > a[1]["seq"], (a, b)
+            assert all(x <= y for x, y in zip(_position(a[1], steps), _position(b[1], steps),
+                                               strict=True)), (a, b)
+        assert store.history("j")[0]["status"] == "running"  # nor does the history start over
     finally:
         store.client.close()
 

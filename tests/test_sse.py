@@ -7,6 +7,7 @@ module's own key prefix. The jobs are driven from the test through the store.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -403,3 +404,25 @@ def test_keep_alive_comments_flow_while_a_job_is_quiet(settings, real_redis):
     response.close()
     assert app.extensions["progress_events"].client_count == 0
     app.extensions["progress_events"].close()
+
+
+def test_the_real_server_hardens_every_answer_and_does_not_advertise_gunicorn(server, sse_store):
+    """Through gunicorn itself: its Server header names no gunicorn, the security headers arrive,
+    and the stream (a gevent greenlet answering in pieces) carries them too."""
+    job_id = new_job(sse_store)
+    sse_store.update(job_id, progress_percent=100)
+    answers = []
+    for path in ("/api/v1/jobs?limit=1", "/", f"/api/v1/jobs/{job_id}/events", "/no-such-page"):
+        with contextlib.closing(http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)) as conn:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            answers.append((path, response.status, response.getheaders()))
+    for path, status, headers in answers:
+        servers = [value for name, value in headers if name.lower() == "server"]
+        assert servers == ["progress-service"], (path, headers)
+        assert "gunicorn" not in str(headers).lower(), (path, headers)
+        named = {name.lower(): value for name, value in headers}
+        assert named["x-content-type-options"] == "nosniff", (path, status, headers)
+        assert named["x-frame-options"] == "DENY" and named["referrer-policy"] == "same-origin"
+        assert "frame-ancestors 'none'" in named["content-security-policy"]

@@ -109,11 +109,17 @@ def test_force_revives_a_finished_job(store, job):
     assert store.client.ttl(store.keys.job(job)) == -1
 
 
-def test_a_finished_job_gets_the_ttl(store, job):
+def test_a_finished_job_gets_its_expiry_but_keeps_it_until_the_mirror_holds_it(store, job):
     store.update(job, status="canceled")
-    ttl = store.client.ttl(store.keys.job(job))
-    assert 0 < ttl <= store.settings.job_ttl
-    assert 0 < store.client.ttl(store.keys.history(job)) <= store.settings.job_ttl
+    # Rule 9's TTL counts from finished_at; it is set on the keys once the job's row is in
+    # PostgreSQL (tests/test_mirror.py), so no finished job leaves Redis unmirrored.
+    assert store.client.ttl(store.keys.job(job)) == -1
+    assert store.client.ttl(store.keys.history(job)) == -1
+    finished_ms = store.client.hget(store.keys.job(job), "finished_at_ms")
+    expires_ms = store.client.hget(store.keys.job(job), "expires_at_ms")
+    assert int(expires_ms) == int(finished_ms) + store.settings.job_ttl * 1000
+    assert job in {m.decode() if isinstance(m, bytes) else m
+                   for m in store.client.zrange(store.keys.mirror_due, 0, -1)}
 
 
 def test_reaching_100_while_running_completes_the_job(store, job):
@@ -434,6 +440,81 @@ def test_a_restored_job_keeps_its_creation_and_start_times(store):
     after = store.get("old")
     assert after["status"] == "running" and after["started_at"] == before["started_at"]
     assert after["progress_updated_at"] > before["progress_updated_at"]
+
+
+def test_a_restored_job_is_published_once_already_at_its_state(store):
+    """restore_job, as a runner re-creating a running job that Redis lost: one event, already
+    running at the job's step, percent, message and start time, never pending/0 first."""
+    store.create_job("old", "p", steps=STEPS)
+    store.update("old", status="running", current_step=STEPS[2], progress_percent=50, message="half")
+    before = store.get("old")
+    store.client.delete(store.keys.job("old"), store.keys.history("old"))  # Redis lost it
+    ps = store.client.pubsub()
+    ps.subscribe(store.keys.events("old"))
+    assert wait_until(lambda: (ps.get_message(timeout=0.1) or {}).get("type") == "subscribe", timeout=3)
+    started_ms = ms_from_iso(before["started_at"])
+    restored = store.restore_job("old", "p", STEPS, "video", seq_floor=before["seq"],
+                                 created_at_ms=ms_from_iso(before["created_at"]),
+                                 started_at_ms=started_ms, progress_percent=50,
+                                 current_step=STEPS[2], message="half")
+    store.update("old", progress_percent=60)
+    events = []
+    deadline = time.monotonic() + 3
+    while len(events) < 2 and time.monotonic() < deadline:
+        m = ps.get_message(timeout=0.1)
+        if m is not None and m["type"] == "message":
+            events.append(json.loads(m["data"]))
+    ps.close()
+    same = ("status", "progress_percent", "current_step", "completed_steps", "message",
+            "created_at", "started_at")
+    assert {k: restored[k] for k in same} == {k: before[k] for k in same}
+    assert restored["seq"] == before["seq"] + 1
+    first = events[0]
+    assert (first["seq"], first["status"], first["progress_percent"], first["current_step"]) == (
+        before["seq"] + 1, "running", 50, STEPS[2])
+    assert first["completed_steps"] == STEPS[:2] and first["message"] == "half"
+    assert first["started_at_ms"] == started_ms
+    assert [e["progress_percent"] for e in events] == [50, 60]
+    assert [(h["status"], h["progress_percent"]) for h in store.history("old")] == [
+        ("running", 50), ("running", 60)]
+
+
+def test_a_restored_running_job_without_a_start_time_starts_now(store):
+    snap = store.restore_job("r", "p", STEPS, "video", seq_floor=3)
+    assert (snap["status"], snap["progress_percent"], snap["current_step"], snap["seq"]) == (
+        "running", 0, None, 4)
+    assert snap["started_at"] is not None and snap["completed_steps"] == []
+
+
+@pytest.mark.parametrize("bad", [
+    {"status": "completed"}, {"status": "bogus"}, {"progress_percent": 100},
+    {"progress_percent": -1}, {"progress_percent": float("nan")}, {"progress_percent": None},
+    {"current_step": "no-such-step"}, {"current_step": ""}, {"message": 5},
+    {"status": "pending", "progress_percent": 5}, {"seq_floor": -1},
+])
+def test_a_bad_restore_is_invalid_input_and_writes_nothing(store, bad):
+    args = {"seq_floor": 2, **bad}
+    with pytest.raises(InvalidInput):
+        store.restore_job("job-x", "p", STEPS, "video", **args)
+    assert store.get("job-x") is None and store.history("job-x") == []
+
+
+def test_the_create_script_checks_the_restored_state_before_writing(store):
+    """A caller other than ProgressStore (the script's own header is the contract)."""
+    k = store.keys
+    base = ["job-x", "p", "video", json.dumps(STEPS), k.events("job-x"), k.all_events, 100, 0, "", ""]
+    for restore in (["running", "100"], ["running", "x"], ["running", "1", "nope"],
+                    ["running", "1", STEPS[0], "no-equals"], ["failed"], ["pending", "0", STEPS[1]]):
+        with pytest.raises(InvalidInput):
+            store._call(store.scripts.create, [k.job("job-x"), k.history("job-x")], base + restore)
+        assert store.client.exists(k.job("job-x"), k.history("job-x")) == 0
+
+
+def test_a_restore_of_a_job_that_exists_is_a_conflict(store):
+    store.create_job("j", "p", steps=STEPS)
+    with pytest.raises(JobConflict):
+        store.restore_job("j", "p", STEPS, "video", seq_floor=5, progress_percent=10)
+    assert store.get("j")["status"] == "pending" and store.get("j")["seq"] == 1
 
 
 def test_a_new_job_still_gets_its_start_time_when_it_starts(store, job):

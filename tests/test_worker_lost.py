@@ -1,8 +1,10 @@
 """A worker that dies mid-job: the job goes stale, then fails as ``worker lost``, in RQ too.
+And Redis that dies mid-run (a crash, SIGKILL): with AOF every job still completes.
 
-The end-to-end test runs ``progress-service worker`` as a subprocess (through a
-small launcher that registers a slow test pipeline), SIGKILLs it and its work
-horse mid-job, and starts another worker. Settings are short here:
+The end-to-end tests run ``progress-service worker`` as a subprocess (through a
+small launcher that registers slow test pipelines), SIGKILL it and its work
+horse mid-job, and start another worker; or SIGKILL a Redis of the test's own and
+start it again. Settings are short here:
 PROGRESS_STALE_AFTER=1, PROGRESS_WORKER_LOST_AFTER=3.
 """
 
@@ -18,7 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, read_pids, wait_until, write_worker_launcher
+from conftest import RestartableRedis, cli_env, read_pids, wait_until, write_worker_launcher
+from redis import Redis
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
@@ -52,6 +55,20 @@ os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 print("STEP 1/2 a", flush=True)
 for i in range(600):
     print(f"PROGRESS {min(i / 10, 49):.1f}", flush=True)
+    time.sleep(0.1)
+"""
+
+
+# Steps a, b over about three seconds, a PROGRESS line every 0.1 s.
+STEADY = """
+import time
+print("STEP 1/2 a", flush=True)
+for i in range(15):
+    print(f"PROGRESS {i * 3}", flush=True)
+    time.sleep(0.1)
+print("STEP b", flush=True)
+for i in range(15):
+    print(f"PROGRESS {50 + i * 3}", flush=True)
     time.sleep(0.1)
 """
 
@@ -99,6 +116,17 @@ def test_the_sweeper_fails_only_running_jobs_without_a_heartbeat(real_redis, set
     store.client.close()
 
 
+def test_a_job_its_runner_restored_is_not_failed_as_lost_before_its_next_heartbeat(store, settings):
+    """After an empty Redis restart the runner restores its job with the job's own start
+    time, long ago: the restore is its sign of life, or the sweeper fails it at once."""
+    long_ago = store.server_time_ms() - 60_000
+    store.restore_job("r", "p", ["a"], "command", seq_floor=4, created_at_ms=long_ago,
+                      started_at_ms=long_ago, progress_percent=10)
+    assert sweep_lost_jobs(store, settings) == []
+    snap = store.get("r")
+    assert snap["status"] == "running" and snap["heartbeat_at"] is not None
+
+
 def test_the_sweeper_loop_survives_a_redis_that_does_not_answer(settings, caplog):
     dead = dataclasses.replace(settings, progress_redis_url="redis://127.0.0.1:1/0")
     store = ProgressStore(connect(dead), dead)
@@ -144,7 +172,7 @@ def worker_env(settings, tmp_path):
 
 
 def start_worker(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    launcher = write_worker_launcher(tmp_path, {"t-slow": SLOW})
+    launcher = write_worker_launcher(tmp_path, {"t-slow": SLOW, "t-steady": STEADY})
     path = tmp_path / f"worker-{time.monotonic_ns()}.log"
     proc = subprocess.Popen([sys.executable, str(launcher), "worker", *args], env=env, cwd=ROOT,
                             stdout=open(path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -222,3 +250,62 @@ def test_a_sigkilled_worker_leaves_a_stale_job_that_the_next_worker_fails_as_los
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert "lost-job sweeper" in logs(tmp_path)
+
+
+# -- Redis crashes mid-run -------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aof", [True, False], ids=["aof", "no-persistence"])
+def test_a_redis_crash_mid_run_with_aof_loses_no_job(aof, redis_server_bin, settings, tmp_path,
+                                                     monkeypatch):
+    """A worker, one job running and two queued, and Redis SIGKILLed and started again on
+    the same port (README, "When things fail"). With AOF (as compose.yaml runs it) all three
+    complete; without persistence the running one still completes (its runner re-creates
+    it) but the queued ones are gone, with RQ's queue."""
+    if redis_server_bin is None:
+        from conftest import unavailable
+
+        unavailable("no redis-server binary to start a throwaway Redis")
+    monkeypatch.setitem(PIPELINES, "t-steady",
+                        Pipeline(name="t-steady", steps=("a", "b"), command=lambda p, o: []))
+    aof_dir = tmp_path / "redis-data" if aof else None
+    if aof_dir is not None:
+        aof_dir.mkdir()
+    redis_server = RestartableRedis(redis_server_bin, aof_dir)
+    own = dataclasses.replace(settings, redis_url=redis_server.url,
+                              progress_redis_url=redis_server.url, worker_lost_after=10.0)
+    env = cli_env(own, PROGRESS_WORKER_LOST_AFTER="10", PROGRESS_OUTPUT_DIR=str(tmp_path / "out"))
+    store = ProgressStore(connect(own), own)
+    worker = start_worker(tmp_path, env, "--no-mirror")
+    try:
+        job_ids = [submit_job(own, "p1", "t-steady", store=store, job_id=f"steady-{i}")
+                   for i in range(3)]
+        running = wait_until(lambda: (s := store.get(job_ids[0]))["progress_percent"] >= 20 and s,
+                             timeout=30)
+        assert running and running["status"] == "running", logs(tmp_path)
+        assert [store.get(j)["status"] for j in job_ids[1:]] == ["pending", "pending"]
+
+        redis_server.crash_and_restart()
+
+        if aof:
+            assert store.get(job_ids[1])["status"] == "pending"  # the queue came back too
+            finished = wait_until(lambda: all(store.get(j)["status"] == "completed" for j in job_ids),
+                                  timeout=60)
+            assert finished, ([store.get(j) for j in job_ids], logs(tmp_path))
+            assert store.get(job_ids[0])["seq"] > running["seq"]
+            rq_conn = Redis.from_url(own.redis_url)
+            try:
+                assert wait_until(lambda: all(Job.fetch(j, connection=rq_conn).get_status()
+                                              == JobStatus.FINISHED for j in job_ids), timeout=10)
+            finally:
+                rq_conn.close()
+        else:
+            assert store.get(job_ids[1]) is None and store.get(job_ids[2]) is None
+            assert wait_until(lambda: (store.get(job_ids[0]) or {}).get("status") == "completed",
+                              timeout=60), logs(tmp_path)
+        assert worker.poll() is None, logs(tmp_path)  # the worker rode it out
+    finally:
+        stop_worker(worker)
+        store.client.close()
+        redis_server.stop()

@@ -259,6 +259,28 @@ def test_a_failing_pipeline_fails_in_the_store_and_in_rq(env, settings, store, r
     assert "PipelineFailed" in rq_job.latest_result().exc_string
 
 
+MARKUP = """
+    import sys
+    print("STEP a", flush=True)
+    print('<img src=x onerror="alert(1)"><script>alert(2)</script> & done', file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def test_a_failure_text_reaches_rq_without_markup(env, settings, store, rq_conn, monkeypatch):
+    """rq-dashboard shows RQ's exception text as HTML, unescaped: a pipeline's stderr opens no tag
+    there. The store keeps the text as it was."""
+    command_pipeline(monkeypatch, "t-markup", MARKUP)
+    job_id = submit_job(settings, "p1", "t-markup", store=store, redis_conn=rq_conn,
+                        job_id=f"{settings.key_prefix}-markup")
+    work(settings, rq_conn, store)
+    said = '<img src=x onerror="alert(1)"><script>alert(2)</script> & done'
+    assert store.get(job_id)["error"] == f"exit code 1: {said}"
+    exc_string = Job.fetch(job_id, connection=rq_conn).latest_result().exc_string
+    assert "PipelineFailed: exit code 1: \u2039img src=x onerror=\"alert(1)\"\u203a\u2039script\u203a" in exc_string
+    assert "<img" not in exc_string and "<script" not in exc_string
+
+
 def test_the_rq_job_timeout_fails_the_job_and_kills_its_tree(env, settings, store, rq_conn,
                                                              monkeypatch, tmp_path):
     command_pipeline(monkeypatch, "t-tree", TREE)

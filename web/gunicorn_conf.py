@@ -21,6 +21,17 @@ always passes ``--bind`` and ``--workers`` (from its own ``--host``/``--port``/
 
 import os
 
+import gunicorn.http.wsgi
+
+# The Server header does not advertise gunicorn. gunicorn (since 20.1; tested with 27)
+# writes ``Server: <gunicorn.http.wsgi.SERVER>`` itself, and an app's own Server header
+# would only be a second one. That module imported ``gunicorn.SERVER`` by value, so
+# setting ``gunicorn.SERVER`` here would be too late. The workers, forked from this
+# master, inherit the change; SERVER_SOFTWARE (the WSGI environ's) likewise.
+SERVER_NAME = "progress-service"
+gunicorn.http.wsgi.SERVER = SERVER_NAME
+gunicorn.http.wsgi.SERVER_SOFTWARE = SERVER_NAME
+
 wsgi_app = "web:create_app()"
 bind = os.environ.get("PROGRESS_WEB_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PROGRESS_WEB_WORKERS", "2"))

@@ -55,9 +55,10 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
 def index():
     jobs, _missing = recent_jobs(limit=RECENT_JOBS)
     config = _page_config(None, None, None)
-    config["jobs"] = jobs
+    # the rows are drawn by index.js alone (web/static/index.js), from these
+    config["jobs"] = [{**job, "page_url": url_for("pages.status_page", paper_id=job["paper_id"])} for job in jobs]
     config["status_base"] = url_for("pages.status_page", paper_id="_")[:-2]
-    return render_template("index.html", jobs=jobs, config=config,
+    return render_template("index.html", config=config,
                            token_required=bool(progress_store().settings.api_token))
 
 

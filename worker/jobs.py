@@ -80,7 +80,22 @@ class JobCanceled(Exception):
 
 
 class PipelineFailed(Exception):
-    """The pipeline's command failed; the message is the job's error."""
+    """The pipeline's command failed; the message is the job's error (``markup_free``)."""
+
+
+NO_TAGS = str.maketrans({"<": "\u2039", ">": "\u203a"})  # ‹ ›
+
+
+def markup_free(text: str) -> str:
+    """``text`` for RQ's exception info: ``<`` and ``>`` become ``‹`` and ``›``.
+
+    rq-dashboard (0.9) puts a job's exception text into its page as HTML,
+    unescaped, and that text is the pipeline's stderr: no tag may open in it.
+    Look-alikes rather than ``&lt;``: the text reads the same on the dashboard's
+    job page, in its job list (which does escape) and in a terminal. The store
+    keeps the text as it was (the status page shows it as text).
+    """
+    return text.translate(NO_TAGS)
 
 
 # -- configuration ----------------------------------------------------------------
@@ -131,10 +146,10 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
     if outcome.status == Status.COMPLETED.value:
         return {"status": outcome.status, "result": outcome.result}
     if outcome.stopped_by == "timeout":
-        raise JobTimeoutException(outcome.error or f"timed out after {timeout} s")
+        raise JobTimeoutException(markup_free(outcome.error or f"timed out after {timeout} s"))
     if outcome.status == Status.CANCELED.value:
         raise JobCanceled(f"job {job.id} was canceled")
-    raise PipelineFailed(outcome.error or f"job {job.id} {outcome.status}")
+    raise PipelineFailed(markup_free(outcome.error or f"job {job.id} {outcome.status}"))
 
 
 def _take_over_rq_alarm(timeout: float | None) -> float | None:

@@ -3,14 +3,15 @@
 A job's command runs as the leader of a process group of its own
 (``start_new_session``); its descendants usually stay in that group, but one may
 leave it (``setsid``) or lose its parent link when its parent dies. So a kill
-signals the group *and* every descendant found through ``/proc``, collected
-before the first signal and again on every round, and checks by pid that none
-is left. A process that double-forks away (``setsid`` and its parent exiting, as a
-daemon does) keeps no link to the tree at all: given a ``tag`` (the job's
-``PROGRESS_JOB_ID=<id>`` entry, which every process of the job inherits), the
-kill also finds processes by that entry in their environment, wherever they went.
-A zombie (dead, not yet reaped) counts as gone. Without ``/proc`` (macOS) only the
-group is signalled and checked.
+signals the group *and* every descendant, collected before the first signal and
+again on every round. A process that double-forks away (``setsid`` and its parent
+exiting, as a daemon does) keeps no link to the tree at all: given a ``tag`` (the
+job's ``PROGRESS_JOB_ID=<id>`` entry, which every process of the job inherits),
+the kill also finds processes by that entry in their environment.
+
+psutil does the looking. A ``psutil.Process`` names one process by its pid *and*
+start time, and ``send_signal`` checks both first: a pid reused by a new process is
+never signalled. A zombie (dead, not yet reaped) counts as gone.
 """
 
 from __future__ import annotations
@@ -21,166 +22,114 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
+from contextlib import suppress
+
+import psutil
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "KILL_GRACE", "ProcInfo", "descendants", "environ_has", "group_members", "kill_process_tree",
-    "process_alive", "process_table", "start_time", "tagged_processes",
-]
+__all__ = ["KILL_GRACE", "descendants", "environ_has", "group_members", "kill_process_tree",
+           "process_alive", "tagged_processes"]
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+POLL = 0.05  # seconds, at most, between two looks at a dying tree
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+# Every live process: its parent's pid and its process group.
+_Table = dict[psutil.Process, tuple[int, int]]
 
 
-def _have_proc() -> bool:
-    return os.path.isdir("/proc/self")
-
-
-class ProcInfo(NamedTuple):
-    """One process as /proc/<pid>/stat shows it."""
-
-    ppid: int
-    pgid: int
-    state: str  # "Z" (zombie) and "X" (dead) count as gone
-    start: int  # start time in clock ticks since boot: with the pid, it names one process
-
-
-def _stat(pid: int | str) -> ProcInfo | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # "pid (comm) state ppid pgrp ... starttime": comm may hold spaces and parentheses.
-    rest = raw[raw.rfind(b")") + 2:].split()
-    if len(rest) < 20:
-        return None
-    return ProcInfo(int(rest[1]), int(rest[2]), rest[0].decode(), int(rest[19]))
-
-
-def process_table() -> dict[int, ProcInfo] | None:
-    """Every process, from /proc; None where there is no /proc."""
-    if not _have_proc():
-        return None
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return None
-    table = {}
-    for name in names:
-        if name.isdigit() and (info := _stat(name)) is not None:
-            table[int(name)] = info
+def _live() -> _Table:
+    table: _Table = {}
+    for pid in psutil.pids():
+        with suppress(psutil.Error, OSError):  # gone since it was listed
+            process = psutil.Process(pid)
+            with process.oneshot():
+                if process.status() not in _GONE:
+                    table[process] = (process.ppid(), os.getpgid(pid))
     return table
 
 
-def start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot), or None (gone, or no /proc)."""
-    info = _stat(pid) if pid > 0 and _have_proc() else None
-    return info.start if info else None
-
-
-def process_alive(pid: int, started: int | None = None) -> bool:
-    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, counts as gone).
-
-    With ``started`` (from :func:`start_time`), a new process that reuses the pid
-    does not count either.
-    """
-    if pid <= 0:
-        return False
-    if _have_proc():
-        info = _stat(pid)
-        if info is None:
-            return os.path.exists(f"/proc/{pid}") and _signal_alive(pid)  # unreadable, not gone
-        return info.state not in ("Z", "X") and (started is None or info.start == started)
-    return _signal_alive(pid)
-
-
-def _signal_alive(pid: int) -> bool:
+def process_alive(process: int | psutil.Process) -> bool:
+    """Whether a process lives; a zombie counts as gone, and so does, for a
+    ``psutil.Process``, a new process that reuses its pid."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if isinstance(process, int):
+            process = psutil.Process(process) if process > 0 else None
+        return process is not None and process.is_running() and process.status() not in _GONE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``."""
-    table = process_table()
-    if table is None:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    return [pid for pid, p in table.items() if p.pgid == pgid and p.state not in ("Z", "X")]
-
-
-def descendants(pid: int, table: dict[int, ProcInfo] | None = None) -> set[int]:
-    """Live descendants of ``pid`` (children, their children, ...)."""
-    table = process_table() if table is None else table
-    if not table:
-        return set()
-    children: dict[int, list[int]] = {}
-    for child, p in table.items():
-        if p.state not in ("Z", "X"):
-            children.setdefault(p.ppid, []).append(child)
-    found: set[int] = set()
-    todo = [pid]
+def _below(pids: Iterable[int], table: _Table) -> set[psutil.Process]:
+    children: dict[int, list[psutil.Process]] = {}
+    for process, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(process)
+    found: set[psutil.Process] = set()
+    todo = list(pids)
     while todo:
         for child in children.get(todo.pop(), ()):
             if child not in found:
                 found.add(child)
-                todo.append(child)
+                todo.append(child.pid)
     return found
 
 
-def environ_has(pid: int, tag: str) -> bool:
-    """Whether ``pid``'s environment holds the entry ``tag`` (``NAME=value``), exactly.
+def descendants(pid: int) -> set[int]:
+    """Live descendants of ``pid`` (children, their children, ...)."""
+    return {process.pid for process in _below([pid], _live())}
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    return [process.pid for process, (_, group) in _live().items() if group == pgid]
+
+
+def environ_has(process: int | psutil.Process, tag: str) -> bool:
+    """Whether a process's environment holds the entry ``tag`` (``NAME=value``), exactly.
 
     False when it does not, is gone, or is not ours to read.
     """
+    name, _, value = tag.partition("=")
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return tag.encode() in f.read().split(b"\0")
-    except OSError:
+        process = process if isinstance(process, psutil.Process) else psutil.Process(process)
+        return process.environ().get(name) == value
+    except (psutil.Error, ValueError):
         return False
 
 
-def _ancestors(table: dict[int, ProcInfo]) -> set[int]:
-    """This process and every process above it: never part of a tree we kill."""
-    found, pid = set(), os.getpid()
-    while pid > 1 and pid not in found:
-        found.add(pid)
-        info = table.get(pid)
-        pid = info.ppid if info else 0
-    return found
+def _tagged(tag: str, table: _Table) -> set[psutil.Process]:
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}  # never part of a job's tree
+    return {process for process in table if process.pid not in mine and environ_has(process, tag)}
 
 
-def tagged_processes(tag: str, table: dict[int, ProcInfo] | None = None) -> set[int]:
+def tagged_processes(tag: str) -> set[int]:
     """Live processes whose environment holds ``tag`` (``NAME=value``), this process
-    and its ancestors excepted. Empty where there is no /proc."""
-    table = process_table() if table is None else table
-    if not table:
-        return set()
-    mine = _ancestors(table)
-    return {pid for pid, p in table.items()
-            if p.state not in ("Z", "X") and pid not in mine and environ_has(pid, tag)}
+    and its ancestors excepted."""
+    return {process.pid for process in _tagged(tag, _live())}
 
 
-def _signal_tree(pgids: Iterable[int], pids: Iterable[int], sig: int) -> None:
-    for pgid in {g for g in pgids if g > 1}:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid in {p for p in pids if p > 1}:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _signal(groups: Iterable[int], processes: Iterable[psutil.Process], sig: int) -> None:
+    for pgid in groups:
+        if pgid > 1:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+    for process in processes:
+        if process.pid > 1:
+            with suppress(psutil.Error):  # gone, or its pid reused: not signalled
+                process.send_signal(sig)
+
+
+def _wait(processes: list[psutil.Process], popen: subprocess.Popen | None) -> None:
+    """Up to POLL seconds for ``processes`` to end. psutil reaps those that are our
+    children, but ``popen``'s: its ``poll`` does, to keep the exit code."""
+    others = [p for p in processes if popen is None or p.pid != popen.pid]
+    if others:
+        psutil.wait_procs(others, timeout=POLL)
+    else:
+        time.sleep(POLL)
 
 
 def kill_process_tree(
@@ -201,44 +150,38 @@ def kill_process_tree(
     declaring the tree gone: reading every environment is the slow part).
     Returns the pids still alive at the end: an empty list when all went.
     """
-    known: set[int] = {pid, *extra}
-    groups: set[int] = {pid}
+    known: set[psutil.Process] = set()
+    for p in {pid, *extra}:
+        with suppress(psutil.Error, ValueError):
+            known.add(psutil.Process(p))
+    groups = {pid}
 
-    def refresh(by_tag: bool = False) -> list[int]:
-        table = process_table()
-        if table is not None:
-            if by_tag and tag:
-                known.update(tagged_processes(tag, table))
-            for p in list(known):
-                known.update(descendants(p, table))
-            known.update(p for p, info in table.items() if info.pgid in groups and info.state not in ("Z", "X"))
-            for p in known:
-                if p in table:
-                    groups.add(table[p].pgid)
+    def refresh(by_tag: bool = False) -> list[psutil.Process]:
         if popen is not None:
             popen.poll()  # reap our direct child, so it does not linger as a zombie
-        return [p for p in known if process_alive(p)]
+        table = _live()
+        if by_tag and tag:
+            known.update(_tagged(tag, table))
+        known.update(_below([p.pid for p in known if p in table], table))  # `in`: pid and start
+        known.update(p for p, (_, group) in table.items() if group in groups)
+        groups.update(table[p][1] for p in known if p in table)
+        groups.discard(os.getpgrp())
+        return [p for p in known if p in table and p.pid != os.getpid()]
 
-    own_group = os.getpgrp()
-    groups.discard(own_group)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         alive = refresh(by_tag=True)
-        groups.discard(own_group)
         if not alive:
             return []
-        _signal_tree(groups, [p for p in alive if p != os.getpid()], sig)
+        _signal(groups, alive, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            time.sleep(0.02)
-            alive = refresh()
-            if not alive:
-                alive = refresh(by_tag=True)  # one last look for strays before saying "gone"
-            groups.discard(own_group)
+            _wait(alive, popen)
+            alive = refresh() or refresh(by_tag=True)  # one last look for strays before "gone"
             if not alive:
                 return []
             if sig == signal.SIGKILL:  # new forks since the last round
-                _signal_tree(groups, [p for p in alive if p != os.getpid()], sig)
-    alive = refresh(by_tag=True)
-    if alive:
-        logger.error("process tree of pid %d: %s still alive after SIGKILL", pid, sorted(alive))
-    return sorted(alive)
+                _signal(groups, alive, sig)
+    left = sorted(p.pid for p in refresh(by_tag=True))
+    if left:
+        logger.error("process tree of pid %d: %s still alive after SIGKILL", pid, left)
+    return left

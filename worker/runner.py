@@ -72,6 +72,7 @@ TAIL_LINE_CHARS = 300
 REFUSED_WARNINGS = 5  # lines that looked like ours but were refused, logged at WARNING per job
 DRAIN_AFTER_EXIT = 1.0  # seconds to keep reading after the command exited (a grandchild may hold the pipes)
 _TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
+_RESTORED = ("progress_percent", "current_step", "message")  # what re-creating a lost job carries over
 
 OnWrite = Callable[[dict[str, Any], UpdateResult], None]
 
@@ -354,7 +355,8 @@ class _CommandRun:
         if code == 0:
             result = {**(self.result or {}), "exit_code": 0}
             logger.info("job %s: %s -> %s", self.job_id, Status.RUNNING.value, Status.COMPLETED.value)
-            self._final(status=Status.COMPLETED.value, result=result)
+            written = self._final(status=Status.COMPLETED.value, result=result)
+            result = written.get("result", result)
             return RunOutcome(self.job_id, Status.COMPLETED.value, exit_code=0, result=result,
                               pid=proc.pid, survivors=survivors)
         error = self._failure_text(code)
@@ -450,12 +452,15 @@ class _CommandRun:
         logger.info("job %s: the command left %d process(es) behind: killing them", self.job_id, len(left))
         return kill_process_tree(self.proc.pid, grace=min(self.kill_grace, 1.0), extra=left, tag=self._tag)
 
-    def _final(self, **fields: Any) -> None:
+    def _final(self, **fields: Any) -> dict[str, Any]:
         """The last write: at once, through the throttle so nothing pending is lost.
+        Returns the fields written.
 
         Redis may be away for a moment: the write is retried for up to
         ``worker_lost_after`` seconds (at least 5), so that a job that ended is not
-        later failed as ``worker lost``.
+        later failed as ``worker lost``. A result the store refuses (NaN or Infinity
+        in it, say) must not leave the job running either: it is written again with
+        only the exit code as its result, and the message saying why.
         """
         fields = {k: v for k, v in fields.items() if v is not None}
         deadline = time.monotonic() + max(5.0, self.settings.worker_lost_after)
@@ -464,19 +469,26 @@ class _CommandRun:
             try:
                 self.throttle.update(**fields)  # urgent: flushes what is pending with it
                 self.throttle.close()
-                return
+                return fields
             except (BackendUnavailable, OSError) as exc:
                 if time.monotonic() + delay > deadline:
                     logger.error("job %s: could not write the final state %r: %s",
                                  self.job_id, fields, exc)
-                    return
+                    return fields
                 if delay == 0.1:
                     logger.warning("job %s: the final write failed (%s); retrying", self.job_id, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
+                kept = {k: v for k, v in (fields.get("result") or {}).items() if k == "exit_code"}
+                if "result" in fields and fields["result"] != kept:
+                    why = f"the pipeline's result was not stored: {exc}"
+                    logger.warning("job %s: %s", self.job_id, why)
+                    # overrides the refused values the throttle kept for the next try
+                    fields = {**fields, "result": kept, "message": why}
+                    continue
                 logger.error("job %s: could not write the final state %r: %s", self.job_id, fields, exc)
-                return
+                return fields
 
     # -- writes and the watcher ------------------------------------------------
 
@@ -485,7 +497,7 @@ class _CommandRun:
         under the throttle's lock, whichever thread makes it)."""
         result = self.store.update(self.job_id, **fields)
         if result.reason == "not_found" and self.job_spec is not None:
-            self._recreate_job()
+            self._recreate_job(fields)
             result = self.store.update(self.job_id, **fields)
         if self.write_failing:
             logger.info("job %s: progress writes go through again", self.job_id)
@@ -493,9 +505,7 @@ class _CommandRun:
         self.refused_lines = 0
         self.last_seq = max(self.last_seq, result.seq)
         if result.accepted:
-            self.progress_state.update(
-                (k, v) for k, v in fields.items()
-                if k in ("progress_percent", "current_step", "message"))
+            self.progress_state.update((k, v) for k, v in fields.items() if k in _RESTORED)
         if not result.accepted and result.reason in ("terminal", "not_found"):
             if fields.get("status") not in _TERMINAL:
                 self._request_stop(result.reason)
@@ -516,26 +526,33 @@ class _CommandRun:
                 "created_at_ms": ms_from_iso(snap["created_at"]),
                 "started_at_ms": ms_from_iso(snap["started_at"])}
 
-    def _recreate_job(self) -> None:
-        """Re-create the job the store lost and re-apply what was written so far.
+    def _recreate_job(self, fields: dict[str, Any]) -> None:
+        """Re-create the job the store lost at the state it had, in one script call.
 
-        Its seq goes on above the last one this run saw. A cancel is not lost this
-        way: it leaves the job ``canceled``, which is ``terminal``, not ``not_found``.
+        ``store.restore_job`` writes it ``running`` at the step, percent and message
+        the store last accepted, with ``fields`` (the write that found it gone, which
+        is never behind them) laid over, and publishes that as its first event: no
+        reader sees it pass through pending/0. Its seq goes on above the last one this
+        run saw. A cancel is not lost this way: it leaves the job ``canceled``, which
+        is ``terminal``, not ``not_found``.
         """
         spec = self.job_spec
         assert spec is not None
         logger.warning("job %s: the progress store lost the job (Redis restarted empty?); "
                        "re-creating it at seq > %d and carrying on", self.job_id, self.last_seq)
+        state = {**self.progress_state,
+                 **{k: v for k, v in fields.items() if k in _RESTORED and v is not None}}
+        if state.get("progress_percent", 0) >= 100:  # this write completes it: restore it before
+            state["progress_percent"] = self.progress_state.get("progress_percent", 0)
         try:
-            snap = self.store.create_job(self.job_id, spec["paper_id"], steps=spec["steps"],
-                                         pipeline=spec["pipeline"], seq_floor=self.last_seq,
-                                         created_at_ms=spec["created_at_ms"],
-                                         started_at_ms=spec["started_at_ms"])
+            snap = self.store.restore_job(self.job_id, spec["paper_id"], spec["steps"], spec["pipeline"],
+                                          seq_floor=self.last_seq, created_at_ms=spec["created_at_ms"],
+                                          started_at_ms=spec["started_at_ms"],
+                                          status=Status.RUNNING.value, **state)
             self.last_seq = max(self.last_seq, snap["seq"])
-        except JobConflict:
-            pass  # it is back already
-        restored = self.store.update(self.job_id, status=Status.RUNNING.value, **self.progress_state)
-        self.last_seq = max(self.last_seq, restored.seq)
+        except JobConflict:  # it is back already: bring it up to date (forward only)
+            restored = self.store.update(self.job_id, status=Status.RUNNING.value, **state)
+            self.last_seq = max(self.last_seq, restored.seq)
 
     def _notify(self, fields: dict[str, Any], result: UpdateResult) -> None:
         if self.on_write is None:

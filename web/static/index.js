@@ -1,80 +1,58 @@
-/* Recent jobs: the table refreshes every few seconds; the form starts a job. */
+/* Recent jobs: the table refreshes every few seconds; the form starts a job.
+ *
+ * The rows are drawn here alone, from the page's <template id="job-row"> (and "no-jobs-row"):
+ * first from the jobs the page was served with (cfg.jobs), then from the API every cfg.poll_ms.
+ */
 (function () {
   "use strict";
 
   var cfg = JSON.parse(document.getElementById("page-config").textContent);
   var body = document.getElementById("jobs-body");
+  var rowTemplate = document.getElementById("job-row");
+  var emptyTemplate = document.getElementById("no-jobs-row");
   var form = document.getElementById("submit-form");
   var errorBox = document.getElementById("submit-error");
   var statusBase = cfg.status_base || "/status/";
+  var offset = cfg.server_now_ms - Date.now(); // server clock minus ours
 
-  function cell(tr, content, cls) {
-    var td = document.createElement("td");
-    if (cls) td.className = cls;
-    if (content instanceof Node) td.appendChild(content); else td.textContent = content == null ? "" : content;
-    tr.appendChild(td);
-    return td;
-  }
-  function badge(text, status) {
-    var span = document.createElement("span");
-    span.className = "badge";
-    span.setAttribute("data-status", status);
-    span.textContent = text;
-    return span;
-  }
   function ago(iso) {
     var t = Date.parse(iso);
     if (isNaN(t)) return "";
-    var s = Math.max(0, Math.round((Date.now() + (cfg.server_now_ms - loadedAt) - t) / 1000));
+    var s = Math.max(0, Math.round((Date.now() + offset - t) / 1000));
     if (s < 60) return s + " s ago";
     if (s < 3600) return Math.floor(s / 60) + " min ago";
     if (s < 86400) return Math.floor(s / 3600) + " h ago";
     return Math.floor(s / 86400) + " d ago";
   }
-  var loadedAt = Date.now();
+
+  // The page of a job: the server names it for the jobs it listed; later ones get the same shape.
+  function pageUrl(job) {
+    return job.page_url || statusBase + encodeURIComponent(job.paper_id) + "/";
+  }
+
+  function row(job) {
+    var tr = rowTemplate.content.firstElementChild.cloneNode(true);
+    function part(cls) { return tr.querySelector("." + cls); }
+    var link = part("job-paper");
+    link.href = pageUrl(job);
+    link.textContent = job.paper_id;
+    var status = part("job-status");
+    status.textContent = job.status;
+    status.setAttribute("data-status", job.status);
+    part("job-stale").hidden = !job.is_stale;
+    var fill = part("mini-fill");
+    fill.setAttribute("data-status", job.status);
+    fill.style.width = job.progress_percent + "%";
+    part("mini-pct").textContent = Math.floor(job.progress_percent) + "%";
+    part("job-step").textContent = job.current_step || "";
+    part("job-updated").textContent = ago(job.progress_updated_at);
+    part("job-id").textContent = job.job_id;
+    return tr;
+  }
 
   function render(jobs) {
-    body.innerHTML = "";
-    if (!jobs.length) {
-      var tr = document.createElement("tr");
-      tr.className = "empty-row";
-      var td = cell(tr, "No jobs yet. Start one with the form above.");
-      td.colSpan = 6;
-      body.appendChild(tr);
-      return;
-    }
-    jobs.forEach(function (job) {
-      var tr = document.createElement("tr");
-      var link = document.createElement("a");
-      link.href = statusBase + encodeURIComponent(job.paper_id) + "/";
-      link.textContent = job.paper_id;
-      cell(tr, link);
-      var status = document.createElement("span");
-      status.appendChild(badge(job.status, job.status));
-      if (job.is_stale) { status.appendChild(document.createTextNode(" ")); status.appendChild(badge("stale", "stale")); }
-      cell(tr, status);
-      var wrap = document.createElement("span");
-      var mini = document.createElement("span");
-      mini.className = "mini";
-      var fill = document.createElement("span");
-      fill.className = "mini-fill";
-      fill.style.display = "block";
-      fill.setAttribute("data-status", job.status);
-      fill.style.width = job.progress_percent + "%";
-      mini.appendChild(fill);
-      var pct = document.createElement("span");
-      pct.className = "mini-pct";
-      pct.textContent = Math.floor(job.progress_percent) + "%";
-      wrap.appendChild(mini);
-      wrap.appendChild(pct);
-      cell(tr, wrap, "col-progress");
-      cell(tr, job.current_step || "");
-      cell(tr, ago(job.progress_updated_at), "muted");
-      var code = document.createElement("code");
-      code.textContent = job.job_id;
-      cell(tr, code);
-      body.appendChild(tr);
-    });
+    var rows = jobs.length ? jobs.map(row) : [emptyTemplate.content.firstElementChild.cloneNode(true)];
+    body.replaceChildren.apply(body, rows);
   }
 
   function refresh() {
@@ -104,6 +82,6 @@
     });
   });
 
-  if (cfg.jobs) render(cfg.jobs);
+  render(cfg.jobs || []);
   setInterval(refresh, cfg.poll_ms || 3000);
 })();

@@ -26,24 +26,27 @@
   var QUIET_CHECK_MS = 10000; // a live but quiet page asks for the status this often
   var STALE_RECHECK_MS = 2000;
   var HEARTBEAT_CHECK_MS = 5000; // a stale job's full snapshot (its heartbeat) is read this often
-  var lastBeatCheckAt = 0;
-
-  var offset = cfg.server_now_ms - Date.now(); // server clock minus ours
-  var job = null; // the snapshot on screen
-  var receivedAt = Date.now(); // when `job` arrived, for the ETA countdown
-  var stepStart = {}; // step name -> ms (server clock) it became current
-  var finishedAt = null;
-  var videoUrl = cfg.video_url || null;
-  var source = null;
-  var pollTimer = null;
-  var retryTimer = null; // while polling: the next try to reopen the stream
   // web.pages sets both; the fallbacks only keep a config without them from retrying in a tight loop
   var RETRY_MS = cfg.stream_retry_ms || 15000, RETRY_MAX_MS = cfg.stream_retry_max_ms || 60000;
-  var retryDelay = RETRY_MS;
-  var mode = "idle"; // live | polling | finished | waiting
-  var lastNewsAt = Date.now();
-  var lastCheckAt = 0;
-  var checking = false;
+  var OFFSET = cfg.server_now_ms - Date.now(); // server clock minus ours
+
+  // Everything the page knows and does, in one place; render() draws the job from it.
+  var state = {
+    job: null, // the snapshot on screen
+    receivedAt: Date.now(), // when `job` arrived, for the ETA countdown
+    stepStart: {}, // step name -> ms (server clock) it became current
+    finishedAt: null,
+    videoUrl: cfg.video_url || null,
+    mode: "idle", // live | polling | finished | waiting
+    source: null, // the open EventSource
+    pollTimer: null,
+    retryTimer: null, // while polling: the next try to reopen the stream
+    retryDelay: RETRY_MS,
+    lastNewsAt: Date.now(),
+    lastCheckAt: 0,
+    checking: false, // a status poll is under way
+    lastBeatCheckAt: 0
+  };
 
   function $(id) { return document.getElementById(id); }
   var el = {
@@ -53,10 +56,10 @@
     bar: $("progress"), fill: $("progress-fill"), text: $("progress-text"), eta: $("eta"),
     message: $("message"), updated: $("updated"), steps: $("steps"),
     videoBox: $("video-box"), video: $("video"), videoLink: $("video-link"),
-    conn: $("conn"), connDot: $("conn-dot")
+    conn: $("conn"), connDot: $("conn-dot"), stepTemplate: $("step-template")
   };
 
-  function now() { return Date.now() + offset; }
+  function now() { return Date.now() + OFFSET; }
   function ms(iso) { var t = iso ? Date.parse(iso) : NaN; return isNaN(t) ? null : t; }
   function jobUrl(id, tail) { return cfg.api_jobs_url + "/" + encodeURIComponent(id) + (tail || ""); }
 
@@ -76,32 +79,39 @@
 
   function noteEntry(at, step, status) {
     if (at === null) return;
-    if (step && !(step in stepStart)) stepStart[step] = at;
-    if (TERMINAL[status] && finishedAt === null) finishedAt = at;
+    if (step && !(step in state.stepStart)) state.stepStart[step] = at;
+    if (TERMINAL[status] && state.finishedAt === null) state.finishedAt = at;
   }
   function noteHistory(entries) {
     (entries || []).forEach(function (e) { noteEntry(ms(e.at), e.current_step, e.status); });
+  }
+  // Another job of the paper replaces the one on screen: what was learned of the old one goes.
+  function forgetJob() {
+    state.stepStart = {};
+    state.finishedAt = null;
+    state.videoUrl = null;
   }
 
   /* -- taking news in --------------------------------------------------- */
 
   // A full snapshot (from the stream or the API): shown only if its seq is newer.
   function accept(snap) {
+    var job = state.job;
     if (!snap || !snap.job_id) return false;
     if (job && snap.job_id === job.job_id && snap.seq <= job.seq) {
       // Nothing moved, but the worker's heartbeat may be newer: it tells a slow step from a dead worker.
       if (snap.heartbeat_at && (!job.heartbeat_at || ms(snap.heartbeat_at) > ms(job.heartbeat_at))) {
-        job = Object.assign({}, job, { heartbeat_at: snap.heartbeat_at });
+        state.job = Object.assign({}, job, { heartbeat_at: snap.heartbeat_at });
         render();
       }
       return false;
     }
-    if (job && snap.job_id !== job.job_id) { stepStart = {}; finishedAt = null; videoUrl = null; }
-    job = snap;
-    receivedAt = Date.now();
-    lastNewsAt = Date.now();
+    if (job && snap.job_id !== job.job_id) forgetJob();
+    state.job = snap;
+    state.receivedAt = Date.now();
+    state.lastNewsAt = Date.now();
     noteEntry(ms(snap.progress_updated_at), snap.current_step, snap.status);
-    if (TERMINAL[snap.status] && snap.finished_at) finishedAt = ms(snap.finished_at);
+    if (TERMINAL[snap.status] && snap.finished_at) state.finishedAt = ms(snap.finished_at);
     render();
     if (TERMINAL[snap.status]) finish(); // whichever way the end arrived: no stream, no polling after it
     return true;
@@ -109,7 +119,8 @@
 
   // The small status of ?_json=1 (no seq): shown only if it is not behind the screen.
   function acceptStatus(st) {
-    if (!st.exists) { if (!job) showNoJob(); return; }
+    var job = state.job;
+    if (!st.exists) { if (!job) render(); return; }
     if (!job || st.job_id !== job.job_id) { loadJob(st.job_id); return; }
     if (st.progress_percent < job.progress_percent) return;
     if (RANK[st.status] < RANK[job.status]) return;
@@ -121,9 +132,9 @@
       status: st.status, current_step: st.current_step, completed_steps: st.completed_steps,
       progress_percent: st.progress_percent, progress_updated_at: st.progress_updated_at, is_stale: st.is_stale
     });
-    if (moved) { merged.eta_seconds = job.eta_seconds; lastNewsAt = Date.now(); }
-    if (st.final_video_url) videoUrl = st.final_video_url;
-    job = merged;
+    if (moved) { merged.eta_seconds = job.eta_seconds; state.lastNewsAt = Date.now(); }
+    if (st.final_video_url) state.videoUrl = st.final_video_url;
+    state.job = merged;
     noteEntry(polledAt, st.current_step, st.status);
     render();
     if (TERMINAL[st.status]) finish(); // which fetches the full snapshot once more
@@ -140,11 +151,11 @@
   }
 
   function fetchStatus() {
-    if (checking || !cfg.status_json_url) return;
-    checking = true;
-    lastCheckAt = Date.now();
+    if (state.checking || !cfg.status_json_url) return;
+    state.checking = true;
+    state.lastCheckAt = Date.now();
     getJSON(cfg.status_json_url).then(acceptStatus, function () { /* next tick tries again */ })
-      .then(function () { checking = false; }, function () { checking = false; });
+      .then(function () { state.checking = false; }, function () { state.checking = false; });
   }
 
   // The full snapshot and the history: seq, ETA, message, error, result, step times.
@@ -154,16 +165,17 @@
   }
 
   function refreshHistory(id) {
-    getJSON(jobUrl(id, "/history")).then(function (h) { if (job && job.job_id === id) { noteHistory(h); render(); } },
-      function () {});
+    getJSON(jobUrl(id, "/history")).then(function (h) {
+      if (state.job && state.job.job_id === id) { noteHistory(h); render(); }
+    }, function () {});
   }
 
   function loadJob(id) {
     Promise.all([getJSON(jobUrl(id)), getJSON(jobUrl(id, "/history")).catch(function () { return []; })])
       .then(function (both) {
         var snap = both[0];
-        if (job && job.job_id !== snap.job_id) { stepStart = {}; finishedAt = null; videoUrl = null; }
-        job = null;
+        if (state.job && state.job.job_id !== snap.job_id) forgetJob();
+        state.job = null;
         noteHistory(both[1]);
         accept(snap);
         start();
@@ -173,7 +185,7 @@
   /* -- live stream, polling ----------------------------------------------- */
 
   function setMode(m) {
-    mode = m;
+    state.mode = m;
     el.connDot.setAttribute("data-mode", m);
     el.conn.textContent = {
       live: "Live: updates arrive as they happen",
@@ -189,99 +201,98 @@
   function openStream() {
     if (!window.EventSource) { startPolling(); return; }
     closeStream();
-    var id = job.job_id;
+    var id = state.job.job_id;
     var es = new EventSource(jobUrl(id, "/events"));
     var delivered = false;
-    source = es;
+    state.source = es;
     es.addEventListener("progress", function (ev) {
-      if (source !== es) return;
+      if (state.source !== es) return;
       var snap;
       try { snap = JSON.parse(ev.data); } catch (e) { return; }
-      lastNewsAt = Date.now();
+      state.lastNewsAt = Date.now();
       if (!delivered) {
         delivered = true;
         streamIsUp();
         // back after a gap (polling saw only the current step of each poll): fetch the step times
-        if (job && snap.job_id === job.job_id && snap.seq > job.seq + 1) refreshHistory(id);
+        if (state.job && snap.job_id === state.job.job_id && snap.seq > state.job.seq + 1) refreshHistory(id);
       }
       accept(snap);
       if (TERMINAL[snap.status]) finish();
     });
     es.onerror = function () {
-      if (source !== es) return;
+      if (state.source !== es) return;
       // Failed, refused or cut: close it (EventSource would retry every few seconds forever),
       // poll meanwhile, and try the stream again later.
       closeStream();
-      if (job && !TERMINAL[job.status]) { startPolling(); scheduleStreamRetry(); }
+      if (state.job && !TERMINAL[state.job.status]) { startPolling(); scheduleStreamRetry(); }
     };
   }
 
   function closeStream() {
-    if (source) { source.onerror = null; source.close(); source = null; }
+    if (state.source) { state.source.onerror = null; state.source.close(); state.source = null; }
   }
 
   function streamIsUp() {
     stopPolling();
     cancelStreamRetry();
-    retryDelay = RETRY_MS;
+    state.retryDelay = RETRY_MS;
     setMode("live");
   }
 
   function scheduleStreamRetry() {
-    if (retryTimer || !window.EventSource) return;
-    var wait = retryDelay * (0.8 + 0.4 * Math.random()); // a thousand pages do not all come back at once
-    retryDelay = Math.min(retryDelay * 2, RETRY_MAX_MS);
-    retryTimer = setTimeout(function () {
-      retryTimer = null;
-      if (mode === "polling" && job && !TERMINAL[job.status]) openStream(); // polling goes on meanwhile
+    if (state.retryTimer || !window.EventSource) return;
+    var wait = state.retryDelay * (0.8 + 0.4 * Math.random()); // a thousand pages do not all come back at once
+    state.retryDelay = Math.min(state.retryDelay * 2, RETRY_MAX_MS);
+    state.retryTimer = setTimeout(function () {
+      state.retryTimer = null;
+      // polling goes on meanwhile
+      if (state.mode === "polling" && state.job && !TERMINAL[state.job.status]) openStream();
     }, wait);
   }
 
   function cancelStreamRetry() {
-    if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
+    if (state.retryTimer) { clearTimeout(state.retryTimer); state.retryTimer = null; }
   }
 
   function startPolling() {
-    if (pollTimer) return;
-    setMode(job ? "polling" : "waiting");
+    if (state.pollTimer) return;
+    setMode(state.job ? "polling" : "waiting");
     fetchStatus();
-    pollTimer = setInterval(fetchStatus, cfg.poll_ms);
+    state.pollTimer = setInterval(fetchStatus, cfg.poll_ms);
   }
 
   function stopPolling() {
-    if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+    if (state.pollTimer) { clearInterval(state.pollTimer); state.pollTimer = null; }
   }
 
   function finish() {
-    if (mode === "finished") return;
+    if (state.mode === "finished") return;
     closeStream();
     stopPolling();
     cancelStreamRetry();
     setMode("finished");
+    var job = state.job;
     if (job) {
       refreshJob(job.job_id);
-      if (job.status === "completed" && !videoUrl) fetchStatus(); // final_video_url
+      if (job.status === "completed" && !state.videoUrl) fetchStatus(); // final_video_url
     }
   }
 
   function start() {
-    if (!job) { showNoJob(); startPolling(); return; }
+    var job = state.job;
+    if (!job) { render(); startPolling(); return; }
     if (TERMINAL[job.status]) { finish(); return; }
     stopPolling();
     openStream();
   }
 
-  /* -- drawing ------------------------------------------------------------- */
-
-  function showNoJob() {
-    el.card.hidden = true;
-    el.noJob.hidden = false;
-  }
+  /* -- drawing: render() and its parts, the only code that touches the job's elements -- */
 
   function render() {
-    if (!job) { showNoJob(); return; }
-    el.card.hidden = false;
-    el.noJob.hidden = true;
+    var job = state.job;
+    el.card.hidden = !job;
+    el.noJob.hidden = !!job;
+    if (!job) return;
     var pct = Number(job.progress_percent) || 0;
     var total = job.total_steps || (job.steps || []).length;
     var done = (job.completed_steps || []).length;
@@ -304,84 +315,80 @@
     el.errorText.textContent = job.error || "No error message was recorded.";
     el.canceled.hidden = job.status !== "canceled";
 
-    renderSteps();
-    renderVideo();
+    renderSteps(job);
+    renderVideo(job);
     tick();
   }
 
-  function renderSteps() {
+  // The step list, built from <template id="step-template"> whenever the job's steps differ from it.
+  function renderSteps(job) {
     var steps = job.steps || [];
     var done = (job.completed_steps || []).length;
     var items = el.steps.children;
-    if (items.length !== steps.length) {
-      el.steps.innerHTML = "";
-      steps.forEach(function (name) {
-        var li = document.createElement("li");
-        li.className = "step pending";
+    var same = items.length === steps.length && steps.every(function (name, i) {
+      return items[i].getAttribute("data-step") === name;
+    });
+    if (!same) {
+      el.steps.replaceChildren.apply(el.steps, steps.map(function (name) {
+        var li = el.stepTemplate.content.firstElementChild.cloneNode(true);
         li.setAttribute("data-step", name);
-        ["step-dot", "step-name", "step-state", "step-took"].forEach(function (cls) {
-          var span = document.createElement("span");
-          span.className = cls;
-          if (cls === "step-name") span.textContent = name;
-          li.appendChild(span);
-        });
-        el.steps.appendChild(li);
-      });
-      items = el.steps.children;
+        li.querySelector(".step-name").textContent = name;
+        return li;
+      }));
     }
     steps.forEach(function (name, i) {
-      var state;
-      if (job.status === "completed" || i < done) state = "done";
-      else if (name === job.current_step) state = job.status === "failed" ? "failed" : "current";
-      else state = "pending";
+      var step;
+      if (job.status === "completed" || i < done) step = "done";
+      else if (name === job.current_step) step = job.status === "failed" ? "failed" : "current";
+      else step = "pending";
       var li = items[i];
-      li.className = "step " + state;
-      li.setAttribute("data-state", state);
-      li.children[2].textContent = state === "current" ? "running" : state;
+      li.className = "step " + step;
+      li.setAttribute("data-state", step);
+      li.querySelector(".step-state").textContent = step === "current" ? "running" : step;
     });
-    renderStepTimes();
+    renderStepTimes(job);
   }
 
   // How long each step took: from its start to the next step's start (or the end).
-  function renderStepTimes() {
+  function renderStepTimes(job) {
     var steps = job.steps || [];
     var items = el.steps.children;
+    var starts = state.stepStart;
     var t = now();
     steps.forEach(function (name, i) {
       var li = items[i];
       if (!li) return;
-      var state = li.getAttribute("data-state");
-      var began = stepStart[name];
+      var step = li.getAttribute("data-state");
+      var began = starts[name];
       var text = "";
-      if (began !== undefined && (state === "done" || state === "failed")) {
+      if (began !== undefined && (step === "done" || step === "failed")) {
         var end = null;
         for (var j = i + 1; j < steps.length && end === null; j++) {
-          if (stepStart[steps[j]] !== undefined) end = stepStart[steps[j]];
+          if (starts[steps[j]] !== undefined) end = starts[steps[j]];
         }
-        if (end === null) end = finishedAt;
+        if (end === null) end = state.finishedAt;
         if (end !== null && end >= began) text = duration((end - began) / 1000);
-      } else if (began !== undefined && state === "current" && !TERMINAL[job.status]) {
+      } else if (began !== undefined && step === "current" && !TERMINAL[job.status]) {
         text = duration((t - began) / 1000) + " so far";
-      } else if (state === "pending") {
-        text = "";
       }
-      if (state === "done" && !text) text = "done";
-      li.children[3].textContent = text;
+      if (step === "done" && !text) text = "done";
+      li.querySelector(".step-took").textContent = text;
     });
   }
 
-  function renderVideo() {
-    if (job.status !== "completed" || !videoUrl) { el.videoBox.hidden = true; return; }
-    if (el.video.getAttribute("src") !== videoUrl) {
-      el.video.setAttribute("src", videoUrl);
-      el.videoLink.setAttribute("href", videoUrl);
+  function renderVideo(job) {
+    var url = state.videoUrl;
+    if (job.status !== "completed" || !url) { el.videoBox.hidden = true; return; }
+    if (el.video.getAttribute("src") !== url) {
+      el.video.setAttribute("src", url);
+      el.videoLink.setAttribute("href", url);
     }
     el.videoBox.hidden = false;
   }
 
   // A running job that stopped moving: is its worker still beating (a slow step, a quiet
   // pipeline), or silent too (it may be dead; the lost-job sweeper fails it in time)?
-  function staleRunningText(t, updatedAt) {
+  function staleRunningText(job, t, updatedAt) {
     var still = "No progress for " + duration((t - updatedAt) / 1000);
     var beat = ms(job.heartbeat_at);
     if (beat !== null && t - beat <= cfg.heartbeat_fresh_ms + HEARTBEAT_CHECK_MS) { // our own lag too
@@ -394,6 +401,7 @@
 
   // Every second: "updated N s ago", the ETA countdown, the running step's time, staleness.
   function tick() {
+    var job = state.job;
     if (!job) return;
     var t = now();
     var updatedAt = ms(job.progress_updated_at);
@@ -403,7 +411,7 @@
 
     var eta = job.eta_seconds;
     if (job.status === "running" && typeof eta === "number") {
-      var left = eta - (Date.now() - receivedAt) / 1000;
+      var left = eta - (Date.now() - state.receivedAt) / 1000;
       el.eta.textContent = left > 1 ? "about " + duration(left) + " left" : "almost done";
     } else {
       el.eta.textContent = "";
@@ -416,27 +424,27 @@
     if (job.is_stale) {
       el.staleText.textContent = job.status === "pending"
         ? "The job has waited in the queue for " + duration((t - ms(job.created_at)) / 1000) + ": is a worker running?"
-        : staleRunningText(t, updatedAt);
-      if (job.status === "running" && Date.now() - lastBeatCheckAt > HEARTBEAT_CHECK_MS) {
-        lastBeatCheckAt = Date.now();
+        : staleRunningText(job, t, updatedAt);
+      if (job.status === "running" && Date.now() - state.lastBeatCheckAt > HEARTBEAT_CHECK_MS) {
+        state.lastBeatCheckAt = Date.now();
         getJSON(jobUrl(job.job_id)).then(accept, function () {});
       }
     }
     // The stream says nothing while a job is quiet: ask the server (it alone knows staleness for sure).
-    if (mode === "live" && !checking && !TERMINAL[job.status]) {
-      var sinceCheck = Date.now() - lastCheckAt;
+    if (state.mode === "live" && !state.checking && !TERMINAL[job.status]) {
+      var sinceCheck = Date.now() - state.lastCheckAt;
       if ((quietFor !== null && quietFor > 0 && !job.is_stale && sinceCheck > STALE_RECHECK_MS) ||
-          (Date.now() - lastNewsAt > QUIET_CHECK_MS && sinceCheck > QUIET_CHECK_MS)) {
+          (Date.now() - state.lastNewsAt > QUIET_CHECK_MS && sinceCheck > QUIET_CHECK_MS)) {
         fetchStatus();
       }
     }
-    if (job.status === "running") renderStepTimes();
+    if (job.status === "running") renderStepTimes(job);
   }
 
   /* -- start ---------------------------------------------------------------- */
 
   noteHistory(cfg.history);
-  if (cfg.snapshot) accept(cfg.snapshot); else showNoJob();
+  if (cfg.snapshot) accept(cfg.snapshot); else render();
   start();
   setInterval(tick, 1000);
 })();
