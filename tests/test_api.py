@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -29,6 +30,7 @@ SNAPSHOT_KEYS = {
 STATUS_KEYS = {
     "paper_id", "pmid", "exists", "status", "current_step", "completed_steps", "progress_percent",
     "progress_updated_at", "is_stale", "final_video", "final_video_url", "job_id",
+    "queue",  # beyond CONTRACT: a pending job's RQ queue and how many workers listen there
 }
 TOKEN = "s3cret-token"
 BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9"]
@@ -210,6 +212,7 @@ def test_status_json_of_a_running_job(client, jobs):
         "current_step": "generate-audio", "completed_steps": ["fetch-paper", "generate-script"],
         "progress_percent": 40, "progress_updated_at": status["progress_updated_at"],
         "is_stale": False, "final_video": None, "final_video_url": None, "job_id": "job-1",
+        "queue": None,
     }
     assert status["progress_updated_at"].endswith("Z")
 
@@ -440,6 +443,37 @@ def test_events_reject_a_bad_last_event_id(client, jobs):
     assert_error(client.get("/api/v1/jobs/job-1/events", headers={"Last-Event-ID": "-1"}), 400)
 
 
+@pytest.mark.parametrize("request_kwargs", [
+    {"query_string": "last_event_id=%C2%B2"},  # "²": str.isdigit says yes, int says no
+    {"headers": [("Last-Event-ID", "\xb2")]},  # a raw non-ASCII byte (WSGI: latin-1)
+    {"headers": [("Last-Event-ID", "9" * 5000)]},  # past int()'s 4,300 digits
+    {"headers": [("Last-Event-ID", "9" * 17)]},  # past 2**53
+    {"query_string": "last_event_id=%EF%BC%91"},  # a full-width digit one
+], ids=["superscript", "raw-byte", "5000-digits", "past-2-53", "full-width"])
+def test_a_last_event_id_that_is_not_ascii_digits_is_400_not_500(client, jobs, request_kwargs):
+    running_job(jobs)
+    body = assert_error(client.get("/api/v1/jobs/job-1/events", **request_kwargs), 400, "invalid_input")
+    assert "Last-Event-ID" in body["detail"] and len(body["detail"]) < 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/jobs/job-1/cancel"])
+def test_a_body_nested_thousands_deep_is_400_not_500(client, jobs, path):
+    running_job(jobs)
+    for body in ("[" * 15000, '{"a":' * 3000):  # under the 16 kB limit (over it: 413)
+        r = client.post(path, data=body, content_type="application/json")
+        assert_error(r, 400, "invalid_input")
+
+
+@pytest.mark.parametrize("tail", ["%0A", "%0D%0A", "%0A%0A"])
+def test_an_id_with_a_trailing_newline_is_400(client, jobs, tail):
+    running_job(jobs, "abc", "abc")
+    body = assert_error(client.get(f"/status/abc{tail}/?_json=1"), 400, "invalid_input")
+    assert "paper_id" in body["detail"]
+    for suffix in ("", "/history", "/events"):
+        assert_error(client.get(f"/api/v1/jobs/abc{tail}{suffix}"), 400, "invalid_input")
+    assert_error(client.get(f"/api/v1/jobs?paper_id=abc{tail}"), 400, "invalid_input")
+
+
 # -- submitting and canceling (queue.py) -------------------------------------------------------
 
 
@@ -478,6 +512,32 @@ def test_submit_creates_a_pending_job_and_queues_it(client, jobs, settings, real
     queue = Queue(settings.queue_name, connection=redis.Redis.from_url(real_redis_url))
     assert job_id in queue.job_ids
     assert client.get("/status/31452104/?_json=1").get_json()["job_id"] == job_id
+
+
+def test_status_json_of_a_queued_job_says_how_many_workers_listen(client, settings, real_redis_url,
+                                                                   rq_cleanup):
+    from rq import Worker
+
+    job_id = client.post("/api/v1/jobs", json={"paper_id": "31452104"}).get_json()["job_id"]
+    rq_cleanup.append(job_id)
+    status = client.get("/status/31452104/?_json=1").get_json()
+    assert status["status"] == "pending"
+    assert status["queue"] == {"name": settings.queue_name, "workers": 0}
+    page = client.get("/status/31452104/").get_data(as_text=True)
+    assert re.search(r'<div class="alert alert-warn" id="no-worker" role="status" >', page)
+    assert f'<code id="no-worker-queue">{settings.queue_name}</code>' in page
+
+    conn = redis.Redis.from_url(real_redis_url)
+    listening = Worker([settings.queue_name], connection=conn, name=f"{settings.key_prefix}-w")
+    listening.register_birth()
+    try:
+        assert client.get("/status/31452104/?_json=1").get_json()["queue"]["workers"] == 1
+        page = client.get("/status/31452104/").get_data(as_text=True)
+        assert re.search(r'id="no-worker" role="status" hidden>', page)
+    finally:
+        listening.register_death()
+        conn.srem("rq:queues", f"rq:queue:{settings.queue_name}")
+        conn.close()
 
 
 def test_submit_with_the_token_and_an_unknown_pipeline(token_app, rq_cleanup):
