@@ -36,7 +36,7 @@ from progress_service.errors import Unauthorized
 from progress_service.models import is_valid_id
 
 from . import read_tokens
-from .jobs import find_job, latest_job
+from .job_lookup import find_job, latest_job
 
 REALM = "progress-service"
 

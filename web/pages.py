@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, g, jsonify, render_template, request, 
 from progress_service.models import validate_id
 
 from .auth import PAPER, read_access
-from .jobs import (
+from .job_lookup import (
     job_history,
     latest_job,
     paper_status,
