@@ -216,11 +216,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _start_mirror(store, settings: Settings, stop: threading.Event):
-    try:
-        from progress_service.mirror import Mirror
-    except ImportError as exc:
-        logger.info("mirror: not started (%s)", exc)
-        return None, f"not available ({exc})"
+    from progress_service.mirror import Mirror
+
     try:
         mirror = Mirror(store, settings.database_url)
     except Exception as exc:  # the mirror retries a dead PostgreSQL itself; this is worse

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -106,10 +106,3 @@ class Settings:
             web_redis_pool=int(_number(env, "PROGRESS_WEB_REDIS_POOL", 3, minimum=1)),
             sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", 15.0, minimum=0.1),
         )
-
-    def public(self) -> dict[str, object]:
-        """The settings as a dict with the token hidden, for logs and ``--help``."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if out["api_token"]:
-            out["api_token"] = "***"
-        return out

@@ -291,10 +291,6 @@ class ProgressStore:
             })
         return out
 
-    def history_since(self, job_id: str, after_seq: int) -> list[dict[str, Any]]:
-        """History entries with a ``seq`` above ``after_seq`` (for resuming a stream)."""
-        return [e for e in self.history(job_id) if e["seq"] > after_seq]
-
     def recent_job_ids(self, limit: int = 50, paper_id: str | None = None) -> list[str]:
         """Job ids, newest first, from the recent-jobs index (or one paper's)."""
         if paper_id is not None:

@@ -63,7 +63,6 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
-        JSON_SORT_KEYS=False,
         PROGRESS_SSE_KEEPALIVE=settings.sse_keepalive,
     )
     app.json.sort_keys = False

@@ -154,7 +154,6 @@ class EventHub:
         self._pid: int | None = None
         self._pubsub = None
         self.client_count = 0
-        self.events_seen = 0
         self.last_error: str | None = None  # the listener's last failure, until it subscribes again
 
     # -- for the event stream ---------------------------------------------
@@ -274,7 +273,6 @@ class EventHub:
                 confirmed = max(confirmed, 1)  # the next confirmation is a re-subscription
 
     def _dispatch(self, raw: str | bytes) -> None:
-        self.events_seen += 1
         try:
             event = json.loads(raw)
             job_id = event["job_id"]

@@ -103,13 +103,6 @@ def applied_versions(conn: psycopg.Connection) -> dict[int, str]:
     return {int(v): c for v, c in rows}
 
 
-def pending(database_url: str) -> list[Migration]:
-    """The shipped migrations the database has not applied yet."""
-    with connect(database_url) as conn:
-        done = applied_versions(conn)
-    return [m for m in available() if m.version not in done]
-
-
 def upgrade(database_url: str, *, connect_timeout: float = 10) -> list[Migration]:
     """Apply every pending migration; return those applied now (empty: up to date)."""
     with connect(database_url, connect_timeout=connect_timeout) as conn:
