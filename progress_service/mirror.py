@@ -40,14 +40,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
-from .models import ID_PATTERN, TERMINAL, build_snapshot, iso_ms, validate_id
+from .models import ID_PATTERN, TERMINAL_VALUES, build_snapshot, iso_ms, validate_id
 from .scripts import script_source
 from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
 
 TABLE = "progress_jobs"
-TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 # Every snapshot field but the derived is_stale / eta_seconds, then the history.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("job_id", "text"),

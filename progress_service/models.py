@@ -33,6 +33,9 @@ class Status(str, Enum):
 
 
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
+# The same as the plain strings a snapshot, an event or a job hash holds: a str-valued
+# Enum member does not hash like its value, so ``"failed" in TERMINAL`` is False.
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
 def validate_id(value: object, what: str = "job_id") -> str:

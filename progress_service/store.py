@@ -26,7 +26,7 @@ from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
 from .keys import Keys
 from .models import (
     DEFAULT_STEPS,
-    TERMINAL,
+    TERMINAL_VALUES,
     Status,
     build_snapshot,
     event_to_snapshot,
@@ -42,7 +42,6 @@ MAX_TEXT = 8192  # characters of a message or an error
 ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
 INDEX_MAX = 10000  # job ids kept in the recent-jobs index
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
-_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
 def _text(value: Any) -> str:
@@ -361,7 +360,7 @@ class ProgressStore:
                     logger.info("job %s: Redis is back", job_id)
                     lost, back_at = False, time.monotonic()
 
-            while snap["status"] not in _TERMINAL_VALUES:
+            while snap["status"] not in TERMINAL_VALUES:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
                 try:
@@ -462,7 +461,7 @@ class ProgressStore:
 
     def _after_update(self, job_id: str, res: UpdateResult) -> None:
         self.stats[res.reason] += 1
-        if res.reason == "ok" and res.status in _TERMINAL_VALUES:
+        if res.reason == "ok" and res.status in TERMINAL_VALUES:
             logger.info("job %s: -> %s (seq %d)", job_id, res.status, res.seq)
             self.mark_mirror_due(job_id)
         elif not res.accepted:

@@ -43,7 +43,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, request
 
 from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFound
-from progress_service.models import TERMINAL, Status, event_to_snapshot, validate_id
+from progress_service.models import TERMINAL_VALUES, Status, event_to_snapshot, validate_id
 
 from .fanout import RESYNC, SHUTDOWN, Delivery, EventHub, Subscription, is_terminal, sse_frame
 from .jobs import find_job, job_history
@@ -55,7 +55,6 @@ bp = Blueprint("events", __name__, url_prefix="/api/v1")
 KEEPALIVE = 15.0  # seconds of quiet before a keep-alive comment
 RETRY_MS = 3000  # how long EventSource waits before reconnecting
 MAX_SEQ = 2**53
-_TERMINAL = frozenset(s.value for s in TERMINAL)
 
 
 def event_hub() -> EventHub:
@@ -95,7 +94,7 @@ def snapshot_at(entry: dict[str, Any], current: dict[str, Any]) -> dict[str, Any
         "result": None,
         "progress_updated_at": entry["at"],
         "started_at": None if status == Status.PENDING.value else current["started_at"],
-        "finished_at": entry["at"] if status in _TERMINAL else None,
+        "finished_at": entry["at"] if status in TERMINAL_VALUES else None,
         "is_stale": False,
         "eta_seconds": None,
     }

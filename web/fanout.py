@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from progress_service.errors import BackendUnavailable
-from progress_service.models import Status, eta_seconds, event_to_snapshot
+from progress_service.models import TERMINAL_VALUES, Status, eta_seconds, event_to_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ SHUTDOWN = "shutdown"  # queue item: the process is stopping, end the stream (th
 QUEUE_LIMIT = 500  # items a slow client may lag before it is told to resync
 READY_TIMEOUT = 5.0  # seconds a new client waits for the listener's subscription
 ETA_POINTS = 20  # running events the hub keeps per job for the ETA
-_TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 
 
 def sse_frame(snapshot: dict[str, Any]) -> bytes:
@@ -299,7 +298,7 @@ class EventHub:
 
 
 def is_terminal(snapshot: dict[str, Any]) -> bool:
-    return snapshot["status"] in _TERMINAL
+    return snapshot["status"] in TERMINAL_VALUES
 
 
 def iso_to_ms(value: str | None) -> int | None:

@@ -14,13 +14,12 @@ from urllib.parse import urlsplit
 from flask import current_app, url_for
 
 from progress_service.errors import BackendUnavailable, JobNotFound, ProgressError
-from progress_service.models import TERMINAL, Status, validate_id
+from progress_service.models import TERMINAL_VALUES, Status, validate_id
 from progress_service.store import ProgressStore
 
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".webm", ".mov"})
-TERMINAL_STATUSES = frozenset(s.value for s in TERMINAL)
 MIRROR_CONNECT_TIMEOUT = 2  # seconds; a web request should not hang on a dead PostgreSQL
 
 
@@ -185,7 +184,7 @@ def recent_jobs(paper_id: str | None = None, status: str | None = None,
     Redis alone, and the second value says so (the API sends it as a Warning).
     """
     jobs = progress_store().list_jobs(paper_id=paper_id, status=status, limit=limit)
-    if len(jobs) >= limit or (status is not None and status not in TERMINAL_STATUSES):
+    if len(jobs) >= limit or (status is not None and status not in TERMINAL_VALUES):
         return jobs, None
     m = mirror()
     if m is None:

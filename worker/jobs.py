@@ -55,7 +55,7 @@ from progress_service.errors import (
     JobConflict,
     JobNotFound,
 )
-from progress_service.models import validate_id
+from progress_service.models import TERMINAL_VALUES, validate_id
 from progress_service.scripts import UpdateResult
 from progress_service.store import connect
 from worker.lost import WORKER_LOST, kill_orphaned_tree
@@ -81,7 +81,6 @@ __all__ = [
 
 TIMEOUT_BACKSTOP = 30  # seconds RQ's own alarm waits beyond the runner's deadline and kill grace
 STOP_GRACE = 2.0  # seconds a stopped job's command gets between SIGTERM and SIGKILL
-_TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 _CANCELABLE_IN_RQ = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
 
@@ -215,7 +214,7 @@ def cancel_job(
     snap = store.get(job_id)
     if snap is None:
         raise JobNotFound(f"job {job_id} not found")
-    if snap["status"] in _TERMINAL:
+    if snap["status"] in TERMINAL_VALUES:
         raise JobConflict(f"job {job_id} has already finished ({snap['status']})")
     conn = redis_conn if redis_conn is not None else rq_connection(settings)
     rq_job = _fetch_rq_job(conn, job_id)

@@ -54,7 +54,7 @@ from typing import Any
 
 from progress_service import ProgressStore, Settings, Status, Throttle
 from progress_service.errors import BackendUnavailable, JobConflict, JobNotFound
-from progress_service.models import ms_from_iso
+from progress_service.models import TERMINAL_VALUES, ms_from_iso
 from progress_service.scripts import UpdateResult
 from worker.parser import LineKind, LineSplitter, ProgressTracker, parse_line
 from worker.process_tree import KILL_GRACE, group_members, kill_process_tree, tagged_processes
@@ -71,7 +71,6 @@ TAIL_CHARS = 2000
 TAIL_LINE_CHARS = 300
 REFUSED_WARNINGS = 5  # lines that looked like ours but were refused, logged at WARNING per job
 DRAIN_AFTER_EXIT = 1.0  # seconds to keep reading after the command exited (a grandchild may hold the pipes)
-_TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 _RESTORED = ("progress_percent", "current_step", "message")  # what re-creating a lost job carries over
 
 OnWrite = Callable[[dict[str, Any], UpdateResult], None]
@@ -408,7 +407,7 @@ class _CommandRun:
         except BackendUnavailable:
             snap = None
         status = (snap or {}).get("status") or Status.CANCELED.value
-        if status not in _TERMINAL:  # cannot happen unless forced back to life; say what we did
+        if status not in TERMINAL_VALUES:  # cannot happen unless forced back to life; say what we did
             status = Status.CANCELED.value
         self._log_end(status, f"by the store: {(snap or {}).get('error') or self.stop_reason}")
         pid = self.proc.pid if self.proc else None
@@ -507,7 +506,7 @@ class _CommandRun:
         if result.accepted:
             self.progress_state.update((k, v) for k, v in fields.items() if k in _RESTORED)
         if not result.accepted and result.reason in ("terminal", "not_found"):
-            if fields.get("status") not in _TERMINAL:
+            if fields.get("status") not in TERMINAL_VALUES:
                 self._request_stop(result.reason)
         self._notify(fields, result)
         return result
@@ -603,7 +602,7 @@ class _CommandRun:
                         state = self._state_in_store()
                         if state == "missing":  # the store lost it: re-created by this write
                             self._write_through_throttle(status=Status.RUNNING.value)
-                        elif state in _TERMINAL:
+                        elif state in TERMINAL_VALUES:
                             self._request_stop("finished in the store")
                             return
                 wait = max(0.0, min(next_beat - time.monotonic(), 0.2))
@@ -622,7 +621,7 @@ class _CommandRun:
                     data = data.decode("utf-8", "replace")
                 if '"status":"running"' in data or '"status":"pending"' in data:
                     continue
-                if any(f'"status":"{s}"' in data for s in _TERMINAL) and not self._finished.is_set():
+                if any(f'"status":"{s}"' in data for s in TERMINAL_VALUES) and not self._finished.is_set():
                     self._request_stop("finished in the store")
                     return
         finally:
