@@ -31,17 +31,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
-from .models import ID_PATTERN, TERMINAL_VALUES, build_snapshot, iso_ms, validate_id
-from .scripts import script_source
+from .models import TERMINAL_VALUES, iso_ms, validate_id
 from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
@@ -81,10 +78,6 @@ _SNAPSHOT_FIELDS = _NAMES[:-1]  # without history
 SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _dumps(value: Any) -> str | None:
@@ -127,20 +120,6 @@ def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> tuple:
     )  # fmt: skip
 
 
-def history_entries(entries: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
-    """History stream entries' fields -> CONTRACT's history entries (as ``store.history``)."""
-    out = []
-    for e in entries:
-        out.append({
-            "seq": int(e["seq"]),
-            "at": iso_ms(int(e["at"])),
-            "progress_percent": _number(float(e.get("progress_percent") or 0)),
-            "current_step": e.get("current_step") or None,
-            "status": e.get("status"),
-        })
-    return out
-
-
 class Mirror:
     """Copies finished jobs from the progress store into PostgreSQL's ``progress_jobs``.
 
@@ -175,8 +154,6 @@ class Mirror:
         self.postgres_ok: bool | None = None  # None until the first write or read
         self._conn: psycopg.Connection | None = None
         self._lock = threading.RLock()
-        self._read = store.client.register_script(script_source("read_for_mirror"))
-        self._claim = store.client.register_script(script_source("claim_mirror_due"))
 
     # -- writing ----------------------------------------------------------
 
@@ -205,13 +182,11 @@ class Mirror:
         """
         written = 0
         taken = 0
-        now = self._redis(self.store.server_time_ms)
-        due_key = self.store.keys.mirror_due
+        now = self.store.server_time_ms()
         lease = int(self.lease * 1000)
         while limit is None or taken < limit:
             size = self.batch_size if limit is None else min(self.batch_size, limit - taken)
-            ids = [_text(x) for x in self._redis(
-                lambda size=size: self._claim(keys=[due_key], args=[now, size, lease]))]
+            ids = self.store.claim_mirror_due(now, size, lease)
             if not ids:
                 break
             taken += len(ids)
@@ -230,7 +205,7 @@ class Mirror:
         """
         written = 0
         batch: list[str] = []
-        for job_id in self._scan_job_ids():
+        for job_id in self.store.scan_job_ids():
             batch.append(job_id)
             if len(batch) >= self.batch_size:
                 written += self._backfill_batch(batch)
@@ -252,7 +227,7 @@ class Mirror:
         while not stop_event.is_set():
             busy = False
             try:
-                busy = self.sweep(limit=self.batch_size * 10) > 0 and self._more_due()
+                busy = self.sweep(limit=self.batch_size * 10) > 0 and self.store.mirror_due_now()
                 if redis_down:
                     logger.info("mirror: Redis is back")
                     redis_down = False
@@ -331,55 +306,26 @@ class Mirror:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- internals: Redis -------------------------------------------------
-
-    def _redis(self, call):
-        try:
-            return call()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    def _more_due(self) -> bool:
-        def first_due():
-            now = self.store.server_time_ms()
-            return self.store.client.zrangebyscore(self.store.keys.mirror_due, "-inf", now,
-                                                   start=0, num=1)
-        return bool(self._redis(first_due))
+    # -- internals: the progress store ------------------------------------
 
     def load_rows(self, job_ids: Sequence[str]) -> list[tuple]:
         """``progress_jobs`` rows (UPSERT's parameters) of the finished jobs among ``job_ids``."""
         return self._load(job_ids)[0]
 
     def _load(self, ids: Sequence[str]) -> tuple[list[tuple], dict[str, int | None]]:
-        """Rows of the finished jobs among ``ids``, and job id -> the seq handled (None: no row).
-
-        One script call per job (``lua/read_for_mirror-2.lua``), pipelined: the hash and
-        the whole history come back as one JSON string each.
-        """
-        valid = [j for j in ids if ID_PATTERN.match(j)]
-        k = self.store.keys
-        if self.store.is_cluster:  # redis-py refuses scripts in cluster pipelines
-            replies = [self._redis(lambda j=j: self._read(keys=[k.job(j), k.history(j)]))
-                       for j in valid]
-        else:
-            pipe = self.store.client.pipeline(transaction=False)
-            for job_id in valid:
-                self._read(keys=[k.job(job_id), k.history(job_id)], client=pipe)
-            replies = self._redis(pipe.execute) if valid else []
+        """Rows of the finished jobs among ``ids``, and job id -> the seq handled (None: no row)."""
+        found = self.store.read_for_mirror(ids)
         rows = []
         handled: dict[str, int | None] = dict.fromkeys(ids)
-        s = self.store.settings
-        for job_id, reply in zip(valid, replies, strict=True):
-            if not reply:
+        for job_id in ids:
+            if job_id not in found:
                 logger.debug("job %s: gone from Redis; dropped from the mirror's due set", job_id)
                 continue
-            fields, raw_history = json.loads(_text(reply))
-            if fields.get("status") not in TERMINAL_VALUES:
+            snap, history = found[job_id]
+            if snap["status"] not in TERMINAL_VALUES:
                 logger.debug("job %s: not finished; dropped from the mirror's due set", job_id)
                 continue
-            snap = build_snapshot(fields, 0, stale_after=s.stale_after,
-                                  pending_stale_after=s.pending_stale_after)
-            rows.append(job_row(snap, history_entries(raw_history or [])))
+            rows.append(job_row(snap, history))
             handled[job_id] = snap["seq"]
         return rows, handled
 
@@ -391,30 +337,21 @@ class Mirror:
         """
         if not handled:
             return
-        keys = self.store.keys
-        ids = list(handled)
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.zrem(keys.mirror_due, *ids)
-        valid = [j for j in ids if ID_PATTERN.match(j)]
-        for job_id in valid:
-            pipe.hmget(keys.job(job_id), "status", "seq")
-        replies = self._redis(pipe.execute)[1:]
-        again = {}
-        for job_id, (status, seq) in zip(valid, replies, strict=True):
-            if status is None or _text(status) not in TERMINAL_VALUES:
+        again = []
+        for job_id, (status, seq) in self.store.unqueue_mirror_due(list(handled)).items():
+            if status not in TERMINAL_VALUES:
                 continue
-            if handled[job_id] is None or int(seq) != handled[job_id]:
-                again[job_id] = 0
-        if again:
-            self._redis(lambda: self.store.client.zadd(keys.mirror_due, again))
+            if handled[job_id] is None or seq != handled[job_id]:
+                again.append(job_id)
+        self.store.requeue_mirror_due(again)
 
     def _retry_later(self, ids: Sequence[str]) -> None:
         """Re-score due entries at now + the back-off (only entries still there)."""
         delay = min(self.retry_base * 2 ** max(self.failures - 1, 0), self.retry_max)
         try:
             at = self.store.server_time_ms() + int(delay * 1000)
-            self.store.client.zadd(self.store.keys.mirror_due, dict.fromkeys(ids, at), xx=True)
-        except (RedisConnectionError, RedisTimeoutError):
+            self.store.requeue_mirror_due(ids, at, only_queued=True)
+        except BackendUnavailable:
             logger.warning("mirror: could not re-score %d due jobs; they stay due now", len(ids))
             return
         logger.debug("mirror: %d jobs retried in %.1fs", len(ids), delay)
@@ -428,45 +365,17 @@ class Mirror:
         failed try lifts a TTL below ``hold_ttl`` back to it, so a job is kept
         as long as tries go on, and expires at most ``hold_ttl`` after it landed.
         """
-        keys = self.store.keys
-        hold = self.hold_ttl
         try:
-            pipe = self.store.client.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.ttl(keys.job(job_id))
-            ttls = pipe.execute()
-            short = [j for j, ttl in zip(ids, ttls, strict=True) if 0 <= int(ttl) < hold]
-            if not short:
-                return
-            pipe = self.store.client.pipeline(transaction=False)
-            for job_id in short:
-                pipe.expire(keys.job(job_id), hold)
-                pipe.expire(keys.history(job_id), hold)
-            pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError):
+            held = self.store.hold_for_mirror(ids, self.hold_ttl)
+        except BackendUnavailable:
             logger.warning("mirror: could not hold %d unmirrored jobs in Redis", len(ids))
             return
-        logger.info("mirror: %d unmirrored jobs kept in Redis %d s longer", len(short), hold)
-
-    def _scan_job_ids(self) -> Iterable[str]:
-        prefix = self.store.keys.prefix
-        head, tail = len(prefix) + 2, -1
-        for key in self.store.client.scan_iter(match=self.store.keys.job_pattern(), count=1000,
-                                               _type="hash"):
-            key = _text(key)
-            job_id = key[head:tail]
-            # The pattern also matches "<prefix>:{id}:history" and the like; only a job
-            # hash is exactly "<prefix>:{<id>}".
-            if key.endswith("}") and ID_PATTERN.match(job_id) and key == self.store.keys.job(job_id):
-                yield job_id
+        if held:
+            logger.info("mirror: %d unmirrored jobs kept in Redis %d s longer", held, self.hold_ttl)
 
     def _backfill_batch(self, ids: list[str]) -> int:
-        pipe = self.store.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(self.store.keys.job(job_id), "status", "seq")
-        replies = self._redis(pipe.execute)
-        finished = {j: int(seq) for j, (status, seq) in zip(ids, replies, strict=True)
-                    if status is not None and _text(status) in TERMINAL_VALUES}
+        finished = {j: seq for j, (status, seq) in self.store.job_states(ids).items()
+                    if status in TERMINAL_VALUES and seq is not None}
         if not finished:
             return 0
         held = dict(self._query(f"SELECT job_id, seq FROM {TABLE} WHERE job_id = ANY(%s)",

@@ -575,13 +575,11 @@ class _CommandRun:
     def _watch(self) -> None:
         """Heartbeats, statistics, and a kill when the job turns terminal under us."""
         interval = self.settings.heartbeat_interval
-        pubsub = None
+        feed = None
         try:
-            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(self.store.keys.events(self.job_id))
+            feed = self.store.events(self.job_id)
         except Exception as exc:
             logger.warning("job %s: cannot listen for a cancel (%s); relying on heartbeats", self.job_id, exc)
-            pubsub = None
         next_beat = 0.0
         warned = False
         try:
@@ -606,28 +604,21 @@ class _CommandRun:
                             self._request_stop("finished in the store")
                             return
                 wait = max(0.0, min(next_beat - time.monotonic(), 0.2))
-                if pubsub is None:
+                if feed is None:
                     self._finished.wait(wait)
                     continue
                 try:
-                    message = pubsub.get_message(timeout=wait)
+                    event = feed.get(timeout=wait)
                 except Exception:
                     self._finished.wait(wait)
                     continue
-                if message is None or message.get("type") != "message":
-                    continue
-                data = message["data"]
-                if isinstance(data, bytes):
-                    data = data.decode("utf-8", "replace")
-                if '"status":"running"' in data or '"status":"pending"' in data:
-                    continue
-                if any(f'"status":"{s}"' in data for s in TERMINAL_VALUES) and not self._finished.is_set():
+                if event is not None and event.get("status") in TERMINAL_VALUES and not self._finished.is_set():
                     self._request_stop("finished in the store")
                     return
         finally:
-            if pubsub is not None:
+            if feed is not None:
                 try:
-                    pubsub.close()
+                    feed.close()
                 except Exception:
                     pass
 
