@@ -18,8 +18,18 @@ progress_jobs.seq < EXCLUDED.seq``), so replays, racing sweepers and backfills
 never overwrite a newer row. A due entry is removed only after its row landed;
 when PostgreSQL fails, the batch's entries are re-scored with exponential
 back-off (``retry_base`` doubling up to ``retry_max`` seconds), so nothing is
-lost and a dead database is not hammered; and a job whose Redis TTL would run
-out before the next try is held in Redis longer (``hold_ttl``).
+lost and a dead database is not hammered.
+
+No finished job leaves Redis unmirrored: ``lua/update_progress-2.lua`` writes
+down when a finished job expires (``PROGRESS_JOB_TTL`` after it finished) but
+keeps its keys persistent; only once its row has landed does
+``lua/expire_mirrored-2.lua`` set that expiry. A job nothing mirrors waits in
+Redis (and in the due set) for as long as it takes. (The one exception: a row
+PostgreSQL refuses outright, logged as an error, expires as if it had landed.)
+
+Every PostgreSQL access goes through a :class:`~progress_service.postgres.PostgresPool`:
+at most ``timeout`` seconds in all, a pool so that no caller waits on another's
+hung connection, and a fail-fast window after PostgreSQL did not answer.
 
 The mirror creates no table itself: the schema comes from ``progress-service
 db upgrade`` (``progress_service.migrations``); without it every write fails
@@ -31,14 +41,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
-from .models import TERMINAL_VALUES, iso_ms, validate_id
+from .models import TERMINAL_VALUES, is_valid_id, iso_ms, validate_id
+from .postgres import PostgresPool, one_line
 from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
@@ -78,15 +89,11 @@ _SNAPSHOT_FIELDS = _NAMES[:-1]  # without history
 SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+T = TypeVar("T")
 
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -123,8 +130,10 @@ def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> tuple:
 class Mirror:
     """Copies finished jobs from the progress store into PostgreSQL's ``progress_jobs``.
 
-    One PostgreSQL connection, opened on first use and again after a failure;
-    a lock makes one Mirror safe to share between threads (the web app does).
+    Up to ``pool_size`` PostgreSQL connections, opened on first use and dropped
+    after a failure; one Mirror is safe to share between threads (the web app does).
+    ``timeout`` bounds each access (``connect_timeout`` the connecting part of it);
+    ``recheck_after`` is how long callers fail fast after PostgreSQL did not answer.
     """
 
     def __init__(
@@ -137,6 +146,9 @@ class Mirror:
         retry_max: float = 60.0,
         lease: float = 60.0,
         connect_timeout: float = 5.0,
+        timeout: float = 30.0,
+        pool_size: int = 4,
+        recheck_after: float = 1.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -146,14 +158,11 @@ class Mirror:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.lease = lease  # seconds a claimed due entry waits before another sweeper may take it
-        self.connect_timeout = connect_timeout
-        # Seconds an unmirrored job is kept in Redis after a failed try: far
-        # beyond the longest back-off, so the next tries find it.
-        self.hold_ttl = int(max(3600, 10 * retry_max))
         self.failures = 0  # PostgreSQL failures in a row, for the back-off
         self.postgres_ok: bool | None = None  # None until the first write or read
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.RLock()
+        self._postgres = PostgresPool(database_url, timeout=timeout, connect_timeout=connect_timeout,
+                                      pool_size=pool_size, recheck_after=recheck_after,
+                                      application_name="progress-service mirror")
 
     # -- writing ----------------------------------------------------------
 
@@ -295,10 +304,7 @@ class Mirror:
         return int(self._query(f"SELECT count(*) FROM {TABLE}")[0][0])
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._postgres.close()
 
     def __enter__(self) -> Mirror:
         return self
@@ -330,20 +336,20 @@ class Mirror:
         return rows, handled
 
     def _settle(self, handled: dict[str, int | None]) -> None:
-        """Remove handled entries from the due set; put back any job that changed meanwhile.
+        """Remove handled entries from the due set, let the landed jobs expire, and put
+        back any job that changed meanwhile.
 
-        The job's seq and status are read AFTER the ZREM: an update that finished
-        the job again between our read and the ZREM shows there, and re-queues it.
+        Each job is checked AFTER the ZREM (``lua/expire_mirrored-2.lua``): an update
+        that finished the job again between our read and the ZREM shows there as a
+        newer seq, and re-queues it; only a job PostgreSQL holds at its current seq
+        gets its expiry.
         """
         if not handled:
             return
-        again = []
-        for job_id, (status, seq) in self.store.unqueue_mirror_due(list(handled)).items():
-            if status not in TERMINAL_VALUES:
-                continue
-            if handled[job_id] is None or seq != handled[job_id]:
-                again.append(job_id)
-        self.store.requeue_mirror_due(again)
+        self.store.remove_mirror_due(list(handled))
+        seqs = {j: -1 if seq is None else seq for j, seq in handled.items() if is_valid_id(j)}
+        outcomes = self.store.expire_mirrored(seqs)
+        self.store.requeue_mirror_due([j for j, outcome in outcomes.items() if outcome == "changed"])
 
     def _retry_later(self, ids: Sequence[str]) -> None:
         """Re-score due entries at now + the back-off (only entries still there)."""
@@ -360,18 +366,16 @@ class Mirror:
     def _hold(self, ids: Sequence[str]) -> None:
         """Keep jobs that PostgreSQL has not taken yet from expiring out of Redis.
 
-        A finished job lives ``PROGRESS_JOB_TTL`` seconds in Redis; were
-        PostgreSQL down for longer, it would be gone before it landed. Each
-        failed try lifts a TTL below ``hold_ttl`` back to it, so a job is kept
-        as long as tries go on, and expires at most ``hold_ttl`` after it landed.
+        A job finished by this version has no TTL until its row lands; one finished
+        by an older version (which set the TTL at once) loses it here.
         """
         try:
-            held = self.store.hold_for_mirror(ids, self.hold_ttl)
+            held = self.store.hold_for_mirror(ids)
         except BackendUnavailable:
             logger.warning("mirror: could not hold %d unmirrored jobs in Redis", len(ids))
             return
         if held:
-            logger.info("mirror: %d unmirrored jobs kept in Redis %d s longer", held, self.hold_ttl)
+            logger.info("mirror: %d unmirrored jobs no longer expire until they land", held)
 
     def _backfill_batch(self, ids: list[str]) -> int:
         finished = {j: seq for j, (status, seq) in self.store.job_states(ids).items()
@@ -380,6 +384,8 @@ class Mirror:
             return 0
         held = dict(self._query(f"SELECT job_id, seq FROM {TABLE} WHERE job_id = ANY(%s)",
                                 (list(finished),)))
+        # Landed, but Redis never heard (the expiry was not set): let them expire now.
+        self.store.expire_mirrored({j: seq for j, seq in finished.items() if held.get(j) == seq})
         missing = [j for j, seq in finished.items() if held.get(j, -1) < seq]
         if not missing:
             return 0
@@ -394,38 +400,38 @@ class Mirror:
 
     # -- internals: PostgreSQL --------------------------------------------
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.database_url,
-                autocommit=True,
-                connect_timeout=max(1, int(self.connect_timeout)),
-                application_name="progress-service mirror",
-            )
-        return self._conn
+    def _run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(connection)`` within the pool's deadline; PostgreSQL's failures counted and
+        logged, and raised as ``PostgresUnavailable`` (``SchemaMissing`` for a missing table)."""
+        try:
+            result = self._postgres.run(work)
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+        except PostgresUnavailable:
+            self.failures += 1  # told at once: the back-off grows as if this try had failed
+            raise
+        self._succeeded()
+        return result
 
     def _write(self, rows: list[tuple]) -> int:
         """Upsert ``rows`` in one transaction; return how many were written."""
-        with self._lock:
+
+        def upsert(conn: psycopg.Connection) -> int:
             try:
-                conn = self._connection()
-                try:
-                    with conn.transaction(), conn.cursor() as cur:
-                        cur.executemany(UPSERT, rows)
-                        written = cur.rowcount
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    written = self._write_one_by_one(conn, rows, exc)
-            except psycopg.Error as exc:
-                raise self._failed(exc) from exc
-            self._succeeded()
-        return max(written, 0)
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(UPSERT, rows)
+                    return cur.rowcount
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                return self._write_one_by_one(conn, rows, exc)
+
+        return max(self._run(upsert), 0)
 
     def _write_one_by_one(self, conn: psycopg.Connection, rows: list[tuple],
                           exc: psycopg.Error) -> int:
         """A row PostgreSQL refuses must not hold back its batch: write the rows one by one,
         retry a refused one with NUL characters replaced, and give up only on that row."""
         logger.warning("mirror: a batch of %d was refused (%s); writing row by row",
-                       len(rows), _one_line(exc))
+                       len(rows), one_line(exc))
         written = 0
         for row in rows:
             for attempt in (row, tuple(_strip_nul(v) for v in row)):
@@ -437,29 +443,20 @@ class Mirror:
                 except (psycopg.DataError, psycopg.IntegrityError) as row_exc:
                     if attempt is not row:
                         logger.error("job %s: PostgreSQL refuses its row, not mirrored: %s",
-                                     row[0], _one_line(row_exc))
+                                     row[0], one_line(row_exc))
         return written
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                rows = self._connection().execute(sql, params).fetchall()
-            except psycopg.Error as exc:
-                raise self._failed(exc) from exc
-            self._succeeded()
-        return rows
+        return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     def _failed(self, exc: psycopg.Error) -> PostgresUnavailable:
-        """Drop a broken connection, count the failure, log the first one of a run."""
+        """Count the failure, log the first one of a run."""
         self.failures += 1
         if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
             error: PostgresUnavailable = SchemaMissing(
-                f"postgres: {_one_line(exc)}: run progress-service db upgrade")
+                f"postgres: {one_line(exc)}: run progress-service db upgrade")
         else:
-            error = PostgresUnavailable(f"postgres: {_one_line(exc)}")
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
+            error = PostgresUnavailable(f"postgres: {one_line(exc)}")
         if self.postgres_ok is not False:
             logger.warning("mirror: PostgreSQL is unavailable (%s); finished jobs wait in Redis", error)
         self.postgres_ok = False

@@ -81,3 +81,4 @@ class Scripts:
         self.read = client.register_script(script_source("read_job"))
         self.read_for_mirror = client.register_script(script_source("read_for_mirror"))
         self.claim_mirror_due = client.register_script(script_source("claim_mirror_due"))
+        self.expire_mirrored = client.register_script(script_source("expire_mirrored"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,12 +25,14 @@ from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
 from .keys import Keys
 from .models import (
     DEFAULT_STEPS,
-    ID_PATTERN,
+    MAX_EXACT_INT,
+    MAX_SEQ_FLOOR,
     TERMINAL_VALUES,
     Status,
     build_snapshot,
     event_to_snapshot,
     history_entry,
+    is_valid_id,
     validate_id,
     validate_steps,
 )
@@ -199,11 +200,10 @@ class ProgressStore:
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
         names = validate_steps(steps)
-        if isinstance(seq_floor, bool) or not isinstance(seq_floor, int) or seq_floor < 0:
-            raise InvalidInput(f"seq_floor must be a whole number >= 0, got {seq_floor!r}")
+        _whole(seq_floor, "seq_floor", MAX_SEQ_FLOOR)
         for name, value in (("created_at_ms", created_at_ms), ("started_at_ms", started_at_ms)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise InvalidInput(f"{name} must be a whole number of ms >= 0, got {value!r}")
+            if value is not None:
+                _whole(value, name, MAX_EXACT_INT)  # create_job-2.lua: and not in the future
         k = self.keys
         reply = self._call(
             self.scripts.create,
@@ -490,18 +490,27 @@ class ProgressStore:
         if due:
             self._redis(lambda: self.client.zadd(self.keys.mirror_due, due, xx=only_queued))
 
-    def unqueue_mirror_due(self, job_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
-        """Remove ``job_ids`` from the due set, then read each valid one's status and seq
-        (None, None: gone), in one round trip: read AFTER the removal, so that a change
-        made meanwhile shows."""
+    def remove_mirror_due(self, job_ids: Sequence[str]) -> None:
+        """Take ``job_ids`` out of the due set."""
+        if job_ids:
+            self._redis(lambda: self.client.zrem(self.keys.mirror_due, *job_ids))
+
+    def expire_mirrored(self, seqs: Mapping[str, int]) -> dict[str, str]:
+        """Job id -> ``lua/expire_mirrored-2.lua``'s answer (``expiring``, ``changed``,
+        ``running``, ``gone``) for jobs PostgreSQL now holds at ``seqs[job_id]``: a landed
+        job's expiry (``PROGRESS_JOB_TTL`` after it finished) is set only now."""
         k = self.keys
-        valid = [j for j in job_ids if ID_PATTERN.match(j)]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrem(k.mirror_due, *job_ids)
-        for job_id in valid:
-            pipe.hmget(k.job(job_id), "status", "seq")
-        replies = self._redis(pipe.execute)[1:]
-        return {j: _status_seq(reply) for j, reply in zip(valid, replies, strict=True)}
+        ttl = self.settings.job_ttl
+        ids = list(seqs)
+        script = self.scripts.expire_mirrored
+        if self.is_cluster:  # redis-py refuses scripts in cluster pipelines
+            replies = [self._call(script, [k.job(j), k.history(j)], [seqs[j], ttl]) for j in ids]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                script(keys=[k.job(job_id), k.history(job_id)], args=[seqs[job_id], ttl], client=pipe)
+            replies = self._redis(pipe.execute) if ids else []
+        return {j: _text(r) for j, r in zip(ids, replies, strict=True)}
 
     def job_states(self, job_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
         """Each job's status and seq (None, None: gone), in one round trip."""
@@ -518,7 +527,7 @@ class ProgressStore:
         the whole history come back as one JSON string each. ``is_stale`` and
         ``eta_seconds`` are not derived (False, None).
         """
-        valid = [j for j in job_ids if ID_PATTERN.match(j)]
+        valid = [j for j in job_ids if is_valid_id(j)]
         k = self.keys
         script = self.scripts.read_for_mirror
         if self.is_cluster:  # redis-py refuses scripts in cluster pipelines
@@ -539,22 +548,15 @@ class ProgressStore:
             out[job_id] = (snap, [history_entry(e) for e in raw_history or []])
         return out
 
-    def hold_for_mirror(self, job_ids: Sequence[str], ttl: int) -> int:
-        """Lift each job's TTL below ``ttl`` seconds back to ``ttl`` (hash and history);
-        return how many were lifted."""
+    def hold_for_mirror(self, job_ids: Sequence[str]) -> int:
+        """Make each job's hash and history persistent until the mirror lands it
+        (``expire_mirrored``); return how many jobs had an expiry (set by an older version)."""
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.ttl(k.job(job_id))
-        ttls = self._redis(pipe.execute)
-        short = [j for j, left in zip(job_ids, ttls, strict=True) if 0 <= int(left) < ttl]
-        if short:
-            pipe = self.client.pipeline(transaction=False)
-            for job_id in short:
-                pipe.expire(k.job(job_id), ttl)
-                pipe.expire(k.history(job_id), ttl)
-            self._redis(pipe.execute)
-        return len(short)
+            pipe.persist(k.job(job_id))
+            pipe.persist(k.history(job_id))
+        return sum(self._redis(pipe.execute)[::2])
 
     def scan_job_ids(self) -> Iterator[str]:
         """Every job id Redis holds a hash of (SCAN: in no order, possibly one twice)."""
@@ -566,7 +568,7 @@ class ProgressStore:
                 job_id = key[head:tail]
                 # The pattern also matches "<prefix>:{id}:history" and the like; only a job
                 # hash is exactly "<prefix>:{<id>}".
-                if key.endswith("}") and ID_PATTERN.match(job_id) and key == k.job(job_id):
+                if key.endswith("}") and is_valid_id(job_id) and key == k.job(job_id):
                     yield job_id
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
@@ -679,6 +681,13 @@ class ProgressStore:
                               pending_stale_after=s.pending_stale_after, recent=points)
 
 
+def _whole(value, what: str, maximum: int) -> int:
+    """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
+    return value
+
+
 def _derived(snapshot: dict[str, Any]) -> tuple[Any, Any]:
     return snapshot["is_stale"], snapshot["eta_seconds"]
 
@@ -689,13 +698,14 @@ def _status_seq(reply) -> tuple[str | None, int | None]:
 
 
 def _progress_arg(value) -> str:
+    """The percent as the script reads it: exact here, rounded to 6 decimals there
+    (update_progress-2.lua, the one place that rounds, for every caller)."""
     if value is None:
         return ""
     if type(value) is float and 0.0 <= value <= 100.0:  # the common case, checked cheaply
         return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
-    if not math.isfinite(value) or not 0 <= value <= 100:
+    # compared before any conversion: float(10**400) would raise OverflowError; NaN fails it
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
         raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
     return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
 
@@ -738,3 +748,5 @@ def _result_arg(value) -> str:
         return "=" + json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"result must be JSON-serialisable: {exc}") from None
+    except RecursionError:  # the script allows 64 levels (update_progress-2.lua)
+        raise InvalidInput("result must nest at most 64 levels deep") from None
