@@ -128,7 +128,12 @@ class ProgressStore:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProgressStore:
-        settings = Settings.from_env(environ)
+        """The store the environment names (``Settings.from_env``)."""
+        return cls.from_settings(Settings.from_env(environ))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProgressStore:
+        """The store ``settings`` name, on a client of its own (:func:`connect`)."""
         return cls(connect(settings), settings)
 
     # -- writing ----------------------------------------------------------
