@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_WEB_REDIS_POOL = 3
+DEFAULT_SSE_KEEPALIVE = 15.0
 
 
 class ConfigError(ValueError):
@@ -62,8 +64,8 @@ class Settings:
     history_maxlen: int = 1000
     job_timeout: int = 3600  # PROGRESS_JOB_TIMEOUT: seconds RQ lets a job run
     output_dir: str = ""  # PROGRESS_OUTPUT_DIR: where jobs write; "" is <tmp>/progress-service/videos
-    web_redis_pool: int = 3  # PROGRESS_WEB_REDIS_POOL: read connections per web process
-    sse_keepalive: float = 15.0  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
+    web_redis_pool: int = DEFAULT_WEB_REDIS_POOL  # PROGRESS_WEB_REDIS_POOL: read connections per web process
+    sse_keepalive: float = DEFAULT_SSE_KEEPALIVE  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
 
     @property
     def heartbeat_interval(self) -> float:
@@ -103,6 +105,6 @@ class Settings:
             queue_name=env.get("PROGRESS_QUEUE") or "pipelines",
             job_timeout=int(_number(env, "PROGRESS_JOB_TIMEOUT", 3600, minimum=1)),
             output_dir=env.get("PROGRESS_OUTPUT_DIR") or "",
-            web_redis_pool=int(_number(env, "PROGRESS_WEB_REDIS_POOL", 3, minimum=1)),
-            sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", 15.0, minimum=0.1),
+            web_redis_pool=int(_number(env, "PROGRESS_WEB_REDIS_POOL", DEFAULT_WEB_REDIS_POOL, minimum=1)),
+            sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", DEFAULT_SSE_KEEPALIVE, minimum=0.1),
         )

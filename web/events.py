@@ -29,7 +29,7 @@ replayed events are snapshots with those fields set from the history (and
 seq is the full current snapshot. A seq the capped history no longer holds
 cannot be replayed.
 
-A comment line (``: keep-alive``) goes out after every quiet ``KEEPALIVE``
+A comment line (``: keep-alive``) goes out after every quiet ``PROGRESS_WEB_SSE_KEEPALIVE``
 seconds; it also re-reads the job, a safety net for a pub/sub message Redis
 dropped.
 """
@@ -59,7 +59,6 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 
-KEEPALIVE = 15.0  # seconds of quiet before a keep-alive comment
 RETRY_MS = 3000  # how long EventSource waits before reconnecting
 SEQ_DIGITS = re.compile(r"[0-9]{1,16}")
 
@@ -214,7 +213,7 @@ def job_events(job_id: str):
         sub.close()
         raise
     sub.offer(current)
-    keepalive = float(current_app.config.get("PROGRESS_SSE_KEEPALIVE", KEEPALIVE))
+    keepalive = float(current_app.config["PROGRESS_SSE_KEEPALIVE"])  # create_app: the settings' own
     body = EventStream(current_app._get_current_object(), sub, backlog, current, keepalive)
     logger.debug("job %s: stream opened (after seq %s)", job_id, after)
     return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
