@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
@@ -63,10 +64,10 @@ def parse_event(raw: str | bytes) -> dict[str, Any]:
     return event
 
 
-class EventFeed:
+class EventFeed(AbstractContextManager):
     """The parsed events of one pub/sub channel (``ProgressStore.events``), in the order published.
 
-    ``get`` waits for the next one; iterating yields them until ``close``. redis-py
+    ``get`` waits for the next one, until ``close`` (or the end of a ``with``). redis-py
     reconnects and resubscribes by itself after a lost connection; events published
     meanwhile are lost (a reader fills the gap from the snapshot's ``seq``).
     """
@@ -98,19 +99,10 @@ class EventFeed:
             logger.warning("%s: ignored a malformed event %r", self.channel, message["data"][:200])
             return None
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            event = self.get(timeout=1.0)
-            if event is not None:
-                yield event
-
     def close(self) -> None:
         self._pubsub.close()
 
-    def __enter__(self) -> EventFeed:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, *exc_info: object) -> None:  # __enter__: AbstractContextManager's, self
         self.close()
 
 
