@@ -44,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for area in AREAS:
-        try:
-            module = importlib.import_module(f"{__name__}.{area}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{area}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"{__name__}.{area}").register(sub)
     return parser
 
 
