@@ -6,6 +6,7 @@ starts (the CLI, ``create_app``, the RQ job) and hand the result on.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Mapping
@@ -150,3 +151,86 @@ class Settings:
             web_redis_pool=int(_number(env, "PROGRESS_WEB_REDIS_POOL", DEFAULT_WEB_REDIS_POOL, minimum=1)),
             sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", DEFAULT_SSE_KEEPALIVE, minimum=0.1),
         )
+
+
+# -- the web server's own variables ---------------------------------------------------
+
+
+def whole_number(text: str) -> int:
+    """``text`` as an int; else ``argparse.ArgumentTypeError`` (a command line's ``type``)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """``text`` as an int of at least 1 (a command line's ``type``)."""
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def tcp_port(text: str) -> int:
+    """``text`` as a TCP port, 1 to 65535 (a command line's ``type``)."""
+    value = whole_number(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {value}")
+    return value
+
+
+class WebSettings:
+    """The web server's ``PROGRESS_WEB_*`` variables (``progress-service web`` and
+    ``web/gunicorn_conf.py``), each read when it is asked for: a malformed one is a
+    ``ConfigError`` (naming it) of the web server alone, not of every command, and only
+    where the command line has not given the value instead.
+
+    (``PROGRESS_WEB_REDIS_POOL`` and ``PROGRESS_WEB_SSE_KEEPALIVE`` tune the app in
+    every web process: they are :class:`Settings`'.)
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = os.environ if environ is None else environ
+
+    def _read(self, name: str, default: str, kind):
+        raw = self._env.get(name) or default
+        try:
+            return kind(raw)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+    @property
+    def host(self) -> str:
+        """``PROGRESS_WEB_HOST``: the address ``web`` listens on."""
+        return self._read("PROGRESS_WEB_HOST", "127.0.0.1", str)
+
+    @property
+    def port(self) -> int:
+        """``PROGRESS_WEB_PORT``: the TCP port ``web`` listens on."""
+        return self._read("PROGRESS_WEB_PORT", "8000", tcp_port)
+
+    @property
+    def workers(self) -> int:
+        """``PROGRESS_WEB_WORKERS``: gunicorn worker processes."""
+        return self._read("PROGRESS_WEB_WORKERS", "2", positive_int)
+
+    @property
+    def connections(self) -> int:
+        """``PROGRESS_WEB_CONNECTIONS``: open connections (streams included) per worker."""
+        return self._read("PROGRESS_WEB_CONNECTIONS", "4000", positive_int)
+
+    @property
+    def bind(self) -> str:
+        """``PROGRESS_WEB_BIND``: gunicorn's address when it is run by hand with the config file."""
+        return self._read("PROGRESS_WEB_BIND", "127.0.0.1:8000", str)
+
+    @property
+    def access_log(self) -> bool:
+        """``PROGRESS_WEB_ACCESS_LOG``: ``1`` logs every request."""
+        return self._env.get("PROGRESS_WEB_ACCESS_LOG", "0") == "1"
+
+    @property
+    def log_level(self) -> str:
+        """``PROGRESS_WEB_LOG_LEVEL``: gunicorn's log level (and the app's loggers')."""
+        return self._env.get("PROGRESS_WEB_LOG_LEVEL", "info")
