@@ -93,6 +93,9 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_web(args: argparse.Namespace) -> int:
+    from progress_cli.extras import require
+
+    require("web")  # checked here: gunicorn imports the app in a process of its own
     Settings.from_env()  # a malformed URL: one line and 78 here, not a traceback per gunicorn worker
     web = WebSettings()  # PROGRESS_WEB_*, each read only where the command line did not give it
     if args.host is None:

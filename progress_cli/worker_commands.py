@@ -169,6 +169,10 @@ def _fail(command: str, message: str, code: int = exit_codes.USAGE) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import redis
 
+    from progress_cli.extras import require
+
+    require("worker")
+
     from worker.jobs import ProgressSimpleWorker, ProgressWorker, rq_connection
     from worker.lost import LostJobSweeper
 
