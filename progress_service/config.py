@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_WEB_REDIS_POOL = 3
 DEFAULT_SSE_KEEPALIVE = 15.0
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -180,6 +182,20 @@ def tcp_port(text: str) -> int:
     return value
 
 
+class _WebVariable(Generic[T]):
+    """One ``PROGRESS_WEB_*`` variable of :class:`WebSettings`, read when it is asked for."""
+
+    def __init__(self, name: str, default: str, parse: Callable[[str], T]) -> None:
+        self.name, self.default, self.parse = name, default, parse
+
+    def __get__(self, settings: WebSettings, owner: type | None = None) -> T:
+        raw = settings.environ.get(self.name) or self.default
+        try:
+            return self.parse(raw)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"{self.name}={raw!r}: {exc}") from None
+
+
 class WebSettings:
     """The web server's ``PROGRESS_WEB_*`` variables (``progress-service web`` and
     ``web/gunicorn_conf.py``), each read when it is asked for: a malformed one is a
@@ -190,47 +206,14 @@ class WebSettings:
     every web process: they are :class:`Settings`'.)
     """
 
+    host = _WebVariable("PROGRESS_WEB_HOST", "127.0.0.1", str)  # the address `web` listens on
+    port = _WebVariable("PROGRESS_WEB_PORT", "8000", tcp_port)
+    workers = _WebVariable("PROGRESS_WEB_WORKERS", "2", positive_int)  # gunicorn worker processes
+    connections = _WebVariable("PROGRESS_WEB_CONNECTIONS", "4000", positive_int)  # per worker
+    # gunicorn's address when it is run by hand with web/gunicorn_conf.py (`web` passes its own)
+    bind = _WebVariable("PROGRESS_WEB_BIND", "127.0.0.1:8000", str)
+    access_log = _WebVariable("PROGRESS_WEB_ACCESS_LOG", "0", lambda raw: raw == "1")  # 1: every request
+    log_level = _WebVariable("PROGRESS_WEB_LOG_LEVEL", "info", str)  # gunicorn's, and the app's loggers'
+
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        self._env = os.environ if environ is None else environ
-
-    def _read(self, name: str, default: str, kind):
-        raw = self._env.get(name) or default
-        try:
-            return kind(raw)
-        except (ValueError, argparse.ArgumentTypeError) as exc:
-            raise ConfigError(f"{name}={raw!r}: {exc}") from None
-
-    @property
-    def host(self) -> str:
-        """``PROGRESS_WEB_HOST``: the address ``web`` listens on."""
-        return self._read("PROGRESS_WEB_HOST", "127.0.0.1", str)
-
-    @property
-    def port(self) -> int:
-        """``PROGRESS_WEB_PORT``: the TCP port ``web`` listens on."""
-        return self._read("PROGRESS_WEB_PORT", "8000", tcp_port)
-
-    @property
-    def workers(self) -> int:
-        """``PROGRESS_WEB_WORKERS``: gunicorn worker processes."""
-        return self._read("PROGRESS_WEB_WORKERS", "2", positive_int)
-
-    @property
-    def connections(self) -> int:
-        """``PROGRESS_WEB_CONNECTIONS``: open connections (streams included) per worker."""
-        return self._read("PROGRESS_WEB_CONNECTIONS", "4000", positive_int)
-
-    @property
-    def bind(self) -> str:
-        """``PROGRESS_WEB_BIND``: gunicorn's address when it is run by hand with the config file."""
-        return self._read("PROGRESS_WEB_BIND", "127.0.0.1:8000", str)
-
-    @property
-    def access_log(self) -> bool:
-        """``PROGRESS_WEB_ACCESS_LOG``: ``1`` logs every request."""
-        return self._env.get("PROGRESS_WEB_ACCESS_LOG", "0") == "1"
-
-    @property
-    def log_level(self) -> str:
-        """``PROGRESS_WEB_LOG_LEVEL``: gunicorn's log level (and the app's loggers')."""
-        return self._env.get("PROGRESS_WEB_LOG_LEVEL", "info")
+        self.environ = os.environ if environ is None else environ
