@@ -94,6 +94,7 @@ def test_token_mode_without_a_secret_key_is_a_config_error_and_exit_78(settings)
     with pytest.raises(ConfigError, match="PROGRESS_READ_AUTH"):
         Settings.from_env({"PROGRESS_READ_AUTH": "tokens", "PROGRESS_SECRET_KEY": "k"})
     assert Settings.from_env({}).read_auth == "open"
+    assert "s3cr3t" not in repr(Settings.from_env({"PROGRESS_SECRET_KEY": "s3cr3t"}))  # e.g. in a log line
     env = cli_env(settings, PROGRESS_READ_AUTH="token")
     env.pop("PROGRESS_SECRET_KEY", None)
     done = subprocess.run([sys.executable, "-m", "progress_cli", "web", "--port", "1"], env=env, cwd=ROOT,
