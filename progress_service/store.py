@@ -17,9 +17,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from .config import Settings
 from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
@@ -49,7 +51,11 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def connect(settings: Settings):
+# What the store talks to: fakeredis' FakeRedis is a redis.Redis too.
+RedisClient = redis.Redis | redis.RedisCluster
+
+
+def connect(settings: Settings) -> RedisClient:
     """A client for the progress store: a plain Redis, or a Redis Cluster."""
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(settings.progress_redis_url, decode_responses=True)
@@ -57,7 +63,7 @@ def connect(settings: Settings):
 
 
 class ProgressStore:
-    def __init__(self, client, settings: Settings | None = None) -> None:
+    def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
         self.keys = Keys(self.settings.key_prefix)
@@ -135,8 +141,9 @@ class ProgressStore:
                             created_at_ms=created_at_ms, started_at_ms=started_at_ms,
                             restore=restore)
 
-    def _create(self, job_id, paper_id, steps, pipeline, *, seq_floor, created_at_ms,
-                started_at_ms, restore: list[str]) -> dict[str, Any]:
+    def _create(self, job_id: str, paper_id: str, steps: Iterable[str], pipeline: str, *,
+                seq_floor: int, created_at_ms: int | None, started_at_ms: int | None,
+                restore: list[str]) -> dict[str, Any]:
         """create_job-2.lua, then the job's place in the indexes; ``restore``: its ARGV[11..14]."""
         validate_id(job_id, "job_id")
         validate_id(paper_id, "paper_id")
@@ -275,12 +282,12 @@ class ProgressStore:
         """The job's capped history, oldest first."""
         validate_id(job_id)
         try:
-            entries = self.client.xrange(self.keys.history(job_id))
+            entries = self.client.xrange(self.keys.history(job_id)) or []
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
         out = []
         for _, raw in entries:
-            e = {_text(a): _text(b) for a, b in raw.items()}
+            e = {_text(a): _text(b) for a, b in (raw or {}).items()}
             progress = float(e.get("progress_percent") or 0)
             out.append({
                 "seq": int(e["seq"]),
@@ -346,7 +353,9 @@ class ProgressStore:
         """
         validate_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        # redis-py leaves Redis.pubsub and RedisCluster.pubsub unannotated, and mypy's
+        # untyped_calls_exclude does not reach a call on a union of the two.
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             try:
                 pubsub.subscribe(self.keys.events(job_id))
@@ -427,10 +436,20 @@ class ProgressStore:
 
     # -- internals --------------------------------------------------------
 
-    def _update_call(self, job_id, progress_percent=None, current_step=None, status=None,
-                     message=None, error=None, result=None, force=False):
+    def _update_call(
+        self,
+        job_id: str,
+        progress_percent: float | None = None,
+        current_step: str | None = None,
+        status: Status | str | None = None,
+        message: str | None = None,
+        error: str | None = None,
+        result: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> tuple[list[str], list[EncodableT]]:
+        """update_progress-2.lua's KEYS and ARGV for one update (arguments checked)."""
         job_key, history_key, channel = self._job_keys(job_id)
-        args = [
+        args: list[EncodableT] = [
             _progress_arg(progress_percent),
             "" if current_step is None else _step_arg(current_step),
             "" if status is None else _status_arg(status),
@@ -445,7 +464,7 @@ class ProgressStore:
         ]
         return [job_key, history_key], args
 
-    def _job_keys(self, job_id) -> tuple[str, str, str]:
+    def _job_keys(self, job_id: str) -> tuple[str, str, str]:
         """The job's hash, history and channel names, validating the id on first sight.
 
         The hot path (one update per progress change) would otherwise redo the
@@ -479,7 +498,8 @@ class ProgressStore:
         except (RedisConnectionError, RedisTimeoutError):
             logger.warning("job %s: could not queue for the mirror; the sweep will find it", job_id)
 
-    def _call(self, script, keys, args):
+    def _call(self, script: Script, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        """The script's reply, as Redis converted it from Lua (a list or a number)."""
         try:
             try:
                 # EVALSHA straight away: redis-py's Script.__call__ costs a few
@@ -495,7 +515,7 @@ class ProgressStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
-    def _snapshot_from_reply(self, reply) -> dict[str, Any] | None:
+    def _snapshot_from_reply(self, reply: Sequence[Any]) -> dict[str, Any] | None:
         flat_json, sec, usec, eta_at, eta_progress = reply
         flat = json.loads(flat_json)  # read_job sends the hash as one JSON array
         if not flat:
@@ -508,7 +528,7 @@ class ProgressStore:
                               pending_stale_after=s.pending_stale_after, recent=points)
 
 
-def _progress_arg(value) -> str:
+def _progress_arg(value: object) -> str:
     if value is None:
         return ""
     if type(value) is float and 0.0 <= value <= 100.0:  # the common case, checked cheaply
@@ -520,7 +540,7 @@ def _progress_arg(value) -> str:
     return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
 
 
-def _step_arg(value) -> str:
+def _step_arg(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or not value:
@@ -528,7 +548,7 @@ def _step_arg(value) -> str:
     return value
 
 
-def _status_arg(value) -> str:
+def _status_arg(value: object) -> str:
     if value is None:
         return ""
     try:
@@ -539,7 +559,7 @@ def _status_arg(value) -> str:
         ) from None
 
 
-def _text_arg(value, what: str) -> str:
+def _text_arg(value: object, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -549,7 +569,7 @@ def _text_arg(value, what: str) -> str:
     return "=" + value
 
 
-def _result_arg(value) -> str:
+def _result_arg(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, Mapping):
