@@ -50,7 +50,7 @@ def validate_id(value: object, what: str = "job_id") -> str:
 def validate_steps(steps: object) -> list[str]:
     if isinstance(steps, str | bytes) or not hasattr(steps, "__iter__"):
         raise InvalidInput(f"steps must be a list of names, got {steps!r}")
-    out = list(steps)  # type: ignore[call-overload]
+    out = list(steps)
     if not out:
         raise InvalidInput("steps must name at least one step")
     for name in out:
