@@ -7,9 +7,9 @@ repository's ``lua/`` folder. :func:`lua_dir` is the one place that decides.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import redis
