@@ -31,9 +31,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import psycopg
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,6 +46,9 @@ from .scripts import script_source
 from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
+
+JobRow = tuple[Any, ...]  # one progress_jobs row, in UPSERT's parameter order
+_T = TypeVar("_T")
 
 TABLE = "progress_jobs"
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
@@ -116,7 +120,7 @@ def _strip_nul(value: Any) -> Any:
     return value
 
 
-def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> tuple:
+def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> JobRow:
     """The ``progress_jobs`` row of a finished job's snapshot and history (UPSERT's parameters)."""
     s = snapshot
     return (
@@ -212,7 +216,7 @@ class Mirror:
         while limit is None or taken < limit:
             size = self.batch_size if limit is None else min(self.batch_size, limit - taken)
             ids = [_text(x) for x in self._redis(
-                lambda size=size: self._claim(keys=[due_key], args=[now, size, lease]))]
+                partial(self._claim, keys=[due_key], args=[now, size, lease]))]
             if not ids:
                 break
             taken += len(ids)
@@ -334,24 +338,24 @@ class Mirror:
 
     # -- internals: Redis -------------------------------------------------
 
-    def _redis(self, call):
+    def _redis(self, call: Callable[[], _T]) -> _T:
         try:
             return call()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
     def _more_due(self) -> bool:
-        def first_due():
+        def first_due() -> Any:  # redis-py types a reply as Any
             now = self.store.server_time_ms()
             return self.store.client.zrangebyscore(self.store.keys.mirror_due, "-inf", now,
                                                    start=0, num=1)
         return bool(self._redis(first_due))
 
-    def load_rows(self, job_ids: Sequence[str]) -> list[tuple]:
+    def load_rows(self, job_ids: Sequence[str]) -> list[JobRow]:
         """``progress_jobs`` rows (UPSERT's parameters) of the finished jobs among ``job_ids``."""
         return self._load(job_ids)[0]
 
-    def _load(self, ids: Sequence[str]) -> tuple[list[tuple], dict[str, int | None]]:
+    def _load(self, ids: Sequence[str]) -> tuple[list[JobRow], dict[str, int | None]]:
         """Rows of the finished jobs among ``ids``, and job id -> the seq handled (None: no row).
 
         One script call per job (``lua/read_for_mirror-2.lua``), pipelined: the hash and
@@ -360,7 +364,7 @@ class Mirror:
         valid = [j for j in ids if ID_PATTERN.match(j)]
         k = self.store.keys
         if self.store.is_cluster:  # redis-py refuses scripts in cluster pipelines
-            replies = [self._redis(lambda j=j: self._read(keys=[k.job(j), k.history(j)]))
+            replies = [self._redis(partial(self._read, keys=[k.job(j), k.history(j)]))
                        for j in valid]
         else:
             pipe = self.store.client.pipeline(transaction=False)
@@ -496,7 +500,7 @@ class Mirror:
             )
         return self._conn
 
-    def _write(self, rows: list[tuple]) -> int:
+    def _write(self, rows: list[JobRow]) -> int:
         """Upsert ``rows`` in one transaction; return how many were written."""
         with self._lock:
             try:
@@ -512,7 +516,7 @@ class Mirror:
             self._succeeded()
         return max(written, 0)
 
-    def _write_one_by_one(self, conn: psycopg.Connection, rows: list[tuple],
+    def _write_one_by_one(self, conn: psycopg.Connection, rows: list[JobRow],
                           exc: psycopg.Error) -> int:
         """A row PostgreSQL refuses must not hold back its batch: write the rows one by one,
         retry a refused one with NUL characters replaced, and give up only on that row."""
@@ -532,7 +536,7 @@ class Mirror:
                                      row[0], _one_line(row_exc))
         return written
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 rows = self._connection().execute(sql, params).fetchall()
