@@ -30,9 +30,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 from progress_service.errors import EmbeddedServerError
+
+if TYPE_CHECKING:  # redis is imported where it is used
+    import redis
+    from redis.cluster import ClusterNode
+    from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,8 @@ def find_free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _port_is_free(port: int) -> bool:
@@ -144,7 +150,7 @@ class _ServerProcess:
                 if attempt == attempts or "Address already in use" not in str(exc):
                     raise
 
-    def _spawn(self, argv: Sequence[str], **popen_kwargs) -> None:
+    def _spawn(self, argv: Sequence[str], **popen_kwargs: Any) -> None:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -262,7 +268,7 @@ class EmbeddedRedis(_ServerProcess):
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
-    def client(self, **kwargs):
+    def client(self, **kwargs: Any) -> redis.Redis:
         """A new redis-py client for this server."""
         import redis
 
@@ -291,7 +297,7 @@ class EmbeddedRedis(_ServerProcess):
             probe.close()
 
 
-def _no_retry():
+def _no_retry() -> Retry:
     """redis-py retries a refused connection with backoff by default: not while polling."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -299,7 +305,7 @@ def _no_retry():
     return Retry(NoBackoff(), 0)
 
 
-def _answers_ping(client) -> bool:
+def _answers_ping(client: redis.Redis) -> bool:
     import redis
 
     try:
@@ -352,7 +358,7 @@ class EmbeddedRedisCluster:
         return f"redis://{LOOPBACK}:{self.nodes[0].port}"
 
     @property
-    def startup_nodes(self):
+    def startup_nodes(self) -> list[ClusterNode]:
         """``redis.cluster.ClusterNode``s, for ``RedisCluster(startup_nodes=...)``."""
         from redis.cluster import ClusterNode
 
@@ -392,14 +398,14 @@ class EmbeddedRedisCluster:
                 client.close()
 
 
-def _cluster_info(client) -> dict[str, str]:
+def _cluster_info(client: redis.Redis) -> dict[str, str]:
     raw = client.execute_command("CLUSTER", "INFO")
     if isinstance(raw, dict):
         return {str(k): str(v) for k, v in raw.items()}
     return dict(line.split(":", 1) for line in str(raw).splitlines() if ":" in line)
 
 
-def _cluster_is_ready(client, nodes: int) -> bool:
+def _cluster_is_ready(client: redis.Redis, nodes: int) -> bool:
     info = _cluster_info(client)
     return (
         info.get("cluster_state") == "ok"
@@ -470,7 +476,7 @@ class EmbeddedPostgres(_ServerProcess):
     def url(self) -> str:
         return f"postgresql://postgres@{LOOPBACK}:{self.port}/postgres"
 
-    def _as_run_user(self) -> dict:
+    def _as_run_user(self) -> dict[str, Any]:
         """Popen arguments that drop root, and an environment without stray PG* settings."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
