@@ -37,8 +37,8 @@ dropped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 
@@ -47,6 +47,9 @@ from progress_service.models import TERMINAL, Status, event_to_snapshot, validat
 
 from .fanout import RESYNC, SHUTDOWN, Delivery, EventHub, Subscription, is_terminal, sse_frame
 from .jobs import find_job, job_history
+
+if TYPE_CHECKING:
+    from werkzeug.local import LocalProxy
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +136,9 @@ class EventStream:
         finally:
             self.sub.close()
 
-    def _run(self, backlog, shown, keepalive) -> Iterator[bytes]:
+    def _run(self, backlog: list[dict[str, Any]], shown: dict[str, Any],
+             keepalive: float) -> Generator[bytes, None, None]:
+        """The frames; a generator, so that close() can stop it where it waits."""
         sub, job_id = self.sub, self.sub.job_id
         yield f"retry: {RETRY_MS}\n\n".encode()
         for snap in backlog:
@@ -203,7 +208,8 @@ def job_events(job_id: str):
         raise
     sub.offer(current)
     keepalive = float(current_app.config.get("PROGRESS_SSE_KEEPALIVE", KEEPALIVE))
-    body = EventStream(current_app._get_current_object(), sub, backlog, current, keepalive)
+    app = cast("LocalProxy[Flask]", current_app)._get_current_object()  # Flask types the proxy as Flask
+    body = EventStream(app, sub, backlog, current, keepalive)
     logger.debug("job %s: stream opened (after seq %s)", job_id, after)
     return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
