@@ -46,7 +46,7 @@ from rq import Callback, Queue, SimpleWorker, Worker, get_current_job
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
-from rq.worker.base import SHUTDOWN_SIGNAL
+from rq.worker.base import SHUTDOWN_SIGNAL, BaseWorker
 
 from progress_service import ProgressStore, Settings, Status
 from progress_service.errors import (
@@ -399,11 +399,13 @@ def _finish_in_store(job_id: str, status: str, *, error: str | None = None,
 # -- the worker classes -----------------------------------------------------------
 
 
-class _StopsCommands:
+class _StopsCommands(BaseWorker):
     """What RQ's workers lack: a stopped or killed job's command tree goes down too.
 
     The command runs in a session of its own, out of reach of RQ's ``killpg`` of the
-    work horse's group: ``kill_horse`` kills it first. The store learns why.
+    work horse's group: ``kill_horse`` kills it first. The store learns why. A mixin
+    put before Worker or SimpleWorker; it derives from their BaseWorker so that the
+    type checker knows the worker it extends.
     """
 
     progress_store: ProgressStore | None = None
@@ -412,16 +414,16 @@ class _StopsCommands:
         """A job that ended ``JobCanceled`` is recorded as RQ's ``stopped``, not ``failed``:
         the same ending whether RQ's stop command or the runner got there first."""
         if exc_info and isinstance(exc_info[0], type) and issubclass(exc_info[0], JobCanceled):
-            self._stopped_job_id = job.id  # type: ignore[attr-defined]
+            self._stopped_job_id = job.id
             logger.info("job %s: canceled; RQ records it as stopped", job.id)
             return
-        super().handle_exception(job, *exc_info)  # type: ignore[misc]
+        super().handle_exception(job, *exc_info)
 
     def _mark_stopping(self) -> None:
-        job_id = self.get_current_job_id()  # type: ignore[attr-defined]
+        job_id = self.get_current_job_id()
         if job_id is None:
             return
-        if self._stopped_job_id == job_id:  # type: ignore[attr-defined]
+        if self._stopped_job_id == job_id:
             _finish_in_store(job_id, Status.CANCELED.value, message="stopped in RQ",
                              store=self.progress_store)
         else:
@@ -443,11 +445,11 @@ class ProgressWorker(_StopsCommands, Worker):
         horse = self.horse_pid
         if not horse:
             return
-        job_id = self.get_current_job_id()  # type: ignore[attr-defined]
+        job_id = self.get_current_job_id()
         tag = f"{JOB_ID_ENV}={job_id}" if job_id else None
         self._mark_stopping()
-        groups = {_pgid(p) for p in descendants(horse)} - {horse, None}
-        for pgid in sorted(groups):  # type: ignore[type-var]
+        groups = {g for p in descendants(horse) if (g := _pgid(p)) is not None and g != horse}
+        for pgid in sorted(groups):
             left = kill_process_tree(pgid, grace=STOP_GRACE, tag=tag)
             logger.info("worker %s: killed the command tree of group %d%s", self.name, pgid,
                         f" ({left} left)" if left else "")
