@@ -25,6 +25,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from progress_service.store import ProgressStore
+
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ops", __name__)
@@ -108,8 +110,8 @@ def metrics_text():
 
 
 @bp.get("/healthz")
-def healthz():
-    store = current_app.extensions["progress"]
+def healthz() -> Response | tuple[Response, int]:
+    store: ProgressStore = current_app.extensions["progress"]
     answer: dict[str, str] = {}
     down: list[str] = []
     try:
