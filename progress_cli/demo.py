@@ -231,11 +231,11 @@ class Demo:
         else:
             say(f"Redis: {_safe_url(env['REDIS_URL'])} (REDIS_URL)")
         if not env.get("DATABASE_URL"):
-            server = EmbeddedPostgres(base_dir=self.folder)
-            self.servers.append(server)
-            env["DATABASE_URL"] = server.url
-            say(f"DATABASE_URL is unset: started an embedded PostgreSQL at {server.url} "
-                f"(pid {server.pid})")
+            postgres = EmbeddedPostgres(base_dir=self.folder)
+            self.servers.append(postgres)
+            env["DATABASE_URL"] = postgres.url
+            say(f"DATABASE_URL is unset: started an embedded PostgreSQL at {postgres.url} "
+                f"(pid {postgres.pid})")
         else:
             say(f"PostgreSQL: {_safe_url(env['DATABASE_URL'])} (DATABASE_URL)")
         env.setdefault("PROGRESS_MIN_INTERVAL", DEMO_MIN_INTERVAL)
