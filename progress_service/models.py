@@ -9,7 +9,7 @@ import re
 import time
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import InvalidInput
 
@@ -45,7 +45,7 @@ class Status(str, Enum):
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 
 
-def is_valid_id(value: object) -> bool:
+def is_valid_id(value: object) -> TypeGuard[str]:
     """Whether ``value`` is an id CONTRACT allows (a str matching ``ID_RULE``, to its very end)."""
     return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
 
