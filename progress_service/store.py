@@ -436,18 +436,12 @@ class ProgressStore:
 
     # -- internals --------------------------------------------------------
 
-    def _update_call(
-        self,
-        job_id: str,
-        progress_percent: float | None = None,
-        current_step: str | None = None,
-        status: Status | str | None = None,
-        message: str | None = None,
-        error: str | None = None,
-        result: Mapping[str, Any] | None = None,
-        force: bool = False,
-    ) -> tuple[list[str], list[EncodableT]]:
-        """update_progress-2.lua's KEYS and ARGV for one update (arguments checked)."""
+    def _update_call(self, job_id: str, progress_percent: object = None, current_step: object = None,
+                     status: object = None, message: object = None, error: object = None,
+                     result: object = None, force: object = False,
+                     ) -> tuple[list[str], list[EncodableT]]:
+        """update_progress-2.lua's KEYS and ARGV for one update: ``update``'s arguments, or an
+        ``update_many`` mapping's, each checked here whatever its type (``InvalidInput``)."""
         job_key, history_key, channel = self._job_keys(job_id)
         args: list[EncodableT] = [
             _progress_arg(progress_percent),
