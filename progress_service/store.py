@@ -248,10 +248,12 @@ class ProgressStore:
         updates/s out of reach: bench/scale_bench.py). A reply other than the script's own
         (MOVED after a resharding, NOSCRIPT on a new node) is retried alone through the
         cluster client, which follows redirects and loads the script."""
+        cluster = self.client
+        assert isinstance(cluster, redis.RedisCluster)  # update_many, the one caller, checked is_cluster
         sha = self.scripts.update.sha
         per_node: dict[str, tuple[Any, list[int]]] = {}
         for i, (keys, _args) in enumerate(calls):
-            node = self.client.get_node_from_key(keys[0])
+            node = cluster.get_node_from_key(keys[0])
             per_node.setdefault(node.name, (node, []))[1].append(i)
         replies: list[Any] = [None] * len(calls)
         for node, indexes in per_node.values():
