@@ -25,6 +25,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from progress_service.errors import BackendUnavailable
 from progress_service.store import ProgressStore
 
 logger = logging.getLogger(__name__)
@@ -115,8 +116,11 @@ def healthz() -> Response | tuple[Response, int]:
     answer: dict[str, str] = {}
     down: list[str] = []
     try:
-        store.client.ping()
+        store.ping()
         answer["redis"] = "ok"
+    except BackendUnavailable as exc:  # its text names Redis
+        answer["redis"] = "down"
+        down.append(str(exc))
     except Exception as exc:
         answer["redis"] = "down"
         down.append(f"redis: {exc}")
