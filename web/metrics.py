@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from progress_service.errors import BackendUnavailable
+from progress_service.store import ProgressStore
 
 from .auth import OPEN, read_access
 
@@ -114,8 +115,8 @@ def metrics_text():
 
 @bp.get("/healthz")
 @read_access(OPEN)
-def healthz():
-    store = current_app.extensions["progress"]
+def healthz() -> Response | tuple[Response, int]:
+    store: ProgressStore = current_app.extensions["progress"]
     answer: dict[str, str] = {}
     down: list[str] = []
     try:
