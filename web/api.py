@@ -59,11 +59,10 @@ def json_object(allowed: set[str], required: frozenset[str] = frozenset()) -> di
 
 def urls_of(job_id: str, paper_id: str, read_token: str | None = None) -> dict[str, str]:
     """A job's URLs; with a read token, the page's carries it (``?token=``) for whoever opens it."""
-    extra = {"token": read_token} if read_token else {}
     return {
         "status_url": url_for("api.get_job", job_id=job_id),
         "events_url": url_for("events.job_events", job_id=job_id),
-        "page_url": url_for("pages.status_page", paper_id=paper_id, **extra),
+        "page_url": url_for("pages.status_page", paper_id=paper_id, token=read_token),  # None: left out
     }
 
 

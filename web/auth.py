@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import functools
 import hmac
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Response, current_app, g, request
 
@@ -39,6 +40,7 @@ from . import read_tokens
 from .job_lookup import find_job, latest_job
 
 REALM = "progress-service"
+ViewT = TypeVar("ViewT", bound=Callable[..., Any])
 
 
 OPEN, JOB, BATCH, PAPER = "open", "job", "batch", "paper"
@@ -51,14 +53,14 @@ def api_token() -> str | None:
     return current_app.extensions["progress"].settings.api_token
 
 
-def read_access(kind: str):
+def read_access(kind: str) -> Callable[[ViewT], ViewT]:
     """Declare what reading a view needs under ``PROGRESS_READ_AUTH=token``: ``OPEN``, ``JOB``,
     ``BATCH`` or ``PAPER`` (module docstring). Put it under the route decorator."""
     if kind not in (OPEN, JOB, BATCH, PAPER):
         raise ValueError(f"unknown read access {kind!r}")
 
-    def mark(view):
-        view.read_access = kind
+    def mark(view: ViewT) -> ViewT:
+        view.read_access = kind  # type: ignore[attr-defined]  # read by access_of
         return view
 
     return mark

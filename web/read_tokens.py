@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from progress_service.config import Settings
 from progress_service.errors import InvalidInput, Unauthorized
 from progress_service.models import is_valid_id, iso_ms, validate_id
 
@@ -38,7 +39,9 @@ class ReadScope:
 
     @property
     def expires_at(self) -> str:
-        return iso_ms(self.expires * 1000)
+        at = iso_ms(self.expires * 1000)
+        assert at is not None  # iso_ms answers None for None alone
+        return at
 
     def describe(self) -> str:
         return f"{self.kind} {self.id}"
@@ -87,8 +90,8 @@ def verify(secret_key: str, token: str, *, now: float | None = None) -> ReadScop
     return scope
 
 
-def for_answer(settings, kind: str, scope_id: str) -> str | None:
+def for_answer(settings: Settings, kind: str, scope_id: str) -> str | None:
     """The read token a submit answer carries: one for ``scope_id`` when reads need a token, else None."""
-    if not settings.reads_need_token:
+    if not settings.reads_need_token or settings.secret_key is None:
         return None
     return mint(settings.secret_key, kind, scope_id)[0]
