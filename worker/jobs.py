@@ -6,7 +6,8 @@
 One id for both sides: the RQ job id is the store's ``job_id``. The store is the
 source of truth; RQ's job carries a copy of the progress in ``meta["progress"]``
 (``{"percent", "step"}``) for the RQ dashboard, and where its command runs in
-``meta["pipeline_process"]`` (``{"pid", "pgid", "host"}``).
+``meta["pipeline_process"]`` (``{"pid", "pgid", "host", "tag"}``: ``tag`` is the
+``PROGRESS_JOB_TAG`` entry that marks the run's processes, by which they are killed).
 
 How the two sides are kept in agreement:
 
@@ -58,10 +59,10 @@ from progress_service.errors import (
 from progress_service.models import validate_id
 from progress_service.scripts import UpdateResult
 from progress_service.store import connect
-from worker.lost import WORKER_LOST, kill_orphaned_tree
+from worker.lost import WORKER_LOST, command_tag, kill_orphaned_tree
 from worker.pipelines import Pipeline, get_pipeline
 from worker.process_tree import KILL_GRACE, descendants, kill_process_tree
-from worker.runner import JOB_ID_ENV, run_command
+from worker.runner import job_tag, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,8 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = job.timeout if job.timeout and job.timeout > 0 else None
     runner_timeout = _take_over_rq_alarm(timeout)
-    meta = _RQMeta(job)
+    tag = job_tag(settings.key_prefix, job.id)
+    meta = _RQMeta(job, tag)
 
     def describe(exc: BaseException) -> str | None:
         if isinstance(exc, JobTimeoutException) and timeout:
@@ -282,7 +284,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
         outcome = run_command(
             store, job.id, spec.command(paper_id, str(out_dir)), steps=spec.steps,
             weights=spec.weights, settings=settings, env=_child_env(), on_write=meta.on_write,
-            on_start=meta.on_start, timeout=runner_timeout, describe_exception=describe,
+            on_start=meta.on_start, timeout=runner_timeout, describe_exception=describe, tag=tag,
         )
     finally:
         store.client.close()
@@ -327,13 +329,15 @@ def _child_env() -> dict[str, str]:
 class _RQMeta:
     """Copies what the throttle writes into the RQ job's meta, at the same rate."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, tag: str) -> None:
         self.job = job
+        self.tag = tag
         self.percent: float = 0
         self.step: str | None = None
 
     def on_start(self, pid: int) -> None:
-        self.job.meta["pipeline_process"] = {"pid": pid, "pgid": pid, "host": socket.gethostname()}
+        self.job.meta["pipeline_process"] = {"pid": pid, "pgid": pid, "host": socket.gethostname(),
+                                             "tag": self.tag}
         self.job.save_meta()
 
     def on_write(self, fields: dict[str, Any], result: UpdateResult) -> None:
@@ -444,7 +448,8 @@ class ProgressWorker(_StopsCommands, Worker):
         if not horse:
             return
         job_id = self.get_current_job_id()  # type: ignore[attr-defined]
-        tag = f"{JOB_ID_ENV}={job_id}" if job_id else None
+        job = _fetch_rq_job(self.connection, job_id) if job_id else None
+        tag = command_tag(job.meta.get("pipeline_process")) if job is not None else None
         self._mark_stopping()
         groups = {_pgid(p) for p in descendants(horse)} - {horse, None}
         for pgid in sorted(groups):  # type: ignore[type-var]

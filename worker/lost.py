@@ -18,8 +18,9 @@ pass, up to 10 min later). When RQ's cleanup gets there first, the job's
 
 If the dead job's process tree survived on this host (the pipeline runs in a
 session of its own, so a SIGKILL of the work horse does not reach it), it is
-killed too, after checking by ``PROGRESS_JOB_ID`` in its environment that the
-pid still belongs to that job.
+killed too: the processes that carry the run's ``PROGRESS_JOB_TAG`` (recorded in
+the RQ job's ``meta["pipeline_process"]``) in their environment, and no other. Not
+the job id: another deployment on the machine may run a job of the same id.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ from worker.process_tree import (
     process_alive,
     tagged_processes,
 )
-from worker.runner import JOB_ID_ENV
+from worker.runner import is_job_tag
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "WORKER_LOST",
     "LostJobSweeper",
+    "command_tag",
     "fail_rq_job",
     "find_lost_jobs",
     "kill_orphaned_tree",
@@ -181,15 +183,24 @@ def fail_rq_job(connection, job_id: str, exc_string: str) -> dict[str, Any] | No
     return process
 
 
+def command_tag(process: Any) -> str | None:
+    """The ``PROGRESS_JOB_TAG`` entry a run marked its command with, from the RQ job's
+    ``meta["pipeline_process"]``; None if it holds none."""
+    tag = process.get("tag") if isinstance(process, dict) else None
+    return tag if is_job_tag(tag) else None
+
+
 def kill_orphaned_tree(process: dict[str, Any] | None, job_id: str, *,
                        grace: float = KILL_GRACE) -> list[int]:
-    """Kill a dead job's surviving command tree, if it runs on this host and is still that job's.
+    """Kill a dead job's surviving command tree, if it runs on this host and is still that run's.
 
-    ``process`` is the RQ job's ``meta["pipeline_process"]``. The pid must still
-    carry ``PROGRESS_JOB_ID=<job_id>`` in its environment: a reused pid is left alone.
-    Returns the pids left alive (none, normally).
+    ``process`` is the RQ job's ``meta["pipeline_process"]``. A process must carry
+    the run's tag (``process["tag"]``) in its environment: a reused pid, or another
+    deployment's command of the same job id, is left alone. Returns the pids left
+    alive (none, normally).
     """
-    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+    tag = command_tag(process)
+    if tag is None or process is None or process.get("host") != socket.gethostname():
         return []
     try:
         pgid = int(process.get("pgid") or process.get("pid") or 0)
@@ -197,7 +208,6 @@ def kill_orphaned_tree(process: dict[str, Any] | None, job_id: str, *,
         return []
     if pgid <= 1:
         return []
-    tag = f"{JOB_ID_ENV}={job_id}"
     # The group's leader may be gone while a grandchild lives on, in the group or
     # double-forked away: every process that carries the job's entry counts.
     members = sorted({p for p in {pgid, *group_members(pgid)} if process_alive(p) and environ_has(p, tag)}

@@ -3,8 +3,9 @@
 1. The job is marked ``running`` (at once). If the store says it is finished
    already (canceled while queued), the command is not started at all.
 2. The command starts in a process group of its own (``start_new_session``), with
-   ``PROGRESS_JOB_ID`` in its environment. Its output is read
-   (``worker.runner.reading``) and turned into store writes
+   ``PROGRESS_JOB_ID`` (the job's id, for the pipeline) and ``PROGRESS_JOB_TAG`` (a
+   tag unique to this run, which marks its processes) in its environment. Its
+   output is read (``worker.runner.reading``) and turned into store writes
    (``worker.runner.output``); a watcher thread (``worker.runner.watcher``) stamps
    heartbeats and stops the run when the job turns terminal under it; a job the
    store lost is re-created (``worker.runner.recovery``).
@@ -13,7 +14,9 @@
    lines of stderr; an exception (RQ's job timeout, Ctrl-C) or a timeout -> the
    tree killed, then ``failed`` (``canceled`` for Ctrl-C), and the exception raised
    again. Killing is SIGTERM to the group and every known descendant, SIGKILL
-   after ``kill_grace`` seconds, and a check by pid that nothing is left.
+   after ``kill_grace`` seconds, and a check by pid that nothing is left. Processes
+   the command left behind are found by its group and by the run's tag, never by
+   the job id alone (another deployment may run a job of the same id).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from worker.runner.options import (
     RunOutcome,
     Stop,
     call_hook,
+    is_job_tag,
+    job_tag,
     logger,
 )
 from worker.runner.output import OutputHandler
@@ -54,13 +59,14 @@ def run_command(store: ProgressStore, job_id: str, argv: Sequence[str], **option
 
     ``options`` are ``RunOptions``' fields: ``steps`` and ``settings`` (required),
     ``weights``, ``cwd``, ``env`` (the command's whole environment, default this
-    process's, to which ``PROGRESS_JOB_ID`` is added),
+    process's, to which ``PROGRESS_JOB_ID`` and ``PROGRESS_JOB_TAG`` are added),
     ``on_write(fields, result)`` after each store write the throttle lets through,
     ``on_start(pid)`` once the command runs, ``on_output(stream, line)`` for every
     line ("stdout" / "stderr"), ``timeout`` (kills the command after that many
     seconds: ``failed``, "timed out after N s"), ``kill_grace``,
     ``describe_exception(exc)`` (names an exception raised into the run, e.g. RQ's
-    job timeout, for the job's error; the exception is raised again afterwards).
+    job timeout, for the job's error; the exception is raised again afterwards) and
+    ``tag`` (the run's ``PROGRESS_JOB_TAG`` entry, from ``job_tag``; default a new one).
     """
     if not argv:
         raise ValueError("argv must name a command")
@@ -69,11 +75,13 @@ def run_command(store: ProgressStore, job_id: str, argv: Sequence[str], **option
 
 class CommandRun:
     def __init__(self, store: ProgressStore, job_id: str, argv: list[str], options: RunOptions) -> None:
+        if options.tag is not None and not is_job_tag(options.tag):
+            raise ValueError(f"tag must come from job_tag(), got {options.tag!r}")
         self.store = store
         self.job_id = job_id
         self.argv = argv
         self.options = options
-        self.tag = f"{JOB_ID_ENV}={job_id}"  # every process of this job inherits it
+        self.tag = options.tag or job_tag(store.keys.prefix, job_id)  # NAME=value, see job_tag
         self.throttle = Throttle(self._write, options.settings.min_interval)
         self.output = OutputHandler(job_id, options, self.throttle)
         self.recovery = JobRecovery(store, job_id)
@@ -136,7 +144,9 @@ class CommandRun:
         return None
 
     def _start(self) -> subprocess.Popen[bytes]:
-        env = {**(os.environ if self.options.env is None else self.options.env), JOB_ID_ENV: self.job_id}
+        tag_name, _, tag_value = self.tag.partition("=")
+        env = {**(os.environ if self.options.env is None else self.options.env),
+               JOB_ID_ENV: self.job_id, tag_name: tag_value}
         proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, cwd=self.options.cwd,
                                 env=env)
@@ -236,7 +246,7 @@ class CommandRun:
 
     def _kill_leftovers(self) -> list[int]:
         """After the command exited: processes it left behind (in its group, or
-        double-forked away with the job's environment) are killed too."""
+        double-forked away with this run's tag) are killed too."""
         assert self.proc is not None
         left = {*group_members(self.proc.pid), *tagged_processes(self.tag)} - {self.proc.pid}
         if not left:

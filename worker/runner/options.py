@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ from worker.process_tree import KILL_GRACE
 
 logger = logging.getLogger("worker.runner")  # one logger for the runner's modules
 
-JOB_ID_ENV = "PROGRESS_JOB_ID"  # set in the command's environment: marks its process tree
+JOB_ID_ENV = "PROGRESS_JOB_ID"  # in the command's environment: the job's id, for the pipeline's use
+JOB_TAG_ENV = "PROGRESS_JOB_TAG"  # in the command's environment: marks this run's process tree
 TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 
 # What a call to the progress store raises: Redis away (BackendUnavailable, or a
@@ -32,6 +34,21 @@ STORE_ERRORS = (ProgressError, RedisError, OSError)
 REDIS_ERRORS = (RedisError, OSError)  # a raw client call (pub/sub): Redis away or refusing
 
 OnWrite = Callable[[dict[str, Any], UpdateResult], None]
+
+
+def job_tag(prefix: str, job_id: str) -> str:
+    """A new ``PROGRESS_JOB_TAG=<prefix>:<job_id>:<token>`` entry, unique to one run.
+
+    Every process of the run inherits it, and a kill looks for exactly this entry:
+    not for the job id alone, which another deployment (another key prefix) or an
+    earlier run of the same id may carry too.
+    """
+    return f"{JOB_TAG_ENV}={prefix}:{job_id}:{secrets.token_hex(8)}"
+
+
+def is_job_tag(value: object) -> bool:
+    """Whether ``value`` is an entry ``job_tag`` makes (so a kill by it is a kill of one run)."""
+    return isinstance(value, str) and value.startswith(f"{JOB_TAG_ENV}=") and value.count(":") >= 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +66,7 @@ class RunOptions:
     timeout: float | None = None  # seconds; then the tree is killed and the job failed
     kill_grace: float = KILL_GRACE  # seconds between SIGTERM and SIGKILL
     describe_exception: Callable[[BaseException], str | None] | None = None  # names an exception
+    tag: str | None = None  # the JOB_TAG_ENV entry marking the tree (default: a new ``job_tag``)
 
 
 @dataclass
