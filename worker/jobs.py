@@ -39,6 +39,7 @@ import socket
 import tempfile
 import threading
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,13 @@ from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.worker.base import SHUTDOWN_SIGNAL
 
 from progress_service import ProgressStore, Settings, Status
+from progress_service.config import ConfigError
 from progress_service.errors import (
     BackendUnavailable,
     InvalidInput,
     JobConflict,
     JobNotFound,
+    ProgressError,
 )
 from progress_service.models import validate_id
 from progress_service.scripts import UpdateResult
@@ -186,10 +189,8 @@ def submit_job(
         )
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         error = f"could not queue the job: {exc}"
-        try:
+        with suppress(BackendUnavailable):  # Redis is away altogether: the error below says so
             store.update(job_id, status=Status.FAILED.value, error=error)
-        except BackendUnavailable:
-            pass
         raise BackendUnavailable(f"redis (RQ queue {settings.queue_name}): {exc}") from exc
     logger.info("job %s: queued on %s (%s pipeline, paper %s, timeout %ds)", job_id,
                 settings.queue_name, spec.name, paper_id, timeout)
@@ -393,7 +394,7 @@ def _finish_in_store(job_id: str, status: str, *, error: str | None = None,
         result = store.update(job_id, status=status, error=error, message=message)
         if result.reason == "ok":
             logger.info("job %s: %s -> %s (%s)", job_id, Status.RUNNING.value, status, error or message)
-    except Exception:
+    except (ProgressError, ConfigError, redis.RedisError, OSError):  # Redis away or refusing, bad settings
         logger.exception("job %s: could not mark the store %s", job_id, status)
     finally:
         if own and store is not None:
@@ -461,16 +462,14 @@ class ProgressWorker(_StopsCommands, Worker):
         # (it called setpgrp: the group is its pid) only while it is still ours.
         if self.horse_pid != horse:
             return
-        try:
+        with suppress(ProcessLookupError):  # the horse has ended by itself
             os.killpg(horse, sig)
             logger.info("worker %s: killed horse pid %d", self.name, horse)
-        except ProcessLookupError:
-            pass
 
     def _horse_died(self, job: Job, retpid, ret_val, rusage) -> None:
         try:
             meta = job.get_meta(refresh=True)
-        except Exception:
+        except (redis.RedisError, OSError):  # RQ's Redis away: the meta it had will do
             meta = job.meta
         kill_orphaned_tree(meta.get("pipeline_process"), job.id)
         how = f"signal {os.WTERMSIG(ret_val)}" if ret_val and os.WIFSIGNALED(ret_val) else f"status {ret_val}"
