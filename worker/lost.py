@@ -31,6 +31,9 @@ import socket
 import threading
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from progress_service import ProgressStore, Settings, Status
 from progress_service.errors import BackendUnavailable
 from progress_service.models import ID_PATTERN, ms_from_iso
@@ -161,7 +164,7 @@ def fail_rq_job(connection, job_id: str, exc_string: str) -> dict[str, Any] | No
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
         return None
-    except Exception as exc:  # an unreadable job: nothing to agree with
+    except Exception as exc:  # an unreadable job (Redis away, a payload RQ cannot load): nothing to agree with
         logger.warning("job %s: cannot read the RQ job: %s", job_id, exc)
         return None
     process = job.meta.get("pipeline_process") if isinstance(job.meta, dict) else None
@@ -178,7 +181,7 @@ def fail_rq_job(connection, job_id: str, exc_string: str) -> dict[str, Any] | No
             record_job_failure(job, exc_string, pipe)
             pipe.execute()
         logger.info("job %s: RQ job moved to the failed registry (%s)", job_id, exc_string)
-    except Exception:
+    except Exception:  # RQ's internals (see the module docstring): on any failure, RQ's own cleanup will
         logger.exception("job %s: could not fail the RQ job; RQ's own cleanup will", job_id)
     return process
 
@@ -248,17 +251,12 @@ class LostJobSweeper:
                 if down:
                     logger.info("lost-job sweeper: Redis is back")
                     down = False
-            except (BackendUnavailable, OSError) as exc:
+            except (BackendUnavailable, OSError, RedisConnectionError, RedisTimeoutError) as exc:
                 if not down:
                     logger.warning("lost-job sweeper: Redis is down (%s); retrying", exc)
                     down = True
-            except Exception as exc:
-                if _is_connection_error(exc):
-                    if not down:
-                        logger.warning("lost-job sweeper: Redis is down (%s); retrying", exc)
-                        down = True
-                else:
-                    logger.exception("lost-job sweeper: sweep failed; retrying")
+            except Exception:  # a daemon thread's loop: anything else is logged, and swept again
+                logger.exception("lost-job sweeper: sweep failed; retrying")
             stop_event.wait(self.interval)
         logger.info("lost-job sweeper: stopped")
 
@@ -267,10 +265,3 @@ class LostJobSweeper:
                                   name="lost-job-sweeper", daemon=True)
         thread.start()
         return thread
-
-
-def _is_connection_error(exc: Exception) -> bool:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
