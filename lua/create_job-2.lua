@@ -2,7 +2,8 @@
 -- KEYS[1] job hash   KEYS[2] history stream
 -- ARGV[1] job_id   ARGV[2] paper_id   ARGV[3] pipeline   ARGV[4] steps (JSON array)
 -- ARGV[5] the job's channel   ARGV[6] the all-jobs channel   ARGV[7] history MAXLEN
--- ARGV[8] seq floor: the job's first seq is floor + 1 (optional; absent or "" = 0, so 1).
+-- ARGV[8] seq floor: the job's first seq is floor + 1 (optional; absent or "" = 0, so 1;
+--         at most 10^12).
 --         A runner re-creating a job the store lost (Redis restarted empty) passes the
 --         last seq it saw, so that readers, who drop any event not newer than what
 --         they have shown, do not drop the re-created job's events.
@@ -38,9 +39,9 @@ end
 if ARGV[5] == '' or ARGV[6] == '' then
   return redis.error_reply('INVALID the job\'s channel and the all-jobs channel must be named')
 end
-local maxlen = tonumber(ARGV[7])
-if maxlen == nil or maxlen < 1 or maxlen ~= math.floor(maxlen) then
-  return redis.error_reply('INVALID history MAXLEN must be a whole number >= 1, got ' .. ARGV[7])
+-- digits only (XADD, after the HSET, refuses "1e3"), at most 15: exact in a double
+if #ARGV[7] > 15 or not string.find(ARGV[7], '^%d+$') or tonumber(ARGV[7]) < 1 then
+  return redis.error_reply('INVALID history MAXLEN must be a whole number from 1 to 10^15 - 1, got ' .. ARGV[7])
 end
 
 if rcall('EXISTS', KEYS[1]) == 1 then
@@ -53,8 +54,10 @@ end
 local floor = 0
 if ARGV[8] ~= nil and ARGV[8] ~= '' then
   floor = tonumber(ARGV[8])
-  if floor == nil or floor < 0 or floor ~= math.floor(floor) then
-    return redis.error_reply('INVALID seq_floor must be a whole number >= 0, got ' .. ARGV[8])
+  -- at most 10^12: Lua prints a number with 14 digits, so a seq past 10^14 would
+  -- reach the events' JSON rounded (and a double is exact only to 2^53)
+  if floor == nil or floor < 0 or floor ~= math.floor(floor) or floor > 1e12 then
+    return redis.error_reply('INVALID seq_floor must be a whole number from 0 to 10^12, got ' .. ARGV[8])
   end
 end
 local seq = floor + 1

@@ -36,6 +36,9 @@ end
 
 local recent = nil
 local window = tonumber(ARGV[1]) or 0
+if window ~= math.floor(window) or window > 1e15 then
+  return redis.error_reply('INVALID the ETA window must be a whole number of ms, got ' .. ARGV[1])
+end
 if window > 0 then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   recent = first_running(rcall('XRANGE', KEYS[2], math.max(0, now - window), '+', 'COUNT', 3))

@@ -6,6 +6,11 @@
 -- ARGV[7] force "1" | "0"
 -- ARGV[8] the job's channel   ARGV[9] the all-jobs channel
 -- ARGV[10] history MAXLEN (approximate)   ARGV[11] TTL in seconds of a finished job
+--         (counted from finished_at; it runs once the mirror holds the job: see the end;
+--         each a whole number from 1 to 10^15 - 1, written in digits)
+-- A percent is rounded to 6 decimals before anything else sees it (one precision, here
+-- only): 0.1 + 0.2 is 0.3, and a percent within 0.0000005 of 100 is 100.
+-- A result may nest objects and arrays at most 64 deep.
 -- returns {accepted 0|1, reason, seq, status after the update}
 --   reason: ok | unchanged | regression | terminal | not_found
 -- raises "INVALID <what>" on invalid input (rule 5), and on arguments that break this
@@ -30,10 +35,12 @@ if ARGV[8] == '' or ARGV[9] == '' then
   return redis.error_reply('INVALID the job\'s channel and the all-jobs channel must be named')
 end
 for i = 10, 11 do
-  local n = tonumber(ARGV[i])
-  if n == nil or n < 1 or n ~= math.floor(n) then
+  -- digits only: XADD and EXPIRE, after the first write, refuse "1e3", " 5" or "0x10";
+  -- and at most 15 of them, exact in a double.
+  local raw = ARGV[i]
+  if #raw > 15 or not string.find(raw, '^%d+$') or tonumber(raw) < 1 then
     return redis.error_reply('INVALID ' .. (i == 10 and 'history MAXLEN' or 'TTL') ..
-      ' must be a whole number >= 1, got ' .. ARGV[i])
+      ' must be a whole number from 1 to 10^15 - 1, got ' .. raw)
   end
 end
 -- Redis >= 5 replicates a script by its effects, so reading TIME before the
@@ -49,7 +56,16 @@ if not cur[11] then
   return {0, 'not_found', 0}
 end
 local cur_status, cur_step = cur[1], cur[3] or ''
-local cur_progress = tonumber(cur[2]) or 0
+-- CONTRACT's percent precision: 6 decimals. Every percent is rounded here, the stored one
+-- too (one written before this rule), so that comparing, completing at 100, storing and
+-- publishing all see the same number. A whole number comes back as one (Lua >= 5.3
+-- would print 40.0).
+local function rounded(p)
+  local r = math.floor(p * 1e6 + 0.5) / 1e6
+  if r == math.floor(r) then return math.floor(r) end
+  return r
+end
+local cur_progress = rounded(tonumber(cur[2]) or 0)
 local cur_done = tonumber(cur[4]) or 0
 local seq = tonumber(cur[9]) or 0
 -- The steps are decoded only when a step is named or the job completes:
@@ -69,6 +85,7 @@ if ARGV[1] ~= '' then
   if progress == nil or progress ~= progress or progress < 0 or progress > 100 then
     return redis.error_reply('INVALID progress_percent must be a number from 0 to 100, got ' .. ARGV[1])
   end
+  progress = rounded(progress)
 end
 local status = nil
 if ARGV[3] ~= '' then
@@ -94,10 +111,24 @@ end
 local message = optional(ARGV[4], cur[6])
 local err = optional(ARGV[5], cur[7])
 local result = optional(ARGV[6], cur[8])
+-- Deeper than this, a reader's JSON decoder (Python's stops near 1,000 levels, less
+-- inside a web request) could fail on the job, and on every list that holds it.
+local MAX_RESULT_DEPTH = 64
+local function too_deep(value, left)
+  if type(value) ~= 'table' then return false end
+  if left == 0 then return true end
+  for _, v in pairs(value) do
+    if too_deep(v, left - 1) then return true end
+  end
+  return false
+end
 if result ~= '' and ARGV[6] ~= '' then
   local ok, decoded = pcall(cjson.decode, result)
   if not ok or type(decoded) ~= 'table' then
     return redis.error_reply('INVALID result must be a JSON object')
+  end
+  if too_deep(decoded, MAX_RESULT_DEPTH) then
+    return redis.error_reply('INVALID result must nest at most ' .. MAX_RESULT_DEPTH .. ' levels deep')
   end
 end
 
@@ -201,10 +232,14 @@ local payload = '{"job_id":"' .. cur[11] .. '","paper_id":"' .. cur[12]
 rcall('PUBLISH', ARGV[8], payload)
 rcall('PUBLISH', ARGV[9], payload)
 
+-- Rule 9's TTL: a finished job expires ARGV[11] seconds after it finished, but never
+-- before the PostgreSQL mirror holds it. So the time is written down here and the keys
+-- are made persistent; expire_mirrored sets the expiry once the job's row has landed.
+-- (A job forced back to life, or to another ending, waits again the same way.)
 if terminal then
-  rcall('EXPIRE', KEYS[1], ARGV[11])
-  rcall('EXPIRE', KEYS[2], ARGV[11])
-elseif RANK[cur_status] == 2 then
+  rcall('HSET', KEYS[1], 'expires_at_ms', now + tonumber(ARGV[11]) * 1000)
+end
+if terminal or RANK[cur_status] == 2 then
   rcall('PERSIST', KEYS[1])
   rcall('PERSIST', KEYS[2])
 end

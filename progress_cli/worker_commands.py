@@ -23,6 +23,7 @@ from progress_service.errors import BackendUnavailable, InvalidInput
 from progress_service.models import validate_id, validate_steps
 
 logger = logging.getLogger("progress_cli.worker")
+RUN_MIRROR_TIMEOUT = 10  # seconds `run` gives PostgreSQL to take its finished job
 
 
 WORKER_EPILOG = """\
@@ -59,7 +60,9 @@ Runs CMD right here as a tracked job (no queue, no worker): the job is created, 
 progress parsed from CMD's output (STEP / PROGRESS / JSON lines, tqdm bars) and written
 to the store, and it ends completed, failed (with CMD's exit code and the last lines of
 its stderr) or canceled (Ctrl-C, or a cancel from the API: CMD's process tree is killed).
-The job id and where to see it go to stderr. The exit status is CMD's own (64 for a
+The job id and where to see it go to stderr. When the job ends, run copies it to
+PostgreSQL (DATABASE_URL) itself; if PostgreSQL does not answer, the job waits in Redis
+for the next `progress-service mirror`. The exit status is CMD's own (64 for a
 bad command line before CMD starts, 130 when interrupted).
 
 examples:
@@ -299,12 +302,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if bar is not None:
             bar.join()
+        _mirror_own_job(store, settings, job_id)
         print(f"progress-service run: job {job_id} canceled (interrupted)", file=sys.stderr)
         return exit_codes.INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
     if bar is not None:
         bar.join()
+    _mirror_own_job(store, settings, job_id)
     line = f"progress-service run: job {job_id} {outcome.status}"
     if outcome.error:
         lines = outcome.error.splitlines()
@@ -313,6 +318,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.survivors:
         print(f"progress-service run: processes left running: {outcome.survivors}", file=sys.stderr)
     return outcome.shell_exit_code
+
+
+def _mirror_own_job(store, settings: Settings, job_id: str) -> None:
+    """Copy the finished job to PostgreSQL now: where ``run`` is used, no worker or
+    ``progress-service mirror`` may ever run to do it. If PostgreSQL does not answer
+    (within RUN_MIRROR_TIMEOUT), the job stays in the mirror's due set, and in Redis
+    (it does not expire before it is mirrored), for the next mirror; the exit code is
+    the command's either way."""
+    try:
+        from progress_service.mirror import Mirror
+
+        with Mirror(store, settings.database_url, connect_timeout=RUN_MIRROR_TIMEOUT,
+                    timeout=RUN_MIRROR_TIMEOUT) as mirror:
+            mirror.mirror_job(job_id)
+    except Exception as exc:  # noqa: BLE001 - the job is safe in Redis; say so and go on
+        print(f"progress-service run: job {job_id} is not in PostgreSQL yet ({exc}); it waits in "
+              f"Redis for `progress-service mirror` or a worker's mirror", file=sys.stderr)
 
 
 def _run_steps(args: argparse.Namespace):

@@ -18,8 +18,18 @@ progress_jobs.seq < EXCLUDED.seq``), so replays, racing sweepers and backfills
 never overwrite a newer row. A due entry is removed only after its row landed;
 when PostgreSQL fails, the batch's entries are re-scored with exponential
 back-off (``retry_base`` doubling up to ``retry_max`` seconds), so nothing is
-lost and a dead database is not hammered; and a job whose Redis TTL would run
-out before the next try is held in Redis longer (``hold_ttl``).
+lost and a dead database is not hammered.
+
+No finished job leaves Redis unmirrored: ``lua/update_progress-2.lua`` writes
+down when a finished job expires (``PROGRESS_JOB_TTL`` after it finished) but
+keeps its keys persistent; only once its row has landed does
+``lua/expire_mirrored-2.lua`` set that expiry. A job nothing mirrors waits in
+Redis (and in the due set) for as long as it takes. (The one exception: a row
+PostgreSQL refuses outright, logged as an error, expires as if it had landed.)
+
+Every PostgreSQL access goes through a :class:`~progress_service.postgres.PostgresPool`:
+at most ``timeout`` seconds in all, a pool so that no caller waits on another's
+hung connection, and a fail-fast window after PostgreSQL did not answer.
 
 The mirror creates no table itself: the schema comes from ``progress-service
 db upgrade`` (``progress_service.migrations``); without it every write fails
@@ -31,9 +41,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,6 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
 from .models import ID_PATTERN, TERMINAL, build_snapshot, iso_ms, validate_id
+from .postgres import PostgresPool, one_line
 from .scripts import script_source
 from .store import ProgressStore
 
@@ -82,6 +93,7 @@ _SNAPSHOT_FIELDS = _NAMES[:-1]  # without history
 SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+T = TypeVar("T")
 
 
 def _text(value: Any) -> str:
@@ -90,11 +102,6 @@ def _text(value: Any) -> str:
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -145,8 +152,10 @@ def history_entries(entries: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
 class Mirror:
     """Copies finished jobs from the progress store into PostgreSQL's ``progress_jobs``.
 
-    One PostgreSQL connection, opened on first use and again after a failure;
-    a lock makes one Mirror safe to share between threads (the web app does).
+    Up to ``pool_size`` PostgreSQL connections, opened on first use and dropped
+    after a failure; one Mirror is safe to share between threads (the web app does).
+    ``timeout`` bounds each access (``connect_timeout`` the connecting part of it);
+    ``recheck_after`` is how long callers fail fast after PostgreSQL did not answer.
     """
 
     def __init__(
@@ -159,6 +168,9 @@ class Mirror:
         retry_max: float = 60.0,
         lease: float = 60.0,
         connect_timeout: float = 5.0,
+        timeout: float = 30.0,
+        pool_size: int = 4,
+        recheck_after: float = 1.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -168,16 +180,14 @@ class Mirror:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.lease = lease  # seconds a claimed due entry waits before another sweeper may take it
-        self.connect_timeout = connect_timeout
-        # Seconds an unmirrored job is kept in Redis after a failed try: far
-        # beyond the longest back-off, so the next tries find it.
-        self.hold_ttl = int(max(3600, 10 * retry_max))
         self.failures = 0  # PostgreSQL failures in a row, for the back-off
         self.postgres_ok: bool | None = None  # None until the first write or read
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.RLock()
+        self._postgres = PostgresPool(database_url, timeout=timeout, connect_timeout=connect_timeout,
+                                      pool_size=pool_size, recheck_after=recheck_after,
+                                      application_name="progress-service mirror")
         self._read = store.client.register_script(script_source("read_for_mirror"))
         self._claim = store.client.register_script(script_source("claim_mirror_due"))
+        self._expire = store.client.register_script(script_source("expire_mirrored"))
 
     # -- writing ----------------------------------------------------------
 
@@ -321,10 +331,7 @@ class Mirror:
         return int(self._query(f"SELECT count(*) FROM {TABLE}")[0][0])
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._postgres.close()
 
     def __enter__(self) -> Mirror:
         return self
@@ -385,29 +392,40 @@ class Mirror:
         return rows, handled
 
     def _settle(self, handled: dict[str, int | None]) -> None:
-        """Remove handled entries from the due set; put back any job that changed meanwhile.
+        """Remove handled entries from the due set, let the landed jobs expire, and put
+        back any job that changed meanwhile.
 
-        The job's seq and status are read AFTER the ZREM: an update that finished
-        the job again between our read and the ZREM shows there, and re-queues it.
+        Each job is checked AFTER the ZREM (``lua/expire_mirrored-2.lua``): an update
+        that finished the job again between our read and the ZREM shows there as a
+        newer seq, and re-queues it; only a job PostgreSQL holds at its current seq
+        gets its expiry.
         """
         if not handled:
             return
         keys = self.store.keys
-        ids = list(handled)
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.zrem(keys.mirror_due, *ids)
-        valid = [j for j in ids if ID_PATTERN.match(j)]
-        for job_id in valid:
-            pipe.hmget(keys.job(job_id), "status", "seq")
-        replies = self._redis(pipe.execute)[1:]
-        again = {}
-        for job_id, (status, seq) in zip(valid, replies, strict=True):
-            if status is None or _text(status) not in TERMINAL_VALUES:
-                continue
-            if handled[job_id] is None or int(seq) != handled[job_id]:
-                again[job_id] = 0
+        self._redis(lambda: self.store.client.zrem(keys.mirror_due, *handled))
+        seqs = {j: -1 if seq is None else seq for j, seq in handled.items() if ID_PATTERN.match(j)}
+        outcomes = self._expire_landed(seqs)
+        again = {j: 0 for j, outcome in outcomes.items() if outcome == "changed"}
         if again:
             self._redis(lambda: self.store.client.zadd(keys.mirror_due, again))
+
+    def _expire_landed(self, seqs: dict[str, int]) -> dict[str, str]:
+        """Job id -> ``lua/expire_mirrored-2.lua``'s answer, for jobs PostgreSQL holds at ``seq``."""
+        k = self.store.keys
+        ttl = self.store.settings.job_ttl
+        ids = list(seqs)
+        if self.store.is_cluster:  # redis-py refuses scripts in cluster pipelines
+            replies = [self._redis(lambda j=j: self._expire(keys=[k.job(j), k.history(j)],
+                                                            args=[seqs[j], ttl]))
+                       for j in ids]
+        else:
+            pipe = self.store.client.pipeline(transaction=False)
+            for job_id in ids:
+                self._expire(keys=[k.job(job_id), k.history(job_id)], args=[seqs[job_id], ttl],
+                             client=pipe)
+            replies = self._redis(pipe.execute) if ids else []
+        return {j: _text(r) for j, r in zip(ids, replies, strict=True)}
 
     def _retry_later(self, ids: Sequence[str]) -> None:
         """Re-score due entries at now + the back-off (only entries still there)."""
@@ -424,30 +442,21 @@ class Mirror:
     def _hold(self, ids: Sequence[str]) -> None:
         """Keep jobs that PostgreSQL has not taken yet from expiring out of Redis.
 
-        A finished job lives ``PROGRESS_JOB_TTL`` seconds in Redis; were
-        PostgreSQL down for longer, it would be gone before it landed. Each
-        failed try lifts a TTL below ``hold_ttl`` back to it, so a job is kept
-        as long as tries go on, and expires at most ``hold_ttl`` after it landed.
+        A job finished by this version has no TTL until its row lands; one finished
+        by an older version (which set the TTL at once) loses it here.
         """
         keys = self.store.keys
-        hold = self.hold_ttl
         try:
             pipe = self.store.client.pipeline(transaction=False)
             for job_id in ids:
-                pipe.ttl(keys.job(job_id))
-            ttls = pipe.execute()
-            short = [j for j, ttl in zip(ids, ttls, strict=True) if 0 <= int(ttl) < hold]
-            if not short:
-                return
-            pipe = self.store.client.pipeline(transaction=False)
-            for job_id in short:
-                pipe.expire(keys.job(job_id), hold)
-                pipe.expire(keys.history(job_id), hold)
-            pipe.execute()
+                pipe.persist(keys.job(job_id))
+                pipe.persist(keys.history(job_id))
+            held = sum(pipe.execute()[::2])
         except (RedisConnectionError, RedisTimeoutError):
             logger.warning("mirror: could not hold %d unmirrored jobs in Redis", len(ids))
             return
-        logger.info("mirror: %d unmirrored jobs kept in Redis %d s longer", len(short), hold)
+        if held:
+            logger.info("mirror: %d unmirrored jobs no longer expire until they land", held)
 
     def _scan_job_ids(self) -> Iterable[str]:
         prefix = self.store.keys.prefix
@@ -472,6 +481,8 @@ class Mirror:
             return 0
         held = dict(self._query(f"SELECT job_id, seq FROM {TABLE} WHERE job_id = ANY(%s)",
                                 (list(finished),)))
+        # Landed, but Redis never heard (the expiry was not set): let them expire now.
+        self._expire_landed({j: seq for j, seq in finished.items() if held.get(j) == seq})
         missing = [j for j, seq in finished.items() if held.get(j, -1) < seq]
         if not missing:
             return 0
@@ -486,38 +497,38 @@ class Mirror:
 
     # -- internals: PostgreSQL --------------------------------------------
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.database_url,
-                autocommit=True,
-                connect_timeout=max(1, int(self.connect_timeout)),
-                application_name="progress-service mirror",
-            )
-        return self._conn
+    def _run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(connection)`` within the pool's deadline; PostgreSQL's failures counted and
+        logged, and raised as ``PostgresUnavailable`` (``SchemaMissing`` for a missing table)."""
+        try:
+            result = self._postgres.run(work)
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+        except PostgresUnavailable:
+            self.failures += 1  # told at once: the back-off grows as if this try had failed
+            raise
+        self._succeeded()
+        return result
 
     def _write(self, rows: list[tuple]) -> int:
         """Upsert ``rows`` in one transaction; return how many were written."""
-        with self._lock:
+
+        def upsert(conn: psycopg.Connection) -> int:
             try:
-                conn = self._connection()
-                try:
-                    with conn.transaction(), conn.cursor() as cur:
-                        cur.executemany(UPSERT, rows)
-                        written = cur.rowcount
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    written = self._write_one_by_one(conn, rows, exc)
-            except psycopg.Error as exc:
-                raise self._failed(exc) from exc
-            self._succeeded()
-        return max(written, 0)
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(UPSERT, rows)
+                    return cur.rowcount
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                return self._write_one_by_one(conn, rows, exc)
+
+        return max(self._run(upsert), 0)
 
     def _write_one_by_one(self, conn: psycopg.Connection, rows: list[tuple],
                           exc: psycopg.Error) -> int:
         """A row PostgreSQL refuses must not hold back its batch: write the rows one by one,
         retry a refused one with NUL characters replaced, and give up only on that row."""
         logger.warning("mirror: a batch of %d was refused (%s); writing row by row",
-                       len(rows), _one_line(exc))
+                       len(rows), one_line(exc))
         written = 0
         for row in rows:
             for attempt in (row, tuple(_strip_nul(v) for v in row)):
@@ -529,29 +540,20 @@ class Mirror:
                 except (psycopg.DataError, psycopg.IntegrityError) as row_exc:
                     if attempt is not row:
                         logger.error("job %s: PostgreSQL refuses its row, not mirrored: %s",
-                                     row[0], _one_line(row_exc))
+                                     row[0], one_line(row_exc))
         return written
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                rows = self._connection().execute(sql, params).fetchall()
-            except psycopg.Error as exc:
-                raise self._failed(exc) from exc
-            self._succeeded()
-        return rows
+        return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     def _failed(self, exc: psycopg.Error) -> PostgresUnavailable:
-        """Drop a broken connection, count the failure, log the first one of a run."""
+        """Count the failure, log the first one of a run."""
         self.failures += 1
         if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
             error: PostgresUnavailable = SchemaMissing(
-                f"postgres: {_one_line(exc)}: run progress-service db upgrade")
+                f"postgres: {one_line(exc)}: run progress-service db upgrade")
         else:
-            error = PostgresUnavailable(f"postgres: {_one_line(exc)}")
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
+            error = PostgresUnavailable(f"postgres: {one_line(exc)}")
         if self.postgres_ok is not False:
             logger.warning("mirror: PostgreSQL is unavailable (%s); finished jobs wait in Redis", error)
         self.postgres_ok = False

@@ -13,7 +13,17 @@ from typing import Any
 
 from .errors import InvalidInput
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# CONTRACT spells the id pattern with ``$``; in Python ``$`` also matches before a
+# trailing newline ("abc\n"), so the compiled pattern ends in ``\Z``: its ``match``,
+# ``fullmatch`` and ``search`` all refuse what CONTRACT refuses.
+ID_RULE = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# Lua's numbers are doubles: whole numbers are exact to 2**53, and Lua prints them with 14
+# digits. (JavaScript's Number.MAX_SAFE_INTEGER is this one too.) Every whole number the
+# scripts take is bounded: a seq starts above a floor of at most 10**12, so that it stays
+# below 10**14 however many updates follow; times and counts below MAX_EXACT_INT.
+MAX_EXACT_INT = 2**53 - 1
+MAX_SEQ_FLOOR = 10**12
 DEFAULT_STEPS = ("fetch-paper", "generate-script", "generate-audio", "generate-videos", "assemble-video")
 
 
@@ -35,14 +45,19 @@ class Status(str, Enum):
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 
 
+def is_valid_id(value: object) -> bool:
+    """Whether ``value`` is an id CONTRACT allows (a str matching ``ID_RULE``, to its very end)."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
 def validate_id(value: object, what: str = "job_id") -> str:
     """Return ``value`` if it is a valid id, else raise ``InvalidInput`` (a ValueError)."""
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not is_valid_id(value):
         shown = repr(value)
         if len(shown) > 80:  # an error echoes what was wrong, not 10 kB of it
             shown = f"{shown[:70]}... ({len(value) if isinstance(value, str) else len(shown)} characters)"
         raise InvalidInput(
-            f"{what} must match {ID_PATTERN.pattern} (1-64 letters, digits, '.', '_', '-'), got {shown}"
+            f"{what} must match {ID_RULE} (1-64 letters, digits, '.', '_', '-'), got {shown}"
         )
     return value
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,6 +25,8 @@ from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
 from .keys import Keys
 from .models import (
     DEFAULT_STEPS,
+    MAX_EXACT_INT,
+    MAX_SEQ_FLOOR,
     TERMINAL,
     Status,
     build_snapshot,
@@ -142,11 +143,10 @@ class ProgressStore:
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
         names = validate_steps(steps)
-        if isinstance(seq_floor, bool) or not isinstance(seq_floor, int) or seq_floor < 0:
-            raise InvalidInput(f"seq_floor must be a whole number >= 0, got {seq_floor!r}")
+        _whole(seq_floor, "seq_floor", MAX_SEQ_FLOOR)
         for name, value in (("created_at_ms", created_at_ms), ("started_at_ms", started_at_ms)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise InvalidInput(f"{name} must be a whole number of ms >= 0, got {value!r}")
+            if value is not None:
+                _whole(value, name, MAX_EXACT_INT)  # create_job-2.lua: and not in the future
         k = self.keys
         reply = self._call(
             self.scripts.create,
@@ -508,14 +508,22 @@ class ProgressStore:
                               pending_stale_after=s.pending_stale_after, recent=points)
 
 
+def _whole(value, what: str, maximum: int) -> int:
+    """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
+    return value
+
+
 def _progress_arg(value) -> str:
+    """The percent as the script reads it: exact here, rounded to 6 decimals there
+    (update_progress-2.lua, the one place that rounds, for every caller)."""
     if value is None:
         return ""
     if type(value) is float and 0.0 <= value <= 100.0:  # the common case, checked cheaply
         return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
-    if not math.isfinite(value) or not 0 <= value <= 100:
+    # compared before any conversion: float(10**400) would raise OverflowError; NaN fails it
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
         raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
     return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
 
@@ -558,3 +566,5 @@ def _result_arg(value) -> str:
         return "=" + json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"result must be JSON-serialisable: {exc}") from None
+    except RecursionError:  # the script allows 64 levels (update_progress-2.lua)
+        raise InvalidInput("result must nest at most 64 levels deep") from None

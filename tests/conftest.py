@@ -23,6 +23,7 @@ a deadline), ``read_pids``, ``cli_env`` and ``write_worker_launcher``; and the c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import textwrap
@@ -200,14 +201,22 @@ def real_redis_url(redis_server_bin):
     if redis_answers(url):
         yield url
         return
-    if redis_server_bin is None:
-        unavailable(f"no Redis answers at {url}, and there is no redis-server to start")
+    with embedded_redis(redis_server_bin, f"no Redis answers at {url}") as started:
+        yield started
+
+
+@contextlib.contextmanager
+def embedded_redis(binary: str | None, why: str):
+    """The URL of an embedded redis-server, stopped after the block; where none can start,
+    a skip (in strict mode a failure) that says ``why`` a server was wanted."""
+    if binary is None:
+        unavailable(f"{why}, and there is no redis-server to start")
     from progress_service.embedded import EmbeddedRedis, EmbeddedServerError
 
     try:
-        server = EmbeddedRedis(binary=redis_server_bin)
+        server = EmbeddedRedis(binary=binary)
     except EmbeddedServerError as exc:
-        unavailable(f"no Redis answers at {url}, and an embedded one failed: {exc}")
+        unavailable(f"{why}, and an embedded one failed: {exc}")
     with server:
         yield server.url
 

@@ -1,7 +1,8 @@
 """TcpProxy: a loopback TCP proxy to a test's server (Redis or PostgreSQL).
 
 A test points the code at the proxy, takes the proxy down to see what the code
-does while its backend is away, and brings it back on the same port.
+does while its backend is away, and brings it back on the same port; or
+blackholes it (a network partition: nothing arrives, nothing is refused) and heals it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class TcpProxy:
     ``url`` is ``target_url`` through the proxy (same user, database and options). The
     proxy starts down: ``up()`` listens, ``down()`` stops listening and cuts every open
     connection, as a crashed server would; ``up()`` again listens on the same port.
+    ``blackhole()`` stops forwarding but keeps every connection open and still accepts
+    new ones, as a partitioned network drops packets; ``heal()`` forwards again, what
+    was held back first.
     """
 
     def __init__(self, target_url: str) -> None:
@@ -32,6 +36,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     def up(self) -> None:
         listener = socket.socket()
@@ -59,6 +65,13 @@ class TcpProxy:
                 pass
             sock.close()
 
+    def blackhole(self) -> None:
+        """Forward nothing from now on, in either direction, and close nothing."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -75,10 +88,10 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()  # blackholed: held here, the connection left open
                 dst.sendall(data)
         except OSError:
             pass

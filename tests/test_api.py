@@ -440,6 +440,37 @@ def test_events_reject_a_bad_last_event_id(client, jobs):
     assert_error(client.get("/api/v1/jobs/job-1/events", headers={"Last-Event-ID": "-1"}), 400)
 
 
+@pytest.mark.parametrize("request_kwargs", [
+    {"query_string": "last_event_id=%C2%B2"},  # "²": str.isdigit says yes, int says no
+    {"headers": [("Last-Event-ID", "\xb2")]},  # a raw non-ASCII byte (WSGI: latin-1)
+    {"headers": [("Last-Event-ID", "9" * 5000)]},  # past int()'s 4,300 digits
+    {"headers": [("Last-Event-ID", "9" * 17)]},  # past 2**53
+    {"query_string": "last_event_id=%EF%BC%91"},  # a full-width digit one
+], ids=["superscript", "raw-byte", "5000-digits", "past-2-53", "full-width"])
+def test_a_last_event_id_that_is_not_ascii_digits_is_400_not_500(client, jobs, request_kwargs):
+    running_job(jobs)
+    body = assert_error(client.get("/api/v1/jobs/job-1/events", **request_kwargs), 400, "invalid_input")
+    assert "Last-Event-ID" in body["detail"] and len(body["detail"]) < 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/jobs/job-1/cancel"])
+def test_a_body_nested_thousands_deep_is_400_not_500(client, jobs, path):
+    running_job(jobs)
+    for body in ("[" * 15000, '{"a":' * 3000):  # under the 16 kB limit (over it: 413)
+        r = client.post(path, data=body, content_type="application/json")
+        assert_error(r, 400, "invalid_input")
+
+
+@pytest.mark.parametrize("tail", ["%0A", "%0D%0A", "%0A%0A"])
+def test_an_id_with_a_trailing_newline_is_400(client, jobs, tail):
+    running_job(jobs, "abc", "abc")
+    body = assert_error(client.get(f"/status/abc{tail}/?_json=1"), 400, "invalid_input")
+    assert "paper_id" in body["detail"]
+    for suffix in ("", "/history", "/events"):
+        assert_error(client.get(f"/api/v1/jobs/abc{tail}{suffix}"), 400, "invalid_input")
+    assert_error(client.get(f"/api/v1/jobs?paper_id=abc{tail}"), 400, "invalid_input")
+
+
 # -- submitting and canceling (worker.jobs) ----------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from rq.job import Job, JobStatus
 from progress_cli import exit_codes
 from progress_cli.terminal import exit_code_for, follow_job, render_line
 from progress_service import JobNotFound
+from progress_service.mirror import Mirror
 from worker.jobs import cancel_job, submit_job
 from worker.pipelines import PIPELINES, Pipeline
 from worker.pipelines.papers import list_papers
@@ -190,6 +191,27 @@ def test_run_with_a_pipeline_takes_its_steps(env, store):
     assert snap["status"] == "completed" and snap["pipeline"] == "video"
     assert snap["completed_steps"] == list(PIPELINES["video"].steps)
     assert Path(snap["result"]["video_path"]).is_file()
+
+
+def test_run_mirrors_its_own_job_to_postgres(env, store, db_url):
+    done = cli("run", "--job-id", "r-pg", "--steps", "a", "--", "true",
+               env={**env, "DATABASE_URL": db_url})
+    assert done.returncode == 0 and "PostgreSQL" not in done.stderr, done.stderr
+    with Mirror(store, db_url) as mirror:
+        assert mirror.fetch("r-pg")["status"] == "completed"  # no worker, no mirror ran
+    assert "r-pg" not in store.client.zrange(store.keys.mirror_due, 0, -1)
+    assert 0 < store.client.ttl(store.keys.job("r-pg")) <= 300  # landed: now it may expire
+
+
+def test_run_with_postgres_down_leaves_its_job_due_and_kept_in_redis(env, store, db_url):
+    source = "import sys; sys.exit(4)"
+    done = cli("run", "--job-id", "r-nopg", "--", sys.executable, "-c", source, env=env)
+    assert done.returncode == 4  # the command's code, PostgreSQL or not
+    assert "r-nopg is not in PostgreSQL yet" in done.stderr and "failed" in done.stderr.splitlines()[-1]
+    assert "r-nopg" in store.client.zrange(store.keys.mirror_due, 0, -1)
+    assert store.client.ttl(store.keys.job("r-nopg")) == -1  # does not expire unmirrored
+    with Mirror(store, db_url) as mirror:  # PostgreSQL is back: the next mirror takes it
+        assert mirror.sweep() == 1 and mirror.fetch("r-nopg")["status"] == "failed"
 
 
 @pytest.mark.parametrize("args, says", [

@@ -291,22 +291,75 @@ def test_jobs_finished_while_postgres_is_down_land_when_it_returns(store, db_url
     assert sum("PostgreSQL is back" in msg for msg in messages) == 1
 
 
-def test_a_job_postgres_has_not_taken_is_held_in_redis_past_its_ttl(store, db_url):
-    """PostgreSQL down for longer than PROGRESS_JOB_TTL must not lose the job."""
-    short = ProgressStore(store.client, dataclasses.replace(store.settings, job_ttl=3))
+def test_a_write_into_a_partition_times_out_and_the_job_waits_for_the_next_try(store, db_url):
+    proxy = TcpProxy(db_url)
+    proxy.up()
+    try:
+        with Mirror(store, proxy.url, timeout=2, retry_base=0.1, retry_max=0.2, recheck_after=0.5) as m:
+            assert m.count() == 0  # a connection is open: the partition hangs it, not refuses it
+            proxy.blackhole()
+            finish(store, "in-the-partition")
+            start = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="no answer within 2s"):
+                m.sweep()
+            assert time.monotonic() - start < 3  # bounded by the timeout, not by the network
+            with pytest.raises(BackendUnavailable, match="next try in"):
+                m.fetch("in-the-partition")  # meanwhile, callers are told at once
+            assert "in-the-partition" in due(store)
+            assert ttls(store, "in-the-partition") == {-1}  # a hanging try expires nothing
+
+            proxy.heal()
+            store.client.zadd(store.keys.mirror_due, {"in-the-partition": 0})
+            assert wait_until(lambda: _sweeps(m), timeout=10)
+        assert [r["job_id"] for r in rows(db_url)] == ["in-the-partition"]
+    finally:
+        proxy.down()
+
+
+def _sweeps(m: Mirror) -> int:
+    try:
+        return m.sweep()
+    except BackendUnavailable:
+        return 0
+
+
+def ttls(store, job_id):
+    return {store.client.ttl(store.keys.job(job_id)), store.client.ttl(store.keys.history(job_id))}
+
+
+def test_a_finished_job_does_not_expire_until_its_row_lands(store, db_url):
+    """PostgreSQL down (or no mirror running) for longer than PROGRESS_JOB_TTL must not lose
+    the job: it has no TTL until its row is in PostgreSQL, then the rest of its TTL."""
+    short = ProgressStore(store.client, dataclasses.replace(store.settings, job_ttl=30))
     finish(short, "short-lived")
-    assert 0 < store.client.ttl(store.keys.job("short-lived")) <= 3
+    assert ttls(store, "short-lived") == {-1}  # no TTL while it waits for the mirror
     down = Mirror(store, "postgresql://postgres@127.0.0.1:1/postgres", connect_timeout=1)
     with pytest.raises(BackendUnavailable):
         down.sweep()
-    for key in (store.keys.job("short-lived"), store.keys.history("short-lived")):
-        assert store.client.ttl(key) > 3000  # held for the tries to come
+    assert ttls(store, "short-lived") == {-1}
     assert "short-lived" in due(store)
 
     up = Mirror(store, db_url)
     store.client.zadd(store.keys.mirror_due, {"short-lived": 0})  # due now, not after the back-off
     assert up.sweep() == 1
     assert [r["job_id"] for r in rows(db_url)] == ["short-lived"]
+    assert all(25 <= ttl <= 30 for ttl in ttls(store, "short-lived"))  # 30 s after it finished
+
+    # One that landed later than its TTL ran leaves Redis at once: PostgreSQL has it.
+    finish(short, "landed-late")
+    store.client.hset(store.keys.job("landed-late"), "expires_at_ms", store.server_time_ms() - 1)
+    assert up.sweep() == 1
+    assert store.get("landed-late") is None and up.fetch("landed-late")["status"] == "completed"
+
+
+def test_a_forced_change_after_landing_waits_for_the_mirror_again(store, mirror, db_url):
+    finish(store, "revived")
+    mirror.sweep()
+    assert all(ttl > 0 for ttl in ttls(store, "revived"))
+    store.update("revived", status="failed", error="re-checked: the video is broken", force=True)
+    assert ttls(store, "revived") == {-1} and "revived" in due(store)
+    mirror.sweep()
+    assert rows(db_url)[0]["status"] == "failed" and all(ttl > 0 for ttl in ttls(store, "revived"))
 
 
 def test_the_loop_sweeps_once_more_when_told_to_stop(store, db_url):

@@ -426,3 +426,52 @@ def test_the_real_server_hardens_every_answer_and_does_not_advertise_gunicorn(se
         assert named["x-content-type-options"] == "nosniff", (path, status, headers)
         assert named["x-frame-options"] == "DENY" and named["referrer-policy"] == "same-origin"
         assert "frame-ancestors 'none'" in named["content-security-policy"]
+
+
+def raw_request(base: str, data: bytes) -> tuple[str, dict[str, str], bytes]:
+    """(status line, headers, body) of the answer to ``data`` sent as it is: a request that
+    no HTTP client would send."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=READ_TIMEOUT) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in lines)}
+    return status_line, headers, body
+
+
+# Each request is read whole by gunicorn before it answers (a few kB at most): unread bytes
+# left behind would turn its close into a reset that can swallow the answer.
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GARBAGE\r\n\r\n", 400),  # no method, path, version
+    (b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", 400),  # a broken header
+    (b"GET /api/v1/jobs HTTP/9.9\r\nHost: x\r\n\r\n", 400),  # an HTTP version that is not
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),  # over --limit-request-line
+    (b"GET /api/v1/jobs HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n",
+     431),  # over --limit-request-fields
+], ids=["request-line", "header", "version", "uri-too-long", "too-many-headers"])
+def test_requests_gunicorn_refuses_itself_get_a_json_error(server, request_bytes, status):
+    """gunicorn answers these before the app runs: JSON like every other error, not its HTML page."""
+    status_line, headers, body = raw_request(server.base, request_bytes)
+    assert status_line.startswith(f"HTTP/1.1 {status} "), (status_line, body[:200])
+    assert headers["content-type"] == "application/json", (headers, body[:200])
+    assert int(headers["content-length"]) == len(body)
+    assert headers["cache-control"] == "no-cache, no-store, must-revalidate"
+    answer = json.loads(body)
+    assert set(answer) == {"error", "detail"} and answer["error"] and answer["detail"], answer
+    assert b"<html" not in body
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"\xc2\xb2", b"9" * 5000])
+def test_a_last_event_id_that_is_no_seq_is_a_400_json_error_over_gunicorn(server, sse_store, value):
+    """Raw bytes as a browser or a proxy may send them (gunicorn hands them on as latin-1)."""
+    job_id = new_job(sse_store)
+    request = (f"GET /api/v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               .encode() + b"Last-Event-ID: " + value + b"\r\n\r\n")
+    status_line, headers, body = raw_request(server.base, request)
+    assert status_line.startswith("HTTP/1.1 400 "), (status_line, body[:200])
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "invalid_input"

@@ -109,11 +109,17 @@ def test_force_revives_a_finished_job(store, job):
     assert store.client.ttl(store.keys.job(job)) == -1
 
 
-def test_a_finished_job_gets_the_ttl(store, job):
+def test_a_finished_job_gets_its_expiry_but_keeps_it_until_the_mirror_holds_it(store, job):
     store.update(job, status="canceled")
-    ttl = store.client.ttl(store.keys.job(job))
-    assert 0 < ttl <= store.settings.job_ttl
-    assert 0 < store.client.ttl(store.keys.history(job)) <= store.settings.job_ttl
+    # Rule 9's TTL counts from finished_at; it is set on the keys once the job's row is in
+    # PostgreSQL (tests/test_mirror.py), so no finished job leaves Redis unmirrored.
+    assert store.client.ttl(store.keys.job(job)) == -1
+    assert store.client.ttl(store.keys.history(job)) == -1
+    finished_ms = store.client.hget(store.keys.job(job), "finished_at_ms")
+    expires_ms = store.client.hget(store.keys.job(job), "expires_at_ms")
+    assert int(expires_ms) == int(finished_ms) + store.settings.job_ttl * 1000
+    assert job in {m.decode() if isinstance(m, bytes) else m
+                   for m in store.client.zrange(store.keys.mirror_due, 0, -1)}
 
 
 def test_reaching_100_while_running_completes_the_job(store, job):
@@ -212,6 +218,25 @@ def test_bad_ids_raise_value_error(store, bad):
         store.update(bad, progress_percent=1)
     with pytest.raises(ValueError):
         store.get(bad)
+
+
+@pytest.mark.parametrize("bad", ["x\n", "abc\n", "x\r\n", "a\nb"])
+def test_an_id_with_a_newline_is_invalid(store, bad):
+    """Python's ``$`` matches before a final newline: the id check must not."""
+    with pytest.raises(ValueError, match="must match"):
+        store.get(bad)
+    with pytest.raises(ValueError, match="must match"):
+        store.create_job(bad, "31452104")
+    with pytest.raises(ValueError, match="must match"):
+        store.create_job("ok-id", bad)
+    assert not store.client.keys(f"*{store.keys.prefix}*")
+
+
+def test_the_create_script_refuses_an_id_with_a_newline(store):
+    k = store.keys
+    args = ["new\n", "p", "video", json.dumps(STEPS), k.events("new"), k.all_events, 100, 0]
+    with pytest.raises(Exception, match="job_id must match"):
+        store.scripts.create(keys=[k.job("new"), k.history("new")], args=args)
 
 
 def test_a_huge_bad_id_is_named_not_echoed_whole(store):
@@ -541,6 +566,10 @@ def _update_args(store, job_id, **changes):
 
 @pytest.mark.parametrize(("changes", "says"), [
     ({"maxlen": "lots"}, "history MAXLEN"),  # would fail in XADD, after the HSET
+    ({"maxlen": "1e3"}, "history MAXLEN"),  # a number to Lua, not to XADD
+    ({"maxlen": "1" + "0" * 20}, "history MAXLEN"),
+    ({"ttl": "1e3"}, "TTL"),  # would fail in EXPIRE, after every write
+    ({"ttl": "9" * 19}, "TTL"),
     ({"ttl": "0"}, "TTL"),
     ({"force": "yes"}, "force"),
     ({"channel": ""}, "channel"),
@@ -565,6 +594,7 @@ def test_a_direct_update_with_broken_arguments_is_refused_before_any_write(store
     (0, 'x"}', "job_id must match"),  # would break every event's JSON
     (1, "../etc", "paper_id must match"),
     (6, "-3", "history MAXLEN"),
+    (6, "1e3", "history MAXLEN"),  # would fail in XADD, after the HSET
 ])
 def test_a_direct_create_with_broken_arguments_is_refused(store, index, value, says):
     k = store.keys
@@ -633,6 +663,107 @@ def test_update_many_applies_each_update_atomically(store, job):
     ])
     assert [r.reason for r in results] == ["ok", "ok", "regression", "not_found"]
     assert stored(store)["progress_percent"] == 10
+
+
+# -- numbers: one precision, and bounds --------------------------------------------------
+
+
+def test_a_percent_a_hair_below_100_is_100_and_completes_the_job(store, job):
+    store.update(job, status="running", progress_percent=50)
+    r = store.update(job, progress_percent=99.99999999999999)
+    assert (r.accepted, r.status) == (True, "completed")
+    snap = stored(store)
+    assert (snap["status"], snap["progress_percent"]) == ("completed", 100)
+    r = store.update(job, progress_percent=99.9999999999999)
+    assert r.reason == "terminal"  # not a regression: at 6 decimals it is 100 too
+
+
+def test_percents_are_compared_at_six_decimals(store, job):
+    store.update(job, status="running")
+    first = store.update(job, progress_percent=0.1 + 0.2)
+    assert first.reason == "ok"
+    assert stored(store)["progress_percent"] == 0.3
+    for same in (0.1 + 0.2, 0.3, 0.30000000001):
+        r = store.update(job, progress_percent=same)
+        assert (r.reason, r.seq) == ("unchanged", first.seq), same
+    assert store.update(job, progress_percent=33.3333333).reason == "ok"
+    assert stored(store)["progress_percent"] == 33.333333
+    r = store.update(job, progress_percent=33.33333329)  # a hair lower, the same at 6 decimals
+    assert r.reason == "unchanged"
+    assert store.update(job, progress_percent=33.333332).reason == "regression"
+    assert [h["progress_percent"] for h in store.history(job)][-2:] == [0.3, 33.333333]
+
+
+def test_a_percent_sent_straight_to_the_script_is_rounded_too(store, job):
+    keys, args = _update_args(store, job, progress="12.34567891234", status="running")
+    store.scripts.update(keys=keys, args=args)
+    assert stored(store)["progress_percent"] == 12.345679
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"progress_percent": 10**400}, "progress_percent"),  # was OverflowError
+    ({"progress_percent": -(10**400)}, "progress_percent"),
+    ({"progress_percent": float("inf")}, "progress_percent"),
+])
+def test_huge_numbers_are_invalid_input(store, job, kwargs, says):
+    with pytest.raises(InvalidInput, match=says):
+        store.update(job, **kwargs)
+    assert stored(store)["seq"] == 1
+
+
+def _nested(depth: int) -> dict:
+    result: dict = {"leaf": 1}
+    for _ in range(depth - 1):
+        result = {"a": result}
+    return result
+
+
+def test_a_result_nested_too_deep_is_invalid_input(store, job):
+    with pytest.raises(InvalidInput, match="result"):
+        store.update(job, result=_nested(5000))  # was RecursionError
+    with pytest.raises(InvalidInput, match="64 levels"):
+        store.update(job, result=_nested(65))  # refused by the script
+    assert stored(store)["seq"] == 1
+    store.update(job, result=_nested(64))
+    assert stored(store)["result"] == _nested(64)
+
+
+@pytest.mark.parametrize("bad", [2**60, 10**12 + 1, 2**53])
+def test_a_seq_floor_past_the_bound_is_invalid_input(store, bad):
+    with pytest.raises(InvalidInput, match="seq_floor"):
+        store.create_job("job-x", "34265844", seq_floor=bad)
+    assert store.get("job-x") is None
+    assert store.list_jobs() == []
+
+
+def test_the_highest_seq_floor_keeps_seq_exact(store):
+    top = 10**12
+    assert store.create_job("job-top", "34265844", seq_floor=top)["seq"] == top + 1
+    ps = store.client.pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(store.keys.events("job-top"))
+    time.sleep(0.01)
+    assert store.update("job-top", status="running").seq == top + 2
+    m = None
+    deadline = time.monotonic() + 3
+    while m is None and time.monotonic() < deadline:
+        m = ps.get_message(timeout=0.1)
+    ps.close()
+    assert m is not None and json.loads(m["data"])["seq"] == top + 2
+    assert [j["seq"] for j in store.list_jobs()] == [top + 2]
+
+
+@pytest.mark.parametrize("value", [2**60, 2**53, -1])
+def test_a_restored_time_past_the_bound_is_invalid_input(store, value):
+    with pytest.raises(InvalidInput, match="created_at_ms"):
+        store.create_job("job-x", "p", steps=STEPS, created_at_ms=value)
+
+
+def test_the_create_script_bounds_the_seq_floor(store):
+    k = store.keys
+    args = ["new", "p", "video", json.dumps(STEPS), k.events("new"), k.all_events, 100, str(2**60)]
+    with pytest.raises(Exception, match="seq_floor"):
+        store.scripts.create(keys=[k.job("new"), k.history("new")], args=args)
+    assert store.get("new") is None
 
 
 def test_status_values(store):

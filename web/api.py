@@ -38,8 +38,10 @@ def json_object(allowed: set[str], required: frozenset[str] = frozenset()) -> di
     else:
         try:
             body = json.loads(raw)
-        except ValueError as exc:
+        except ValueError as exc:  # also a body that is not UTF-8
             raise InvalidInput(f"the body must be a JSON object: {exc}") from None
+        except RecursionError:  # "[[[[..." nested past the interpreter's limit
+            raise InvalidInput("the body must be a JSON object, not nested thousands deep") from None
     if not isinstance(body, dict):
         raise InvalidInput(f"the body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - allowed)

@@ -46,6 +46,11 @@ def wants_json() -> bool:
     )
 
 
+def error_code(name: str | None) -> str:
+    """A status's name as an error code: "Method Not Allowed" -> "method_not_allowed"."""
+    return re.sub(r"[^a-z0-9]+", "_", (name or "error").lower()).strip("_") or "error"
+
+
 def describe(exc: BaseException) -> tuple[int, str, str]:
     """(status code, what, detail) of an error."""
     for cls, status in STATUS.items():
@@ -54,8 +59,7 @@ def describe(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return 503, BackendUnavailable.code, f"redis: {exc}"
     if isinstance(exc, HTTPException):
-        what = re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
-        return exc.code or 500, what, exc.description or exc.name
+        return exc.code or 500, error_code(exc.name), exc.description or exc.name
     if isinstance(exc, ProgressError):
         return 500, exc.code, str(exc)
     return 500, "internal_error", "the server failed to answer; the log says why"

@@ -37,13 +37,20 @@ dropped.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
 from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFound
-from progress_service.models import TERMINAL, Status, event_to_snapshot, validate_id
+from progress_service.models import (
+    MAX_EXACT_INT,
+    TERMINAL,
+    Status,
+    event_to_snapshot,
+    validate_id,
+)
 
 from .fanout import RESYNC, SHUTDOWN, Delivery, EventHub, Subscription, is_terminal, sse_frame
 from .jobs import find_job, job_history
@@ -54,7 +61,7 @@ bp = Blueprint("events", __name__, url_prefix="/api/v1")
 
 KEEPALIVE = 15.0  # seconds of quiet before a keep-alive comment
 RETRY_MS = 3000  # how long EventSource waits before reconnecting
-MAX_SEQ = 2**53
+SEQ_DIGITS = re.compile(r"[0-9]{1,16}")
 _TERMINAL = frozenset(s.value for s in TERMINAL)
 
 
@@ -63,12 +70,18 @@ def event_hub() -> EventHub:
 
 
 def last_event_id() -> int | None:
+    """The seq a reconnecting client has: ``Last-Event-ID``, else ``?last_event_id=``.
+
+    ASCII digits only (``str.isdigit`` would take "²", which ``int`` refuses), and
+    few enough of them for ``int`` to read them at once and a double to hold them.
+    """
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or ""
     raw = raw.strip()
     if not raw:
         return None
-    if not raw.isdigit() or int(raw) > MAX_SEQ:
-        raise InvalidInput(f"Last-Event-ID must be a seq (a non-negative integer), got {raw[:40]!r}")
+    if SEQ_DIGITS.fullmatch(raw) is None or int(raw) > MAX_EXACT_INT:
+        raise InvalidInput(f"Last-Event-ID must be a seq (a whole number from 0 to {MAX_EXACT_INT}),"
+                           f" got {raw[:40]!r}")
     return int(raw)
 
 

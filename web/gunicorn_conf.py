@@ -54,7 +54,8 @@ control_socket_disable = True
 
 
 def post_fork(server, worker):
-    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr.
+    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr,
+    and gunicorn's own error answers in JSON (``web.gunicorn_errors``).
 
     At gunicorn's effective log level (``--log-level`` wins over ``PROGRESS_WEB_LOG_LEVEL``).
     gunicorn's own loggers do not propagate to the root logger, so nothing is logged twice.
@@ -65,6 +66,10 @@ def post_fork(server, worker):
         level=str(worker.cfg.loglevel).upper(),
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+
+    from web.gunicorn_errors import answer_errors_in_json
+
+    answer_errors_in_json()  # a malformed request gunicorn refuses itself gets a JSON error too
 
 
 def post_worker_init(worker):

@@ -21,7 +21,12 @@ logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".webm", ".mov"})
 TERMINAL_STATUSES = frozenset(s.value for s in TERMINAL)
-MIRROR_CONNECT_TIMEOUT = 2  # seconds; a web request should not hang on a dead PostgreSQL
+# A read answers within 3 s even while PostgreSQL is partitioned away: each PostgreSQL
+# access gets MIRROR_TIMEOUT seconds in all (connecting included, at libpq's 2 s floor),
+# and for MIRROR_RECHECK_AFTER seconds after one got no answer the others fail at once.
+MIRROR_TIMEOUT = 2.2
+MIRROR_CONNECT_TIMEOUT = 2
+MIRROR_RECHECK_AFTER = 2.0
 
 
 def progress_store() -> ProgressStore:
@@ -40,7 +45,9 @@ def mirror():
         else:
             store = progress_store()
             ext["progress_mirror"] = Mirror(store, store.settings.database_url,
-                                            connect_timeout=MIRROR_CONNECT_TIMEOUT)
+                                            connect_timeout=MIRROR_CONNECT_TIMEOUT,
+                                            timeout=MIRROR_TIMEOUT,
+                                            recheck_after=MIRROR_RECHECK_AFTER)
     return ext["progress_mirror"]
 
 

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from progress_service.models import ID_RULE, is_valid_id
 from worker.pipelines import get_pipeline
 from worker.pipelines.papers import Paper, UnknownPaperError, list_papers, load_paper
 
@@ -66,7 +67,6 @@ WEIGHTS: tuple[float, ...] = get_pipeline("video").weights or (1.0,) * len(STEPS
 FAST_ENV = "VIDEO_PIPELINE_FAST"
 SAMPLE_RATE = 22050  # espeak-ng's rate; the silent track uses it too
 PAUSE_SECONDS = 0.4  # silence after each slide's narration
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 
@@ -124,8 +124,8 @@ def warn(text: str) -> None:
 
 
 def fetch_paper(run: Run) -> None:
-    if not _ID_RE.match(run.paper_id):
-        raise PipelineError(f"invalid paper id {run.paper_id!r}: ids match {_ID_RE.pattern}")
+    if not is_valid_id(run.paper_id):
+        raise PipelineError(f"invalid paper id {run.paper_id!r}: ids match {ID_RULE}")
     run.paper = load_paper(run.paper_id)
     (run.out / "paper.json").write_text(
         json.dumps(run.paper.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
