@@ -20,10 +20,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .config import Settings
-from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
-from .keys import Keys
-from .models import (
+from ..config import Settings
+from ..errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
+from ..keys import Keys
+from ..models import (
     DEFAULT_STEPS,
     MAX_EXACT_INT,
     MAX_SEQ_FLOOR,
@@ -35,7 +35,7 @@ from .models import (
     validate_id,
     validate_steps,
 )
-from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
+from ..scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
 
 logger = logging.getLogger(__name__)
 
