@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
-from ..errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
+from ..errors import BackendUnavailable, InvalidInput, JobConflict
 from ..keys import Keys
 from ..models import (
     DEFAULT_STEPS,
@@ -30,16 +29,24 @@ from ..models import (
     TERMINAL,
     Status,
     build_snapshot,
-    event_to_snapshot,
     iso_ms,
     validate_id,
     validate_steps,
 )
 from ..scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
+from .arguments import MAX_TEXT
+from .arguments import progress_arg as _progress_arg
+from .arguments import result_arg as _result_arg
+from .arguments import status_arg as _status_arg
+from .arguments import step_arg as _step_arg
+from .arguments import text_arg as _text_arg
+from .arguments import whole as _whole
+from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
 
-MAX_TEXT = 8192  # characters of a message or an error
+__all__ = ["ETA_WINDOW_MS", "INDEX_MAX", "MAX_TEXT", "ProgressStore", "connect"]
+
 ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
 INDEX_MAX = 10000  # job ids kept in the recent-jobs index
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
@@ -344,68 +351,7 @@ class ProgressStore:
         persistence), the job is waited for up to ``worker_lost_after`` seconds: its
         runner re-creates it, with a higher seq (``worker.runner``).
         """
-        validate_id(job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            try:
-                pubsub.subscribe(self.keys.events(job_id))
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                raise BackendUnavailable(f"redis: {exc}") from exc
-            snap = self.get(job_id)
-            if snap is None:
-                raise JobNotFound(f"job {job_id} not found")
-            yield snap
-            last_seen = time.monotonic()
-            lost, back_at = False, None
-
-            def answered() -> None:  # by pub/sub or the store, whichever comes first
-                nonlocal lost, back_at
-                if lost:
-                    logger.info("job %s: Redis is back", job_id)
-                    lost, back_at = False, time.monotonic()
-
-            while snap["status"] not in _TERMINAL_VALUES:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
-                try:
-                    message = pubsub.get_message(timeout=0.5)  # reconnects and resubscribes
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    if not lost:
-                        logger.warning("job %s: Redis connection lost (%s); waiting for it", job_id, exc)
-                        lost = True
-                    time.sleep(0.5)
-                    message = None
-                    last_seen = 0.0  # re-read at once after the reconnect
-                else:
-                    answered()
-                fresh: dict[str, Any] | None = None
-                if message is not None and message.get("type") == "message":
-                    event = json.loads(message["data"])
-                    if event["seq"] <= snap["seq"]:
-                        continue
-                    if event["seq"] == snap["seq"] + 1:
-                        fresh = event_to_snapshot(snap, event)
-                    else:
-                        fresh = self.get(job_id)
-                elif time.monotonic() - last_seen >= idle_check:
-                    try:
-                        fresh = self.get(job_id)
-                    except BackendUnavailable:
-                        continue  # still away: the next get_message reconnects
-                    last_seen = time.monotonic()
-                    answered()
-                    if fresh is None:
-                        if back_at is not None and time.monotonic() - back_at < self.settings.worker_lost_after:
-                            continue  # Redis came back empty: the job's runner re-creates it
-                        raise JobNotFound(f"job {job_id} vanished from Redis")
-                if fresh is None or fresh["seq"] <= snap["seq"]:
-                    continue
-                last_seen = time.monotonic()
-                snap = fresh
-                yield snap
-        finally:
-            pubsub.close()
+        yield from Subscription(self, job_id, timeout=timeout, idle_check=idle_check)
 
     # -- statistics -------------------------------------------------------
 
@@ -507,64 +453,3 @@ class ProgressStore:
         return build_snapshot(fields, now_ms, stale_after=s.stale_after,
                               pending_stale_after=s.pending_stale_after, recent=points)
 
-
-def _whole(value, what: str, maximum: int) -> int:
-    """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
-    return value
-
-
-def _progress_arg(value) -> str:
-    """The percent as the script reads it: exact here, rounded to 6 decimals there
-    (update_progress-2.lua, the one place that rounds, for every caller)."""
-    if value is None:
-        return ""
-    if type(value) is float and 0.0 <= value <= 100.0:  # the common case, checked cheaply
-        return str(int(value)) if value.is_integer() else repr(value)
-    # compared before any conversion: float(10**400) would raise OverflowError; NaN fails it
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
-        raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
-    return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
-
-
-def _step_arg(value) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"current_step must be a step name, got {value!r}")
-    return value
-
-
-def _status_arg(value) -> str:
-    if value is None:
-        return ""
-    try:
-        return Status(value).value
-    except ValueError:
-        raise InvalidInput(
-            f"status must be one of {', '.join(s.value for s in Status)}, got {value!r}"
-        ) from None
-
-
-def _text_arg(value, what: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
-    if len(value) > MAX_TEXT:
-        value = value[: MAX_TEXT - 1] + "…"
-    return "=" + value
-
-
-def _result_arg(value) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, Mapping):
-        raise InvalidInput(f"result must be an object, got {type(value).__name__}")
-    try:
-        return "=" + json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"result must be JSON-serialisable: {exc}") from None
-    except RecursionError:  # the script allows 64 levels (update_progress-2.lua)
-        raise InvalidInput("result must nest at most 64 levels deep") from None
