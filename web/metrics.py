@@ -115,7 +115,7 @@ def healthz():
     try:
         store.client.ping()
         answer["redis"] = "ok"
-    except Exception as exc:
+    except Exception as exc:  # any failure reads "down": a health check reports, it does not fail
         answer["redis"] = "down"
         down.append(f"redis: {exc}")
     try:
@@ -123,7 +123,7 @@ def healthz():
 
         psycopg.connect(store.settings.database_url, connect_timeout=POSTGRES_CONNECT_TIMEOUT).close()
         answer["postgres"] = "ok"
-    except Exception as exc:
+    except Exception as exc:  # as above: whatever psycopg raises, PostgreSQL is down for us
         answer["postgres"] = "down"
         down.append(f"postgres: {str(exc).strip()}")
     if down:
