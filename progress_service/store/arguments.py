@@ -20,7 +20,7 @@ def whole(value: Any, what: str, maximum: int) -> int:
     return value
 
 
-def progress_arg(value) -> str:
+def progress_arg(value: Any) -> str:
     """The percent as the script reads it: exact here, rounded to 6 decimals there
     (update_progress-2.lua, the one place that rounds, for every caller)."""
     if value is None:
@@ -33,7 +33,7 @@ def progress_arg(value) -> str:
     return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
 
 
-def step_arg(value) -> str:
+def step_arg(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or not value:
@@ -41,28 +41,27 @@ def step_arg(value) -> str:
     return value
 
 
-def status_arg(value) -> str:
+def status_arg(value: Any) -> str:
     if value is None:
         return ""
     try:
-        return Status(value).value
+        return str(Status(value).value)
     except ValueError:
         raise InvalidInput(
             f"status must be one of {', '.join(s.value for s in Status)}, got {value!r}"
         ) from None
 
 
-def text_arg(value, what: str) -> str:
+def text_arg(value: Any, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
-    if len(value) > MAX_TEXT:
-        value = value[: MAX_TEXT - 1] + "…"
-    return "=" + value
+    text: str = value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 1] + "…"
+    return "=" + text
 
 
-def result_arg(value) -> str:
+def result_arg(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, Mapping):

@@ -207,22 +207,25 @@ class CommandRun:
         self._finished.set()
         code = proc.returncode
         if reason == "timeout":
-            error = f"timed out after {self.options.timeout:g} s"
-            self._log_end(Status.FAILED.value, error)
-            self._final(status=Status.FAILED.value, error=error)
-            return RunOutcome(self.job_id, Status.FAILED.value, exit_code=code, error=error,
+            timed_out = f"timed out after {self.options.timeout:g} s"
+            self._log_end(Status.FAILED.value, timed_out)
+            self._final(status=Status.FAILED.value, error=timed_out)
+            return RunOutcome(self.job_id, Status.FAILED.value, exit_code=code, error=timed_out,
                               pid=proc.pid, survivors=survivors, stopped_by=reason)
         if isinstance(exc, Stop):  # canceled, failed or gone under us: the store's word stands
             return self._outcome_from_store(code, survivors)
-        if isinstance(exc, KeyboardInterrupt):
-            status, error, message = Status.CANCELED.value, None, "interrupted"
-        else:
-            status, message = Status.FAILED.value, None
-            error = call_hook(self.job_id, "describe_exception", self.options.describe_exception, exc)
-            error = error or f"{type(exc).__name__}: {exc}"
+        status, error, message = self._ending_of(exc)
         self._log_end(status, error or message)
         self._final(status=status, error=error, message=message)
         raise exc
+
+    def _ending_of(self, exc: BaseException) -> tuple[str, str | None, str | None]:
+        """The job's status, error and message after ``exc`` (Ctrl-C, or an exception
+        raised into the run) ended it."""
+        if isinstance(exc, KeyboardInterrupt):
+            return Status.CANCELED.value, None, "interrupted"
+        error = call_hook(self.job_id, "describe_exception", self.options.describe_exception, exc)
+        return Status.FAILED.value, error or f"{type(exc).__name__}: {exc}", None
 
     def _outcome_from_store(self, code: int | None, survivors: list[int]) -> RunOutcome:
         try:
