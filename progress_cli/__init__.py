@@ -19,7 +19,13 @@ import sys
 from progress_cli import exit_codes
 from progress_service import ProgressError
 from progress_service.config import ConfigError
-from progress_service.errors import BackendUnavailable, JobConflict, JobNotFound, SchemaMissing
+from progress_service.errors import (
+    BackendUnavailable,
+    EmbeddedServerError,
+    JobConflict,
+    JobNotFound,
+    SchemaMissing,
+)
 
 AREAS = ("worker_commands", "web_commands", "data_commands")
 
@@ -32,6 +38,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(exit_codes.USAGE, f"{self.prog}: error: {message}\n")
 
 
+class CommandParser(Parser):
+    """A subcommand's parser: an argument it does not know is its own usage error.
+
+    argparse hands a subcommand's unknown arguments up to the top-level parser,
+    which then prints the top-level usage (``progress-service [-h] [-v] COMMAND``)
+    instead of the subcommand's, the one that says what it does take.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="progress-service",
@@ -42,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True,
+                               parser_class=CommandParser)
     for area in AREAS:
         try:
             module = importlib.import_module(f"{__name__}.{area}")
@@ -65,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (ProgressError, ConfigError) as exc:
-        print(f"progress-service {args.command}: {exc}", file=sys.stderr)
+        print(f"progress-service {args.subcommand}: {exc}", file=sys.stderr)
         return exit_code_of(exc)
     except KeyboardInterrupt:
         return exit_codes.INTERRUPTED
@@ -75,13 +97,13 @@ def exit_code_of(exc: Exception) -> int:
     """The exit status for an error that stopped a command (see ``exit_codes``)."""
     if isinstance(exc, ConfigError | SchemaMissing):
         return exit_codes.CONFIG
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, BackendUnavailable | EmbeddedServerError):
         return exit_codes.UNAVAILABLE
     if isinstance(exc, JobNotFound):
         return exit_codes.NOT_FOUND
     if isinstance(exc, ValueError | JobConflict):
         return exit_codes.USAGE
-    return exit_codes.FAILED
+    return exit_codes.SOFTWARE
 
 
 if __name__ == "__main__":

@@ -23,7 +23,12 @@ exit status:
   64   a bad command line or job id
   66   no job has that id (neither Redis nor PostgreSQL knows it)
   69   Redis does not answer
+  78   the configuration is not usable (a malformed REDIS_URL, ...)
   124  --timeout passed before the job finished
+  130  interrupted (Ctrl-C)
+
+A job still waiting in its queue with no worker listening there is said once on
+stderr ("no worker is listening on queue ..."); the bar goes on waiting.
 
 examples:
   progress-service watch 3f9c1d2e-...           # a bar on stderr until the job ends
@@ -34,6 +39,9 @@ A job that Redis has expired (PROGRESS_JOB_TTL) is read from PostgreSQL, and its
 final state printed at once."""
 
 MIRROR_EPILOG = """\
+exit status: 0 done; 69 Redis or PostgreSQL does not answer; 78 the configuration
+is not usable, or the schema is missing or behind (run progress-service db upgrade).
+
 The worker's mirror thread does this every second; run it by hand after an outage,
 or to copy jobs whose due entry was lost (a writer died between its update and the
 queueing), which only the scan finds. Safe to run at any time and concurrently with
@@ -45,6 +53,10 @@ examples:
   DATABASE_URL=postgresql://app@db/progress progress-service mirror"""
 
 DB_EPILOG = """\
+exit status: 0 done (db status: every migration applied); 69 PostgreSQL does not
+answer; 78 the configuration is not usable (a malformed DATABASE_URL), or, for
+db status, a migration is pending (the schema is behind: run db upgrade).
+
 examples:
   progress-service db upgrade     # before the first start, and after each upgrade of the code
   progress-service db status      # the applied versions and the pending ones"""
@@ -54,6 +66,8 @@ Applies the migrations the database lacks (progress_service/migrations/NNNN_*.sq
 each in a transaction with its row in schema_migrations. Safe to run twice and from
 several places at once (an advisory lock serialises them); prints the versions
 applied, or "already up to date".
+
+exit status: 0 done; 69 PostgreSQL does not answer; 78 a malformed DATABASE_URL.
 
 examples:
   progress-service db upgrade
@@ -95,7 +109,7 @@ def register(subparsers) -> None:
     status = db_sub.add_parser(
         "status", help="the applied and the pending migrations",
         description="Print the migrations applied at DATABASE_URL and the pending ones; "
-        "exit 1 if any is pending.")
+        "exit 78 (the schema is not usable yet) if any is pending, 0 if none.")
     status.set_defaults(handler=cmd_db_status)
 
     from progress_cli import demo
@@ -110,7 +124,7 @@ def _store(settings: Settings):
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from progress_cli.terminal import exit_code_for, follow_job, summary_line
+    from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
     from progress_service.mirror import Mirror
     from progress_service.models import validate_id
 
@@ -118,7 +132,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     store = _store(settings)
     try:
-        final = follow_job(store, args.job_id, out=sys.stderr, timeout=args.timeout)
+        with NoWorkerNotice(settings, args.job_id, "watch"):
+            final = follow_job(store, args.job_id, out=sys.stderr, timeout=args.timeout)
     except JobNotFound:
         final = None
         try:
@@ -174,4 +189,5 @@ def cmd_db_status(args: argparse.Namespace) -> int:
     for migration in migrations.available():
         state = "applied" if migration.version in done else "pending"
         print(f"{migration}  {state}")
-    return 1 if any(m.version not in done for m in migrations.available()) else 0
+    pending = any(m.version not in done for m in migrations.available())
+    return exit_codes.CONFIG if pending else 0

@@ -9,11 +9,15 @@
    draws its progress bar from pub/sub;
 5. prints the video's path and whether PostgreSQL holds the job's row;
 6. with ``--serve`` keeps the page up until Ctrl-C;
-7. on the way out, whatever happened (Ctrl-C and SIGTERM included), stops every
-   process and server it started, checks none is left, and deletes the folder.
+7. on the way out, whatever happened (Ctrl-C, SIGTERM, and SIGHUP when its
+   terminal closes, included), stops every process and server it started, checks
+   none is left, and deletes the folder.
 
-Exit status: 0 when the job completed, 1 otherwise (also when something it
-started was left running), 64 for a bad command line or an unknown paper.
+Exit status: the job's outcome (0 completed, 1 failed, 2 canceled), else the
+tool's own (``EPILOG``): 64 a bad command line or an unknown paper, 69 a server
+or process it started could not be started, died, or could not be stopped, 78 a
+malformed REDIS_URL / DATABASE_URL, 124 ``--timeout`` passed, 130 interrupted
+before the job ended.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import psutil
 
 from progress_cli import exit_codes
 from progress_service import Settings
+from progress_service.config import redacted_url
 from progress_service.errors import BackendUnavailable, ProgressError
 from worker.process_tree import group_members, process_alive
 
@@ -49,11 +54,20 @@ EPILOG = """\
 Starts whatever is missing: with REDIS_URL and DATABASE_URL unset, embedded Redis and
 PostgreSQL servers in a temporary folder (with them set, those servers are used and
 nothing is started for them); then db upgrade, the web server and a worker; submits
-one video job and draws its bar. Everything it started is stopped on exit, Ctrl-C
-included. PROGRESS_MIN_INTERVAL defaults to 0.2 here, so the bar moves visibly.
+one video job and draws its bar. Everything it started is stopped on exit, Ctrl-C,
+SIGTERM and SIGHUP (its terminal closed) included. PROGRESS_MIN_INTERVAL defaults
+to 0.2 here, so the bar moves visibly.
 
-exit status: 0 the job completed; 1 it failed or was canceled, or a server or
-process could not be started or stopped; 2 a bad command line or an unknown paper.
+exit status:
+  0    the job completed (with --serve: and then Ctrl-C)
+  1    the job failed
+  2    the job was canceled
+  64   a bad command line or an unknown paper
+  69   a server or process it needs could not be started or died, or one it
+       started could not be stopped
+  78   REDIS_URL or DATABASE_URL is malformed
+  124  --timeout passed before the job ended
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP) before the job ended
 
 examples:
   progress-service demo                      # the first bundled paper
@@ -80,8 +94,11 @@ def register(subparsers) -> None:
     demo.set_defaults(handler=run_demo)
 
 
-def say(text: str) -> None:
-    print(f"demo: {text}", flush=True)
+def say(text: str, stream=None) -> None:
+    try:
+        print(f"demo: {text}" if stream is None else text, file=stream or sys.stdout, flush=True)
+    except (OSError, ValueError):  # the terminal is gone (SIGHUP): the clean-up goes on regardless
+        pass
 
 
 # -- processes --------------------------------------------------------------------
@@ -204,7 +221,7 @@ class Demo:
         if video:
             say(f"video: {video} ({'exists' if Path(video).is_file() else 'MISSING'})")
         self._report_mirror(store, settings, job_id)
-        self.job_code = 0 if exit_code_for(status) == 0 else 1
+        self.job_code = exit_code_for(status)
         if self.args.serve:
             say(f"serving {base}/status/{paper.pmid}/ until Ctrl-C")
             self._serving.set()
@@ -222,7 +239,7 @@ class Demo:
             env["REDIS_URL"] = server.url
             say(f"REDIS_URL is unset: started an embedded Redis at {server.url} (pid {server.pid})")
         else:
-            say(f"Redis: {_safe_url(env['REDIS_URL'])} (REDIS_URL)")
+            say(f"Redis: {redacted_url(env['REDIS_URL'])} (REDIS_URL)")
         if not env.get("DATABASE_URL"):
             server = EmbeddedPostgres(base_dir=self.folder)
             self.servers.append(server)
@@ -230,7 +247,7 @@ class Demo:
             say(f"DATABASE_URL is unset: started an embedded PostgreSQL at {server.url} "
                 f"(pid {server.pid})")
         else:
-            say(f"PostgreSQL: {_safe_url(env['DATABASE_URL'])} (DATABASE_URL)")
+            say(f"PostgreSQL: {redacted_url(env['DATABASE_URL'])} (DATABASE_URL)")
         env.setdefault("PROGRESS_MIN_INTERVAL", DEMO_MIN_INTERVAL)
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -316,17 +333,6 @@ def _free_port() -> int:
     return find_free_port()
 
 
-def _safe_url(url: str) -> str:
-    """``url`` without its password, for printing."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
-
-
 def _poll(fn: Callable[[], object], timeout: float, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while True:
@@ -339,14 +345,20 @@ def _poll(fn: Callable[[], object], timeout: float, interval: float = 0.2):
         time.sleep(interval)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, the terminal closed
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
+    Settings.from_env()  # a malformed REDIS_URL / DATABASE_URL: one line, exit 78, nothing started
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM and SIGHUP clean up like Ctrl-C
+    signal.signal(signal.SIGHUP, _raise_interrupt)
     demo = Demo(args)
-    code = 1
+    code = exit_codes.UNAVAILABLE
     try:
         code = demo.run()
     except KeyboardInterrupt:
@@ -354,24 +366,28 @@ def run_demo(args: argparse.Namespace) -> int:
             say(f"{demo.died}; its log ends:")
             for child in demo.children:
                 if child.process.poll() is not None:
-                    print(child.log_tail(), file=sys.stderr)
-            code = 1
+                    say(child.log_tail(), sys.stderr)
+            code = exit_codes.UNAVAILABLE
         elif demo.job_code is not None:
             say("stopping")
             code = demo.job_code
         else:
             say("interrupted before the job finished")
-            code = 1
-    except (ProgressError, TimeoutError) as exc:
+            code = exit_codes.INTERRUPTED
+    except TimeoutError as exc:
         say(f"error: {exc}")
-        code = 1
+        code = exit_codes.TIMEOUT
+    except ProgressError as exc:
+        say(f"error: {exc}")
+        code = exit_codes.UNAVAILABLE
     finally:
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C: still clean up
+        for sig in STOP_SIGNALS:  # a second Ctrl-C, SIGTERM or SIGHUP: the clean-up still ends
+            signal.signal(sig, signal.SIG_IGN)
         try:
             clean = demo.stop()
         finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if not clean:
-        return 1
+        return exit_codes.UNAVAILABLE
     return code

@@ -8,23 +8,28 @@ On a terminal the line is redrawn in place (``\\r``)::
     [#########.........]  45.0%  generate-audio (3/5)  ETA 12s
 
 Elsewhere (a pipe, a log file) one line is printed per visible change.
+
+While the job waits in its RQ queue, :class:`NoWorkerNotice` says so once when
+no worker listens on that queue (the bar alone would sit at 0 % without a word).
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
 from progress_cli import exit_codes
-from progress_service import ProgressStore, Status
+from progress_service import ProgressStore, Settings, Status
 
-__all__ = ["EXIT_CODES", "exit_code_for", "follow_job", "render_line"]
+__all__ = ["EXIT_CODES", "NoWorkerNotice", "exit_code_for", "follow_job", "render_line"]
 
 EXIT_CODES = {Status.COMPLETED.value: exit_codes.COMPLETED, Status.FAILED.value: exit_codes.FAILED,
               Status.CANCELED.value: exit_codes.CANCELED}
 BAR_WIDTH = 20
+NO_WORKER_CHECK = 2.0  # seconds between two looks at the workers of a waiting job's queue
 
 
 def exit_code_for(status: str) -> int:
@@ -139,3 +144,69 @@ def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
             out.flush()
     assert snap is not None  # subscribe yields at least the current snapshot
     return snap
+
+
+class NoWorkerNotice:
+    """While ``job_id`` waits in its RQ queue, say once on ``out`` that no worker listens there.
+
+        with NoWorkerNotice(settings, job_id, "submit"):
+            final = follow_job(store, job_id)
+
+    It looks every ``interval`` seconds, from a thread, and stops looking once the
+    job has left the queue (a worker took it, it was canceled, or it was never
+    queued).
+    """
+
+    def __init__(self, settings: Settings, job_id: str, command: str, out: TextIO | None = None,
+                 interval: float = NO_WORKER_CHECK) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.command = command
+        self.out = sys.stderr if out is None else out
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="no-worker-notice", daemon=True)
+
+    def __enter__(self) -> NoWorkerNotice:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import redis
+
+        try:
+            from worker.jobs import rq_connection, waiting_queue
+        except ImportError:
+            return  # no worker package here: nothing was queued from here either
+        conn = rq_connection(self.settings)
+        try:
+            while not self._stop.is_set():
+                try:
+                    queue = waiting_queue(self.job_id, conn)
+                except redis.RedisError:
+                    queue = {}  # Redis is away: the bar says so; look again later
+                if queue is None:
+                    return
+                if queue and queue["workers"] == 0:
+                    self._say(f"progress-service {self.command}: no worker is listening on queue "
+                              f"{queue['name']!r}: job {self.job_id} waits until one starts "
+                              "(progress-service worker)")
+                    return
+                self._stop.wait(self.interval)
+        finally:
+            conn.close()
+
+    def _say(self, line: str) -> None:
+        try:
+            tty = self.out.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        try:
+            self.out.write(("\r\x1b[K" if tty else "") + line + "\n")  # over the bar's line
+            self.out.flush()
+        except (OSError, ValueError):
+            pass

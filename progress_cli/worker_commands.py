@@ -15,10 +15,10 @@ import signal
 import sys
 import threading
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 from progress_cli import exit_codes
 from progress_service import JobConflict, Settings
+from progress_service.config import redacted_url
 from progress_service.errors import BackendUnavailable, InvalidInput
 from progress_service.models import validate_id, validate_steps
 
@@ -38,6 +38,9 @@ forked work horse, its pipeline in a process group of its own. Beside it, in thr
 Stop it with Ctrl-C or SIGTERM (a warm shutdown: the running job is finished first);
 a second Ctrl-C kills the job's process tree and the job ends failed.
 
+exit status: 0 stopped (Ctrl-C, SIGTERM) or, with --burst, the queue emptied; 69 Redis
+does not answer; 78 the configuration is not usable (a malformed REDIS_URL, ...).
+
 examples:
   progress-service worker                         # run until stopped
   progress-service worker --burst --no-mirror     # empty the queue, then exit
@@ -46,8 +49,10 @@ examples:
 SUBMIT_EPILOG = """\
 Prints the job id on stdout. With --wait, draws a live bar on stderr until the job ends.
 
-exit status (with --wait): 0 completed, 1 failed, 2 canceled; 124 --timeout passed.
-64 for bad input or a job id already taken, 69 when Redis does not answer.
+exit status (with --wait): 0 completed, 1 failed, 2 canceled; 124 --timeout passed;
+130 interrupted. 64 for bad input or a job id already taken, 69 when Redis does not
+answer, 78 when the configuration is not usable (a malformed REDIS_URL, ...).
+While the job waits in its queue with no worker listening there, --wait says so once.
 
 examples:
   progress-service submit 34265844                    # prints the job id
@@ -63,7 +68,8 @@ its stderr) or canceled (Ctrl-C, or a cancel from the API: CMD's process tree is
 The job id and where to see it go to stderr. When the job ends, run copies it to
 PostgreSQL (DATABASE_URL) itself; if PostgreSQL does not answer, the job waits in Redis
 for the next `progress-service mirror`. The exit status is CMD's own (64 for a
-bad command line before CMD starts, 130 when interrupted).
+bad command line before CMD starts, 69 when Redis does not answer, 78 when the
+configuration is not usable, 130 when interrupted).
 
 examples:
   progress-service run --pipeline video --paper-id 34265844 -- \\
@@ -157,17 +163,6 @@ def _fail(command: str, message: str, code: int = exit_codes.USAGE) -> int:
     return code
 
 
-def _safe_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    return url
-
-
 def _store(settings: Settings):
     from progress_service.store import ProgressStore, connect
 
@@ -188,7 +183,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         conn.ping()
     except redis.RedisError as exc:
-        return _fail("worker", f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}",
+        return _fail("worker", f"Redis at {redacted_url(settings.redis_url)} does not answer: {exc}",
                      exit_codes.UNAVAILABLE)
     store = _store(settings)
     stop = threading.Event()
@@ -205,8 +200,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logger.info(
         "worker %s: queue %r on %s; progress store %s (prefix %r); jobs failed as worker lost "
         "after %gs without a heartbeat; mirror %s; %s",
-        worker.name, settings.queue_name, _safe_url(settings.redis_url),
-        _safe_url(settings.progress_redis_url), settings.key_prefix, settings.worker_lost_after,
+        worker.name, settings.queue_name, redacted_url(settings.redis_url),
+        redacted_url(settings.progress_redis_url), settings.key_prefix, settings.worker_lost_after,
         mirror_state, "burst mode" if args.burst else "waiting for jobs")
     try:
         worker.work(burst=args.burst, logging_level="DEBUG" if args.verbose else None)
@@ -231,14 +226,14 @@ def _start_mirror(store, settings: Settings, stop: threading.Event):
         return None, f"not started ({exc})"
     thread = threading.Thread(target=mirror.run_forever, args=(stop,), name="mirror", daemon=True)
     thread.start()
-    return thread, f"on ({_safe_url(settings.database_url)})"
+    return thread, f"on ({redacted_url(settings.database_url)})"
 
 
 # -- submit -----------------------------------------------------------------------
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from progress_cli.terminal import exit_code_for, follow_job, summary_line
+    from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
     from worker.jobs import submit_job
 
     settings = Settings.from_env()
@@ -251,7 +246,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     try:
-        final = follow_job(store, job_id, out=sys.stderr, timeout=args.timeout)
+        with NoWorkerNotice(settings, job_id, "submit"):
+            final = follow_job(store, job_id, out=sys.stderr, timeout=args.timeout)
     except TimeoutError:
         return _fail("submit", f"job {job_id} did not finish within {args.timeout:g}s",
                      exit_codes.TIMEOUT)

@@ -7,6 +7,7 @@ starts (the CLI, ``create_app``, the RQ job) and hand the result on.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -38,6 +39,45 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
     if raw in ("", "0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}={raw!r} must be 0 or 1")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password (``//user:password@``) shown as ``***``, for messages and logs."""
+    return re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", url)
+
+
+def _redis_url(name: str, url: str) -> str:
+    """``url`` if redis-py can connect by it, else a ``ConfigError`` naming ``name``."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={redacted_url(url)!r} is not a Redis URL: {exc}") from None
+    return url
+
+
+def _database_url(url: str) -> str:
+    """``url`` if libpq can parse it (a URL or a ``key=value`` string), else a ``ConfigError``.
+
+    Without psycopg (a producer that only reports progress) nothing here ever
+    connects to PostgreSQL, and the URL is left as it is.
+    """
+    try:
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return url
+    try:
+        params = conninfo_to_dict(url)
+    except Error as exc:
+        reason = str(exc).strip().splitlines()[0].replace(url, redacted_url(url))
+        raise ConfigError(f"DATABASE_URL={redacted_url(url)!r} is not a PostgreSQL URL: {reason}") from None
+    port = str(params.get("port", ""))
+    if port and not all(p.strip().isdigit() for p in port.split(",")):
+        raise ConfigError(f"DATABASE_URL={redacted_url(url)!r} is not a PostgreSQL URL: "
+                          f"the port {port!r} is not a number")
+    return url
 
 
 @dataclass(frozen=True)
@@ -78,7 +118,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (``os.environ`` when None)."""
         env = os.environ if environ is None else environ
-        redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
+        redis_url = _redis_url("REDIS_URL", env.get("REDIS_URL") or DEFAULT_REDIS_URL)
         prefix = env.get("PROGRESS_KEY_PREFIX") or "progress"
         if any(c in prefix for c in " {}\n"):
             raise ConfigError(f"PROGRESS_KEY_PREFIX={prefix!r} may not hold spaces or braces")
@@ -90,9 +130,11 @@ class Settings:
             )
         return cls(
             redis_url=redis_url,
-            progress_redis_url=env.get("PROGRESS_REDIS_URL") or redis_url,
+            progress_redis_url=_redis_url("PROGRESS_REDIS_URL", env["PROGRESS_REDIS_URL"])
+            if env.get("PROGRESS_REDIS_URL") else redis_url,
             redis_cluster=cluster,
-            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            database_url=_database_url(env["DATABASE_URL"]) if env.get("DATABASE_URL")
+            else DEFAULT_DATABASE_URL,
             key_prefix=prefix,
             stale_after=_number(env, "PROGRESS_STALE_AFTER", 60.0),
             pending_stale_after=_number(env, "PROGRESS_PENDING_STALE_AFTER", 300.0),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -29,6 +30,7 @@ SNAPSHOT_KEYS = {
 STATUS_KEYS = {
     "paper_id", "pmid", "exists", "status", "current_step", "completed_steps", "progress_percent",
     "progress_updated_at", "is_stale", "final_video", "final_video_url", "job_id",
+    "queue",  # beyond CONTRACT: a pending job's RQ queue and how many workers listen there
 }
 TOKEN = "s3cret-token"
 BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9"]
@@ -210,6 +212,7 @@ def test_status_json_of_a_running_job(client, jobs):
         "current_step": "generate-audio", "completed_steps": ["fetch-paper", "generate-script"],
         "progress_percent": 40, "progress_updated_at": status["progress_updated_at"],
         "is_stale": False, "final_video": None, "final_video_url": None, "job_id": "job-1",
+        "queue": None,
     }
     assert status["progress_updated_at"].endswith("Z")
 
@@ -509,6 +512,32 @@ def test_submit_creates_a_pending_job_and_queues_it(client, jobs, settings, real
     queue = Queue(settings.queue_name, connection=redis.Redis.from_url(real_redis_url))
     assert job_id in queue.job_ids
     assert client.get("/status/31452104/?_json=1").get_json()["job_id"] == job_id
+
+
+def test_status_json_of_a_queued_job_says_how_many_workers_listen(client, settings, real_redis_url,
+                                                                   rq_cleanup):
+    from rq import Worker
+
+    job_id = client.post("/api/v1/jobs", json={"paper_id": "31452104"}).get_json()["job_id"]
+    rq_cleanup.append(job_id)
+    status = client.get("/status/31452104/?_json=1").get_json()
+    assert status["status"] == "pending"
+    assert status["queue"] == {"name": settings.queue_name, "workers": 0}
+    page = client.get("/status/31452104/").get_data(as_text=True)
+    assert re.search(r'<div class="alert alert-warn" id="no-worker" role="status" >', page)
+    assert f'<code id="no-worker-queue">{settings.queue_name}</code>' in page
+
+    conn = redis.Redis.from_url(real_redis_url)
+    listening = Worker([settings.queue_name], connection=conn, name=f"{settings.key_prefix}-w")
+    listening.register_birth()
+    try:
+        assert client.get("/status/31452104/?_json=1").get_json()["queue"]["workers"] == 1
+        page = client.get("/status/31452104/").get_data(as_text=True)
+        assert re.search(r'id="no-worker" role="status" hidden>', page)
+    finally:
+        listening.register_death()
+        conn.srem("rq:queues", f"rq:queue:{settings.queue_name}")
+        conn.close()
 
 
 def test_submit_with_the_token_and_an_unknown_pipeline(token_app, rq_cleanup):

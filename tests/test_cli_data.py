@@ -7,6 +7,7 @@ of the test's own) and the real PostgreSQL (a schema of the test's own).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,6 +84,12 @@ def test_db_upgrade_without_postgres_is_a_clear_error(env):
     assert done.returncode == exit_codes.UNAVAILABLE
     assert "progress-service db: postgres:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_db_status_with_a_pending_migration_is_a_config_error_not_a_job_outcome(env):
+    done = cli("db", "status", env=env)  # a fresh schema: every migration pending
+    assert done.returncode == exit_codes.CONFIG == 78, done.stderr
+    assert "pending" in done.stdout
 
 
 def test_db_help_has_examples(env):
@@ -170,11 +177,59 @@ def test_watch_without_redis_says_so_in_one_line(env):
     assert done.stderr.startswith("progress-service watch: redis:")
 
 
+MALFORMED_URLS = [
+    ("REDIS_URL", "localhost:6379"),  # no scheme
+    ("REDIS_URL", "redis://:s3cret@127.0.0.1:port/0"),
+    ("PROGRESS_REDIS_URL", "http://127.0.0.1:6379/0"),
+    ("DATABASE_URL", "postgres"),  # neither a URL nor key=value
+    ("DATABASE_URL", "postgresql://app:s3cret@127.0.0.1:port/db"),
+    ("DATABASE_URL", "postgresql://[::1/db"),
+]
+
+
+@pytest.mark.parametrize("command", [["watch", "job-1"], ["mirror"], ["db", "upgrade"],
+                                     ["submit", "31452104"], ["worker", "--burst"],
+                                     ["run", "--", "true"], ["demo"], ["web"]])
+@pytest.mark.parametrize(("name", "url"), MALFORMED_URLS)
+def test_a_malformed_url_is_one_line_and_a_config_error(env, command, name, url):
+    done = cli(*command, env={**env, name: url}, timeout=30)
+    assert done.returncode == exit_codes.CONFIG == 78, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr  # one line, no traceback
+    assert done.stderr.startswith(f"progress-service {command[0]}: {name}=")
+    assert "s3cret" not in done.stderr
+
+
+def test_settings_name_the_malformed_url():
+    from progress_service.config import ConfigError, Settings
+
+    for name, url in MALFORMED_URLS:
+        with pytest.raises(ConfigError, match=f"^{name}="):
+            Settings.from_env({name: url})
+    for url in ("host=127.0.0.1 port=5432 dbname=app", "postgresql://a:b@h1:5432,h2:5433/db"):
+        assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+    for url in ("unix:///run/redis.sock", "rediss://:pw@[::1]:6380/2"):
+        assert Settings.from_env({"REDIS_URL": url}).progress_redis_url == url
+
+
 def test_help_lists_the_exit_codes(env):
     done = cli("--help", env=env)
     assert done.returncode == 0
     for code in ("0 ", "1 ", "2 ", "64 ", "66 ", "69 ", "78 ", "124 ", "130 "):
         assert f"  {code}" in done.stdout, code
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["web"], ["watch"], ["submit"], ["run"],
+                                     ["worker"], ["mirror"], ["db"], ["db", "upgrade"]])
+def test_help_gives_a_bad_command_line_64_never_a_job_outcome(env, command):
+    done = cli(*command, "--help", env=env)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    said = re.findall(r"\b(\d+)\b[^\d]{0,40}?a bad (?:command line|argument)", text)
+    assert set(said) <= {"64"}, said
+    bad = cli(*command, "--no-such-option", env=env)
+    assert bad.returncode == exit_codes.USAGE == 64, bad.stderr
+    if command:  # the top-level help lists them all; each command's names what it can exit with
+        assert re.search(r"\b78\b", text), text
 
 
 def test_watch_a_job_redis_expired_reads_postgres(env, db_url, real_store):

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, read_pids, wait_until, write_worker_launcher
+from rq import Worker
 from rq.job import Job, JobStatus
 
 from progress_cli import exit_codes
 from progress_cli.terminal import exit_code_for, follow_job, render_line
 from progress_service import JobNotFound
 from progress_service.mirror import Mirror
-from worker.jobs import cancel_job, submit_job
+from worker.jobs import cancel_job, submit_job, waiting_queue
 from worker.pipelines import PIPELINES, Pipeline
 from worker.pipelines.papers import list_papers
 from worker.process_tree import process_alive
@@ -126,6 +127,17 @@ def test_help_examples_name_only_bundled_papers(env, command):
     pmids = {p.pmid for p in list_papers()}
     named = set(re.findall(r"\b\d{8}\b", done.stdout))
     assert named <= pmids, f"not in the bundled set: {sorted(named - pmids)}"
+
+
+@pytest.mark.parametrize("args", [["submit", "31452104", "--bogus"], ["watch", "j", "--bogus"],
+                                  ["db", "upgrade", "--bogus"], ["demo", "--bogus"], ["web", "--bogus"]])
+def test_an_unknown_option_is_the_commands_own_usage_error(env, args):
+    """argparse would hand ``--bogus`` up and print the top-level usage, not the command's."""
+    done = cli(*args, env=env)
+    assert done.returncode == exit_codes.USAGE, done.stderr
+    command = " ".join(a for a in args[:2] if not a[0].isdigit() and a not in ("j", "--bogus"))
+    assert done.stderr.startswith(f"usage: progress-service {command} "), done.stderr
+    assert done.stderr.strip().endswith(f"progress-service {command}: error: unrecognized arguments: --bogus")
 
 
 def test_the_run_help_example_of_the_video_pipeline_works(env, store, tmp_path):
@@ -278,6 +290,44 @@ def test_submit_bad_input_is_one_line_and_a_usage_error(env, store, args, says):
     assert done.returncode == exit_codes.USAGE
     assert says in one_line(done.stderr)
     assert store.recent_job_ids() == []
+
+
+def test_submit_wait_says_when_no_worker_listens_on_the_queue(env, settings, store, rq_conn):
+    job_id = f"{settings.key_prefix}-nobody"
+    done = cli("submit", "31452104", "--job-id", job_id, "--wait", "--timeout", "3", env=env)
+    assert done.returncode == exit_codes.TIMEOUT, done.stderr
+    assert (f"progress-service submit: no worker is listening on queue '{settings.queue_name}': "
+            f"job {job_id} waits until one starts (progress-service worker)") in done.stderr
+    assert store.get(job_id)["status"] == "pending"
+
+
+def test_submit_wait_says_nothing_of_the_kind_while_a_worker_listens(env, settings, store, rq_conn):
+    listening = Worker([settings.queue_name], connection=rq_conn, name=f"{settings.key_prefix}-w")
+    listening.register_birth()  # in RQ's registry, but it takes no job: this one stays queued
+    try:
+        done = cli("submit", "31452104", "--job-id", f"{settings.key_prefix}-somebody", "--wait",
+                   "--timeout", "3", env=env)
+    finally:
+        listening.register_death()
+    assert done.returncode == exit_codes.TIMEOUT, done.stderr
+    assert "no worker" not in done.stderr
+
+
+def test_the_waiting_queue_of_a_job_counts_the_workers_that_listen(settings, store, rq_conn):
+    job_id = submit_job(settings, "31452104", store=store, redis_conn=rq_conn,
+                        job_id=f"{settings.key_prefix}-q")
+    assert waiting_queue(job_id, rq_conn) == {"name": settings.queue_name, "workers": 0}
+    listening = Worker([settings.queue_name], connection=rq_conn, name=f"{settings.key_prefix}-w")
+    listening.register_birth()
+    try:
+        assert waiting_queue(job_id, rq_conn) == {"name": settings.queue_name, "workers": 1}
+    finally:
+        listening.register_death()
+    assert waiting_queue(job_id, rq_conn)["workers"] == 0
+    store.create_job(f"{settings.key_prefix}-run", "p", steps=["a"], pipeline="command")
+    assert waiting_queue(f"{settings.key_prefix}-run", rq_conn) is None  # not RQ's
+    cancel_job(settings, job_id, store=store, redis_conn=rq_conn)
+    assert waiting_queue(job_id, rq_conn) is None  # no longer waiting
 
 
 @pytest.mark.slow

@@ -230,6 +230,36 @@ def test_a_job_with_no_worker_shows_the_stale_warning(web, store, page):
     assert bar_value(page) == 35
 
 
+def test_a_queued_job_says_when_no_worker_listens_on_its_queue(web, store, page, real_redis_url,
+                                                               module_key_prefix):
+    from rq import Worker
+
+    from worker.jobs import submit_job
+
+    settings = store.settings
+    conn = redis.Redis.from_url(real_redis_url)
+    listening = Worker([settings.queue_name], connection=conn, name=f"{module_key_prefix}-w")
+    listening.register_birth()  # in RQ's registry, but it takes no job
+    paper = new_paper()
+    try:
+        submit_job(settings, paper, store=store, redis_conn=conn, job_id=f"{module_key_prefix}-{paper}")
+        page.route("**/events*", lambda route: route.abort())  # the page polls ?_json=1 every 3 s
+        page.goto(f"{web.base}/status/{paper}/")
+        page.wait_for_selector("#status-badge[data-status='pending']", timeout=WAIT_MS)
+        assert page.is_hidden("#no-worker")  # one listens
+        listening.register_death()  # ... and stops
+        page.wait_for_selector("#no-worker", state="visible", timeout=WAIT_MS)
+        assert page.text_content("#no-worker-queue") == settings.queue_name
+        assert "No worker is listening on queue" in page.text_content("#no-worker")
+        screenshot(page, "status-no-worker.png")
+        store.update(f"{module_key_prefix}-{paper}", progress_percent=5)  # a worker took it after all
+        page.wait_for_selector("#no-worker", state="hidden", timeout=WAIT_MS)
+    finally:
+        listening.register_death()
+        conn.srem("rq:queues", f"rq:queue:{settings.queue_name}")
+        conn.close()
+
+
 def test_with_the_event_stream_blocked_polling_moves_the_bar(web, store, page):
     page.route("**/events*", lambda route: route.abort())
     polled: list[str] = []

@@ -145,11 +145,31 @@ def video_url(snapshot: dict[str, Any]) -> str | None:
     return None
 
 
+def waiting_queue(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+    """For a pending job that waits in an RQ queue: ``{"name", "workers"}``, how many workers
+    listen there (``worker.jobs.waiting_queue``); else None, also when RQ cannot be asked."""
+    if snapshot is None or snapshot.get("status") != Status.PENDING.value:
+        return None
+    try:
+        from worker.jobs import waiting_queue as rq_waiting_queue
+    except ImportError:
+        return None
+    from .api import rq_connection
+
+    try:
+        return rq_waiting_queue(snapshot["job_id"], rq_connection())
+    except Exception as exc:  # redis' errors: the page does without the fact
+        logger.warning("job %s: RQ's queue not read: %s", snapshot["job_id"], exc)
+        return None
+
+
 def paper_status(paper_id: str) -> dict[str, Any]:
     """CONTRACT's ``/status/<paper_id>/?_json=1`` answer for the paper's latest job.
 
     An unknown paper is not an error: ``exists`` is false and the rest null (or
-    empty), so a page opened before the job was submitted can keep polling.
+    empty), so a page opened before the job was submitted can keep polling. One
+    field beyond CONTRACT's: ``queue``, :func:`waiting_queue` (null unless the job
+    waits in an RQ queue), so the page can say that no worker listens there.
     """
     validate_id(paper_id, "paper_id")
     snap = latest_job(paper_id)
@@ -166,6 +186,7 @@ def paper_status(paper_id: str) -> dict[str, Any]:
         "final_video": None,
         "final_video_url": None,
         "job_id": None,
+        "queue": None,
     }
     if snap is None:
         return out
@@ -180,6 +201,7 @@ def paper_status(paper_id: str) -> dict[str, Any]:
         final_video=video.name if video is not None else None,
         final_video_url=video_url(snap),
         job_id=snap["job_id"],
+        queue=waiting_queue(snap),
     )
     return out
 

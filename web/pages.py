@@ -13,7 +13,15 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 
 from progress_service.models import validate_id
 
-from .jobs import job_history, latest_job, paper_status, progress_store, recent_jobs, video_url
+from .jobs import (
+    job_history,
+    latest_job,
+    paper_status,
+    progress_store,
+    recent_jobs,
+    video_url,
+    waiting_queue,
+)
 
 bp = Blueprint("pages", __name__)
 
@@ -41,6 +49,7 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
         "api_jobs_url": url_for("api.list_jobs"),
         "status_json_url": url_for("pages.status_page", paper_id=paper_id, _json=1) if paper_id else None,
         "video_url": video_url(snapshot) if snapshot else None,
+        "queue": waiting_queue(snapshot),  # a pending job's RQ queue and its workers, as ?_json=1
     }
 
 
@@ -66,5 +75,6 @@ def status_page(paper_id: str):
     if snapshot is not None:
         config["events_url"] = url_for("events.job_events", job_id=snapshot["job_id"])
     return render_template("status.html", paper_id=paper_id, snapshot=snapshot, config=config,
+                           queue=config["queue"],
                            pmid=paper_id if paper_id.isdigit() else None,
                            debug=current_app.debug)

@@ -81,6 +81,7 @@ __all__ = [
     "rq_connection",
     "run_pipeline",
     "submit_job",
+    "waiting_queue",
 ]
 
 TIMEOUT_BACKSTOP = 30  # seconds RQ's own alarm waits beyond the runner's deadline and kill grace
@@ -250,6 +251,22 @@ def _fetch_rq_job(conn, job_id: str) -> Job | None:
         return Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
         return None
+
+
+def waiting_queue(job_id: str, redis_conn: redis.Redis) -> dict[str, Any] | None:
+    """Where a job waits for a worker: ``{"name": <its RQ queue>, "workers": <how many listen>}``.
+
+    None when RQ holds no queued job of that id: a worker has taken it, it has
+    ended, or it was never RQ's (``progress-service run``, a tracked job). The
+    workers are RQ's own registry (``Worker.all(queue=...)``): a worker that stops
+    leaves it at once; one killed outright stays until its key expires (RQ's
+    worker TTL, minutes).
+    """
+    rq_job = _fetch_rq_job(redis_conn, job_id)
+    if rq_job is None or rq_job.get_status(refresh=False) != JobStatus.QUEUED:
+        return None
+    queue = Queue(rq_job.origin, connection=redis_conn)
+    return {"name": rq_job.origin, "workers": len(Worker.all(queue=queue))}
 
 
 # -- the job function -----------------------------------------------------------

@@ -37,6 +37,7 @@
     stepStart: {}, // step name -> ms (server clock) it became current
     finishedAt: null,
     videoUrl: cfg.video_url || null,
+    queue: cfg.queue || null, // a pending job's RQ queue: {name, workers}, from the server
     mode: "idle", // live | polling | finished | waiting
     source: null, // the open EventSource
     pollTimer: null,
@@ -56,7 +57,8 @@
     bar: $("progress"), fill: $("progress-fill"), text: $("progress-text"), eta: $("eta"),
     message: $("message"), updated: $("updated"), steps: $("steps"),
     videoBox: $("video-box"), video: $("video"), videoLink: $("video-link"),
-    conn: $("conn"), connDot: $("conn-dot"), stepTemplate: $("step-template")
+    conn: $("conn"), connDot: $("conn-dot"), stepTemplate: $("step-template"),
+    noWorker: $("no-worker"), noWorkerQueue: $("no-worker-queue")
   };
 
   function now() { return Date.now() + OFFSET; }
@@ -121,7 +123,9 @@
   function acceptStatus(st) {
     var job = state.job;
     if (!st.exists) { if (!job) render(); return; }
+    state.queue = st.queue || null;
     if (!job || st.job_id !== job.job_id) { loadJob(st.job_id); return; }
+    renderQueue(job);
     if (st.progress_percent < job.progress_percent) return;
     if (RANK[st.status] < RANK[job.status]) return;
     var shownAt = ms(job.progress_updated_at), polledAt = ms(st.progress_updated_at);
@@ -317,7 +321,16 @@
 
     renderSteps(job);
     renderVideo(job);
+    renderQueue(job);
     tick();
+  }
+
+  // A pending job with no worker on its queue says so: it would wait forever without a word.
+  function renderQueue(job) {
+    var queue = state.queue;
+    var none = job.status === "pending" && queue !== null && queue.workers === 0;
+    el.noWorker.hidden = !none;
+    if (none) el.noWorkerQueue.textContent = queue.name;
   }
 
   // The step list, built from <template id="step-template"> whenever the job's steps differ from it.
