@@ -26,14 +26,15 @@ from ..models import (
     DEFAULT_STEPS,
     MAX_EXACT_INT,
     MAX_SEQ_FLOOR,
-    TERMINAL,
+    TERMINAL_VALUES,
     Status,
     build_snapshot,
-    iso_ms,
+    history_entry,
     validate_id,
     validate_steps,
 )
 from ..scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
+from ..scripts import as_text as _text
 from .arguments import MAX_TEXT
 from .arguments import progress_arg as _progress_arg
 from .arguments import result_arg as _result_arg
@@ -41,20 +42,16 @@ from .arguments import status_arg as _status_arg
 from .arguments import step_arg as _step_arg
 from .arguments import text_arg as _text_arg
 from .arguments import whole as _whole
-from .subscription import Subscription
+from .events import EventFeed, Subscription, parse_event
+from .mirror_side import MirrorSide
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ETA_WINDOW_MS", "INDEX_MAX", "MAX_TEXT", "ProgressStore", "connect"]
+__all__ = ["ETA_WINDOW_MS", "INDEX_MAX", "MAX_TEXT", "EventFeed", "ProgressStore", "connect", "parse_event"]
 
 ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
 INDEX_MAX = 10000  # job ids kept in the recent-jobs index
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
-_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def connect(settings: Settings):
@@ -64,7 +61,8 @@ def connect(settings: Settings):
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-class ProgressStore:
+
+class ProgressStore(MirrorSide):
     def __init__(self, client, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
@@ -78,7 +76,12 @@ class ProgressStore:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProgressStore:
-        settings = Settings.from_env(environ)
+        """The store the environment names (``Settings.from_env``)."""
+        return cls.from_settings(Settings.from_env(environ))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProgressStore:
+        """The store ``settings`` name, on a client of its own (:func:`connect`)."""
         return cls(connect(settings), settings)
 
     # -- writing ----------------------------------------------------------
@@ -312,22 +315,7 @@ class ProgressStore:
             entries = self.client.xrange(self.keys.history(job_id))
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        out = []
-        for _, raw in entries:
-            e = {_text(a): _text(b) for a, b in raw.items()}
-            progress = float(e.get("progress_percent") or 0)
-            out.append({
-                "seq": int(e["seq"]),
-                "at": iso_ms(int(e["at"])),
-                "progress_percent": int(progress) if progress.is_integer() else progress,
-                "current_step": e.get("current_step") or None,
-                "status": e.get("status"),
-            })
-        return out
-
-    def history_since(self, job_id: str, after_seq: int) -> list[dict[str, Any]]:
-        """History entries with a ``seq`` above ``after_seq`` (for resuming a stream)."""
-        return [e for e in self.history(job_id) if e["seq"] > after_seq]
+        return [history_entry({_text(a): _text(b) for a, b in raw.items()}) for _, raw in entries]
 
     def recent_job_ids(self, limit: int = 50, paper_id: str | None = None) -> list[str]:
         """Job ids, newest first, from the recent-jobs index (or one paper's)."""
@@ -360,17 +348,40 @@ class ProgressStore:
         return snaps[:limit]
 
     def server_time_ms(self) -> int:
-        sec, usec = self.client.time()
+        """The Redis server's clock (``TIME``) in ms: the one clock of every snapshot."""
+        sec, usec = self._redis(self.client.time)
         return int(sec) * 1000 + int(usec) // 1000
 
-    def subscribe(self, job_id: str, *, timeout: float | None = None,
-                  idle_check: float = 5.0) -> Iterator[dict[str, Any]]:
+    def ping(self) -> None:
+        """Raise ``BackendUnavailable`` unless the progress store answers."""
+        self._redis(self.client.ping)
+
+    def close(self) -> None:
+        """Let go of the client's connections (a forked work horse closes its parent's)."""
+        self.client.close()
+
+    def events(self, job_id: str | None = None) -> EventFeed:
+        """The parsed pub/sub events of ``job_id`` (None: of every job), from now on.
+
+        Subscribed when this returns (``BackendUnavailable`` if Redis does not answer);
+        use it as a context manager, or ``close()`` it.
+        """
+        channel = self.keys.all_events if job_id is None else self.keys.events(validate_id(job_id))
+        return EventFeed(self.client.pubsub(ignore_subscribe_messages=True), channel)
+
+    def subscribe(self, job_id: str, *, timeout: float | None = None, idle_check: float = 5.0,
+                  derived: bool = False) -> Iterator[dict[str, Any]]:
         """Yield the current snapshot, then each change once, until a terminal state.
 
         Subscribes first and reads the snapshot second, then drops every event
         whose ``seq`` is not newer: a late subscriber misses nothing and sees
         nothing twice. A gap in ``seq`` (a lost connection) is filled by a fresh
-        read; so is a quiet spell of ``idle_check`` seconds. Raises
+        read; so is a quiet spell of ``idle_check`` seconds. A snapshot made from
+        an event keeps the derived fields of the last read (``eta_seconds``).
+        With ``derived`` (a live bar), the job is read at least every ``idle_check``
+        seconds, events or not, and a read is yielded also when only its derived
+        fields moved (``eta_seconds``, ``is_stale``), at the same ``seq``: the ETA
+        is the store's, and a stall shows. Raises
         ``JobNotFound`` for an unknown job, ``TimeoutError`` after ``timeout`` s,
         ``BackendUnavailable`` when Redis does not answer at the start. Once the
         snapshot is out, a Redis that goes away is waited for (one WARNING line), and
@@ -378,7 +389,7 @@ class ProgressStore:
         persistence), the job is waited for up to ``worker_lost_after`` seconds: its
         runner re-creates it, with a higher seq (``worker.runner``).
         """
-        yield from Subscription(self, job_id, timeout=timeout, idle_check=idle_check)
+        yield from Subscription(self, job_id, timeout=timeout, idle_check=idle_check, derived=derived)
 
     # -- statistics -------------------------------------------------------
 
@@ -439,18 +450,18 @@ class ProgressStore:
 
     def _after_update(self, job_id: str, res: UpdateResult) -> None:
         self.stats[res.reason] += 1
-        if res.reason == "ok" and res.status in _TERMINAL_VALUES:
+        if res.reason == "ok" and res.status in TERMINAL_VALUES:
             logger.info("job %s: -> %s (seq %d)", job_id, res.status, res.seq)
             self.mark_mirror_due(job_id)
         elif not res.accepted:
             logger.debug("job %s: update rejected (%s)", job_id, res.reason)
 
-    def mark_mirror_due(self, job_id: str, at_ms: int = 0) -> None:
-        """Queue a finished job for the PostgreSQL mirror."""
+    def _redis(self, call):
+        """``call()``, with a Redis that does not answer raised as ``BackendUnavailable``."""
         try:
-            self.client.zadd(self.keys.mirror_due, {job_id: at_ms})
-        except (RedisConnectionError, RedisTimeoutError):
-            logger.warning("job %s: could not queue for the mirror; the sweep will find it", job_id)
+            return call()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
 
     def _call(self, script, keys, args):
         try:

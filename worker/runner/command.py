@@ -34,12 +34,12 @@ from redis.exceptions import RedisError
 
 from progress_service import ProgressStore, Status, Throttle
 from progress_service.errors import BackendUnavailable, JobNotFound, ProgressError
+from progress_service.models import TERMINAL_VALUES
 from progress_service.scripts import UpdateResult
 from worker.process_tree import group_members, kill_process_tree, tagged_processes
 from worker.runner.options import (
     JOB_ID_ENV,
     STORE_ERRORS,
-    TERMINAL,
     RunOptions,
     RunOutcome,
     Stop,
@@ -233,7 +233,7 @@ class CommandRun:
         except BackendUnavailable:
             snap = {}
         status = snap.get("status") or Status.CANCELED.value
-        if status not in TERMINAL:  # cannot happen unless forced back to life; say what we did
+        if status not in TERMINAL_VALUES:  # cannot happen unless forced back to life; say what we did
             status = Status.CANCELED.value
         self._log_end(status, f"by the store: {snap.get('error') or self.stop_reason}")
         pid = self.proc.pid if self.proc else None
@@ -308,7 +308,7 @@ class CommandRun:
         self.output.wrote()
         self.recovery.record(fields, result)
         if not result.accepted and result.reason in ("terminal", "not_found"):
-            if fields.get("status") not in TERMINAL:
+            if fields.get("status") not in TERMINAL_VALUES:
                 self.request_stop(result.reason)
         self._notify(fields, result)
         return result

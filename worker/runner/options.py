@@ -25,13 +25,11 @@ logger = logging.getLogger("worker.runner")  # one logger for the runner's modul
 
 JOB_ID_ENV = "PROGRESS_JOB_ID"  # in the command's environment: the job's id, for the pipeline's use
 JOB_TAG_ENV = "PROGRESS_JOB_TAG"  # in the command's environment: marks this run's process tree
-TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 
 # What a call to the progress store raises: Redis away (BackendUnavailable, or a
 # socket error on the way), Redis refusing (a ResponseError), the store refusing
 # the values (InvalidInput). A bug raises something else and is not swallowed.
 STORE_ERRORS = (ProgressError, RedisError, OSError)
-REDIS_ERRORS = (RedisError, OSError)  # a raw client call (pub/sub): Redis away or refusing
 
 OnWrite = Callable[[dict[str, Any], UpdateResult], None]
 

@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
 
 from progress_service import ProgressStore
-from worker.runner.options import REDIS_ERRORS, STORE_ERRORS, TERMINAL, logger
+from progress_service.models import TERMINAL_VALUES
+from progress_service.store import EventFeed
+from worker.runner.options import STORE_ERRORS, logger
 
 LISTEN_SLICE = 0.2  # seconds, at most, between two looks at whether the run has finished
 
@@ -52,7 +53,7 @@ class Watcher:
             self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
-        pubsub = self._listen()
+        feed = self._listen()
         next_beat = 0.0
         try:
             while not self.finished.is_set():
@@ -63,26 +64,20 @@ class Watcher:
                         self.stop("finished in the store")
                         return
                 wait = max(0.0, min(next_beat - time.monotonic(), LISTEN_SLICE))
-                if self._terminal_event(pubsub, wait) and not self.finished.is_set():
+                if self._terminal_event(feed, wait) and not self.finished.is_set():
                     self.stop("finished in the store")
                     return
         finally:
-            if pubsub is not None:
-                with suppress(*REDIS_ERRORS):  # a broken connection; we are leaving anyway
-                    pubsub.close()
+            if feed is not None:
+                with suppress(*STORE_ERRORS):  # a broken connection; we are leaving anyway
+                    feed.close()
 
-    def _listen(self) -> Any:
-        """A subscription to the job's channel, or None (then heartbeats alone tell)."""
-        pubsub = None
+    def _listen(self) -> EventFeed | None:
+        """The job's events, or None (then heartbeats alone tell)."""
         try:
-            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(self.store.keys.events(self.job_id))
-            return pubsub
-        except REDIS_ERRORS as exc:
+            return self.store.events(self.job_id)
+        except STORE_ERRORS as exc:
             logger.warning("job %s: cannot listen for a cancel (%s); relying on heartbeats", self.job_id, exc)
-            if pubsub is not None:
-                with suppress(*REDIS_ERRORS):  # half open: nothing to keep
-                    pubsub.close()
             return None
 
     def _beat_finds_it_finished(self) -> bool:
@@ -102,7 +97,7 @@ class Watcher:
         if state == "missing":  # the store lost it: re-created by this write
             self.recreate()
             return False
-        return state in TERMINAL
+        return state in TERMINAL_VALUES
 
     def _state_in_store(self) -> str | None:
         """The job's status in the store, "missing" if it has none, None if unreadable."""
@@ -112,21 +107,14 @@ class Watcher:
             return None  # the next heartbeat asks again
         return "missing" if snap is None else snap["status"]
 
-    def _terminal_event(self, pubsub: Any, wait: float) -> bool:
+    def _terminal_event(self, feed: EventFeed | None, wait: float) -> bool:
         """Waits up to ``wait`` s for the job's next event; True if it shows the job finished."""
-        if pubsub is None:
+        if feed is None:
             self.finished.wait(wait)
             return False
         try:
-            message = pubsub.get_message(timeout=wait)
-        except REDIS_ERRORS:  # Redis away: the next get_message reconnects
+            event = feed.get(timeout=wait)
+        except STORE_ERRORS:  # Redis away: the next get reconnects
             self.finished.wait(wait)
             return False
-        if message is None or message.get("type") != "message":
-            return False
-        data = message["data"]
-        if isinstance(data, bytes):
-            data = data.decode("utf-8", "replace")
-        if '"status":"running"' in data or '"status":"pending"' in data:
-            return False
-        return any(f'"status":"{s}"' in data for s in TERMINAL)
+        return event is not None and event.get("status") in TERMINAL_VALUES
