@@ -95,10 +95,8 @@ def register(subparsers) -> None:
 
 
 def say(text: str, stream=None) -> None:
-    try:
+    with suppress(OSError, ValueError):  # the terminal is gone (SIGHUP): the clean-up goes on regardless
         print(f"demo: {text}" if stream is None else text, file=stream or sys.stdout, flush=True)
-    except (OSError, ValueError):  # the terminal is gone (SIGHUP): the clean-up goes on regardless
-        pass
 
 
 # -- processes --------------------------------------------------------------------
