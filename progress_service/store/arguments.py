@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
 from ..errors import InvalidInput
 from ..models import Status
@@ -13,14 +12,14 @@ from ..models import Status
 MAX_TEXT = 8192  # characters of a message or an error
 
 
-def whole(value: Any, what: str, maximum: int) -> int:
+def whole(value: object, what: str, maximum: int) -> int:
     """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
         raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
     return value
 
 
-def progress_arg(value: Any) -> str:
+def progress_arg(value: object) -> str:
     """The percent as the script reads it: exact here, rounded to 6 decimals there
     (update_progress-2.lua, the one place that rounds, for every caller)."""
     if value is None:
@@ -33,7 +32,7 @@ def progress_arg(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
 
 
-def step_arg(value: Any) -> str:
+def step_arg(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or not value:
@@ -41,27 +40,28 @@ def step_arg(value: Any) -> str:
     return value
 
 
-def status_arg(value: Any) -> str:
+def status_arg(value: object) -> str:
     if value is None:
         return ""
     try:
-        return str(Status(value).value)
+        return Status(value).value
     except ValueError:
         raise InvalidInput(
             f"status must be one of {', '.join(s.value for s in Status)}, got {value!r}"
         ) from None
 
 
-def text_arg(value: Any, what: str) -> str:
+def text_arg(value: object, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
-    text: str = value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 1] + "…"
-    return "=" + text
+    if len(value) > MAX_TEXT:
+        value = value[: MAX_TEXT - 1] + "…"
+    return "=" + value
 
 
-def result_arg(value: Any) -> str:
+def result_arg(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, Mapping):

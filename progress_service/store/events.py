@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from redis.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -39,7 +40,7 @@ def parse_event(raw: str | bytes) -> dict[str, Any]:
     return event
 
 
-class EventFeed(AbstractContextManager):
+class EventFeed(AbstractContextManager["EventFeed"]):
     """The parsed events of one pub/sub channel (``ProgressStore.events``), in the order published.
 
     ``get`` waits for the next one, until ``close`` (or the end of a ``with``). redis-py
@@ -47,7 +48,7 @@ class EventFeed(AbstractContextManager):
     meanwhile are lost (a reader fills the gap from the snapshot's ``seq``).
     """
 
-    def __init__(self, pubsub, channel: str) -> None:
+    def __init__(self, pubsub: PubSub, channel: str) -> None:
         self.channel = channel
         self._pubsub = pubsub
         try:

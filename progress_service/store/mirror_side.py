@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..keys import Keys
     from ..scripts import Scripts
+    from . import RedisClient
 
 logger = logging.getLogger("progress_service.store")
 
@@ -32,7 +33,7 @@ class MirrorSide:
     of finished jobs."""
 
     if TYPE_CHECKING:  # ProgressStore's, which this class is a part of
-        client: Any
+        client: RedisClient
         keys: Keys
         scripts: Scripts
         settings: Settings
@@ -151,6 +152,6 @@ class MirrorSide:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
 
-def _status_seq(reply) -> tuple[str | None, int | None]:
+def _status_seq(reply: Sequence[Any]) -> tuple[str | None, int | None]:
     status, seq = reply
     return (None, None) if status is None else (_text(status), int(seq))
