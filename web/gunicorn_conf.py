@@ -96,10 +96,15 @@ control_socket_disable = True
 
 def post_fork(server, worker):
     """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr,
-    tokens hidden (``redact``), and gunicorn's own error answers in JSON (``web.gunicorn_errors``).
+    tokens hidden (``redact``).
 
     At gunicorn's effective log level (``--log-level`` wins over ``PROGRESS_WEB_LOG_LEVEL``).
     gunicorn's own loggers do not propagate to the root logger, so nothing is logged twice.
+
+    Import nothing of the app here: this runs before the gevent worker monkey-patches,
+    and psycopg picks its wait function when it is imported (a C poll that blocks the
+    whole worker, unless ``select`` is patched by then): a PostgreSQL that does not
+    answer would then stall every request of the worker (tests/test_partition.py).
     """
     import logging
 
@@ -110,13 +115,11 @@ def post_fork(server, worker):
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact_record)  # an app line that names a URL shows no token either
 
-    from web.gunicorn_errors import answer_errors_in_json
-
-    answer_errors_in_json()  # a malformed request gunicorn refuses itself gets a JSON error too
-
 
 def post_worker_init(worker):
-    """When the worker is told to stop, end its event streams at once.
+    """Once the worker is patched and has loaded the app: gunicorn's own error answers in
+    JSON (``web.gunicorn_errors``); and when the worker is told to stop, its event streams
+    end at once.
 
     Otherwise every open stream would hold the worker for ``graceful_timeout``.
     A client reconnects to a worker that is up: a plain ``EventSource`` by
@@ -126,6 +129,10 @@ def post_worker_init(worker):
     """
     import threading
     import time
+
+    from web.gunicorn_errors import answer_errors_in_json
+
+    answer_errors_in_json()  # a malformed request gunicorn refuses itself gets a JSON error too
 
     hub = getattr(worker.wsgi, "extensions", {}).get("progress_events")
     if hub is None:
