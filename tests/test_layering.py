@@ -44,17 +44,6 @@ def test_the_core_and_the_queue_import_neither_rq_nor_the_worker():
     assert run.stdout.strip() == "[]"
 
 
-def test_importing_the_web_app_imports_no_psycopg():
-    """gunicorn's post_fork imports the web package before gevent patches the worker: psycopg
-    imported then blocks the worker on a PostgreSQL that does not answer (tests/test_partition)."""
-    probe = ("import sys, web; "
-             "print(sorted({m.split('.')[0] for m in sys.modules} & {'psycopg', 'psycopg_pool'}))")
-    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]"
-
-
 def test_rq_private_names_are_touched_in_the_adapter_only():
     private = ("_stopped_job_id", "job_lifecycle", "SHUTDOWN_SIGNAL", "BaseDeathPenalty",
                "get_job_and_execution_ids", "def kill_horse", "def handle_exception")

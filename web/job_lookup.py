@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, url_for
 
 from progress_service import queue
 from progress_service.errors import BackendUnavailable, JobNotFound, ProgressError
+from progress_service.mirror import Mirror
 from progress_service.models import TERMINAL_VALUES, Status, validate_id
 from progress_service.store import ProgressStore
-
-if TYPE_CHECKING:
-    from progress_service.mirror import Mirror
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +36,6 @@ def progress_store() -> ProgressStore:
 
 def mirror() -> Mirror:
     """The app's PostgreSQL mirror (``progress_service.mirror.Mirror``), built on first use."""
-    # Imported here, not with the module: gunicorn's post_fork imports the web package before
-    # the gevent worker monkey-patches the process, and psycopg imported then keeps the
-    # unpatched select/socket: a PostgreSQL that does not answer would block every request.
-    from progress_service.mirror import Mirror
-
     ext = current_app.extensions
     if "progress_mirror" not in ext:
         store = progress_store()
