@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 import pytest
 import redis
 from conftest import CLOSED_REDIS_URL, wait_until
+from openapi_check import OpenApiClient
 
 from progress_service.models import DEFAULT_STEPS
 from progress_service.store import ProgressStore
@@ -37,8 +38,10 @@ BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9
 
 
 def build(settings):
+    """The app, whose test clients check every answer against the OpenAPI document."""
     app = create_app(settings)
     app.config["TESTING"] = True
+    app.test_client_class = OpenApiClient
     return app
 
 
@@ -396,7 +399,8 @@ def test_pages_render_the_job(client, jobs):
     html = page.get_data(as_text=True)
     assert 'role="progressbar"' in html and 'aria-valuenow="40"' in html
     assert "40% complete (2 of 5 steps)" in html
-    assert "<script src=" in html and "http://" not in html and "https://" not in html  # no external assets
+    assert '<script type="module" src="/static/status.js">' in html  # it imports progress-client.js
+    assert "http://" not in html and "https://" not in html  # no external assets
     index = client.get("/").get_data(as_text=True)
     assert "job-1" in index and "/status/31452104/" in index
     assert "No job for this paper yet" in client.get("/status/777/").get_data(as_text=True)
@@ -742,3 +746,22 @@ def test_rq_dashboard_state_changes_take_a_post_from_this_site_only(client, fail
     r = client.post(url, headers={"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"})
     assert r.status_code == 200 and r.get_json()["count"] == 1
     assert queue.job_ids == [job.id]
+
+
+def test_reads_allow_any_origin_and_writes_and_pages_do_not(client, jobs):
+    """A page of another site may read (progress-client.js follows a job from anywhere);
+    it never gets to read a write's answer, and the pages are not for it to read."""
+    jobs.create_job("job-cors", "31452104", steps=STEPS)
+    jobs.update("job-cors", progress_percent=100)
+    elsewhere = {"Origin": "http://elsewhere.example"}
+    seq = jobs.get("job-cors")["seq"]
+    for path in ("/api/v1/jobs/job-cors", "/api/v1/jobs?limit=1", "/api/v1/jobs/job-cors/history",
+                 "/api/v1/jobs/job-cors/events", f"/api/v1/jobs/job-cors/events?last_event_id={seq}",
+                 "/api/v1/jobs/bad%20id", "/api/v1/openapi.json", "/static/progress-client.js"):
+        r = client.get(path, headers=elsewhere)
+        assert r.status_code in (200, 204, 400), (path, r.status_code)
+        assert r.headers.get("Access-Control-Allow-Origin") == "*", path
+    r = client.post("/api/v1/jobs/job-cors/cancel")
+    assert r.status_code == 409 and "Access-Control-Allow-Origin" not in r.headers
+    for path in ("/status/31452104/", "/status/31452104/?_json=1", "/"):
+        assert "Access-Control-Allow-Origin" not in client.get(path, headers=elsewhere).headers, path
