@@ -576,21 +576,18 @@ def test_with_its_stream_blocked_the_other_origin_page_polls_the_job_to_the_end(
     assert seen["modes"] == ["polling", "ended"]
 
 
-def test_a_video_with_a_silent_track_says_so_on_the_page(web, store, page):
+@pytest.mark.parametrize(("narration", "shown"), [
+    ("silent", "the video's sound track is silent: no espeak-ng"),
+    ("espeak-ng", ""),  # a narrated one: the finished page shows no stale message
+])
+def test_a_video_with_a_silent_track_says_so_on_the_page(web, store, page, narration, shown):
     """The video pipeline found no speech (no espeak-ng, no espeakng-loader): its result says
     ``narration: silent`` and its last message why; the finished page shows that message."""
     paper = new_paper()
     job_id = start_job(store, paper, percent=50)
-    store.update(job_id, message="the video's sound track is silent: no espeak-ng")
-    store.update(job_id, progress_percent=100, result={"narration": "silent", "title": "A paper"})
+    store.update(job_id, message="the video's sound track is silent: no espeak-ng"
+                 if narration == "silent" else "encoding")
+    store.update(job_id, progress_percent=100, result={"narration": narration, "title": "A paper"})
     page.goto(f"{web.base}/status/{paper}/")
     page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
-    assert page.text_content("#message") == "the video's sound track is silent: no espeak-ng"
-
-    spoken = new_paper()  # a narrated one: the finished page shows no stale message
-    job_id = start_job(store, spoken, percent=50)
-    store.update(job_id, message="encoding")
-    store.update(job_id, progress_percent=100, result={"narration": "espeak-ng", "title": "A paper"})
-    page.goto(f"{web.base}/status/{spoken}/")
-    page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
-    assert page.text_content("#message") == ""
+    assert page.text_content("#message") == shown
