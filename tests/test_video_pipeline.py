@@ -184,3 +184,21 @@ def test_the_bundled_papers_are_complete_records():
         assert load_paper(paper.pmid) == paper
     with pytest.raises(UnknownPaperError, match="the bundled set holds 34265844"):
         load_paper("123")
+
+
+def test_a_job_whose_track_is_silent_says_so_in_its_message(store, settings, tmp_path):
+    """Run by the runner, as a worker runs it: the completed job's message and result say
+    the video has no sound."""
+    from worker.runner import run_command
+
+    video = get_pipeline("video")
+    store.create_job("silent-video", "33301246", steps=list(video.steps))
+    argv = [sys.executable, "-m", "worker.pipelines.video", "33301246", "--out", str(tmp_path / "out"),
+            "--fast"]
+    outcome = run_command(store, "silent-video", argv, steps=video.steps, weights=video.weights,
+                          settings=settings, cwd=REPO,
+                          env={**os.environ, **without_espeak_at_all(tmp_path)})
+    assert outcome.status == "completed", outcome
+    snap = store.get("silent-video")
+    assert snap["result"]["narration"] == "silent"
+    assert snap["message"].startswith("the video's sound track is silent: no espeak-ng")
