@@ -3,7 +3,6 @@
 from .config import Settings
 from .errors import (
     BackendUnavailable,
-    EmbeddedServerError,
     InvalidInput,
     JobConflict,
     JobNotFound,
@@ -19,7 +18,7 @@ from .store import ProgressStore
 from .throttle import Throttle
 
 __all__ = [
-    "BackendUnavailable", "EmbeddedServerError", "InvalidInput", "JobConflict", "JobNotFound",
+    "BackendUnavailable", "InvalidInput", "JobConflict", "JobNotFound",
     "Keys", "PostgresUnavailable", "ProgressError", "ProgressStore", "SchemaMissing", "Settings",
     "Status", "Throttle", "Unauthorized", "UpdateResult",
 ]
