@@ -179,7 +179,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     require("worker")
 
-    from worker.jobs import ProgressSimpleWorker, ProgressWorker, rq_connection
+    from progress_service.queue import rq_connection
+    from worker.jobs import ProgressSimpleWorker, ProgressWorker
     from worker.lost import LostJobSweeper
 
     settings = Settings.from_env()
@@ -238,7 +239,7 @@ def _start_mirror(store, settings: Settings, stop: threading.Event):
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
-    from worker.jobs import submit_job
+    from progress_service.queue import submit_job
 
     settings = Settings.from_env()
     store = _store(settings)
@@ -341,9 +342,9 @@ def _run_steps(args: argparse.Namespace):
     if args.steps is not None and args.pipeline is not None:
         raise InvalidInput("give --steps or --pipeline, not both")
     if args.pipeline is not None:
-        from worker.jobs import _pipeline
+        from progress_service.pipelines import require_pipeline
 
-        spec = _pipeline(args.pipeline)
+        spec = require_pipeline(args.pipeline)
         return list(spec.steps), spec.weights, spec.name
     if args.steps is not None:
         return validate_steps([s.strip() for s in args.steps.split(",")]), None, "command"
