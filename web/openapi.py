@@ -229,7 +229,7 @@ PAPER_ID = {"name": "paper_id", "in": "path", "required": True, "schema": ref("I
 READS = {"400": respond("BadInput"), "503": respond("BackendDown")}
 WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
           "413": respond("TooLarge"), "415": respond("NotJson"), "503": respond("BackendDown")}
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/jobs": {
