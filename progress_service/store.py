@@ -36,6 +36,7 @@ from .models import (
     validate_steps,
 )
 from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
+from .tracking import DEFAULT_TIMEOUT, TRACKED_PIPELINE, TrackedJob
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,23 @@ class ProgressStore:
         for (keys, _args), res in zip(calls, results, strict=True):
             self._after_update(self._job_of(keys[0]), res)
         return results
+
+    def track(
+        self,
+        job_id: str,
+        paper_id: str,
+        steps: Iterable[str],
+        *,
+        pipeline: str = TRACKED_PIPELINE,
+        weights: Sequence[float] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> TrackedJob:
+        """Report on ``job_id`` from the caller's own code, as a context manager (CONTRACT,
+        "Reporting from anywhere"): creates the job if missing, writes through the throttle
+        with a heartbeat, completes it when the block ends or fails it with the exception's
+        text. A Redis outage never raises in the block. See ``progress_service.tracking``."""
+        return TrackedJob(self, job_id, paper_id, steps, pipeline=pipeline, weights=weights,
+                          timeout=timeout)
 
     def heartbeat(self, job_id: str) -> bool:
         """Stamp ``heartbeat_at`` (no seq, no event). False if the job is missing or finished."""

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .errors import BackendUnavailable, JobNotFound
+
 logger = logging.getLogger(__name__)
 
 Write = Callable[[dict[str, Any]], Any]
@@ -73,11 +75,24 @@ class Throttle:
             self._flush_locked()
             self._closed = True
 
+    def cancel(self) -> None:
+        """Drop whatever is pending and stop the timer: nothing more is written."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._pending = {}
+            self._closed = True
+
     def _on_timer(self) -> None:
         with self._lock:
             self._timer = None
-            if not self._closed:
+            if self._closed:
+                return
+            try:
                 self._flush_locked()
+            except Exception:  # logged, and kept for the next write: nobody here to tell
+                pass
 
     def _flush_locked(self) -> None:
         if self._timer is not None:
@@ -95,6 +110,8 @@ class Throttle:
             self._pending = {**fields, **self._pending}
             if isinstance(exc, ValueError):  # refused (InvalidInput): the caller decides
                 logger.warning("throttled write refused, kept for the next try: %r: %s", fields, exc)
+            elif isinstance(exc, BackendUnavailable | JobNotFound):  # the caller says so, once
+                logger.debug("throttled write failed, kept for the next try: %r: %s", fields, exc)
             else:
                 logger.exception("throttled write failed, kept for the next try: %r", fields)
             raise
