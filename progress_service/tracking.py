@@ -34,15 +34,18 @@ What it does:
 When the final state lands: ``__exit__`` waits up to ``timeout`` seconds (default
 5) for it to be written. If Redis is still away then, ``__exit__`` returns anyway
 (a warning says so) and the tracker's thread keeps trying, for up to
-``PROGRESS_WORKER_LOST_AFTER`` seconds more (at least ``timeout``); ``job.wait()``
-waits for it. The thread is not a daemon: a script that ends right after the block
-still writes its final state once Redis answers, within that bound. Entering the
-block also waits up to ``timeout`` for the job to be created and marked ``running``,
-so that readers see it so when the block's code starts (in async code, ``timeout=0`` never blocks the loop).
+``PROGRESS_WORKER_LOST_AFTER`` seconds after the block ended (at least ``timeout``);
+``job.wait()`` waits for it, and so does a script that ends meanwhile (an ``atexit``
+hook, registered only then, waits out the same bound: a daemon thread stuck on a
+partitioned socket cannot hold the interpreter longer). Entering the block also
+waits up to ``timeout`` for the job to be created and marked ``running``, so that
+readers see it so when the block's code starts (in async code, ``timeout=0`` never
+blocks the event loop).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import threading
@@ -101,6 +104,7 @@ class TrackedJob:
         self._cond = threading.Condition()
         self._changes: deque[dict[str, Any]] = deque()  # offered, not yet given to the throttle
         self._final: dict[str, Any] | None = None
+        self._give_up_at = math.inf  # when the thread stops trying to write the final state
         self._percent = 0.0
         self._step = -1  # index of the current step
         self._retry_at = 0.0
@@ -119,8 +123,8 @@ class TrackedJob:
         if self._thread is not None:
             raise RuntimeError(f"job {self.job_id} is tracked already")
         self._offer({"status": Status.RUNNING.value})
-        self._thread = threading.Thread(target=self._run, name=f"track-{self.job_id}")
-        self._thread.start()  # not a daemon: see the module docstring
+        self._thread = threading.Thread(target=self._run, name=f"track-{self.job_id}", daemon=True)
+        self._thread.start()
         self._started.wait(self.timeout)
         return self
 
@@ -138,11 +142,22 @@ class TrackedJob:
             final = {"status": Status.FAILED.value, "error": exception_text(exc)}
         with self._cond:
             self._final = final
+            self._give_up_at = time.monotonic() + max(self.timeout,
+                                                      self.store.settings.worker_lost_after)
             self._retry_at = 0.0  # try at once, even while backing off
             self._cond.notify()
-        if not self._written.wait(self.timeout):
-            logger.warning("job %s: Redis did not answer within %g s; the final state (%s) "
-                           "is written as soon as it does", self.job_id, self.timeout, final["status"])
+        if self._written.wait(self.timeout):
+            return
+        logger.warning("job %s: Redis did not answer within %g s; the final state (%s) "
+                       "is written as soon as it does", self.job_id, self.timeout, final["status"])
+        with self._cond:
+            if not self._written.is_set():
+                atexit.register(self._wait_at_exit)
+
+    def _wait_at_exit(self) -> None:
+        if not self._written.wait(max(0.0, self._give_up_at - time.monotonic())):
+            logger.error("job %s: the final state %r is not written: Redis did not answer "
+                         "before the process ended", self.job_id, self._final)
 
     def step(self, name: str, message: str | None = None) -> None:
         """Step ``name`` starts (the steps before it are done). A step before the current one
@@ -268,7 +283,6 @@ class TrackedJob:
         next_beat = time.monotonic() + beat_every
         delay = RETRY_FIRST
         failing = False
-        give_up_at: float | None = None
         while True:
             with self._cond:
                 while True:
@@ -282,9 +296,7 @@ class TrackedJob:
                     if now >= wake_at:
                         break
                     self._cond.wait(wake_at - now)
-                final = self._final
-            if final is not None and give_up_at is None:
-                give_up_at = time.monotonic() + max(self.timeout, settings.worker_lost_after)
+                final, give_up_at = self._final, self._give_up_at
             try:
                 self._ensure_job()
                 if self._write_failed:
@@ -295,7 +307,7 @@ class TrackedJob:
                 if final is not None:
                     throttle.update(**final)  # urgent: written at once, with what is pending
                     throttle.close()
-                    self._written.set()
+                    self._stop()
                     return
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + beat_every
@@ -303,11 +315,11 @@ class TrackedJob:
                         self._lost = True  # missing (re-created now), or finished (left so)
                         self._ensure_job()
             except Exception as exc:
-                if give_up_at is not None and time.monotonic() >= give_up_at:
+                if time.monotonic() >= give_up_at:
                     logger.error("job %s: the final state %r is not written, Redis did not answer: %s",
                                  self.job_id, final, exc)
                     throttle.cancel()
-                    self._written.set()  # nothing more will happen: keep no one waiting
+                    self._stop()  # nothing more will happen: keep no one waiting
                     return
                 if not failing:
                     logger.warning("job %s: progress not written (%s); keeping the latest state "
@@ -322,6 +334,11 @@ class TrackedJob:
             if failing:
                 logger.info("job %s: Redis answers again; the latest state is written", self.job_id)
                 failing, delay = False, RETRY_FIRST
+
+    def _stop(self) -> None:
+        self._written.set()
+        with self._cond:
+            atexit.unregister(self._wait_at_exit)
 
     def _write_changes(self, throttle: Throttle) -> None:
         """Give every queued change to the throttle (which writes or merges it), oldest first.

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import tqdm
-from conftest import REPO, wait_until
+from conftest import REPO, cli_env, wait_until
 from tcp_proxy import TcpProxy
 
 from progress_service import InvalidInput, ProgressStore
@@ -233,3 +233,55 @@ def test_importing_the_package_does_not_import_tqdm():
     code = "import sys, progress_service; assert 'tqdm' not in sys.modules, 'tqdm imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
+
+
+SCRIPT = """
+import sys
+from progress_service import ProgressStore
+
+store = ProgressStore.from_env()
+with store.track("job-1", "paper-1", ["a", "b"], timeout=0.2) as job:
+    print("in", flush=True)
+    sys.stdin.readline()  # the test takes Redis away meanwhile
+    job.step("b")
+print("left", flush=True)
+"""
+
+
+@pytest.mark.parametrize("away", ["down", "partitioned"])
+def test_a_script_that_ends_during_an_outage_waits_for_its_final_state_within_a_bound(
+        settings, real_redis, tmp_path, away):
+    """Redis down when the script's block ends: the script's exit waits until Redis is back
+    and the job is completed. Partitioned (a socket that never answers, no timeout on it):
+    the exit still comes, after PROGRESS_WORKER_LOST_AFTER seconds, the job left as it was."""
+    proxy = TcpProxy(settings.redis_url)
+    proxy.up()
+    env = cli_env(settings, REDIS_URL=proxy.url, PROGRESS_WORKER_LOST_AFTER="2")
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, cwd=tmp_path, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = ProgressStore(real_redis, settings)
+    try:
+        assert proc.stdout.readline() == "in\n", proc.stderr.read()
+        assert reader.get("job-1")["status"] == "running"
+        proxy.down() if away == "down" else proxy.blackhole()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "left\n", proc.stderr.read()
+        if away == "down":
+            assert proc.poll() is None, "the script waits for its final state"
+            proxy.up()
+        assert proc.wait(30) == 0, proc.stderr.read()
+        snap = reader.get("job-1")
+        if away == "down":
+            assert (snap["status"], snap["completed_steps"]) == ("completed", ["a", "b"])
+        else:
+            assert (snap["status"], snap["current_step"]) == ("running", None)
+            assert "is not written" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+        proxy.heal()
+        proxy.down()
