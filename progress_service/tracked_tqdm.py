@@ -25,7 +25,13 @@ if TYPE_CHECKING:
 REPORT_EVERY = 0.1  # seconds between two reports of a disabled bar
 
 
-class TrackedTqdm(tqdm.tqdm):  # type: ignore[misc]  # tqdm ships no type hints
+if TYPE_CHECKING:  # types-tqdm makes tqdm generic in its items; at run time it is not
+    _Bar = tqdm.tqdm[Any]
+else:
+    _Bar = tqdm.tqdm
+
+
+class TrackedTqdm(_Bar):
     def __init__(self, iterable: Iterable[Any] | None = None, *args: Any, job: TrackedJob,
                  step_index: int, **kwargs: Any) -> None:
         self._job = job
