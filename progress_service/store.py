@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -36,7 +36,7 @@ from .models import (
     validate_steps,
 )
 from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
-from .tracking import DEFAULT_TIMEOUT, TRACKED_PIPELINE, TrackedJob
+from .tracking import TrackedJob, TrackOptions
 
 logger = logging.getLogger(__name__)
 
@@ -243,17 +243,14 @@ class ProgressStore:
         job_id: str,
         paper_id: str,
         steps: Iterable[str],
-        *,
-        pipeline: str = TRACKED_PIPELINE,
-        weights: Sequence[float] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        **options: Unpack[TrackOptions],
     ) -> TrackedJob:
         """Report on ``job_id`` from the caller's own code, as a context manager (CONTRACT,
         "Reporting from anywhere"): creates the job if missing, writes through the throttle
         with a heartbeat, completes it when the block ends or fails it with the exception's
-        text. A Redis outage never raises in the block. See ``progress_service.tracking``."""
-        return TrackedJob(self, job_id, paper_id, steps, pipeline=pipeline, weights=weights,
-                          timeout=timeout)
+        text. A Redis outage never raises in the block. ``options``: ``pipeline`` (the name a
+        job it creates gets), ``weights``, ``timeout``; see ``progress_service.tracking``."""
+        return TrackedJob(self, job_id, paper_id, steps, **options)
 
     def heartbeat(self, job_id: str) -> bool:
         """Stamp ``heartbeat_at`` (no seq, no event). False if the job is missing or finished."""

@@ -54,7 +54,7 @@ import traceback
 from collections import deque
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .errors import InvalidInput, JobConflict, JobNotFound
 from .models import Status, validate_id, validate_steps
@@ -74,6 +74,14 @@ _SOFT = frozenset({"progress_percent", "message"})  # changes that merge into on
 _RESTORED = ("progress_percent", "current_step", "message")  # what a lost job is re-created with
 
 
+class TrackOptions(TypedDict, total=False):
+    """``store.track``'s keyword arguments."""
+
+    pipeline: str  # the job's pipeline name, when the block creates it (default "tracked")
+    weights: Sequence[float] | None  # each step's share of the bar (default: equal)
+    timeout: float  # seconds entering and leaving the block wait for Redis (default 5)
+
+
 class TrackedJob:
     """One job reported on from the caller's code; made by :meth:`ProgressStore.track`."""
 
@@ -83,22 +91,20 @@ class TrackedJob:
         job_id: str,
         paper_id: str,
         steps: Iterable[str],
-        *,
-        pipeline: str = TRACKED_PIPELINE,
-        weights: Sequence[float] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        **options: Unpack[TrackOptions],
     ) -> None:
         self.store = store
         self.job_id = validate_id(job_id, "job_id")
         self.paper_id = validate_id(paper_id, "paper_id")
-        self.pipeline = validate_id(pipeline, "pipeline")
+        self.pipeline = validate_id(options.get("pipeline", TRACKED_PIPELINE), "pipeline")
+        timeout = options.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
             raise InvalidInput(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         self.timeout = float(timeout)
         self.steps: tuple[str, ...] = ()
         self._starts: list[float] = []
         self._shares: list[float] = []
-        self._lay_out(validate_steps(steps), weights)
+        self._lay_out(validate_steps(steps), options.get("weights"))
         self.result: dict[str, Any] | None = None  # written with ``completed`` when the block ends
         self.last_result: UpdateResult | None = None  # the store's last answer to a write
         self._cond = threading.Condition()

@@ -25,21 +25,28 @@ SUBMIT_KEYS = {"job_id", "status_url", "events_url", "page_url"}
 
 
 @pytest.fixture
-def app(settings, real_redis):
-    app = create_app(settings)
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["progress_events"].close()
+def make_app(settings, real_redis):
+    """``make_app(**settings_changes)``: the app on this test's settings; closed afterwards."""
+    apps = []
+
+    def make(**changes):
+        apps.append(create_app(dataclasses.replace(settings, **changes)))
+        apps[-1].config["TESTING"] = True
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["progress_events"].close()
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def client(make_app):
+    return make_app().test_client()
 
 
 @pytest.fixture
-def store(app) -> ProgressStore:
-    return app.extensions["progress"]
+def store(client) -> ProgressStore:
+    return client.application.extensions["progress"]
 
 
 def create(client, **extra) -> str:
@@ -144,27 +151,24 @@ def test_an_invalid_tracked_job_is_a_400(client, store, body, detail):
     assert store.recent_job_ids(paper_id="report-2025") == []
 
 
-def test_both_writes_need_the_token_when_one_is_set(settings, real_redis):
-    app = create_app(dataclasses.replace(settings, api_token=TOKEN))
-    try:
-        client = app.test_client()
-        body = {"paper_id": "report-2025", "enqueue": False, "steps": STEPS}
-        for headers in ({}, {"Authorization": "Bearer wrong"}):
-            r = client.post("/api/v1/jobs", json=body, headers=headers)
-            assert_error((r.status_code, r.get_json()), 401, "unauthorized")
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        r = client.post("/api/v1/jobs", json=body, headers=auth)
-        assert r.status_code == 202
-        job_id = r.get_json()["job_id"]
-        for headers in ({}, {"Authorization": "Bearer wrong"}):
-            r = client.post(f"/api/v1/jobs/{job_id}/progress", json={"progress_percent": 5},
-                            headers=headers)
-            assert_error((r.status_code, r.get_json()), 401, "unauthorized")
-        assert app.extensions["progress"].get(job_id)["seq"] == 1, "nothing written without it"
-        r = client.post(f"/api/v1/jobs/{job_id}/progress", json={"progress_percent": 5}, headers=auth)
-        assert r.get_json()["accepted"] is True
-    finally:
-        app.extensions["progress_events"].close()
+def test_both_writes_need_the_token_when_one_is_set(make_app):
+    app = make_app(api_token=TOKEN)
+    client = app.test_client()
+    body = {"paper_id": "report-2025", "enqueue": False, "steps": STEPS}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = client.post("/api/v1/jobs", json=body, headers=headers)
+        assert_error((r.status_code, r.get_json()), 401, "unauthorized")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.post("/api/v1/jobs", json=body, headers=auth)
+    assert r.status_code == 202
+    job_id = r.get_json()["job_id"]
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = client.post(f"/api/v1/jobs/{job_id}/progress", json={"progress_percent": 5},
+                        headers=headers)
+        assert_error((r.status_code, r.get_json()), 401, "unauthorized")
+    assert app.extensions["progress"].get(job_id)["seq"] == 1, "nothing written without it"
+    r = client.post(f"/api/v1/jobs/{job_id}/progress", json={"progress_percent": 5}, headers=auth)
+    assert r.get_json()["accepted"] is True
 
 
 def readme_block(marker: str) -> str:
