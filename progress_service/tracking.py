@@ -29,7 +29,9 @@ What it does:
 * Leaving the block writes the final state at once: ``completed`` (with
   ``job.result``, if set); an exception: ``failed`` with the exception's text
   (``"ValueError: boom"``), and the exception goes on; ``KeyboardInterrupt``:
-  ``canceled``.
+  ``canceled``. A job that ends outside the block (a cancel from the API, a
+  sweeper's ``worker lost``) is left as it is: ``job.ended_elsewhere`` turns true,
+  for the block to stop early if it wants.
 
 When the final state lands: ``__exit__`` waits up to ``timeout`` seconds (default
 5) for it to be written. If Redis is still away then, ``__exit__`` returns anyway
@@ -57,7 +59,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .errors import InvalidInput, JobConflict, JobNotFound
-from .models import Status, validate_id, validate_steps
+from .models import TERMINAL, Status, validate_id, validate_steps
 from .scripts import UpdateResult
 from .throttle import Throttle
 
@@ -72,6 +74,7 @@ RETRY_FIRST, RETRY_MAX = 0.1, 2.0  # seconds between two tries while Redis does 
 DEFAULT_TIMEOUT = 5.0
 _SOFT = frozenset({"progress_percent", "message"})  # changes that merge into one another
 _RESTORED = ("progress_percent", "current_step", "message")  # what a lost job is re-created with
+_TERMINAL = frozenset(s.value for s in TERMINAL)
 
 
 class TrackOptions(TypedDict, total=False):
@@ -107,6 +110,10 @@ class TrackedJob:
         self._lay_out(validate_steps(steps), options.get("weights"))
         self.result: dict[str, Any] | None = None  # written with ``completed`` when the block ends
         self.last_result: UpdateResult | None = None  # the store's last answer to a write
+        # True once the job has ended outside the block (canceled, or failed as worker lost):
+        # nothing more is written but the final state (which the store then refuses), and
+        # the block may stop early.
+        self.ended_elsewhere = False
         self._cond = threading.Condition()
         self._changes: deque[dict[str, Any]] = deque()  # offered, not yet given to the throttle
         self._final: dict[str, Any] | None = None
@@ -270,8 +277,8 @@ class TrackedJob:
         """Queue a change for the thread; percent and message changes merge with the last one."""
         if not fields:
             return
-        if self._final is not None:
-            logger.debug("job %s: a change after the block ended is ignored: %r", self.job_id, fields)
+        if self._final is not None or self.ended_elsewhere:
+            logger.debug("job %s: a change after the job ended is ignored: %r", self.job_id, fields)
             return
         if self._changes and fields.keys() <= _SOFT and self._changes[-1].keys() <= _SOFT:
             self._changes[-1].update(fields)
@@ -317,7 +324,8 @@ class TrackedJob:
                     return
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + beat_every
-                    if not self.store.heartbeat(self.job_id) and self._created.is_set():
+                    alive = self.ended_elsewhere or self.store.heartbeat(self.job_id)
+                    if not alive and self._created.is_set():
                         self._lost = True  # missing (re-created now), or finished (left so)
                         self._ensure_job()
             except Exception as exc:
@@ -371,14 +379,18 @@ class TrackedJob:
             else:
                 store.create_job(self.job_id, self.paper_id, steps=self.steps, pipeline=self.pipeline)
         except JobConflict:
-            self._adopt_stored_steps()
+            self._join_existing()
         self._lost = False
         self._created.set()
 
-    def _adopt_stored_steps(self) -> None:
+    def _join_existing(self) -> None:
         """The job existed already: its steps in the store win over the ones given here."""
         snap = self.store.get(self.job_id)
-        if snap is None or tuple(snap["steps"]) == self.steps:
+        if snap is None:
+            return
+        if snap["status"] in _TERMINAL:
+            self._ended(snap["status"])
+        if tuple(snap["steps"]) == self.steps:
             return
         logger.warning("job %s: exists with steps %s, not %s: tracking its own steps",
                        self.job_id, snap["steps"], list(self.steps))
@@ -407,9 +419,15 @@ class TrackedJob:
         self._last_seq = max(self._last_seq, result.seq)
         if result.accepted:
             self._state.update((k, v) for k, v in fields.items() if k in _RESTORED and v is not None)
-        elif result.reason == "terminal" and "status" not in fields:
-            logger.info("job %s: finished in the store; progress is no longer written", self.job_id)
+        elif result.reason == "terminal":
+            self._ended(result.status)
         return result
+
+    def _ended(self, status: str | None) -> None:
+        if not self.ended_elsewhere:
+            self.ended_elsewhere = True
+            logger.info("job %s: ended outside the block (%s); its progress is no longer written",
+                        self.job_id, status or "finished")
 
 
 def exception_text(exc: BaseException) -> str:

@@ -285,3 +285,16 @@ def test_a_script_that_ends_during_an_outage_waits_for_its_final_state_within_a_
             stream.close()
         proxy.heal()
         proxy.down()
+
+
+def test_a_job_canceled_meanwhile_stays_canceled_and_the_block_can_tell(store):
+    with store.track("job-1", "paper-1", ["a", "b"]) as job:
+        job.step("a")
+        assert wait_until(lambda: store.get("job-1")["current_step"] == "a")
+        assert store.update("job-1", status="canceled").accepted  # POST .../cancel, say
+        job.progress(50)
+        assert wait_until(lambda: job.ended_elsewhere, what="the tracker to notice the cancel")
+        job.step("b")
+    assert job.wait(5)
+    assert store.get("job-1")["status"] == "canceled"
+    assert "b" not in [e["current_step"] for e in store.history("job-1")]
