@@ -8,6 +8,7 @@ and refuses new ones, as a crashed server would), fakeredis by its ``connected``
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -298,3 +299,13 @@ def test_a_job_canceled_meanwhile_stays_canceled_and_the_block_can_tell(store):
     assert job.wait(5)
     assert store.get("job-1")["status"] == "canceled"
     assert "b" not in [e["current_step"] for e in store.history("job-1")]
+
+
+def test_tqdm_is_a_core_dependency():
+    """``job.tqdm`` must work wherever the package does: an extra left out would fail the
+    job inside its block (ModuleNotFoundError) after it was created and marked running.
+    tqdm is pure Python with no dependencies of its own, so the core carries it."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(re.match(r"tqdm\b", dep) for dep in project["dependencies"])
