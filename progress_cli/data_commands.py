@@ -125,7 +125,6 @@ def _store(settings: Settings):
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
-    from progress_service.mirror import Mirror
     from progress_service.models import validate_id
 
     validate_id(args.job_id)
@@ -135,6 +134,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         with NoWorkerNotice(settings, args.job_id, "watch"):
             final = follow_job(store, args.job_id, out=sys.stderr, timeout=args.timeout)
     except JobNotFound:
+        from progress_service.mirror import Mirror  # psycopg: only for a job Redis expired
+
         final = None
         try:
             with Mirror(store, settings.database_url) as mirror:

@@ -238,18 +238,16 @@ class Demo:
 
     def _servers(self, env: dict[str, str]) -> dict[str, str]:
         """Start embedded servers where REDIS_URL / DATABASE_URL are unset; the children's env."""
-        from progress_service.embedded import EmbeddedPostgres, EmbeddedRedis
+        from progress_cli.embedded import EmbeddedPostgres, EmbeddedRedis
 
         if not env.get("REDIS_URL"):
-            server = EmbeddedRedis(base_dir=self.folder)
-            self.servers.append(server)
+            server = self._embedded(EmbeddedRedis, "Redis")
             env["REDIS_URL"] = server.url
             say(f"REDIS_URL is unset: started an embedded Redis at {server.url} (pid {server.pid})")
         else:
             say(f"Redis: {redacted_url(env['REDIS_URL'])} (REDIS_URL)")
         if not env.get("DATABASE_URL"):
-            server = EmbeddedPostgres(base_dir=self.folder)
-            self.servers.append(server)
+            server = self._embedded(EmbeddedPostgres, "PostgreSQL")
             env["DATABASE_URL"] = server.url
             say(f"DATABASE_URL is unset: started an embedded PostgreSQL at {server.url} "
                 f"(pid {server.pid})")
@@ -258,6 +256,17 @@ class Demo:
         env.setdefault("PROGRESS_MIN_INTERVAL", DEMO_MIN_INTERVAL)
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+    def _embedded(self, server_class, what: str):
+        """Start an embedded server; one that cannot start is one line, not a traceback."""
+        from progress_cli.embedded import EmbeddedServerError
+
+        try:
+            server = server_class(base_dir=self.folder)
+        except EmbeddedServerError as exc:
+            raise ChildDied(f"could not start an embedded {what}: {exc}") from None
+        self.servers.append(server)
+        return server
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         child = Child(name, argv, env, self.folder)
@@ -337,7 +346,7 @@ class ChildDied(ProgressError):
 
 
 def _free_port() -> int:
-    from progress_service.embedded import find_free_port
+    from progress_cli.embedded import find_free_port
 
     return find_free_port()
 
@@ -362,6 +371,9 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from progress_cli.extras import require
+
+    require("web", "worker", "video", install="demo")
     Settings.from_env()  # a malformed REDIS_URL / DATABASE_URL: one line, exit 78, nothing started
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM and SIGHUP clean up like Ctrl-C

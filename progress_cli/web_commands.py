@@ -126,6 +126,9 @@ def _from_env(value, name: str, default: str, kind: Callable[[str], object]):
 
 
 def run_web(args: argparse.Namespace) -> int:
+    from progress_cli.extras import require
+
+    require("web")  # checked here: gunicorn imports the app in a process of its own
     Settings.from_env()  # a malformed URL: one line and 78 here, not a traceback per gunicorn worker
     args.host = _from_env(args.host, "PROGRESS_WEB_HOST", "127.0.0.1", str)
     args.port = _from_env(args.port, "PROGRESS_WEB_PORT", "8000", _port)

@@ -175,6 +175,10 @@ def _store(settings: Settings):
 def cmd_worker(args: argparse.Namespace) -> int:
     import redis
 
+    from progress_cli.extras import require
+
+    require("worker")
+
     from worker.jobs import ProgressSimpleWorker, ProgressWorker, rq_connection
     from worker.lost import LostJobSweeper
 

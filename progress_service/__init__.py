@@ -3,7 +3,6 @@
 from .config import Settings
 from .errors import (
     BackendUnavailable,
-    EmbeddedServerError,
     InvalidInput,
     JobConflict,
     JobNotFound,
@@ -20,7 +19,7 @@ from .throttle import Throttle
 from .tracking import TrackedJob
 
 __all__ = [
-    "BackendUnavailable", "EmbeddedServerError", "InvalidInput", "JobConflict", "JobNotFound",
+    "BackendUnavailable", "InvalidInput", "JobConflict", "JobNotFound",
     "Keys", "PostgresUnavailable", "ProgressError", "ProgressStore", "SchemaMissing", "Settings",
     "Status", "Throttle", "TrackedJob", "Unauthorized", "UpdateResult",
 ]

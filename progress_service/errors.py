@@ -44,12 +44,6 @@ class SchemaMissing(PostgresUnavailable):
     code = "schema_missing"
 
 
-class EmbeddedServerError(ProgressError, RuntimeError):
-    """An embedded Redis or PostgreSQL could not be found or started."""
-
-    code = "embedded_server"
-
-
 class Unauthorized(ProgressError):
     """A writing request without the right bearer token (HTTP 401)."""
 

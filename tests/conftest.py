@@ -2,7 +2,7 @@
 
 ``redis_client`` runs each test twice: on fakeredis (``[fake]``) and on a real
 Redis (``[real]``). The real servers come from the environment, or are started
-embedded once per session (progress_service.embedded) when nothing answers:
+embedded once per session (progress_cli.embedded) when nothing answers:
 
 - Redis: ``PROGRESS_TEST_REDIS_URL``, else ``REDIS_URL``, else redis://127.0.0.1:6379/0
 - PostgreSQL: ``PROGRESS_TEST_DATABASE_URL``, else ``DATABASE_URL``, else
@@ -186,7 +186,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 @pytest.fixture(scope="session")
 def redis_server_bin() -> str | None:
-    from progress_service.embedded import redis_server_binary
+    from progress_cli.embedded import redis_server_binary
 
     return redis_server_binary()
 
@@ -211,7 +211,7 @@ def embedded_redis(binary: str | None, why: str):
     a skip (in strict mode a failure) that says ``why`` a server was wanted."""
     if binary is None:
         unavailable(f"{why}, and there is no redis-server to start")
-    from progress_service.embedded import EmbeddedRedis, EmbeddedServerError
+    from progress_cli.embedded import EmbeddedRedis, EmbeddedServerError
 
     try:
         server = EmbeddedRedis(binary=binary)
@@ -228,7 +228,7 @@ class RestartableRedis:
     compose.yaml runs Redis)."""
 
     def __init__(self, binary: str, aof_dir: Path | None = None) -> None:
-        from progress_service.embedded import EmbeddedRedis
+        from progress_cli.embedded import EmbeddedRedis
 
         persistence = (["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(aof_dir)]
                        if aof_dir is not None else ["--save", "", "--appendonly", "no"])
@@ -266,7 +266,7 @@ def postgres_url():
     if postgres_answers(url):
         yield url
         return
-    from progress_service.embedded import EmbeddedPostgres, EmbeddedServerError
+    from progress_cli.embedded import EmbeddedPostgres, EmbeddedServerError
 
     try:
         server = EmbeddedPostgres()
@@ -284,7 +284,7 @@ def redis_cluster(redis_server_bin):
         if ALLOW_NO_CLUSTER:
             pytest.skip(f"{reason} (PROGRESS_TEST_ALLOW_NO_CLUSTER=1)")
         unavailable(reason)
-    from progress_service.embedded import EmbeddedRedisCluster
+    from redis_cluster import EmbeddedRedisCluster
 
     with EmbeddedRedisCluster(3, binary=redis_server_bin) as cluster:
         yield cluster

@@ -11,7 +11,7 @@ import socket
 import threading
 import urllib.parse
 
-from progress_service.embedded import find_free_port
+from progress_cli.embedded import find_free_port
 
 DEFAULT_PORTS = {"redis": 6379, "postgresql": 5432, "postgres": 5432}
 

@@ -51,7 +51,7 @@ def test_a_malformed_web_variable_is_a_config_error_of_web_alone(settings):
 
 
 def test_web_serves_on_the_socket_it_bound(settings):
-    from progress_service.embedded import find_free_port
+    from progress_cli.embedded import find_free_port
 
     port = find_free_port()
     web = subprocess.Popen([sys.executable, "-m", "progress_cli", "web", "--workers", "1"],

