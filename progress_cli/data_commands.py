@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from progress_cli import exit_codes
-from progress_service import JobNotFound, Settings
+from progress_service import JobNotFound, ProgressStore, Settings
 from progress_service.errors import BackendUnavailable
 
 WATCH_EPILOG = """\
@@ -117,19 +117,13 @@ def register(subparsers) -> None:
     demo.register(subparsers)
 
 
-def _store(settings: Settings):
-    from progress_service.store import ProgressStore, connect
-
-    return ProgressStore(connect(settings), settings)
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
     from progress_service.models import validate_id
 
     validate_id(args.job_id)
     settings = Settings.from_env()
-    store = _store(settings)
+    store = ProgressStore.from_settings(settings)
     try:
         with NoWorkerNotice(settings, args.job_id, "watch"):
             final = follow_job(store, args.job_id, out=sys.stderr, timeout=args.timeout)
@@ -160,7 +154,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from progress_service.mirror import Mirror
 
     settings = Settings.from_env()
-    with Mirror(_store(settings), settings.database_url) as mirror:
+    with Mirror(ProgressStore.from_settings(settings), settings.database_url) as mirror:
         swept = mirror.sweep(limit=None)
         scanned = 0 if args.no_scan else mirror.backfill()
         total = mirror.count()

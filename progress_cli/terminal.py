@@ -15,10 +15,10 @@ no worker listens on that queue (the bar alone would sit at 0 % without a word).
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 import threading
-import time
 from typing import Any, TextIO
 
 from progress_cli import exit_codes
@@ -64,8 +64,8 @@ def summary_line(snap: dict[str, Any]) -> str:
     return line
 
 
-def render_line(snap: dict[str, Any], eta: float | None = None, width: int = BAR_WIDTH) -> str:
-    """One line for a snapshot: bar, percent, step (i/n), then the ETA or how it ended."""
+def render_line(snap: dict[str, Any], width: int = BAR_WIDTH) -> str:
+    """One line for a snapshot: bar, percent, step (i/n), then its ETA or how it ended."""
     percent = float(snap.get("progress_percent") or 0)
     filled = min(width, int(width * percent / 100))
     parts = [f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%"]
@@ -76,8 +76,7 @@ def render_line(snap: dict[str, Any], eta: float | None = None, width: int = BAR
         position = f" ({steps.index(step) + 1}/{len(steps)})" if step in steps else ""
         parts.append(f"{step}{position}")
     if status == Status.RUNNING.value:
-        if eta is None:
-            eta = snap.get("eta_seconds")
+        eta = snap.get("eta_seconds")
         if eta is not None:
             parts.append(f"ETA {_duration(eta)}")
         if snap.get("is_stale"):
@@ -90,31 +89,13 @@ def render_line(snap: dict[str, Any], eta: float | None = None, width: int = BAR
     return "  ".join(parts)
 
 
-class _Eta:
-    """Seconds left at the rate seen since the first progress this follower saw."""
-
-    def __init__(self) -> None:
-        self.start: tuple[float, float] | None = None
-
-    def __call__(self, snap: dict[str, Any]) -> float | None:
-        if snap.get("status") != Status.RUNNING.value:
-            return None
-        percent = float(snap.get("progress_percent") or 0)
-        now = time.monotonic()
-        if self.start is None:
-            self.start = (now, percent)
-            return snap.get("eta_seconds")
-        t0, p0 = self.start
-        if now - t0 < 1.0 or percent <= p0:
-            return snap.get("eta_seconds")
-        return (100 - percent) * (now - t0) / (percent - p0)
-
-
 def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
-               timeout: float | None = None) -> dict[str, Any]:
+               timeout: float | None = None, idle_check: float = 5.0) -> dict[str, Any]:
     """Draw ``job_id``'s progress on ``out`` (stderr) until it ends; return the final snapshot.
 
-    Raises ``JobNotFound`` for a job Redis does not hold, ``TimeoutError`` after
+    The ETA is the store's ``eta_seconds``; while the job is quiet the line is redrawn
+    every ``idle_check`` seconds from a fresh read, so a stall shows (the ETA grows,
+    then "(stale)"). Raises ``JobNotFound`` for a job Redis does not hold, ``TimeoutError`` after
     ``timeout`` seconds.
     """
     out = sys.stderr if out is None else out
@@ -122,13 +103,12 @@ def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
         tty = out.isatty()
     except (AttributeError, ValueError):
         tty = False
-    eta = _Eta()
     last = None
     drawn = False
     snap: dict[str, Any] | None = None
     try:
-        for snap in store.subscribe(job_id, timeout=timeout):
-            line = render_line(snap, eta(snap))
+        for snap in store.subscribe(job_id, timeout=timeout, idle_check=idle_check, derived=True):
+            line = render_line(snap)
             if tty:
                 columns = shutil.get_terminal_size((100, 24)).columns
                 out.write("\r" + line[: max(columns - 1, 20)] + "\x1b[K")
@@ -178,10 +158,10 @@ class NoWorkerNotice:
     def _run(self) -> None:
         import redis
 
-        try:
-            from worker.jobs import rq_connection, waiting_queue
-        except ImportError:
-            return  # no worker package here: nothing was queued from here either
+        from progress_service.queue import rq_connection, waiting_queue
+
+        if importlib.util.find_spec("rq") is None:
+            return  # RQ is not installed here: nothing was queued from here either
         conn = rq_connection(self.settings)
         try:
             while not self._stop.is_set():

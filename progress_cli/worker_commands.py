@@ -17,7 +17,7 @@ import threading
 import uuid
 
 from progress_cli import exit_codes
-from progress_service import JobConflict, Settings
+from progress_service import JobConflict, ProgressStore, Settings
 from progress_service.config import redacted_url
 from progress_service.errors import BackendUnavailable, InvalidInput
 from progress_service.models import validate_id, validate_steps
@@ -163,12 +163,6 @@ def _fail(command: str, message: str, code: int = exit_codes.USAGE) -> int:
     return code
 
 
-def _store(settings: Settings):
-    from progress_service.store import ProgressStore, connect
-
-    return ProgressStore(connect(settings), settings)
-
-
 # -- worker -----------------------------------------------------------------------
 
 
@@ -179,7 +173,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     require("worker")
 
-    from worker.jobs import ProgressSimpleWorker, ProgressWorker, rq_connection
+    from progress_service.queue import rq_connection
+    from worker.jobs import ProgressSimpleWorker, ProgressWorker
     from worker.lost import LostJobSweeper
 
     settings = Settings.from_env()
@@ -189,7 +184,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         return _fail("worker", f"Redis at {redacted_url(settings.redis_url)} does not answer: {exc}",
                      exit_codes.UNAVAILABLE)
-    store = _store(settings)
+    store = ProgressStore.from_settings(settings)
     stop = threading.Event()
     threads = []
     sweeper = LostJobSweeper(store, settings, rq_connection=conn, queue_names=[settings.queue_name])
@@ -218,11 +213,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _start_mirror(store, settings: Settings, stop: threading.Event):
-    try:
-        from progress_service.mirror import Mirror
-    except ImportError as exc:
-        logger.info("mirror: not started (%s)", exc)
-        return None, f"not available ({exc})"
+    from progress_service.mirror import Mirror
+
     try:
         mirror = Mirror(store, settings.database_url)
     except Exception as exc:  # the mirror retries a dead PostgreSQL itself; this is worse
@@ -238,10 +230,10 @@ def _start_mirror(store, settings: Settings, stop: threading.Event):
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
-    from worker.jobs import submit_job
+    from progress_service.queue import submit_job
 
     settings = Settings.from_env()
-    store = _store(settings)
+    store = ProgressStore.from_settings(settings)
     try:
         job_id = submit_job(settings, args.paper_id, args.pipeline, job_id=args.job_id, store=store)
     except (InvalidInput, JobConflict) as exc:
@@ -278,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (InvalidInput, ValueError) as exc:
         return _fail("run", str(exc))
     settings = Settings.from_env()
-    store = _store(settings)
+    store = ProgressStore.from_settings(settings)
     try:
         store.create_job(job_id, paper_id, steps=steps, pipeline=pipeline)
     except JobConflict as exc:
@@ -341,9 +333,9 @@ def _run_steps(args: argparse.Namespace):
     if args.steps is not None and args.pipeline is not None:
         raise InvalidInput("give --steps or --pipeline, not both")
     if args.pipeline is not None:
-        from worker.jobs import _pipeline
+        from progress_service.pipelines import require_pipeline
 
-        spec = _pipeline(args.pipeline)
+        spec = require_pipeline(args.pipeline)
         return list(spec.steps), spec.weights, spec.name
     if args.steps is not None:
         return validate_steps([s.strip() for s in args.steps.split(",")]), None, "command"
@@ -372,7 +364,7 @@ class _BarThread:
         from progress_cli.terminal import follow_job
 
         try:
-            follow_job(_store(self.settings), self.job_id, out=sys.stderr)
+            follow_job(ProgressStore.from_settings(self.settings), self.job_id, out=sys.stderr)
         except (BackendUnavailable, OSError) as exc:
             logger.warning("run: the live bar stopped: %s", exc)
         except Exception:
