@@ -12,14 +12,17 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 import redis
+from redis.client import PubSub
+from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from .config import Settings
 from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
@@ -42,6 +45,7 @@ from .scripts import as_text as _text
 from .tracking import TrackedJob, TrackOptions
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_TEXT = 8192  # characters of a message or an error
 ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
@@ -49,7 +53,11 @@ INDEX_MAX = 10000  # job ids kept in the recent-jobs index
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
 
 
-def connect(settings: Settings):
+# What the store talks to: fakeredis' FakeRedis is a redis.Redis too.
+RedisClient = redis.Redis | redis.RedisCluster
+
+
+def connect(settings: Settings) -> RedisClient:
     """A client for the progress store: a plain Redis, or a Redis Cluster."""
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(settings.progress_redis_url, decode_responses=True)
@@ -65,7 +73,7 @@ def parse_event(raw: str | bytes) -> dict[str, Any]:
     return event
 
 
-class EventFeed(AbstractContextManager):
+class EventFeed(AbstractContextManager["EventFeed"]):
     """The parsed events of one pub/sub channel (``ProgressStore.events``), in the order published.
 
     ``get`` waits for the next one, until ``close`` (or the end of a ``with``). redis-py
@@ -73,7 +81,7 @@ class EventFeed(AbstractContextManager):
     meanwhile are lost (a reader fills the gap from the snapshot's ``seq``).
     """
 
-    def __init__(self, pubsub, channel: str) -> None:
+    def __init__(self, pubsub: PubSub, channel: str) -> None:
         self.channel = channel
         self._pubsub = pubsub
         try:
@@ -108,7 +116,7 @@ class EventFeed(AbstractContextManager):
 
 
 class ProgressStore:
-    def __init__(self, client, settings: Settings | None = None) -> None:
+    def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
         self.keys = Keys(self.settings.key_prefix)
@@ -191,8 +199,9 @@ class ProgressStore:
                             created_at_ms=created_at_ms, started_at_ms=started_at_ms,
                             restore=restore)
 
-    def _create(self, job_id, paper_id, steps, pipeline, *, seq_floor, created_at_ms,
-                started_at_ms, restore: list[str]) -> dict[str, Any]:
+    def _create(self, job_id: str, paper_id: str, steps: Iterable[str], pipeline: str, *,
+                seq_floor: int, created_at_ms: int | None, started_at_ms: int | None,
+                restore: list[str]) -> dict[str, Any]:
         """create_job-2.lua, then the job's place in the indexes; ``restore``: its ARGV[11..14]."""
         validate_id(job_id, "job_id")
         validate_id(paper_id, "paper_id")
@@ -296,10 +305,12 @@ class ProgressStore:
         updates/s out of reach: bench/scale_bench.py). A reply other than the script's own
         (MOVED after a resharding, NOSCRIPT on a new node) is retried alone through the
         cluster client, which follows redirects and loads the script."""
+        cluster = self.client
+        assert isinstance(cluster, redis.RedisCluster)  # update_many, the one caller, checked is_cluster
         sha = self.scripts.update.sha
         per_node: dict[str, tuple[Any, list[int]]] = {}
         for i, (keys, _args) in enumerate(calls):
-            node = self.client.get_node_from_key(keys[0])
+            node = cluster.get_node_from_key(keys[0])
             per_node.setdefault(node.name, (node, []))[1].append(i)
         replies: list[Any] = [None] * len(calls)
         for node, indexes in per_node.values():
@@ -371,10 +382,10 @@ class ProgressStore:
         """The job's capped history, oldest first."""
         validate_id(job_id)
         try:
-            entries = self.client.xrange(self.keys.history(job_id))
+            entries = self.client.xrange(self.keys.history(job_id)) or []
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        return [history_entry({_text(a): _text(b) for a, b in raw.items()}) for _, raw in entries]
+        return [history_entry({_text(a): _text(b) for a, b in (raw or {}).items()}) for _, raw in entries]
 
     def recent_job_ids(self, limit: int = 50, paper_id: str | None = None) -> list[str]:
         """Job ids, newest first, from the recent-jobs index (or one paper's)."""
@@ -426,7 +437,10 @@ class ProgressStore:
         use it as a context manager, or ``close()`` it.
         """
         channel = self.keys.all_events if job_id is None else self.keys.events(validate_id(job_id))
-        return EventFeed(self.client.pubsub(ignore_subscribe_messages=True), channel)
+        # redis-py leaves Redis.pubsub and RedisCluster.pubsub unannotated, and mypy's
+        # untyped_calls_exclude does not reach a call on a union of the two.
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        return EventFeed(pubsub, channel)
 
     def subscribe(self, job_id: str, *, timeout: float | None = None, idle_check: float = 5.0,
                   derived: bool = False) -> Iterator[dict[str, Any]]:
@@ -632,10 +646,14 @@ class ProgressStore:
 
     # -- internals --------------------------------------------------------
 
-    def _update_call(self, job_id, progress_percent=None, current_step=None, status=None,
-                     message=None, error=None, result=None, force=False):
+    def _update_call(self, job_id: str, progress_percent: object = None, current_step: object = None,
+                     status: object = None, message: object = None, error: object = None,
+                     result: object = None, force: object = False,
+                     ) -> tuple[list[str], list[EncodableT]]:
+        """update_progress-2.lua's KEYS and ARGV for one update: ``update``'s arguments, or an
+        ``update_many`` mapping's, each checked here whatever its type (``InvalidInput``)."""
         job_key, history_key, channel = self._job_keys(job_id)
-        args = [
+        args: list[EncodableT] = [
             _progress_arg(progress_percent),
             "" if current_step is None else _step_arg(current_step),
             "" if status is None else _status_arg(status),
@@ -650,7 +668,7 @@ class ProgressStore:
         ]
         return [job_key, history_key], args
 
-    def _job_keys(self, job_id) -> tuple[str, str, str]:
+    def _job_keys(self, job_id: str) -> tuple[str, str, str]:
         """The job's hash, history and channel names, validating the id on first sight.
 
         The hot path (one update per progress change) would otherwise redo the
@@ -684,14 +702,15 @@ class ProgressStore:
         except (RedisConnectionError, RedisTimeoutError):
             logger.warning("job %s: could not queue for the mirror; the sweep will find it", job_id)
 
-    def _redis(self, call):
+    def _redis(self, call: Callable[[], _T]) -> _T:
         """``call()``, with a Redis that does not answer raised as ``BackendUnavailable``."""
         try:
             return call()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
-    def _call(self, script, keys, args):
+    def _call(self, script: Script, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        """The script's reply, as Redis converted it from Lua (a list or a number)."""
         try:
             try:
                 # EVALSHA straight away: redis-py's Script.__call__ costs a few
@@ -707,7 +726,7 @@ class ProgressStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
-    def _snapshot_from_reply(self, reply) -> dict[str, Any] | None:
+    def _snapshot_from_reply(self, reply: Sequence[Any]) -> dict[str, Any] | None:
         flat_json, sec, usec, eta_at, eta_progress = reply
         flat = json.loads(flat_json)  # read_job sends the hash as one JSON array
         if not flat:
@@ -720,7 +739,7 @@ class ProgressStore:
                               pending_stale_after=s.pending_stale_after, recent=points)
 
 
-def _whole(value, what: str, maximum: int) -> int:
+def _whole(value: object, what: str, maximum: int) -> int:
     """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
         raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
@@ -731,12 +750,12 @@ def _derived(snapshot: dict[str, Any]) -> tuple[Any, Any]:
     return snapshot["is_stale"], snapshot["eta_seconds"]
 
 
-def _status_seq(reply) -> tuple[str | None, int | None]:
+def _status_seq(reply: Sequence[Any]) -> tuple[str | None, int | None]:
     status, seq = reply
     return (None, None) if status is None else (_text(status), int(seq))
 
 
-def _progress_arg(value) -> str:
+def _progress_arg(value: object) -> str:
     """The percent as the script reads it: exact here, rounded to 6 decimals there
     (update_progress-2.lua, the one place that rounds, for every caller)."""
     if value is None:
@@ -749,7 +768,7 @@ def _progress_arg(value) -> str:
     return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
 
 
-def _step_arg(value) -> str:
+def _step_arg(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or not value:
@@ -757,7 +776,7 @@ def _step_arg(value) -> str:
     return value
 
 
-def _status_arg(value) -> str:
+def _status_arg(value: object) -> str:
     if value is None:
         return ""
     try:
@@ -768,7 +787,7 @@ def _status_arg(value) -> str:
         ) from None
 
 
-def _text_arg(value, what: str) -> str:
+def _text_arg(value: object, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -778,7 +797,7 @@ def _text_arg(value, what: str) -> str:
     return "=" + value
 
 
-def _result_arg(value) -> str:
+def _result_arg(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, Mapping):

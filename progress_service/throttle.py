@@ -51,15 +51,20 @@ class Throttle:
                 raise RuntimeError("throttle is closed")
             self._pending.update(fields)
             now = self._clock()
-            due = self._last_write is None or now - self._last_write >= self.min_interval
-            if urgent or due or self.min_interval <= 0:
+            last = self._last_write
+            if urgent or last is None or now - last >= self.min_interval or self.min_interval <= 0:
                 self._flush_locked()
                 return
             if self._timer is None:
-                delay = self.min_interval - (now - self._last_write)
+                delay = self.min_interval - (now - last)
                 self._timer = threading.Timer(max(delay, 0.0), self._on_timer)
                 self._timer.daemon = True
                 self._timer.start()
+
+    def flush(self) -> None:
+        """Write whatever is pending now (``store.track`` retries a failed write with it)."""
+        with self._lock:
+            self._flush_locked()
 
     def close(self) -> None:
         """Write the last pending value and stop the timer. Safe to call twice."""
