@@ -19,6 +19,7 @@ import importlib.util
 import shutil
 import sys
 import threading
+from contextlib import suppress
 from typing import Any, TextIO
 
 from progress_cli import exit_codes
@@ -185,8 +186,6 @@ class NoWorkerNotice:
             tty = self.out.isatty()
         except (AttributeError, ValueError):
             tty = False
-        try:
+        with suppress(OSError, ValueError):  # the terminal is gone (closed, SIGHUP): nothing to tell
             self.out.write(("\r\x1b[K" if tty else "") + line + "\n")  # over the bar's line
             self.out.flush()
-        except (OSError, ValueError):
-            pass
