@@ -1,4 +1,5 @@
-"""The JSON API (``/api/v1``): submit, read, list and cancel jobs, and serve a job's video.
+"""The JSON API (``/api/v1``): submit, read, list and cancel jobs, take a producer's progress,
+and serve a job's video.
 
 Reading is open; writing needs the bearer token when ``PROGRESS_API_TOKEN`` is
 set (``web.auth``). Errors are raised, never answered here: ``web.errors``
@@ -10,13 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import uuid
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request, send_file, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
 
 from progress_service import queue
 from progress_service.errors import InvalidInput, JobNotFound
-from progress_service.models import Status, validate_id
+from progress_service.models import Status, validate_id, validate_steps
+from progress_service.tracking import TRACKED_PIPELINE
 
 from .auth import require_token
 from .job_lookup import job_history as find_history
@@ -29,6 +32,8 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 STATUSES = tuple(s.value for s in Status)
+TRACKED_FIELDS = ("enqueue", "steps")  # a submit that creates a tracked job
+UPDATE_FIELDS = {"progress_percent", "current_step", "status", "message", "error", "result", "force"}
 
 
 def json_object(allowed: set[str], required: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -74,7 +79,9 @@ def rq_connection():
 @bp.post("/jobs")
 @require_token
 def submit_job():
-    body = json_object({"paper_id", "pipeline"}, frozenset({"paper_id"}))
+    body = json_object({"paper_id", "pipeline", *TRACKED_FIELDS}, frozenset({"paper_id"}))
+    if "steps" in body or body.get("enqueue", True) is not True:
+        return create_tracked_job(body)
     paper_id = validate_id(body["paper_id"], "paper_id")
     pipeline = validate_id(body.get("pipeline", "video"), "pipeline")
     store = progress_store()
@@ -82,6 +89,42 @@ def submit_job():
                               redis_conn=rq_connection())
     answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
     return jsonify(answer), 202, {"Location": answer["status_url"]}
+
+
+def create_tracked_job(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
+    """``"enqueue": false`` with ``"steps"``: a job no worker runs, that a producer elsewhere
+    reports on (``POST /jobs/<job_id>/progress``, or ``store.track`` in Python)."""
+    enqueue = body.get("enqueue", True)
+    if not isinstance(enqueue, bool):
+        raise InvalidInput(f"enqueue must be true or false, got {enqueue!r}")
+    if enqueue:
+        raise InvalidInput('"steps" go with "enqueue": false: a tracked job no worker runs')
+    if "steps" not in body:
+        raise InvalidInput('"enqueue": false needs "steps": the names of the job\'s steps, in order')
+    paper_id = validate_id(body["paper_id"], "paper_id")
+    pipeline = validate_id(body.get("pipeline", TRACKED_PIPELINE), "pipeline")
+    job_id = uuid.uuid4().hex
+    progress_store().create_job(job_id, paper_id, steps=validate_steps(body["steps"]),
+                                pipeline=pipeline)
+    answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
+    return jsonify(answer), 202, {"Location": answer["status_url"]}
+
+
+@bp.post("/jobs/<job_id>/progress")
+@require_token
+def report_progress(job_id: str) -> Response:
+    """One update through the store's Lua script, for producers that are not Python; every
+    call (``{}`` too) is also the job's heartbeat, so the worker-lost sweeper leaves it be."""
+    validate_id(job_id, "job_id")
+    fields = json_object(UPDATE_FIELDS)
+    if not isinstance(fields.get("force", False), bool):
+        raise InvalidInput(f"force must be true or false, got {fields['force']!r}")
+    store = progress_store()
+    result = store.update(job_id, **fields)
+    if result.reason == "not_found":
+        raise JobNotFound(f"job {job_id} not found")
+    store.heartbeat(job_id)
+    return jsonify(accepted=result.accepted, reason=result.reason, seq=result.seq)
 
 
 @bp.get("/jobs")

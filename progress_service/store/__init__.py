@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import redis
 from redis.commands.core import Script
@@ -37,6 +37,7 @@ from ..models import (
 )
 from ..scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
 from ..scripts import as_text as _text
+from ..tracking import TrackedJob, TrackOptions
 from .arguments import MAX_TEXT
 from .arguments import progress_arg as _progress_arg
 from .arguments import result_arg as _result_arg
@@ -283,6 +284,20 @@ class ProgressStore(MirrorSide):
                 keys, args = calls[i]
                 replies[i] = self._call(self.scripts.update, keys, args)
         return replies
+
+    def track(
+        self,
+        job_id: str,
+        paper_id: str,
+        steps: Iterable[str],
+        **options: Unpack[TrackOptions],
+    ) -> TrackedJob:
+        """Report on ``job_id`` from the caller's own code, as a context manager (CONTRACT,
+        "Reporting from anywhere"): creates the job if missing, writes through the throttle
+        with a heartbeat, completes it when the block ends or fails it with the exception's
+        text. A Redis outage never raises in the block. ``options``: ``pipeline`` (the name a
+        job it creates gets), ``weights``, ``timeout``; see ``progress_service.tracking``."""
+        return TrackedJob(self, job_id, paper_id, steps, **options)
 
     def heartbeat(self, job_id: str) -> bool:
         """Stamp ``heartbeat_at`` (no seq, no event). False if the job is missing or finished."""
