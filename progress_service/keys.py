@@ -37,6 +37,18 @@ class Keys:
         """Sorted set of one paper's job ids scored by creation time (ms)."""
         return f"{self.prefix}:paper:{paper_id}:jobs"
 
+    def batch(self, batch_id: str) -> str:
+        """The batch hash: its name, pipeline, tags, member ids and percent high-water mark.
+
+        Its own hash tag: on a cluster it sits in another slot than its members.
+        """
+        return f"{self.prefix}:batch:{{{batch_id}}}"
+
+    @property
+    def batches_index(self) -> str:
+        """Sorted set of batch ids scored by creation time (ms)."""
+        return f"{self.prefix}:batches"
+
     @property
     def mirror_due(self) -> str:
         """Sorted set of finished job ids waiting for PostgreSQL, scored by next try (ms)."""

@@ -78,3 +78,4 @@ class Scripts:
         self.create = client.register_script(script_source("create_job"))
         self.heartbeat = client.register_script(script_source("heartbeat"))
         self.read = client.register_script(script_source("read_job"))
+        self.batch_percent = client.register_script(script_source("batch_percent"))

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .batches import build_batch_snapshot, is_finished
 from .config import Settings
 from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
 from .keys import Keys
@@ -34,6 +35,7 @@ from .models import (
     iso_ms,
     validate_id,
     validate_steps,
+    validate_tags,
 )
 from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
 
@@ -44,6 +46,8 @@ ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this l
 INDEX_MAX = 10000  # job ids kept in the recent-jobs index
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+# what a batch's snapshot reads of each member (progress_service.batches)
+_MEMBER_FIELDS = ("status", "progress_percent", "started_at_ms", "finished_at_ms")
 
 
 def _text(value: Any) -> str:
@@ -86,16 +90,20 @@ class ProgressStore:
         seq_floor: int = 0,
         created_at_ms: int | None = None,
         started_at_ms: int | None = None,
+        batch_id: str | None = None,
+        tags: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Create ``job_id`` in ``pending`` and return its snapshot.
 
         Its first ``seq`` is ``seq_floor + 1`` (default 1); ``created_at_ms`` and
         ``started_at_ms`` carry over a lost job's times (see :meth:`restore_job`,
         which a runner re-creating a running job uses instead).
+        ``batch_id`` and ``tags`` go on the snapshot as given.
         Raises ``JobConflict`` if the job exists already.
         """
         return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
-                            created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=[])
+                            created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=[],
+                            batch_id=batch_id, tags=tags)
 
     def restore_job(
         self,
@@ -137,9 +145,13 @@ class ProgressStore:
                             restore=restore)
 
     def _create(self, job_id, paper_id, steps, pipeline, *, seq_floor, created_at_ms,
-                started_at_ms, restore: list[str]) -> dict[str, Any]:
+                started_at_ms, restore: list[str], batch_id: str | None = None,
+                tags: Sequence[str] = ()) -> dict[str, Any]:
         """create_job-2.lua, then the job's place in the indexes; ``restore``: its ARGV[11..14]."""
         validate_id(job_id, "job_id")
+        if batch_id is not None:
+            validate_id(batch_id, "batch_id")
+        labels = validate_tags(list(tags))
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
         names = validate_steps(steps)
@@ -154,7 +166,7 @@ class ProgressStore:
             [job_id, paper_id, pipeline, json.dumps(names), k.events(job_id), k.all_events,
              self.settings.history_maxlen, seq_floor,
              "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms,
-             *restore],
+             *(restore or ["", "", "", ""]), batch_id or "", json.dumps(labels) if labels else ""],
         )
         created, seq, created_ms = (int(x) for x in reply)
         if not created:
@@ -313,16 +325,25 @@ class ProgressStore:
         return ids[0] if ids else None
 
     def list_jobs(self, paper_id: str | None = None, status: str | None = None,
-                  limit: int = 50) -> list[dict[str, Any]]:
-        """Snapshots newest first, filtered by paper and status."""
+                  limit: int = 50, *, tag: str | None = None,
+                  batch_id: str | None = None) -> list[dict[str, Any]]:
+        """Snapshots newest first, filtered by paper, status, tag and batch."""
         if status is not None and status not in {s.value for s in Status}:
             raise InvalidInput(f"status must be one of {', '.join(s.value for s in Status)}, got {status!r}")
         if not 1 <= limit <= 1000:
             raise InvalidInput(f"limit must be from 1 to 1000, got {limit}")
-        scan = limit if status is None else min(limit * 10, INDEX_MAX)
-        snaps = self.get_many(self.recent_job_ids(scan, paper_id=paper_id))
-        if status is not None:
-            snaps = [s for s in snaps if s["status"] == status]
+        if tag is not None:
+            validate_id(tag, "tag")
+        if batch_id is not None:
+            fields = self._batch_fields(batch_id)
+            ids = list(reversed(json.loads(fields.get("job_ids") or "[]")))  # newest first
+        else:
+            filtered = status is not None or tag is not None
+            ids = self.recent_job_ids(limit if not filtered else min(limit * 10, INDEX_MAX), paper_id=paper_id)
+        snaps = self.get_many(ids)
+        snaps = [s for s in snaps if (status is None or s["status"] == status)
+                 and (tag is None or tag in s["tags"])
+                 and (paper_id is None or s["paper_id"] == paper_id)]
         return snaps[:limit]
 
     def server_time_ms(self) -> int:
@@ -406,6 +427,123 @@ class ProgressStore:
                 yield snap
         finally:
             pubsub.close()
+
+    # -- batches (progress_service.batches says how they stay consistent) ---
+
+    def create_batch(self, batch_id: str, job_ids: Sequence[str], pipeline: str, *,
+                     name: str | None = None, tags: Sequence[str] = ()) -> None:
+        """Write the batch's hash (its members in submit order) before its members exist.
+
+        Raises ``JobConflict`` if the batch exists already.
+        """
+        validate_id(batch_id, "batch_id")
+        for job_id in job_ids:
+            validate_id(job_id)
+        now_ms = self.server_time_ms()
+        mapping = {"batch_id": batch_id, "pipeline": validate_id(pipeline, "pipeline"),
+                   "name": name or "", "tags": json.dumps(validate_tags(list(tags))),
+                   "job_ids": json.dumps(list(job_ids)), "created_at_ms": str(now_ms),
+                   "canceled": "0", "percent_max": "0"}
+        key = self.keys.batch(batch_id)
+        try:
+            if not self.client.hsetnx(key, "batch_id", batch_id):
+                raise JobConflict(f"batch {batch_id} exists already")
+            self.client.hset(key, mapping=mapping)
+            self.client.zadd(self.keys.batches_index, {batch_id: now_ms})
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        logger.info("batch %s: created with %d jobs (%s)", batch_id, len(job_ids), pipeline)
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Remove a batch's hash (a submit that could not create every member undoes it)."""
+        validate_id(batch_id, "batch_id")
+        try:
+            self.client.delete(self.keys.batch(batch_id))
+            self.client.zrem(self.keys.batches_index, batch_id)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    def batch_state(self, batch_id: str) -> tuple[dict[str, str], list[dict[str, Any] | None], int] | None:
+        """The batch's hash, one entry per member (None: Redis lacks it) and the server's
+        clock; or None if Redis does not hold the batch.
+
+        One ``HMGET`` per member: in one ``MULTI`` on one Redis, in one pipeline split
+        per node on a cluster (redis-py refuses transactions across slots).
+        """
+        fields = self._batch_fields(batch_id)
+        if not fields:
+            return None
+        job_ids = json.loads(fields.get("job_ids") or "[]")
+        pipe = self.client.pipeline(transaction=not self.is_cluster)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), *_MEMBER_FIELDS)
+        if not self.is_cluster:
+            pipe.time()  # a cluster pipeline routes by key: there the clock is read after
+        try:
+            replies = pipe.execute()
+            sec, usec = self.client.time() if self.is_cluster else replies.pop()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        members: list[dict[str, Any] | None] = [
+            None if row[0] is None else
+            {name: None if v is None else _text(v) for name, v in zip(_MEMBER_FIELDS, row, strict=True)}
+            for row in replies
+        ]
+        return fields, members, int(sec) * 1000 + int(usec) // 1000
+
+    def get_batch(self, batch_id: str, *,
+                  find_missing: Callable[[str], dict[str, Any] | None] | None = None
+                  ) -> dict[str, Any] | None:
+        """The batch's snapshot (CONTRACT, "Batches"), or None if Redis does not hold it.
+
+        ``find_missing(job_id)`` gives a member entry for a member Redis has let go
+        (the web reads PostgreSQL's copy). The percent shown is the batch's
+        high-water mark after this read raised it; a finished batch gets the TTL of
+        a finished job.
+        """
+        state = self.batch_state(batch_id)
+        if state is None:
+            return None
+        fields, members, now_ms = state
+        if find_missing is not None:
+            job_ids = json.loads(fields.get("job_ids") or "[]")
+            members = [m if m is not None else find_missing(j) for j, m in zip(job_ids, members, strict=True)]
+        snap = build_batch_snapshot(fields, members, now_ms)
+        mark = self.raise_batch_percent(batch_id, snap["progress_percent"])
+        if mark is not None and mark > snap["progress_percent"]:
+            snap["progress_percent"] = int(mark) if mark.is_integer() else mark
+        if is_finished(snap) and self.settings.job_ttl:
+            self.expire_batch(batch_id)
+        return snap
+
+    def raise_batch_percent(self, batch_id: str, percent: float) -> float | None:
+        """Raise the batch's percent high-water mark to ``percent``; the mark after, or None
+        if the batch is gone (lua/batch_percent-1.lua)."""
+        mark = self._call(self.scripts.batch_percent, [self.keys.batch(batch_id)], [repr(float(percent))])
+        return None if mark is None else float(mark)
+
+    def mark_batch_canceled(self, batch_id: str) -> bool:
+        """Flag the batch canceled; False if Redis does not hold it."""
+        key = self.keys.batch(batch_id)
+        try:
+            return bool(self.client.exists(key)) and self.client.hset(key, "canceled", "1") >= 0
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    def expire_batch(self, batch_id: str) -> None:
+        """A finished batch stays in Redis as long as a finished job (``job_ttl``)."""
+        try:
+            self.client.expire(self.keys.batch(batch_id), self.settings.job_ttl, nx=True)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    def _batch_fields(self, batch_id: str) -> dict[str, str]:
+        validate_id(batch_id, "batch_id")
+        try:
+            raw = self.client.hgetall(self.keys.batch(batch_id))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     # -- statistics -------------------------------------------------------
 

@@ -96,12 +96,14 @@ def submit_job():
 @bp.get("/jobs")
 def list_jobs():
     args = request.args
-    unknown = sorted(k for k in args if k not in ("paper_id", "status", "limit") and not k.startswith("_"))
+    known = ("paper_id", "status", "tag", "batch_id", "limit")
+    unknown = sorted(k for k in args if k not in known and not k.startswith("_"))
     if unknown:
-        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (allowed: paper_id, status, limit)")
-    paper_id = args.get("paper_id") or None
-    if paper_id is not None:
-        validate_id(paper_id, "paper_id")
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (allowed: {', '.join(known)})")
+    paper_id, tag, batch_id = (args.get(name) or None for name in ("paper_id", "tag", "batch_id"))
+    for name, value in (("paper_id", paper_id), ("tag", tag), ("batch_id", batch_id)):
+        if value is not None:
+            validate_id(value, name)
     status = args.get("status") or None
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -112,7 +114,7 @@ def list_jobs():
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}")
-    jobs, missing = recent_jobs(paper_id, status, limit)
+    jobs, missing = recent_jobs(paper_id, status, limit, tag=tag, batch_id=batch_id)
     headers = {"Warning": f'199 - "{missing}"'} if missing else {}
     return jsonify(jobs=jobs), 200, headers
 

@@ -1,0 +1,299 @@
+"""Batches: the store's consistent snapshot, the API's all-or-nothing submit, cancel and tags,
+and the race of many writers against a reader on fakeredis, Redis and a Redis Cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import random
+import threading
+from collections import Counter
+
+import pytest
+from conftest import wait_until
+
+from progress_service import ProgressStore, Settings
+from progress_service.batches import COUNTED
+from progress_service.store import connect
+from web import create_app
+
+STATES = ("completed", "failed", "canceled")
+
+
+def make_batch(store: ProgressStore, batch_id: str, n: int, tags=("team-a",)) -> list[str]:
+    job_ids = [f"{batch_id}-m{i}" for i in range(n)]
+    store.create_batch(batch_id, job_ids, "video", name="a list", tags=tags)
+    for i, job_id in enumerate(job_ids):
+        store.create_job(job_id, f"p{i}", batch_id=batch_id, tags=tags)
+    return job_ids
+
+
+def counts_of(snap) -> dict[str, int]:
+    return {name: snap[name] for name in COUNTED}
+
+
+# -- the store ------------------------------------------------------------------
+
+
+def test_a_batch_snapshot_counts_its_members(store):
+    ids = make_batch(store, "b1", 4)
+    snap = store.get_batch("b1")
+    assert snap["job_ids"] == ids and snap["total"] == 4 and snap["pending"] == 4
+    assert (snap["status"], snap["progress_percent"], snap["name"], snap["tags"]) == \
+        ("pending", 0, "a list", ["team-a"])
+    assert store.get(ids[0])["batch_id"] == "b1" and store.get(ids[0])["tags"] == ["team-a"]
+
+    store.update(ids[0], progress_percent=40)
+    store.update(ids[1], status="completed")
+    snap = store.get_batch("b1")
+    assert counts_of(snap) == {"pending": 2, "running": 1, "completed": 1, "failed": 0, "canceled": 0}
+    assert (snap["status"], snap["progress_percent"], snap["finished_at"]) == ("running", 35, None)
+
+    store.update(ids[0], status="failed", error="boom")
+    store.update(ids[2], status="completed")
+    store.update(ids[3], status="completed")
+    snap = store.get_batch("b1")
+    assert (snap["status"], snap["failed"], snap["completed"], snap["progress_percent"]) == \
+        ("failed", 1, 3, 85)
+    assert snap["finished_at"] == max(store.get(j)["finished_at"] for j in ids)
+    assert 0 < store.client.ttl(store.keys.batch("b1")) <= store.settings.job_ttl
+    assert store.get_batch("nope") is None
+
+
+def test_the_batch_percent_never_falls_even_when_a_member_is_forced_back(store):
+    ids = make_batch(store, "b2", 2)
+    store.update(ids[0], progress_percent=80)
+    assert store.get_batch("b2")["progress_percent"] == 40
+    assert store.update(ids[0], progress_percent=10, force=True).accepted
+    assert store.get_batch("b2")["progress_percent"] == 40  # the high-water mark holds
+
+
+def test_list_jobs_by_tag_and_batch(store):
+    ids = make_batch(store, "b3", 3, tags=("team-a", "x1"))
+    store.create_job("lone", "p9", tags=["team-b"])
+    assert [s["job_id"] for s in store.list_jobs(batch_id="b3")] == ids[::-1]
+    assert {s["job_id"] for s in store.list_jobs(tag="x1")} == set(ids)
+    assert [s["job_id"] for s in store.list_jobs(tag="team-b")] == ["lone"]
+    assert store.list_jobs(tag="x1", batch_id="b3", limit=1)[0]["job_id"] == ids[-1]
+
+
+def test_bad_tags_are_refused(store):
+    from progress_service.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="tag"):
+        store.create_job("j1", "p1", tags=["bad tag"])
+    with pytest.raises(InvalidInput, match="at most 16"):
+        store.create_job("j1", "p1", tags=[f"t{i}" for i in range(17)])
+    assert store.get("j1") is None
+
+
+# -- the API --------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(settings, real_redis, rq_conn):
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["progress_events"].close()
+    app.extensions["progress_rq"].close() if "progress_rq" in app.extensions else None
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def queued(rq_conn, settings) -> int:
+    return rq_conn.llen(f"rq:queue:{settings.queue_name}")
+
+
+def test_submit_a_batch_then_read_list_and_cancel_it(client, app, rq_conn, settings):
+    r = client.post("/api/v1/batches", json={"paper_ids": ["34265844", "31452104", "34265844"],
+                                             "tags": ["team-a"], "name": "june"})
+    assert r.status_code == 202, r.get_data(as_text=True)
+    body = r.get_json()
+    batch_id, job_ids = body["batch_id"], body["job_ids"]
+    assert len(job_ids) == 3 and len(set(job_ids)) == 3
+    assert body["status_url"] == f"/api/v1/batches/{batch_id}"
+    assert body["events_url"] == f"/api/v1/batches/{batch_id}/events"
+    assert body["page_url"] == f"/batches/{batch_id}/"
+    assert queued(rq_conn, settings) == 3
+
+    snap = client.get(body["status_url"]).get_json()
+    assert (snap["total"], snap["pending"], snap["status"], snap["name"], snap["tags"]) == \
+        (3, 3, "pending", "june", ["team-a"])
+    assert snap["job_ids"] == job_ids
+    member = client.get(f"/api/v1/jobs/{job_ids[1]}").get_json()
+    assert (member["batch_id"], member["tags"], member["paper_id"]) == (batch_id, ["team-a"], "31452104")
+    listed = client.get(f"/api/v1/jobs?batch_id={batch_id}").get_json()["jobs"]
+    assert [j["job_id"] for j in listed] == job_ids[::-1]
+    assert len(client.get("/api/v1/jobs?tag=team-a").get_json()["jobs"]) == 3
+    assert client.get("/api/v1/jobs?tag=team-b").get_json()["jobs"] == []
+
+    store = app.extensions["progress"]
+    store.update(job_ids[0], status="completed")
+    r = client.post(f"/api/v1/batches/{batch_id}/cancel")
+    assert r.status_code == 202
+    assert sorted(r.get_json()["canceled_job_ids"]) == sorted(job_ids[1:])
+    snap = client.get(body["status_url"]).get_json()
+    assert (snap["status"], snap["completed"], snap["canceled"]) == ("canceled", 1, 2)
+    # canceled in RQ too, no worker takes them: only the member completed here (no worker) waits
+    assert rq_conn.lrange(f"rq:queue:{settings.queue_name}", 0, -1) == [job_ids[0].encode()]
+
+
+@pytest.mark.parametrize("body", [
+    {"paper_ids": ["34265844", "bad id", "31452104"]},
+    {"paper_ids": []},
+    {"paper_ids": [f"p{i}" for i in range(1001)]},
+    {"paper_ids": ["34265844"], "pipeline": "no-such-pipeline"},
+    {"paper_ids": ["34265844"], "tags": ["ok", "not ok"]},
+    {"paper_ids": "34265844"},
+])
+def test_a_bad_batch_is_a_400_and_creates_nothing(client, app, rq_conn, settings, body):
+    r = client.post("/api/v1/batches", json=body)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    store = app.extensions["progress"]
+    assert store.client.zcard(store.keys.jobs_index) == 0
+    assert store.client.zcard(store.keys.batches_index) == 0
+    assert queued(rq_conn, settings) == 0
+
+
+def test_an_unknown_batch_is_a_404(settings, real_redis, rq_conn, db_url):
+    app = create_app(dataclasses.replace(settings, database_url=db_url))
+    client = app.test_client()
+    assert client.get("/api/v1/batches/nope").status_code == 404
+    assert client.post("/api/v1/batches/nope/cancel").status_code == 404
+    assert client.get("/api/v1/batches/bad%20id").status_code == 400
+    app.extensions["progress_mirror"].close()
+    app.extensions["progress_events"].close()
+
+
+def test_a_finished_batch_is_served_from_postgres_once_redis_expired_it(settings, real_redis, rq_conn,
+                                                                       db_url):
+    app = create_app(dataclasses.replace(settings, database_url=db_url))
+    client = app.test_client()
+    try:
+        body = client.post("/api/v1/batches", json={"paper_ids": ["34265844", "31452104"]}).get_json()
+        store = app.extensions["progress"]
+        store.update(body["job_ids"][0], progress_percent=30)
+        store.update(body["job_ids"][0], status="failed", error="boom")
+        store.update(body["job_ids"][1], status="completed")
+        live = client.get(body["status_url"]).get_json()
+        assert live["status"] == "failed"
+        mirror = app.extensions["progress_mirror"]
+        for job_id in body["job_ids"]:
+            assert mirror.mirror_job(job_id)
+        store.client.delete(store.keys.batch(body["batch_id"]),
+                            *(store.keys.job(j) for j in body["job_ids"]))
+        kept = client.get(body["status_url"]).get_json()
+        assert kept == live
+        listed = client.get(f"/api/v1/jobs?batch_id={body['batch_id']}").get_json()["jobs"]
+        assert {j["job_id"] for j in listed} == set(body["job_ids"])
+    finally:
+        if app.extensions.get("progress_mirror") is not None:
+            app.extensions["progress_mirror"].close()
+        app.extensions["progress_events"].close()
+
+
+# -- the race: 8 processes, 200 members, one reader ---------------------------------
+
+
+def race_writer(url: str, cluster: bool, prefix: str, job_ids: list[str], mine: list[str], seed: int) -> None:
+    """Update random members of the batch, then finish the ones that are this process's."""
+    settings = Settings.from_env({"PROGRESS_REDIS_URL": url, "REDIS_URL": url if not cluster else
+                                  "redis://127.0.0.1:1/0", "PROGRESS_REDIS_CLUSTER": "1" if cluster else "0",
+                                  "PROGRESS_KEY_PREFIX": prefix})
+    store = ProgressStore(connect(settings), settings)
+    rng = random.Random(seed)
+    for _ in range(150):
+        job_id = rng.choice(job_ids)
+        store.update(job_id, progress_percent=rng.randint(0, 99))  # a lower one is a regression
+    for job_id in mine:
+        if rng.random() < 0.5:
+            store.update(job_id, progress_percent=rng.randint(0, 99))
+        store.update(job_id, status=rng.choice(STATES), error="x")
+
+
+def run_race(store: ProgressStore, url: str, cluster: bool) -> None:
+    job_ids = make_batch(store, "race", 200)
+    shown: list[dict] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            while not stop.is_set():
+                snap = store.get_batch("race")
+                shown.append(snap)
+                if snap["status"] in STATES:
+                    return
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=race_writer, args=(url, cluster, store.keys.prefix, job_ids,
+                                                     job_ids[i::8], i)) for i in range(8)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(120)
+        assert w.exitcode == 0
+    try:
+        wait_until(lambda: not reader.is_alive(), timeout=30, what="the reader sees the batch finish")
+    finally:
+        stop.set()
+        reader.join(5)
+    assert not errors, errors
+    assert len(shown) > 2
+    last = 0.0
+    for snap in shown:
+        assert sum(counts_of(snap).values()) == snap["total"] == 200
+        assert snap["progress_percent"] >= last
+        last = snap["progress_percent"]
+    final = store.get_batch("race")
+    members = [store.get(j) for j in job_ids]
+    assert counts_of(final) == {**dict.fromkeys(COUNTED, 0), **Counter(m["status"] for m in members)}
+    mean = round(sum(m["progress_percent"] for m in members) / 200, 6)
+    assert final["progress_percent"] == pytest.approx(mean)
+    assert final["status"] == ("failed" if final["failed"] else "canceled" if final["canceled"]
+                               else "completed")
+    assert final["finished_at"] == max(m["finished_at"] for m in members)
+
+
+def test_race_on_fakeredis(key_prefix):
+    import fakeredis
+
+    server = fakeredis.TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"redis://127.0.0.1:{server.server_address[1]}/0"
+        settings = Settings.from_env({"PROGRESS_REDIS_URL": url, "PROGRESS_KEY_PREFIX": key_prefix})
+        store = ProgressStore(connect(settings), settings)
+        run_race(store, url, cluster=False)
+        store.client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.backend
+def test_race_on_redis(connected_store, real_redis_url):
+    run_race(connected_store, real_redis_url, cluster=False)
+
+
+@pytest.mark.backend
+def test_race_on_a_cluster(redis_cluster, key_prefix):
+    settings = Settings.from_env({"PROGRESS_REDIS_URL": redis_cluster.url, "PROGRESS_REDIS_CLUSTER": "1",
+                                  "PROGRESS_KEY_PREFIX": key_prefix})
+    store = ProgressStore(connect(settings), settings)
+    try:
+        nodes = {store.client.nodes_manager.get_node_from_slot(store.client.keyslot(store.keys.job(f"race-m{i}"))).name
+                 for i in range(20)}
+        assert len(nodes) >= 2
+        run_race(store, redis_cluster.url, cluster=True)
+    finally:
+        store.client.close()
