@@ -135,3 +135,103 @@ def unfinished_members(job_ids: Sequence[str], members: Sequence[Mapping[str, An
     """The ids of the members not yet finished (what a batch's cancel cancels)."""
     return [j for j, m in zip(job_ids, members, strict=True)
             if m is not None and m["status"] in _UNFINISHED]
+
+
+# -- the batch's event log ----------------------------------------------------------
+#
+# The batch's events are its members' history entries (each a change of one member,
+# with the Redis time ``at`` it was made) in one order every reader agrees on: by
+# ``at``, then by the member's place in the batch. Several changes of one member in
+# one millisecond are one event (its state at the end of that millisecond). After the
+# members' events of a millisecond comes one ``batch`` event, the batch as it stood
+# then. An event's id is ``at * ID_STRIDE + place`` (the batch's: ``+ BATCH_PLACE``):
+# increasing, exact in a double (and in JavaScript) for any date before year 2255.
+# A stream only sends the events of milliseconds that are over on every node it read
+# (``ProgressStore.member_histories``), so none can come in later before one it sent:
+# a client that resumes from any id gets exactly the events an unbroken one got.
+
+ID_STRIDE = MAX_MEMBERS + 1
+BATCH_PLACE = MAX_MEMBERS
+
+
+def event_id(at_ms: int, place: int) -> int:
+    return at_ms * ID_STRIDE + place
+
+
+class BatchFeed:
+    """The batch's event log from its members' histories, from one id on.
+
+        feed = BatchFeed(fields, histories, after=last_event_id)   # state as of that id
+        for event_id, kind, data in feed.advance(histories, upto_ms): ...
+
+    ``histories``: per member (in submit order) its history entries, oldest first,
+    each with ``seq``, ``at_ms``, ``status``, ``progress_percent``, ``current_step``.
+    """
+
+    def __init__(self, fields: Mapping[str, str], histories: Sequence[Sequence[Mapping[str, Any]]],
+                 after: int) -> None:
+        self.fields = fields
+        self.job_ids: list[str] = json.loads(fields.get("job_ids") or "[]")
+        self.cursor = after
+        self.states: list[dict[str, Any] | None] = [None] * len(self.job_ids)
+        for place, entries in enumerate(histories):
+            for entry in entries:
+                if event_id(int(entry["at_ms"]), place) <= after:
+                    self._apply(place, entry)
+
+    def _apply(self, place: int, entry: Mapping[str, Any]) -> None:
+        state = self.states[place]
+        if state is not None and int(entry["seq"]) <= state["seq"]:
+            return
+        status = str(entry["status"])
+        self.states[place] = {
+            "seq": int(entry["seq"]), "status": status,
+            "progress_percent": entry["progress_percent"], "current_step": entry["current_step"],
+            "at_ms": int(entry["at_ms"]),
+            "started_at_ms": (state or {}).get("started_at_ms") or (
+                int(entry["at_ms"]) if status != Status.PENDING.value else None),
+            "finished_at_ms": int(entry["at_ms"]) if status not in _UNFINISHED else None,
+        }
+
+    def snapshot(self, at_ms: int) -> dict[str, Any]:
+        """The batch as the log has it (no ETA: the log is the same for every reader)."""
+        snap = build_batch_snapshot(self.fields, self.states, at_ms)
+        snap["eta_seconds"] = None
+        return snap
+
+    def member_event(self, place: int) -> dict[str, Any]:
+        state = self.states[place]
+        assert state is not None
+        return {"job_id": self.job_ids[place], "seq": state["seq"], "status": state["status"],
+                "progress_percent": state["progress_percent"], "current_step": state["current_step"],
+                "progress_updated_at": iso_ms(state["at_ms"])}
+
+    def finished(self) -> bool:
+        return all(s is not None and s["status"] not in _UNFINISHED for s in self.states)
+
+    def advance(self, histories: Sequence[Sequence[Mapping[str, Any]]], upto_ms: int
+                ) -> list[tuple[int, str, dict[str, Any]]]:
+        """The events after the cursor made up to ``upto_ms`` (inclusive), in order."""
+        last: dict[tuple[int, int], Mapping[str, Any]] = {}
+        for place, entries in enumerate(histories):
+            for entry in entries:
+                at = int(entry["at_ms"])
+                if at <= upto_ms and event_id(at, place) > self.cursor:
+                    key = (at, place)
+                    if key not in last or int(entry["seq"]) > int(last[key]["seq"]):
+                        last[key] = entry
+        by_ms: dict[int, list[int]] = {}
+        for at, place in sorted(last):
+            by_ms.setdefault(at, []).append(place)
+        owed = self.cursor // ID_STRIDE  # a resume within a millisecond still owes its batch event
+        if self.cursor >= ID_STRIDE and self.cursor % ID_STRIDE != BATCH_PLACE and owed <= upto_ms:
+            by_ms.setdefault(owed, [])
+        out: list[tuple[int, str, dict[str, Any]]] = []
+        for at in sorted(by_ms):
+            for place in by_ms[at]:
+                self._apply(place, last[(at, place)])
+                self.cursor = event_id(at, place)
+                out.append((self.cursor, "progress", self.member_event(place)))
+            self.cursor = event_id(at, BATCH_PLACE)
+            out.append((self.cursor, "batch", self.snapshot(at)))
+        return out

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 MAX_TEXT = 8192  # characters of a message or an error
 ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
 INDEX_MAX = 10000  # job ids kept in the recent-jobs index
+# A history entry's stream id is the Redis clock at its XADD; its ``at`` the clock at its
+# script's start: reading from this long before ``at`` misses none.
+HISTORY_SLACK_MS = 5000
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 # what a batch's snapshot reads of each member (progress_service.batches)
@@ -292,16 +295,38 @@ class ProgressStore:
             raise BackendUnavailable(f"redis: {exc}") from exc
         out = []
         for _, raw in entries:
-            e = {_text(a): _text(b) for a, b in raw.items()}
-            progress = float(e.get("progress_percent") or 0)
-            out.append({
-                "seq": int(e["seq"]),
-                "at": iso_ms(int(e["at"])),
-                "progress_percent": int(progress) if progress.is_integer() else progress,
-                "current_step": e.get("current_step") or None,
-                "status": e.get("status"),
-            })
+            entry = _history_entry(raw)
+            out.append({"seq": entry["seq"], "at": iso_ms(entry["at_ms"]),
+                        **{k: entry[k] for k in ("progress_percent", "current_step", "status")}})
         return out
+
+    def member_histories(self, job_ids: Sequence[str], after_ms: int = 0
+                         ) -> tuple[int, list[list[dict[str, Any]]]]:
+        """Every job's history entries made after about ``after_ms`` (each with ``at_ms``), and
+        the last millisecond that is over on every node read: no entry made up to it can
+        appear later (``progress_service.batches``' event log).
+
+        One Redis: TIME and the reads in one ``MULTI``, so what was made before the clock
+        read is there and what comes after is later. A cluster: the lowest clock of the
+        primaries first, then the reads (per node), for the same reason node by node.
+        """
+        since = max(after_ms - HISTORY_SLACK_MS, 0)
+        pipe = self.client.pipeline(transaction=not self.is_cluster)
+        try:
+            if self.is_cluster:
+                clocks = self.client.time(target_nodes=redis.RedisCluster.PRIMARIES)
+                now_ms = min(int(s) * 1000 + int(u) // 1000 for s, u in clocks.values())
+            else:
+                pipe.time()
+            for job_id in job_ids:
+                pipe.xrange(self.keys.history(job_id), min=str(since))
+            replies = pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        if not self.is_cluster:
+            sec, usec = replies.pop(0)
+            now_ms = int(sec) * 1000 + int(usec) // 1000
+        return now_ms - 1, [[_history_entry(raw) for _, raw in entries] for entries in replies]
 
     def history_since(self, job_id: str, after_seq: int) -> list[dict[str, Any]]:
         """History entries with a ``seq`` above ``after_seq`` (for resuming a stream)."""
@@ -335,7 +360,7 @@ class ProgressStore:
         if tag is not None:
             validate_id(tag, "tag")
         if batch_id is not None:
-            fields = self._batch_fields(batch_id)
+            fields = self.batch_fields(batch_id)
             ids = list(reversed(json.loads(fields.get("job_ids") or "[]")))  # newest first
         else:
             filtered = status is not None or tag is not None
@@ -470,7 +495,7 @@ class ProgressStore:
         One ``HMGET`` per member: in one ``MULTI`` on one Redis, in one pipeline split
         per node on a cluster (redis-py refuses transactions across slots).
         """
-        fields = self._batch_fields(batch_id)
+        fields = self.batch_fields(batch_id)
         if not fields:
             return None
         job_ids = json.loads(fields.get("job_ids") or "[]")
@@ -537,7 +562,8 @@ class ProgressStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
-    def _batch_fields(self, batch_id: str) -> dict[str, str]:
+    def batch_fields(self, batch_id: str) -> dict[str, str]:
+        """The batch's hash (``{}`` if Redis does not hold it)."""
         validate_id(batch_id, "batch_id")
         try:
             raw = self.client.hgetall(self.keys.batch(batch_id))
@@ -644,6 +670,19 @@ class ProgressStore:
         s = self.settings
         return build_snapshot(fields, now_ms, stale_after=s.stale_after,
                               pending_stale_after=s.pending_stale_after, recent=points)
+
+
+def _history_entry(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """One history stream entry's fields -> ``{seq, at_ms, progress_percent, current_step, status}``."""
+    e = {_text(a): _text(b) for a, b in raw.items()}
+    progress = float(e.get("progress_percent") or 0)
+    return {
+        "seq": int(e["seq"]),
+        "at_ms": int(e["at"]),
+        "progress_percent": int(progress) if progress.is_integer() else progress,
+        "current_step": e.get("current_step") or None,
+        "status": e.get("status"),
+    }
 
 
 def _whole(value, what: str, maximum: int) -> int:

@@ -4,6 +4,7 @@ and the race of many writers against a reader on fakeredis, Redis and a Redis Cl
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import random
 import threading
@@ -297,3 +298,79 @@ def test_race_on_a_cluster(redis_cluster, key_prefix):
         run_race(store, redis_cluster.url, cluster=True)
     finally:
         store.client.close()
+
+
+# -- the batch's event stream ----------------------------------------------------
+
+
+def read_events(response, limit: int | None = None) -> list[tuple[int, str, dict]]:
+    """Parse an SSE body frame by frame (each chunk the stream yields is whole frames)."""
+    out: list[tuple[int, str, dict]] = []
+    buffer = ""
+    for chunk in response.response:
+        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        while "\n\n" in buffer:
+            frame, buffer = buffer.split("\n\n", 1)
+            fields = dict(line.split(": ", 1) for line in frame.splitlines() if not line.startswith(":"))
+            if "data" in fields:
+                out.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+                if limit is not None and len(out) >= limit:
+                    return out
+    return out
+
+
+def drive_members(store: ProgressStore, job_ids: list[str], seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(120):
+        store.update(rng.choice(job_ids), progress_percent=rng.randint(1, 99))
+    for job_id in job_ids:
+        store.update(job_id, status=rng.choice(STATES), error="x")
+
+
+def test_a_resumed_batch_stream_sees_exactly_the_events_of_an_unbroken_one(app, client):
+    store = app.extensions["progress"]
+    job_ids = make_batch(store, "flow", 20)
+    url = "/api/v1/batches/flow/events"
+    whole = client.get(url, buffered=False)
+    broken = client.get(url, buffered=False)
+    first_whole, first_broken = read_events(whole, 1), read_events(broken, 1)
+    assert first_whole[0][1] == first_broken[0][1] == "batch"
+    assert first_whole[0][2] == first_broken[0][2]  # all 20 pending, before any change
+    unbroken: list = []
+    reader = threading.Thread(target=lambda: unbroken.extend(read_events(whole)))
+    reader.start()
+    writer = threading.Thread(target=drive_members, args=(store, job_ids, 7))
+    writer.start()
+
+    rng = random.Random(11)
+    resumed: list = []
+    response, drops = broken, 0
+    while True:
+        got = read_events(response, rng.randint(1, 15))
+        response.close()
+        resumed.extend(got)
+        last = (resumed or first_broken)[-1][0]
+        response = client.get(url, headers={"Last-Event-ID": str(last)}, buffered=False)
+        if response.status_code == 204:
+            break
+        assert response.status_code == 200
+        drops += 1
+    writer.join(30)
+    reader.join(30)
+    assert not reader.is_alive()
+    assert drops >= 3
+    assert resumed == unbroken
+    ids = [e[0] for e in unbroken]
+    assert ids == sorted(set(ids)), "ids increase"
+    final = unbroken[-1]
+    assert final[1] == "batch" and final[2]["status"] in STATES
+    assert {e[2]["job_id"] for e in unbroken if e[1] == "progress"} == set(job_ids)
+    live = store.get_batch("flow")
+    assert counts_of(final[2]) == counts_of(live)
+    assert final[2]["progress_percent"] == live["progress_percent"]
+    last_percent = 0
+    for _, kind, data in unbroken:
+        if kind == "batch":
+            assert sum(counts_of(data).values()) == 20
+            assert data["progress_percent"] >= last_percent
+            last_percent = data["progress_percent"]

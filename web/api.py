@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request, send_file, url_for
 
 from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFound
-from progress_service.models import Status, validate_id
+from progress_service.models import Status, validate_id, validate_tags
 
 from .auth import require_token
 from .jobs import job_history as find_history
@@ -83,12 +83,13 @@ def worker_jobs():
 @bp.post("/jobs")
 @require_token
 def submit_job():
-    body = json_object({"paper_id", "pipeline"}, frozenset({"paper_id"}))
+    body = json_object({"paper_id", "pipeline", "tags"}, frozenset({"paper_id"}))
     paper_id = validate_id(body["paper_id"], "paper_id")
     pipeline = validate_id(body.get("pipeline", "video"), "pipeline")
+    tags = validate_tags(body.get("tags"))
     store = progress_store()
     job_id = worker_jobs().submit_job(store.settings, paper_id, pipeline, store=store,
-                                      redis_conn=rq_connection())
+                                      redis_conn=rq_connection(), tags=tags)
     answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
     return jsonify(answer), 202, {"Location": answer["status_url"]}
 

@@ -6,21 +6,29 @@ Redis first, then PostgreSQL once Redis has let the finished batch go.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, jsonify, url_for
+from flask import Blueprint, Flask, Response, current_app, jsonify, url_for
 
-from progress_service.errors import JobNotFound
+from progress_service.batches import BATCH_PLACE, ID_STRIDE, BatchFeed, event_id
+from progress_service.errors import BackendUnavailable, JobNotFound
 from progress_service.models import ms_from_iso, validate_id
 
 from .api import json_object, rq_connection, worker_jobs
 from .auth import require_token
+from .events import KEEPALIVE, RETRY_MS, event_hub, last_event_id
+from .fanout import SHUTDOWN, Subscription
 from .jobs import find_job, mirror, progress_store
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("batches", __name__)
+
+POLL = 1.0  # seconds a batch's stream waits for a member's change before it looks anyway
 
 
 def batch_urls(batch_id: str) -> dict[str, str]:
@@ -97,9 +105,106 @@ def cancel_batch(batch_id: str):
     return jsonify({**require_batch(batch_id), "canceled_job_ids": canceled}), 202
 
 
+class BatchEventStream:
+    """The body of a batch's event stream; lets go of its subscription when closed.
+
+    It wakes when the process's one pub/sub listener sees a member change (or after
+    ``POLL`` seconds of quiet, a safety net), reads the members' histories since its
+    cursor and sends what ``BatchFeed`` makes of them, until the batch has finished.
+    """
+
+    def __init__(self, app: Flask, sub: Subscription, feed: BatchFeed,
+                 first: list[tuple[int, str, dict[str, Any]]], keepalive: float) -> None:
+        self.app = app
+        self.sub = sub
+        self._frames = self._run(feed, first, keepalive)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._frames
+
+    def close(self) -> None:
+        try:
+            self._frames.close()
+        finally:
+            self.sub.close()
+
+    def _run(self, feed: BatchFeed, first: list[tuple[int, str, dict[str, Any]]],
+             keepalive: float) -> Iterator[bytes]:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        for event in first:
+            yield batch_frame(event)
+        store = self.app.extensions["progress"]
+        quiet_since = time.monotonic()
+        wait = POLL
+        while not feed.finished():
+            item = self.sub.get(wait)
+            if item == SHUTDOWN:
+                return
+            while item is not None and item != SHUTDOWN:  # take every wake-up waiting at once
+                item = self.sub.get(0)
+            try:
+                upto, histories = store.member_histories(feed.job_ids, feed.cursor // ID_STRIDE)
+            except BackendUnavailable as exc:
+                logger.warning("batch %s: cannot read its members yet: %s", self.sub.job_id, exc)
+                wait = POLL
+                continue
+            events = feed.advance(histories, upto)
+            for event in events:
+                yield batch_frame(event)
+            # changes of the millisecond still running come out on the next look, soon
+            later = any(int(e["at_ms"]) > upto for entries in histories for e in entries)
+            wait = 0.005 if later else POLL
+            if events:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= keepalive:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
+
+
+def batch_frame(event: tuple[int, str, dict[str, Any]]) -> bytes:
+    event_id, kind, data = event
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
+
+
 @bp.get("/api/v1/batches/<batch_id>/events")
 def batch_events(batch_id: str):
-    raise JobNotFound("not yet")
+    """The batch's events: ``batch`` first, then each member's change (``progress``) and the
+    batch after it (``batch``), with increasing ids; ``Last-Event-ID`` resumes; the stream
+    ends once the batch has finished (204 for a client that already has the end)."""
+    validate_id(batch_id, "batch_id")
+    after = last_event_id()
+    store = progress_store()
+    fields = store.batch_fields(batch_id)
+    if not fields:
+        kept = find_batch(batch_id)  # Redis has let it go: PostgreSQL's copy is the end
+        if kept is None:
+            raise JobNotFound(f"batch {batch_id} not found")
+        end = event_id(ms_from_iso(kept["finished_at"]) or 0, BATCH_PLACE)
+        if after is not None and after >= end:
+            return Response(status=204)
+        body = [f"retry: {RETRY_MS}\n\n".encode(), batch_frame((end, "batch", kept))]
+        return Response(body, mimetype="text/event-stream")
+    job_ids = json.loads(fields["job_ids"])
+    sub = event_hub().subscribe_many(f"batch:{batch_id}", job_ids)  # first subscribe, then read
+    try:
+        upto, histories = store.member_histories(job_ids)
+        now = event_id(upto, BATCH_PLACE)
+        if after is None or after > now:
+            feed = BatchFeed(fields, histories, now)
+            first = [(now, "batch", feed.snapshot(upto))]
+        else:
+            feed = BatchFeed(fields, histories, after)
+            first = feed.advance(histories, upto)
+            if not first and feed.finished():
+                sub.close()
+                return Response(status=204)
+    except BaseException:
+        sub.close()
+        raise
+    keepalive = float(current_app.config.get("PROGRESS_SSE_KEEPALIVE", KEEPALIVE))
+    body = BatchEventStream(current_app._get_current_object(), sub, feed, first, keepalive)
+    return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 @bp.get("/batches/<batch_id>/")
