@@ -1,6 +1,6 @@
-"""1,000 concurrent SSE clients on ONE web process: does every client get every update, and how fast?
+"""10,000 concurrent SSE clients on ONE web process: does every client get every update, and how fast?
 
-    .venv/bin/python bench/sse_bench.py [--clients 1000] [--updates 40] [--interval 0.25]
+    .venv/bin/python bench/sse_bench.py [--clients 10000] [--updates 40] [--interval 0.25]
 
 Starts ``progress-service web``'s gunicorn (one gevent worker) on a free
 loopback port against the Redis at ``REDIS_URL`` (default 127.0.0.1:6379),
@@ -11,6 +11,11 @@ update is sent to Redis to the moment the client has read its event.
 
 The floor, measured in the same run: the same updates seen by a plain Redis
 pub/sub subscriber in this process (no web server in between).
+
+The bench raises its open-file limit (and so the web process's, which inherits it)
+to the hard limit: each client is a socket on both sides. It prints the web
+process's memory per client (its RSS with every stream open, less its RSS before
+the first, over the clients).
 
 Targets: every client receives every update; p99 delivery <= 250 ms; the web
 process holds at most 4 Redis connections (counted from its sockets in /proc
@@ -26,6 +31,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -126,13 +132,39 @@ def sockets_to(pid: int, port: int) -> int:
     return count
 
 
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raise_file_limit(needed: int) -> None:
+    """Open files enough for ``needed`` sockets, up to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, needed))
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < needed:
+        raise SystemExit(f"the open-file limit is {soft}, {needed} are needed: lower --clients")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=10000)
     parser.add_argument("--updates", type=int, default=40)
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between updates")
     parser.add_argument("--max-seconds", type=float, default=180)
     args = parser.parse_args()
+    raise_file_limit(args.clients + 200)
+    print(f"load average {os.getloadavg()[0]:.2f} at start (2 cores, shared)")
 
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
@@ -160,6 +192,7 @@ def main() -> int:
                     raise SystemExit(f"gunicorn did not start; see {log.name}") from None
                 gevent.sleep(0.1)
         worker = web_worker_pid(server.pid)
+        rss_before = rss_bytes(worker)
 
         job_id = "bench-job"
         store.create_job(job_id, "31452104", steps=DEFAULT_STEPS)
@@ -191,9 +224,12 @@ def main() -> int:
                                  f" bytes {[c.received for c in stuck[:5]]}")
             gevent.sleep(0.05)
         connect_s = time.perf_counter() - started
-        print(f"{args.clients} streams open in {connect_s:.2f} s")
+        rss_open = rss_bytes(worker)
+        print(f"{args.clients} streams open in {connect_s:.2f} s; web process RSS {rss_before / 2**20:.0f} MB"
+              f" -> {rss_open / 2**20:.0f} MB: {(rss_open - rss_before) / args.clients / 1024:.1f} KB per client")
 
         sent: dict[int, float] = {}
+        cpu_web, cpu_bench = cpu_seconds(worker), time.process_time()
         max_sockets = max_named = 0
         prefix_name = f"{prefix}.web.{worker}."
         for i in range(1, args.updates + 1):
@@ -210,6 +246,7 @@ def main() -> int:
         result = store.update(job_id, progress_percent=100)
         sent[result.seq] = t0
         gevent.joinall(greenlets, timeout=30)
+        cpu_web, cpu_bench = cpu_seconds(worker) - cpu_web, time.process_time() - cpu_bench
         floor.kill()
         pubsub.close()
 
@@ -229,6 +266,9 @@ def main() -> int:
         print(f"floor (pub/sub) ms: p50 {statistics.median(floor_ms):7.1f}   p99 {floor_p99:7.1f}"
               f"   max {max(floor_ms):7.1f}")
         print(f"ratio p99 SSE / p99 floor: {p99 / floor_p99:.1f}x")
+        deliveries = max(1, len(latencies))
+        print(f"CPU per delivery: web process {cpu_web / deliveries * 1e6:.0f} us, this bench's clients"
+              f" {cpu_bench / deliveries * 1e6:.0f} us (both on the same {os.cpu_count()} cores)")
         print(f"Redis connections held by the web worker (pid {worker}): max {max_sockets} sockets,"
               f" max {max_named} in CLIENT LIST")
         ok = (missing == 0 and not errors and closed == len(clients) and p99 <= P99_TARGET_MS

@@ -48,9 +48,11 @@ end
 
 local RANK = {pending = 0, running = 1, completed = 2, failed = 2, canceled = 2}
 
+-- Not the steps: a percent-only update, the common case, needs none of them; steps()
+-- reads them when a step is named or the job completes.
 local cur = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'current_step',
-  'completed_count', 'steps', 'message', 'error', 'result', 'seq', 'started_at_ms', 'job_id',
-  'paper_id', 'finished_at_ms', 'completed_json', 'total_steps')
+  'completed_count', 'total_steps', 'message', 'error', 'result', 'seq', 'started_at_ms', 'job_id',
+  'paper_id', 'finished_at_ms', 'completed_json')
 -- rule 1: only an existing job (create_job always sets job_id)
 if not cur[11] then
   return {0, 'not_found', 0}
@@ -68,14 +70,12 @@ end
 local cur_progress = rounded(tonumber(cur[2]) or 0)
 local cur_done = tonumber(cur[4]) or 0
 local seq = tonumber(cur[9]) or 0
--- The steps are decoded only when a step is named or the job completes:
--- a percent-only update, the common case, needs none of them.
 local steps_cache = nil
 local function steps()
-  if steps_cache == nil then steps_cache = cjson.decode(cur[5]) end
+  if steps_cache == nil then steps_cache = cjson.decode(rcall('HGET', KEYS[1], 'steps')) end
   return steps_cache
 end
-local total_steps = tonumber(cur[15])
+local total_steps = tonumber(cur[5])
 local force = ARGV[7] == '1'
 
 -- rule 5: validation, before anything else and never lifted by force
@@ -111,18 +111,18 @@ end
 local message = optional(ARGV[4], cur[6])
 local err = optional(ARGV[5], cur[7])
 local result = optional(ARGV[6], cur[8])
--- Deeper than this, a reader's JSON decoder (Python's stops near 1,000 levels, less
--- inside a web request) could fail on the job, and on every list that holds it.
-local MAX_RESULT_DEPTH = 64
-local function too_deep(value, left)
-  if type(value) ~= 'table' then return false end
-  if left == 0 then return true end
-  for _, v in pairs(value) do
-    if too_deep(v, left - 1) then return true end
-  end
-  return false
-end
 if result ~= '' and ARGV[6] ~= '' then
+  -- Deeper than this, a reader's JSON decoder (Python's stops near 1,000 levels, less
+  -- inside a web request) could fail on the job, and on every list that holds it.
+  local MAX_RESULT_DEPTH = 64
+  local function too_deep(value, left)
+    if type(value) ~= 'table' then return false end
+    if left == 0 then return true end
+    for _, v in pairs(value) do
+      if too_deep(v, left - 1) then return true end
+    end
+    return false
+  end
   local ok, decoded = pcall(cjson.decode, result)
   if not ok or type(decoded) ~= 'table' then
     return redis.error_reply('INVALID result must be a JSON object')
@@ -174,8 +174,11 @@ end
 
 -- rules 7 and 9
 seq = seq + 1
-local fields = {'progress_percent', tostring(new_progress), 'seq', seq, 'progress_updated_at_ms', now}
-local function set(name, value) table.insert(fields, name); table.insert(fields, value) end
+-- Each number turned into text once, for the hash, the history and the event (a number
+-- given to redis.call, or joined with .., is formatted again every time).
+local percent, seq_s, now_s, total_s = tostring(new_progress), tostring(seq), tostring(now), cur[5]
+local fields = {'progress_percent', percent, 'seq', seq_s, 'progress_updated_at_ms', now_s}
+local function set(name, value) fields[#fields + 1] = name; fields[#fields + 1] = value end
 if new_status ~= cur_status then set('status', new_status) end
 if new_step ~= cur_step then set('current_step', new_step) end
 if message ~= (cur[6] or '') then set('message', message) end
@@ -188,27 +191,28 @@ if new_done ~= cur_done or done_json == nil or total_steps == nil then
   done_json = '[]'
   if new_done > 0 then done_json = cjson.encode(done_list) end
   total_steps = #steps()
+  total_s = tostring(total_steps)
   set('completed_count', new_done); set('completed_json', done_json); set('total_steps', total_steps)
 end
 local started = cur[10] or ''
 -- A pending job with a start time is one create_job restored (a runner re-creating a
 -- job Redis lost): it keeps that time.
 if new_status == 'running' and cur_status ~= 'running' and not (cur_status == 'pending' and started ~= '') then
-  started = now
-  set('started_at_ms', now)
+  started = now_s
+  set('started_at_ms', now_s)
 end
 local finished = cur[13] or ''
 local terminal = RANK[new_status] == 2
 if terminal and RANK[cur_status] ~= 2 then
-  finished = now
-  set('finished_at_ms', now)
+  finished = now_s
+  set('finished_at_ms', now_s)
 elseif not terminal and RANK[cur_status] == 2 then
   finished = '' -- forced back to life
   set('finished_at_ms', '')
 end
 rcall('HSET', KEYS[1], unpack(fields))
-rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq, 'at', now,
-  'progress_percent', tostring(new_progress), 'current_step', new_step, 'status', new_status)
+rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq_s, 'at', now_s,
+  'progress_percent', percent, 'current_step', new_step, 'status', new_status)
 
 local function jstr(s)
   if s == nil or s == '' then return 'null' end
@@ -221,13 +225,13 @@ end
 -- job_id and paper_id were checked against the id pattern by create_job, and
 -- the status is one of five words: none needs JSON escaping.
 local payload = '{"job_id":"' .. cur[11] .. '","paper_id":"' .. cur[12]
-  .. '","seq":' .. seq .. ',"status":"' .. new_status .. '"'
-  .. ',"progress_percent":' .. tostring(new_progress)
+  .. '","seq":' .. seq_s .. ',"status":"' .. new_status .. '"'
+  .. ',"progress_percent":' .. percent
   .. ',"current_step":' .. jstr(new_step) .. ',"completed_steps":' .. done_json
-  .. ',"total_steps":' .. total_steps
+  .. ',"total_steps":' .. total_s
   .. ',"message":' .. jstr(message) .. ',"error":' .. jstr(err)
   .. ',"result":' .. (result ~= '' and result or 'null')
-  .. ',"progress_updated_at_ms":' .. now
+  .. ',"progress_updated_at_ms":' .. now_s
   .. ',"started_at_ms":' .. jnum(started) .. ',"finished_at_ms":' .. jnum(finished) .. '}'
 rcall('PUBLISH', ARGV[8], payload)
 rcall('PUBLISH', ARGV[9], payload)

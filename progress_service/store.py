@@ -232,17 +232,15 @@ class ProgressStore:
         """
         calls = [self._update_call(**u) for u in updates]
         if self.is_cluster:
-            results = [parse_update_reply(self._call(self.scripts.update, k, a)) for k, a in calls]
-            for (keys, _args), res in zip(calls, results, strict=True):
-                self._after_update(self._job_of(keys[0]), res)
-            return results
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args in calls:
-            self.scripts.update(keys=keys, args=args, client=pipe)
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
+            replies = self._update_replies_per_node(calls)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                self.scripts.update(keys=keys, args=args, client=pipe)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                raise BackendUnavailable(f"redis: {exc}") from exc
         results = []
         for reply in replies:
             if isinstance(reply, ResponseError):
@@ -251,6 +249,35 @@ class ProgressStore:
         for (keys, _args), res in zip(calls, results, strict=True):
             self._after_update(self._job_of(keys[0]), res)
         return results
+
+    def _update_replies_per_node(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """The cluster's update_many: one pipeline of EVALSHAs per node, on that node's own
+        connection (redis-py refuses scripts in cluster pipelines; one call each held 10,000
+        updates/s out of reach: bench/scale_bench.py). A reply other than the script's own
+        (MOVED after a resharding, NOSCRIPT on a new node) is retried alone through the
+        cluster client, which follows redirects and loads the script."""
+        sha = self.scripts.update.sha
+        per_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, (keys, _args) in enumerate(calls):
+            node = self.client.get_node_from_key(keys[0])
+            per_node.setdefault(node.name, (node, []))[1].append(i)
+        replies: list[Any] = [None] * len(calls)
+        for node, indexes in per_node.values():
+            pipe = node.redis_connection.pipeline(transaction=False)
+            for i in indexes:
+                keys, args = calls[i]
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            try:
+                out = pipe.execute(raise_on_error=False)
+            except (RedisConnectionError, RedisTimeoutError):
+                out = [None] * len(indexes)  # the node moved or failed over: one at a time below
+            for i, reply in zip(indexes, out, strict=True):
+                replies[i] = reply
+        for i, reply in enumerate(replies):
+            if reply is None or (isinstance(reply, ResponseError) and invalid_from(reply) is None):
+                keys, args = calls[i]
+                replies[i] = self._call(self.scripts.update, keys, args)
+        return replies
 
     def heartbeat(self, job_id: str) -> bool:
         """Stamp ``heartbeat_at`` (no seq, no event). False if the job is missing or finished."""

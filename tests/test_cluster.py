@@ -75,3 +75,27 @@ def test_a_cluster_store_without_its_own_url_is_a_clear_config_error():
 
     with pytest.raises(ConfigError, match="PROGRESS_REDIS_URL"):
         Settings.from_env({"REDIS_URL": "redis://127.0.0.1:7000/0", "PROGRESS_REDIS_CLUSTER": "1"})
+
+
+def test_update_many_on_a_cluster_pipelines_per_node_and_keeps_every_rule(cluster_store):
+    """update_many sends one pipeline per node (not one round trip per update), in order."""
+    from progress_service.errors import InvalidInput
+
+    store = cluster_store
+    job_ids = [f"many-{i}" for i in range(12)]
+    for job_id in job_ids:
+        store.create_job(job_id, "31452104")
+    evalsha_before = {name: node.redis_connection.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+                      for name, node in store.client.nodes_manager.nodes_cache.items()}
+    results = store.update_many([{"job_id": j, "progress_percent": 40} for j in job_ids]
+                                + [{"job_id": job_ids[0], "progress_percent": 10},
+                                   {"job_id": "nobody", "progress_percent": 1}])
+    assert [r.reason for r in results] == ["ok"] * 12 + ["regression", "not_found"]
+    assert [r.seq for r in results[:12]] == [2] * 12
+    nodes_used = [name for name, node in store.client.nodes_manager.nodes_cache.items()
+                  if node.redis_connection.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+                  > evalsha_before[name]]
+    assert len(nodes_used) >= 2
+    assert all(store.get(j)["progress_percent"] == 40 for j in job_ids)
+    with pytest.raises(InvalidInput, match="current_step"):
+        store.update_many([{"job_id": job_ids[1], "current_step": "no-such-step"}])
