@@ -20,7 +20,7 @@ from progress_cli import exit_codes
 from progress_service import JobConflict, Settings
 from progress_service.config import redacted_url
 from progress_service.errors import BackendUnavailable, InvalidInput
-from progress_service.models import validate_id, validate_steps
+from progress_service.models import validate_id, validate_steps, validate_tags
 
 logger = logging.getLogger("progress_cli.worker")
 RUN_MIRROR_TIMEOUT = 10  # seconds `run` gives PostgreSQL to take its finished job
@@ -47,7 +47,8 @@ examples:
   PROGRESS_QUEUE=videos REDIS_URL=redis://redis:6379/0 progress-service worker"""
 
 SUBMIT_EPILOG = """\
-Prints the job id on stdout. With --wait, draws a live bar on stderr until the job ends.
+Prints the job id on stdout (several PAPER_IDs: one batch, and its id). With --wait,
+draws a live bar on stderr until the job (or every job of the batch) ends.
 
 exit status (with --wait): 0 completed, 1 failed, 2 canceled; 124 --timeout passed;
 130 interrupted. 64 for bad input or a job id already taken, 69 when Redis does not
@@ -58,6 +59,7 @@ examples:
   progress-service submit 34265844                    # prints the job id
   progress-service submit 34265844 --wait             # ... and follows it to the end
   progress-service submit 34265844 --pipeline video --job-id paper-34265844-1
+  progress-service submit 34265844 31452104 --tag team-a   # one batch; prints its id
   progress-service watch "$(progress-service submit 34265844)\""""
 
 RUN_EPILOG = """\
@@ -106,8 +108,11 @@ def register(subparsers) -> None:
         "submit", help="queue a pipeline job for a paper; prints the job id",
         description="Create a job for PAPER_ID (pending) and queue it for a worker.",
         epilog=SUBMIT_EPILOG, formatter_class=fmt)
-    submit.add_argument("paper_id", metavar="PAPER_ID",
-                        help="the paper, e.g. a PubMed id (see `progress-service papers`)")
+    submit.add_argument("paper_ids", metavar="PAPER_ID", nargs="+",
+                        help="the paper, e.g. a PubMed id (see `progress-service papers`); "
+                             "several: one batch of one job each, and the batch id is printed")
+    submit.add_argument("--tag", dest="tags", action="append", default=[], metavar="T",
+                        help="a label for the job(s), filterable in the list (repeatable, at most 16)")
     submit.add_argument("--pipeline", default="video", metavar="NAME",
                         help="the pipeline to run (default: video)")
     submit.add_argument("--job-id", default=None, metavar="ID",
@@ -242,8 +247,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     store = _store(settings)
+    if len(args.paper_ids) > 1:
+        return _submit_batch(args, settings, store)
     try:
-        job_id = submit_job(settings, args.paper_id, args.pipeline, job_id=args.job_id, store=store)
+        job_id = submit_job(settings, args.paper_ids[0], args.pipeline, job_id=args.job_id, store=store,
+                            tags=validate_tags(args.tags))
     except (InvalidInput, JobConflict) as exc:
         return _fail("submit", str(exc))
     print(job_id, flush=True)
@@ -256,6 +264,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _fail("submit", f"job {job_id} did not finish within {args.timeout:g}s",
                      exit_codes.TIMEOUT)
     print(f"job {summary_line(final)}", file=sys.stderr)
+    return exit_code_for(final["status"])
+
+
+def _submit_batch(args: argparse.Namespace, settings: Settings, store) -> int:
+    from progress_cli.terminal import exit_code_for, follow_batch
+    from worker.jobs import submit_batch
+
+    if args.job_id is not None:
+        return _fail("submit", "--job-id names one job: give one PAPER_ID with it")
+    try:
+        batch_id, _job_ids = submit_batch(settings, args.paper_ids, args.pipeline, tags=args.tags,
+                                          store=store)
+    except InvalidInput as exc:
+        return _fail("submit", str(exc))
+    print(batch_id, flush=True)
+    if not args.wait:
+        return 0
+    try:
+        final = follow_batch(store, batch_id, out=sys.stderr, timeout=args.timeout)
+    except TimeoutError:
+        return _fail("submit", f"batch {batch_id} did not finish within {args.timeout:g}s",
+                     exit_codes.TIMEOUT)
     return exit_code_for(final["status"])
 
 

@@ -7,11 +7,14 @@ import dataclasses
 import json
 import multiprocessing
 import random
+import subprocess
+import sys
 import threading
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import cli_env, wait_until
 
 from progress_service import ProgressStore, Settings
 from progress_service.batches import COUNTED
@@ -19,6 +22,7 @@ from progress_service.store import connect
 from web import create_app
 
 STATES = ("completed", "failed", "canceled")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_batch(store: ProgressStore, batch_id: str, n: int, tags=("team-a",)) -> list[str]:
@@ -374,3 +378,56 @@ def test_a_resumed_batch_stream_sees_exactly_the_events_of_an_unbroken_one(app, 
             assert sum(counts_of(data).values()) == 20
             assert data["progress_percent"] >= last_percent
             last_percent = data["progress_percent"]
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "progress_cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("ending, code", [("completed", 0), ("failed", 1), ("canceled", 2)])
+def test_submit_several_papers_makes_a_batch_and_watch_draws_it(connected_store, settings, rq_conn,
+                                                               ending, code):
+    env = cli_env(settings, PROGRESS_JOB_TTL="300")
+    done = cli("submit", "34265844", "31452104", "--tag", "team-a", env=env)
+    assert done.returncode == 0, done.stderr
+    batch_id = done.stdout.strip()
+    store = connected_store
+    batch = store.get_batch(batch_id)
+    assert (batch["total"], batch["pending"], batch["tags"]) == (2, 2, ["team-a"])
+    watch = subprocess.Popen([sys.executable, "-m", "progress_cli", "watch", batch_id, "--timeout", "30"],
+                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first, second = batch["job_ids"]
+    store.update(first, progress_percent=50)
+    store.update(first, status="completed")
+    store.update(second, status=ending, error="boom" if ending == "failed" else None)
+    out, err = watch.communicate(timeout=40)
+    assert watch.returncode == code, err
+    assert out.startswith(f"{batch_id} {ending}:")
+    assert "34265844" in err and "31452104" in err and "total [" in err
+    rq_conn.delete(f"rq:queue:{settings.queue_name}")
+
+
+def test_watch_an_unknown_id_is_66(settings, real_redis):
+    done = cli("watch", "nobody-here", env=cli_env(settings))
+    assert done.returncode == 66
+
+
+def test_a_batch_taller_than_the_terminal_ends_in_a_summary():
+    from progress_cli.terminal import batch_lines
+
+    ids = [f"j{i}" for i in range(10)]
+    members = {j: {"job_id": j, "paper_id": f"p{i}", "status": "running" if i < 7 else "failed",
+                   "progress_percent": 10 * i, "steps": [], "current_step": None}
+               for i, j in enumerate(ids)}
+    batch = {"job_ids": ids, "progress_percent": 45, "status": "running", "eta_seconds": 30,
+             "completed": 0, "failed": 3, "canceled": 0, "running": 7, "pending": 0}
+    lines = batch_lines(batch, members, rows=6)
+    assert len(lines) == 6
+    assert [line.split()[0] for line in lines[:4]] == ["p0", "p1", "p2", "p3"]
+    assert lines[4] == "... and 6 more: 3 failed, 3 running"
+    assert lines[5].startswith("total [#########...........]  45.0%  3 failed, 7 running  ETA 30s")
+    assert len(batch_lines(batch, members, rows=40)) == 11
