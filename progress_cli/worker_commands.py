@@ -59,7 +59,7 @@ examples:
   progress-service submit 34265844                    # prints the job id
   progress-service submit 34265844 --wait             # ... and follows it to the end
   progress-service submit 34265844 --pipeline video --job-id paper-34265844-1
-  progress-service submit 34265844 31452104 --tag team-a   # one batch; prints its id
+  progress-service submit 34265844 25719670 --tag team-a   # one batch; prints its id
   progress-service watch "$(progress-service submit 34265844)\""""
 
 RUN_EPILOG = """\

@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, url_for
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, url_for
 
-from progress_service.batches import BATCH_PLACE, ID_STRIDE, BatchFeed, event_id
+from progress_service.batches import BATCH_PLACE, ID_STRIDE, MAX_MEMBERS, BatchFeed, event_id
 from progress_service.errors import BackendUnavailable, JobNotFound
 from progress_service.models import ms_from_iso, validate_id
 
@@ -22,7 +22,8 @@ from .api import json_object, rq_connection, worker_jobs
 from .auth import require_token
 from .events import KEEPALIVE, RETRY_MS, event_hub, last_event_id
 from .fanout import SHUTDOWN, Subscription
-from .jobs import find_job, mirror, progress_store
+from .jobs import find_job, mirror, progress_store, recent_jobs
+from .pages import POLL_MS
 
 logger = logging.getLogger(__name__)
 
@@ -209,4 +210,16 @@ def batch_events(batch_id: str):
 
 @bp.get("/batches/<batch_id>/")
 def batch_page(batch_id: str):
-    raise JobNotFound("not yet")
+    """The live page of a batch: the overall bar, counts, ETA, one live row per member."""
+    batch = require_batch(validate_id(batch_id, "batch_id"))
+    members, _missing = recent_jobs(batch_id=batch_id, limit=MAX_MEMBERS)
+    config = {
+        "batch": batch,
+        "members": members,
+        "events_url": url_for("batches.batch_events", batch_id=batch_id),
+        "status_url": url_for("batches.get_batch", batch_id=batch_id),
+        "members_url": url_for("api.list_jobs", batch_id=batch_id, limit=MAX_MEMBERS),
+        "status_base": url_for("pages.status_page", paper_id="_")[:-2],
+        "poll_ms": POLL_MS,
+    }
+    return render_template("batch.html", batch=batch, config=config)
