@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
 import random
 import subprocess
 import sys
@@ -431,3 +432,13 @@ def test_a_batch_taller_than_the_terminal_ends_in_a_summary():
     assert lines[4] == "... and 6 more: 3 failed, 3 running"
     assert lines[5].startswith("total [#########...........]  45.0%  3 failed, 7 running  ETA 30s")
     assert len(batch_lines(batch, members, rows=40)) == 11
+
+
+@pytest.mark.backend
+def test_the_batch_bench_runs_at_a_tiny_size(real_redis_url):
+    bench = ROOT / "bench" / "batch_bench.py"
+    done = subprocess.run([sys.executable, str(bench), "--seconds", "0.3", "--members", "20"],
+                          env={**os.environ, "REDIS_URL": real_redis_url}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: the goal missed on a busy machine
+    assert "20-member batch's snapshot" in done.stdout and "update of a batch member" in done.stdout
