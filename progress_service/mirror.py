@@ -155,7 +155,7 @@ BATCH_INSERT = (
 )
 
 
-def batch_row(snapshot: dict[str, Any]) -> tuple:
+def batch_row(snapshot: dict[str, Any]) -> tuple[Any, ...]:
     """The ``progress_batches`` row of a finished batch's snapshot."""
     return tuple(_dumps(snapshot[name]) if kind == "jsonb" else snapshot[name]
                  for name, kind in BATCH_COLUMNS)

@@ -60,3 +60,21 @@ def test_the_batch_page_follows_its_members_to_the_end(web, store, page, tmp_pat
     page.screenshot(path=str(tmp_path / "batch-page.png"), full_page=True)
     assert (tmp_path / "batch-page.png").stat().st_size > 0
     assert page.evaluate("window.__csp") == [] and console == []
+
+
+def test_the_index_page_filters_by_tag(web, store, page):  # noqa: F811
+    console = csp_page(page)
+    store.create_job("tagged-1", "25719670", tags=["team-x", "june"])
+    store.create_job("untagged-1", "24906146")
+    page.goto(f"{web.base}/?tag=team-x")
+    wait_for_js(page, "document.querySelectorAll('#jobs-body tr').length >= 1")
+    rows = page.locator("#jobs-body tr")
+    ids = [rows.nth(i).locator(".job-id").text_content() for i in range(rows.count())]
+    assert "tagged-1" in ids and "untagged-1" not in ids
+    chips = page.locator("#jobs-body .job-tags a.tag")
+    assert chips.first.text_content() == "team-x"
+    assert chips.first.get_attribute("href") == "?tag=team-x"
+    store.create_job("tagged-2", "32007143", tags=["team-x"])
+    wait_for_js(page, "document.body.textContent.indexOf('tagged-2') >= 0")  # the refresh keeps the filter
+    assert "untagged-1" not in page.locator("#jobs-body").text_content()
+    assert page.evaluate("window.__csp") == [] and console == []
