@@ -185,6 +185,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     with Mirror(_store(settings), settings.database_url) as mirror:
         swept = mirror.sweep(limit=None)
         scanned = 0 if args.no_scan else mirror.backfill()
+        mirror.keep_batches(limit=10_000)  # the finished batches, with their members in place
         total = mirror.count()
     found = "" if args.no_scan else f", {scanned} found by the scan"
     print(f"{swept + scanned} rows landed in PostgreSQL ({swept} queued{found}); "

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidInput
-from .models import Status, eta_seconds, iso_ms, validate_id, validate_tags
+from .models import Status, eta_seconds, iso_ms, ms_from_iso, validate_id, validate_tags
 
 MAX_MEMBERS = 1000
 MAX_NAME = 200
@@ -124,6 +124,16 @@ def build_batch_snapshot(fields: Mapping[str, str], members: Sequence[Mapping[st
         "finished_at": iso_ms(max(finished)) if done and finished else None,
         "eta_seconds": eta,
     }
+
+
+def member_entry(snapshot: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a batch's snapshot needs of a member, from the member's snapshot (PostgreSQL's copy
+    of one Redis has let go), or None."""
+    if snapshot is None:
+        return None
+    return {"status": snapshot["status"], "progress_percent": snapshot["progress_percent"],
+            "started_at_ms": ms_from_iso(snapshot.get("started_at")),
+            "finished_at_ms": ms_from_iso(snapshot.get("finished_at"))}
 
 
 def is_finished(snapshot: Mapping[str, Any]) -> bool:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -49,6 +50,7 @@ import psycopg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .batches import is_finished, member_entry
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
 from .models import ID_PATTERN, TERMINAL, build_snapshot, iso_ms, validate_id
 from .postgres import PostgresPool, one_line
@@ -138,6 +140,7 @@ def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> tuple:
 
 
 BATCH_TABLE = "progress_batches"
+BATCHES_EVERY = 10.0  # seconds between two looks at the open batches (run_forever)
 # A finished batch's snapshot, every field but the derived eta_seconds.
 BATCH_COLUMNS: tuple[tuple[str, str], ...] = (
     ("batch_id", "text"), ("name", "text"), ("pipeline", "text"), ("tags", "jsonb"),
@@ -276,6 +279,24 @@ class Mirror:
             written += self._backfill_batch(batch)
         return written
 
+    def keep_batches(self, limit: int = 100) -> int:
+        """Keep every open batch that has finished (at most ``limit`` looked at); return how many.
+
+        A batch whose every member has finished is written to ``progress_batches``
+        (members Redis has let go are read from ``progress_jobs``) and leaves the open
+        batches; its hash expires like a finished job (``ProgressStore.get_batch``).
+        """
+        kept = 0
+        for batch_id in self.store.open_batch_ids(limit):
+            snap = self.store.get_batch(batch_id, find_missing=lambda job_id: member_entry(self.fetch(job_id)))
+            if snap is not None and not is_finished(snap):
+                continue
+            if snap is not None:
+                self.save_batch(snap)
+                kept += 1
+            self.store.forget_batch(batch_id)
+        return kept
+
     def run_forever(self, stop_event: threading.Event, interval: float = 1.0) -> None:
         """Sweep every ``interval`` seconds until ``stop_event`` is set (a daemon thread's loop).
 
@@ -286,10 +307,14 @@ class Mirror:
         """
         logger.info("mirror: started (every %gs, batches of %d)", interval, self.batch_size)
         redis_down = False
+        batches_at = 0.0
         while not stop_event.is_set():
             busy = False
             try:
                 busy = self.sweep(limit=self.batch_size * 10) > 0 and self._more_due()
+                if time.monotonic() - batches_at >= BATCHES_EVERY:
+                    batches_at = time.monotonic()
+                    self.keep_batches()
                 if redis_down:
                     logger.info("mirror: Redis is back")
                     redis_down = False

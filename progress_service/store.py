@@ -589,6 +589,20 @@ class ProgressStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
+    def open_batch_ids(self, limit: int = 100) -> list[str]:
+        """The oldest batches not yet kept in PostgreSQL (the mirror looks whether they finished)."""
+        try:
+            return [_text(b) for b in self.client.zrange(self.keys.batches_index, 0, max(limit, 1) - 1)]
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    def forget_batch(self, batch_id: str) -> None:
+        """Take a batch PostgreSQL keeps (or Redis lost) off the open batches."""
+        try:
+            self.client.zrem(self.keys.batches_index, batch_id)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
     def batch_fields(self, batch_id: str) -> dict[str, str]:
         """The batch's hash (``{}`` if Redis does not hold it)."""
         validate_id(batch_id, "batch_id")

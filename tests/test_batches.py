@@ -474,3 +474,21 @@ def test_the_batch_log_on_a_cluster_reads_every_node(redis_cluster, key_prefix):
         assert [e[0] for e in events] == sorted({e[0] for e in events})
     finally:
         store.client.close()
+
+
+def test_the_mirror_keeps_a_finished_batch_nobody_read(connected_store, pg_settings, db_url):
+    from progress_service.mirror import Mirror
+
+    store = connected_store
+    job_ids = make_batch(store, "unread", 3)
+    with Mirror(store, db_url) as mirror:
+        assert mirror.keep_batches() == 0  # still running: it stays open
+        for job_id in job_ids:
+            store.update(job_id, status="completed")
+        assert mirror.sweep() == 3
+        store.client.delete(store.keys.job(job_ids[0]))  # one member already expired
+        assert mirror.keep_batches() == 1
+        assert store.open_batch_ids() == []
+        kept = mirror.fetch_batch("unread")
+        assert (kept["status"], kept["completed"], kept["job_ids"]) == ("completed", 3, job_ids)
+        assert 0 < store.client.ttl(store.keys.batch("unread")) <= store.settings.job_ttl

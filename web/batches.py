@@ -14,7 +14,14 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, url_for
 
-from progress_service.batches import BATCH_PLACE, ID_STRIDE, MAX_MEMBERS, BatchFeed, event_id
+from progress_service.batches import (
+    BATCH_PLACE,
+    ID_STRIDE,
+    MAX_MEMBERS,
+    BatchFeed,
+    event_id,
+    member_entry,
+)
 from progress_service.errors import BackendUnavailable, JobNotFound
 from progress_service.models import ms_from_iso, validate_id
 
@@ -40,19 +47,9 @@ def batch_urls(batch_id: str) -> dict[str, str]:
     }
 
 
-def member_entry(job_id: str) -> dict[str, Any] | None:
-    """What a batch's snapshot needs of a member Redis has let go (from PostgreSQL)."""
-    snap = find_job(job_id)
-    if snap is None:
-        return None
-    return {"status": snap["status"], "progress_percent": snap["progress_percent"],
-            "started_at_ms": ms_from_iso(snap.get("started_at")),
-            "finished_at_ms": ms_from_iso(snap.get("finished_at"))}
-
-
 def find_batch(batch_id: str) -> dict[str, Any] | None:
     """The batch's snapshot from Redis, else PostgreSQL's copy of a finished one, else None."""
-    snap = progress_store().get_batch(batch_id, find_missing=member_entry)
+    snap = progress_store().get_batch(batch_id, find_missing=lambda job_id: member_entry(find_job(job_id)))
     if snap is not None:
         if snap["status"] in ("completed", "failed", "canceled"):
             keep_finished_batch(snap)
