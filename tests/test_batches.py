@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, wait_until
+from conftest import CLOSED_DATABASE_URL, CLOSED_REDIS_URL, cli_env, wait_until
 
 from progress_service import ProgressStore, Settings
 from progress_service.batches import COUNTED
@@ -222,14 +222,19 @@ def race_writer(url: str, cluster: bool, prefix: str, job_ids: list[str], mine: 
 
 
 def run_race(store: ProgressStore, url: str, cluster: bool) -> None:
+    """8 writer processes against two readers: one follows the batch's event stream (a web app on
+    the same store), one reads the snapshot over and over; then both are checked."""
     job_ids = make_batch(store, "race", 200)
+    settings = dataclasses.replace(store.settings, redis_url=CLOSED_REDIS_URL if cluster else url,
+                                   database_url=CLOSED_DATABASE_URL)
+    app = create_app(settings)
     shown: list[dict] = []
-    stop = threading.Event()
+    streamed: list = []
     errors: list[BaseException] = []
 
-    def follow() -> None:
+    def poll() -> None:
         try:
-            while not stop.is_set():
+            while True:
                 snap = store.get_batch("race")
                 shown.append(snap)
                 if snap["status"] in STATES:
@@ -237,36 +242,56 @@ def run_race(store: ProgressStore, url: str, cluster: bool) -> None:
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    reader = threading.Thread(target=follow)
-    reader.start()
-    ctx = multiprocessing.get_context("spawn")
-    writers = [ctx.Process(target=race_writer, args=(url, cluster, store.keys.prefix, job_ids,
-                                                     job_ids[i::8], i)) for i in range(8)]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join(120)
-        assert w.exitcode == 0
+    def follow() -> None:
+        try:
+            streamed.extend(read_events(app.test_client().get("/api/v1/batches/race/events", buffered=False)))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=poll), threading.Thread(target=follow)]
     try:
-        wait_until(lambda: not reader.is_alive(), timeout=30, what="the reader sees the batch finish")
+        for r in readers:
+            r.start()
+        ctx = multiprocessing.get_context("spawn")
+        writers = [ctx.Process(target=race_writer, args=(url, cluster, store.keys.prefix, job_ids,
+                                                         job_ids[i::8], i)) for i in range(8)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(120)
+            assert w.exitcode == 0
+        for r in readers:
+            r.join(30)
+            assert not r.is_alive(), "a reader did not see the batch finish"
     finally:
-        stop.set()
-        reader.join(5)
+        app.extensions["progress_events"].close()
+        for r in readers:
+            r.join(5)
     assert not errors, errors
-    assert len(shown) > 2
-    last = 0.0
-    for snap in shown:
-        assert sum(counts_of(snap).values()) == snap["total"] == 200
-        assert snap["progress_percent"] >= last
-        last = snap["progress_percent"]
+    batches = [data for _, kind, data in streamed if kind == "batch"]
+    assert len(shown) > 2 and len(batches) > 2
+    assert len([e for e in streamed if e[1] == "progress"]) > 200
+    for seen in (shown, batches):
+        last = 0.0
+        for snap in seen:
+            assert sum(counts_of(snap).values()) == snap["total"] == 200
+            assert snap["progress_percent"] >= last
+            last = snap["progress_percent"]
     final = store.get_batch("race")
     members = [store.get(j) for j in job_ids]
     assert counts_of(final) == {**dict.fromkeys(COUNTED, 0), **Counter(m["status"] for m in members)}
+    assert counts_of(batches[-1]) == counts_of(final) == counts_of(shown[-1])
     mean = round(sum(m["progress_percent"] for m in members) / 200, 6)
-    assert final["progress_percent"] == pytest.approx(mean)
-    assert final["status"] == ("failed" if final["failed"] else "canceled" if final["canceled"]
-                               else "completed")
-    assert final["finished_at"] == max(m["finished_at"] for m in members)
+    assert final["progress_percent"] == pytest.approx(mean) == batches[-1]["progress_percent"]
+    assert final["status"] == batches[-1]["status"] == (
+        "failed" if final["failed"] else "canceled" if final["canceled"] else "completed")
+    assert final["finished_at"] == batches[-1]["finished_at"] == max(m["finished_at"] for m in members)
+    latest = {}
+    for _, kind, data in streamed:
+        if kind == "progress":
+            latest[data["job_id"]] = data
+    assert {j: (latest[j]["status"], latest[j]["progress_percent"]) for j in job_ids} == \
+        {m["job_id"]: (m["status"], m["progress_percent"]) for m in members}
 
 
 def test_race_on_fakeredis(key_prefix):
