@@ -112,6 +112,14 @@ class _Eta:
         return (100 - percent) * (now - t0) / (percent - p0)
 
 
+def is_tty(out: TextIO) -> bool:
+    """Whether ``out`` is a terminal (a closed or odd stream is not)."""
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
                timeout: float | None = None) -> dict[str, Any]:
     """Draw ``job_id``'s progress on ``out`` (stderr) until it ends; return the final snapshot.
@@ -120,10 +128,7 @@ def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
     ``timeout`` seconds.
     """
     out = sys.stderr if out is None else out
-    try:
-        tty = out.isatty()
-    except (AttributeError, ValueError):
-        tty = False
+    tty = is_tty(out)
     eta = _Eta()
     last = None
     drawn = False
@@ -204,11 +209,7 @@ class NoWorkerNotice:
 
     def _say(self, line: str) -> None:
         try:
-            tty = self.out.isatty()
-        except (AttributeError, ValueError):
-            tty = False
-        try:
-            self.out.write(("\r\x1b[K" if tty else "") + line + "\n")  # over the bar's line
+            self.out.write(("\r\x1b[K" if is_tty(self.out) else "") + line + "\n")  # over the bar's line
             self.out.flush()
         except (OSError, ValueError):
             pass
@@ -259,10 +260,7 @@ def follow_batch(store: ProgressStore, batch_id: str, out: TextIO | None = None,
     from progress_service.errors import JobNotFound
 
     out = sys.stderr if out is None else out
-    try:
-        tty = out.isatty()
-    except (AttributeError, ValueError):
-        tty = False
+    tty = is_tty(out)
     deadline = None if timeout is None else time.monotonic() + timeout
     pubsub = store.client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(store.keys.all_events)

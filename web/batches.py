@@ -27,7 +27,7 @@ from progress_service.models import ms_from_iso, validate_id
 
 from .api import json_object, rq_connection, worker_jobs
 from .auth import require_token
-from .events import KEEPALIVE, RETRY_MS, event_hub, last_event_id
+from .events import KEEPALIVE, RETRY_MS, EventStream, event_hub, last_event_id
 from .fanout import SHUTDOWN, Subscription
 from .jobs import find_job, mirror, progress_store, recent_jobs
 from .pages import POLL_MS
@@ -103,8 +103,8 @@ def cancel_batch(batch_id: str):
     return jsonify({**require_batch(batch_id), "canceled_job_ids": canceled}), 202
 
 
-class BatchEventStream:
-    """The body of a batch's event stream; lets go of its subscription when closed.
+class BatchEventStream(EventStream):
+    """The body of a batch's event stream; lets go of its subscription when closed (``EventStream``).
 
     It wakes when the process's one pub/sub listener sees a member change (or after
     ``POLL`` seconds of quiet, a safety net), reads the members' histories since its
@@ -115,19 +115,10 @@ class BatchEventStream:
                  first: list[tuple[int, str, dict[str, Any]]], keepalive: float) -> None:
         self.app = app
         self.sub = sub
-        self._frames = self._run(feed, first, keepalive)
+        self._frames = self._follow(feed, first, keepalive)
 
-    def __iter__(self) -> Iterator[bytes]:
-        return self._frames
-
-    def close(self) -> None:
-        try:
-            self._frames.close()
-        finally:
-            self.sub.close()
-
-    def _run(self, feed: BatchFeed, first: list[tuple[int, str, dict[str, Any]]],
-             keepalive: float) -> Iterator[bytes]:
+    def _follow(self, feed: BatchFeed, first: list[tuple[int, str, dict[str, Any]]],
+                keepalive: float) -> Iterator[bytes]:
         yield f"retry: {RETRY_MS}\n\n".encode()
         for event in first:
             yield batch_frame(event)
