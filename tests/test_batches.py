@@ -333,9 +333,10 @@ def test_race_on_a_cluster(redis_cluster, key_prefix):
 # -- the batch's event stream ----------------------------------------------------
 
 
-def read_events(response, limit: int | None = None) -> list[tuple[int, str, dict]]:
-    """Parse an SSE body frame by frame (each chunk the stream yields is whole frames)."""
-    out: list[tuple[int, str, dict]] = []
+def read_events(response, limit: int | None = None, out: list | None = None) -> list[tuple[int, str, dict]]:
+    """Parse an SSE body frame by frame (each chunk the stream yields is whole frames), into ``out``
+    as they come."""
+    out = [] if out is None else out
     buffer = ""
     for chunk in response.response:
         buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
@@ -517,3 +518,34 @@ def test_the_mirror_keeps_a_finished_batch_nobody_read(connected_store, pg_setti
         kept = mirror.fetch_batch("unread")
         assert (kept["status"], kept["completed"], kept["job_ids"]) == ("completed", 3, job_ids)
         assert 0 < store.client.ttl(store.keys.batch("unread")) <= store.settings.job_ttl
+
+
+def test_following_many_batches_holds_a_few_redis_connections(app, real_redis, settings):
+    """20 streams of 20 batches (200 members) in one web process: its one pub/sub connection
+    and its pool (PROGRESS_WEB_REDIS_POOL, 3), however many batches are followed."""
+    store = app.extensions["progress"]
+    batches = [f"many-{i}" for i in range(20)]
+    members = {b: make_batch(store, b, 10) for b in batches}
+    client = app.test_client()
+    streams = [client.get(f"/api/v1/batches/{b}/events", buffered=False) for b in batches]
+    got: dict[str, list] = {b: [] for b in batches}
+    threads = [threading.Thread(target=read_events, args=(r, None, got[b]))
+               for b, r in zip(batches, streams, strict=True)]
+    for t in threads:
+        t.start()
+    for b in batches:
+        for job_id in members[b]:
+            store.update(job_id, progress_percent=50)
+    wait_until(lambda: all(any(e[1] == "progress" for e in got[b]) for b in batches), timeout=15,
+               what="every stream sees its members move")
+    mine = [c for c in real_redis.client_list()
+            if c.get("name", "").startswith(f"{settings.key_prefix}.web.")]
+    assert len([c for c in mine if c["name"].endswith(".events")]) == 1, mine
+    assert len(mine) <= 1 + settings.web_redis_pool, mine
+    for b in batches:
+        for job_id in members[b]:
+            store.update(job_id, status="completed")
+    for t in threads:
+        t.join(15)
+        assert not t.is_alive()
+    assert all(got[b][-1][2]["status"] == "completed" for b in batches)
