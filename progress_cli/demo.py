@@ -214,8 +214,8 @@ class Demo:
         threading.Thread(target=self._watchdog, daemon=True, name="demo-watchdog").start()
 
         from progress_cli.terminal import exit_code_for, follow_job
+        from progress_service.queue import submit_job
         from progress_service.store import ProgressStore, connect
-        from worker.jobs import submit_job
 
         store = ProgressStore(connect(settings), settings)
         job_id = submit_job(settings, paper.pmid, "video", store=store)

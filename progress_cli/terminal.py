@@ -15,6 +15,7 @@ no worker listens on that queue (the bar alone would sit at 0 % without a word).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -185,10 +186,10 @@ class NoWorkerNotice:
     def _run(self) -> None:
         import redis
 
-        try:
-            from worker.jobs import rq_connection, waiting_queue
-        except ImportError:
-            return  # no worker package here: nothing was queued from here either
+        from progress_service.queue import rq_connection, waiting_queue
+
+        if importlib.util.find_spec("rq") is None:
+            return  # RQ is not installed here: nothing was queued from here either
         conn = rq_connection(self.settings)
         try:
             while not self._stop.is_set():

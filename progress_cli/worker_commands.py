@@ -184,7 +184,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     require("worker")
 
-    from worker.jobs import ProgressSimpleWorker, ProgressWorker, rq_connection
+    from progress_service.queue import rq_connection
+    from worker.jobs import ProgressSimpleWorker, ProgressWorker
     from worker.lost import LostJobSweeper
 
     settings = Settings.from_env()
@@ -243,7 +244,7 @@ def _start_mirror(store, settings: Settings, stop: threading.Event):
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
-    from worker.jobs import submit_job
+    from progress_service.queue import submit_job
 
     settings = Settings.from_env()
     store = _store(settings)
@@ -269,7 +270,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _submit_batch(args: argparse.Namespace, settings: Settings, store) -> int:
     from progress_cli.terminal import exit_code_for, follow_batch
-    from worker.jobs import submit_batch
+    from progress_service.queue import submit_batch
 
     if args.job_id is not None:
         return _fail("submit", "--job-id names one job: give one PAPER_ID with it")
@@ -371,9 +372,9 @@ def _run_steps(args: argparse.Namespace):
     if args.steps is not None and args.pipeline is not None:
         raise InvalidInput("give --steps or --pipeline, not both")
     if args.pipeline is not None:
-        from worker.jobs import _pipeline
+        from progress_service.pipelines import require_pipeline
 
-        spec = _pipeline(args.pipeline)
+        spec = require_pipeline(args.pipeline)
         return list(spec.steps), spec.weights, spec.name
     if args.steps is not None:
         return validate_steps([s.strip() for s in args.steps.split(",")]), None, "command"

@@ -133,7 +133,7 @@ def cli_env(settings, **values: str) -> dict[str, str]:
 
 WORKER_LAUNCHER = """
 import sys
-from worker.pipelines import PIPELINES, Pipeline
+from progress_service.pipelines import PIPELINES, Pipeline
 
 SOURCES = {sources!r}
 

@@ -474,7 +474,7 @@ def test_an_id_with_a_trailing_newline_is_400(client, jobs, tail):
     assert_error(client.get(f"/api/v1/jobs?paper_id=abc{tail}"), 400, "invalid_input")
 
 
-# -- submitting and canceling (worker.jobs) ----------------------------------------------------
+# -- submitting and canceling (queue.py) -------------------------------------------------------
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from progress_cli import exit_codes
 from progress_cli.terminal import exit_code_for, follow_job, render_line
 from progress_service import JobNotFound
 from progress_service.mirror import Mirror
-from worker.jobs import cancel_job, submit_job, waiting_queue
-from worker.pipelines import PIPELINES, Pipeline
+from progress_service.pipelines import PIPELINES, Pipeline
+from progress_service.queue import cancel_job, submit_job, waiting_queue
 from worker.pipelines.papers import list_papers
 from worker.process_tree import process_alive
 

@@ -234,7 +234,7 @@ def test_a_queued_job_says_when_no_worker_listens_on_its_queue(web, store, page,
                                                                module_key_prefix):
     from rq import Worker
 
-    from worker.jobs import submit_job
+    from progress_service.queue import submit_job
 
     settings = store.settings
     conn = redis.Redis.from_url(real_redis_url)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from progress_service.pipelines import get_pipeline
 from worker.parser import (
     LineKind,
     LineSplitter,
@@ -19,7 +20,6 @@ from worker.parser import (
     TrackerUpdate,
     parse_line,
 )
-from worker.pipelines import get_pipeline
 
 DATA = Path(__file__).parent / "data"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 
+from progress_service.pipelines import PIPELINES, get_pipeline
 from worker.parser import LineKind, LineSplitter, ProgressTracker, parse_line
-from worker.pipelines import PIPELINES, get_pipeline
 from worker.pipelines.papers import UnknownPaperError, list_papers, load_paper
 
 REPO = Path(__file__).resolve().parent.parent

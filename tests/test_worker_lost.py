@@ -26,10 +26,10 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from progress_service import ProgressStore
+from progress_service.pipelines import PIPELINES, Pipeline
+from progress_service.queue import submit_job
 from progress_service.store import connect
-from worker.jobs import submit_job
 from worker.lost import WORKER_LOST, LostJobSweeper, sweep_lost_jobs
-from worker.pipelines import PIPELINES, Pipeline
 from worker.process_tree import descendants, process_alive
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,9 +25,10 @@ from conftest import CLOSED_DATABASE_URL, read_pids, wait_until
 from rq.job import Job, JobStatus
 
 from progress_service import InvalidInput, JobConflict, JobNotFound
+from progress_service.pipelines import PIPELINES, Pipeline
+from progress_service.queue import cancel_job, submit_job
 from worker import jobs
-from worker.jobs import ProgressSimpleWorker, cancel_job, submit_job
-from worker.pipelines import PIPELINES, Pipeline
+from worker.jobs import ProgressSimpleWorker
 from worker.pipelines.papers import list_papers
 from worker.process_tree import process_alive
 
@@ -218,6 +219,16 @@ def test_submit_queues_one_rq_job_with_the_same_id_and_its_timeout(settings, sto
     with pytest.raises(JobConflict):
         submit_job(settings, "31452104", store=store, redis_conn=rq_conn, job_id=job_id)
     assert rq_conn.llen(f"rq:queue:{settings.queue_name}") == 1  # the conflict queued nothing
+
+
+def test_a_pipelines_own_timeout_is_its_jobs_default(settings, store, rq_conn, monkeypatch):
+    monkeypatch.setitem(PIPELINES, "t-own", Pipeline(name="t-own", steps=("a", "b"),
+                                                     command=lambda p, o: [], timeout=5))
+    job_id = f"{settings.key_prefix}-own"
+    submit_job(settings, "31452104", "t-own", store=store, redis_conn=rq_conn, job_id=job_id)
+    assert Job.fetch(job_id, connection=rq_conn).timeout == 5
+    with pytest.raises(ValueError, match="timeout"):
+        Pipeline(name="t-bad", steps=("a",), command=lambda p, o: [], timeout=0)
 
 
 def test_a_redis_that_does_not_answer_is_backend_unavailable(settings, store):

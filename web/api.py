@@ -14,12 +14,13 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, send_file, url_for
 
-from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFound
+from progress_service import queue
+from progress_service.errors import InvalidInput, JobNotFound
 from progress_service.models import Status, validate_id, validate_tags
 
 from .auth import require_token
-from .jobs import job_history as find_history
-from .jobs import progress_store, recent_jobs, require_job, video_file
+from .job_lookup import job_history as find_history
+from .job_lookup import progress_store, recent_jobs, require_job, video_file
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +67,8 @@ def rq_connection():
     """The (bytes-mode) Redis client RQ uses for the queue, built once per app."""
     ext = current_app.extensions
     if "progress_rq" not in ext:
-        import redis
-
-        ext["progress_rq"] = redis.Redis.from_url(progress_store().settings.redis_url)
+        ext["progress_rq"] = queue.rq_connection(progress_store().settings)
     return ext["progress_rq"]
-
-
-def worker_jobs():
-    try:
-        from worker import jobs
-    except ImportError as exc:
-        raise BackendUnavailable(f"the worker package cannot be imported: {exc}") from exc
-    return jobs
 
 
 @bp.post("/jobs")
@@ -88,8 +79,8 @@ def submit_job():
     pipeline = validate_id(body.get("pipeline", "video"), "pipeline")
     tags = validate_tags(body.get("tags"))
     store = progress_store()
-    job_id = worker_jobs().submit_job(store.settings, paper_id, pipeline, store=store,
-                                      redis_conn=rq_connection(), tags=tags)
+    job_id = queue.submit_job(store.settings, paper_id, pipeline, store=store,
+                              redis_conn=rq_connection(), tags=tags)
     answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
     return jsonify(answer), 202, {"Location": answer["status_url"]}
 
@@ -136,7 +127,7 @@ def cancel_job(job_id: str):
     validate_id(job_id, "job_id")
     json_object(set())
     store = progress_store()
-    outcome = worker_jobs().cancel_job(store.settings, job_id, store=store, redis_conn=rq_connection())
+    outcome = queue.cancel_job(store.settings, job_id, store=store, redis_conn=rq_connection())
     answer = dict(outcome or {})
     answer.setdefault("job_id", job_id)
     answer.setdefault("status_url", url_for("api.get_job", job_id=job_id))

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, url_for
 
+from progress_service import queue
 from progress_service.batches import (
     BATCH_PLACE,
     ID_STRIDE,
@@ -25,11 +26,11 @@ from progress_service.batches import (
 from progress_service.errors import BackendUnavailable, JobNotFound
 from progress_service.models import ms_from_iso, validate_id
 
-from .api import json_object, rq_connection, worker_jobs
+from .api import json_object, rq_connection
 from .auth import require_token
 from .events import KEEPALIVE, RETRY_MS, EventStream, event_hub, last_event_id
 from .fanout import SHUTDOWN, Subscription
-from .jobs import find_job, mirror, progress_store, recent_jobs
+from .job_lookup import find_job, mirror, progress_store, recent_jobs
 from .pages import POLL_MS
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def require_batch(batch_id: str) -> dict[str, Any]:
 def submit_batch():
     body = json_object({"paper_ids", "pipeline", "tags", "name"}, frozenset({"paper_ids"}))
     store = progress_store()
-    batch_id, job_ids = worker_jobs().submit_batch(
+    batch_id, job_ids = queue.submit_batch(
         store.settings, body["paper_ids"], body.get("pipeline", "video"), tags=body.get("tags") or (),
         name=body.get("name"), store=store, redis_conn=rq_connection())
     answer = {"batch_id": batch_id, "job_ids": job_ids, **batch_urls(batch_id)}
@@ -99,7 +100,7 @@ def cancel_batch(batch_id: str):
     validate_id(batch_id, "batch_id")
     json_object(set())
     store = progress_store()
-    canceled = worker_jobs().cancel_batch(store.settings, batch_id, store=store, redis_conn=rq_connection())
+    canceled = queue.cancel_batch(store.settings, batch_id, store=store, redis_conn=rq_connection())
     return jsonify({**require_batch(batch_id), "canceled_job_ids": canceled}), 202
 
 

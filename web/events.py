@@ -53,7 +53,7 @@ from progress_service.models import (
 )
 
 from .fanout import RESYNC, SHUTDOWN, Delivery, EventHub, Subscription, is_terminal, sse_frame
-from .jobs import find_job, job_history
+from .job_lookup import find_job, job_history
 
 logger = logging.getLogger(__name__)
 

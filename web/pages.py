@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 
 from progress_service.models import validate_id
 
-from .jobs import (
+from .job_lookup import (
     job_history,
     latest_job,
     paper_status,

@@ -166,15 +166,9 @@ def fail_rq_job(connection, job_id: str, exc_string: str) -> dict[str, Any] | No
     if job.get_status(refresh=False) != JobStatus.STARTED:
         return process
     try:
-        from rq.job_lifecycle import record_job_failure
+        from worker.rq_adapter import fail_started_job
 
-        registry = job.started_job_registry
-        entries = [f"{j}:{e}" for j, e in registry.get_job_and_execution_ids(cleanup=False) if j == job_id]
-        with connection.pipeline() as pipe:
-            if entries:
-                pipe.zrem(registry.key, *entries)
-            record_job_failure(job, exc_string, pipe)
-            pipe.execute()
+        fail_started_job(connection, job, exc_string)
         logger.info("job %s: RQ job moved to the failed registry (%s)", job_id, exc_string)
     except Exception:
         logger.exception("job %s: could not fail the RQ job; RQ's own cleanup will", job_id)

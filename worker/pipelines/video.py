@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from progress_service.models import ID_RULE, is_valid_id
-from worker.pipelines import get_pipeline
+from progress_service.pipelines import get_pipeline
 from worker.pipelines.papers import Paper, UnknownPaperError, list_papers, load_paper
 
 __all__ = ["STEPS", "WEIGHTS", "PipelineError", "main", "overall_percent"]

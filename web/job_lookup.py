@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, url_for
 
+from progress_service import queue
 from progress_service.errors import BackendUnavailable, JobNotFound, ProgressError
 from progress_service.models import TERMINAL, Status, validate_id
 from progress_service.store import ProgressStore
@@ -147,18 +148,14 @@ def video_url(snapshot: dict[str, Any]) -> str | None:
 
 def waiting_queue(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
     """For a pending job that waits in an RQ queue: ``{"name", "workers"}``, how many workers
-    listen there (``worker.jobs.waiting_queue``); else None, also when RQ cannot be asked."""
+    listen there (``progress_service.queue.waiting_queue``); else None, also when RQ cannot be asked."""
     if snapshot is None or snapshot.get("status") != Status.PENDING.value:
-        return None
-    try:
-        from worker.jobs import waiting_queue as rq_waiting_queue
-    except ImportError:
         return None
     from .api import rq_connection
 
     try:
-        return rq_waiting_queue(snapshot["job_id"], rq_connection())
-    except Exception as exc:  # redis' errors: the page does without the fact
+        return queue.waiting_queue(snapshot["job_id"], rq_connection())
+    except Exception as exc:  # redis' errors, or no RQ installed: the page does without the fact
         logger.warning("job %s: RQ's queue not read: %s", snapshot["job_id"], exc)
         return None
 

@@ -1,0 +1,275 @@
+"""The queue: submit a job to RQ and cancel one, from any process that reaches Redis.
+
+    job_id = submit_job(settings, "34265844")             # pending in the store, queued in RQ
+    snap = cancel_job(settings, job_id)                   # canceled, its process tree killed
+
+One id for both sides: the RQ job id is the store's ``job_id``. The job function
+and its callbacks are named by their dotted path (``worker.jobs.run_pipeline``),
+as RQ allows: the worker imports them, a producer or the web never does. How the
+store and RQ agree as the job runs and ends is told in ``worker.jobs``.
+
+RQ is imported inside the functions, so ``import progress_service`` costs nothing
+in a process that only reports progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .batches import unfinished_members, validate_batch
+from .config import Settings
+from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
+from .models import TERMINAL, Status, validate_id
+from .pipelines import require_pipeline
+from .store import ProgressStore, connect
+
+if TYPE_CHECKING:
+    from rq.job import Job
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FAILURE_CALLBACK", "JOB_FUNCTION", "STOPPED_CALLBACK", "cancel_batch", "cancel_job",
+           "rq_connection", "submit_batch", "submit_job", "waiting_queue"]
+
+# What the worker runs, by name (worker/jobs.py).
+JOB_FUNCTION = "worker.jobs.run_pipeline"
+FAILURE_CALLBACK = "worker.jobs.on_rq_failure"
+STOPPED_CALLBACK = "worker.jobs.on_rq_stopped"
+
+_TERMINAL = frozenset(s.value for s in TERMINAL)
+
+
+def rq_connection(settings: Settings) -> redis.Redis:
+    """A client for RQ's queue (bytes in, bytes out: RQ's own convention)."""
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def _store(settings: Settings, store: ProgressStore | None) -> ProgressStore:
+    return store if store is not None else ProgressStore(connect(settings), settings)
+
+
+def submit_job(
+    settings: Settings,
+    paper_id: str,
+    pipeline: str = "video",
+    *,
+    job_id: str | None = None,
+    store: ProgressStore | None = None,
+    redis_conn: redis.Redis | None = None,
+    job_timeout: int | None = None,
+    result_ttl: int | None = None,
+    tags: Sequence[str] = (),
+    batch_id: str | None = None,
+) -> str:
+    """Create the job (``pending``, with the pipeline's steps) and queue it; return its id.
+
+    The store's job exists before RQ's, so a status read never misses it. Raises
+    ``InvalidInput`` for a bad id or an unknown pipeline, ``JobConflict`` if
+    ``job_id`` is taken, ``BackendUnavailable`` if Redis does not answer (the job
+    is then marked failed, if it was created). ``job_timeout`` defaults to the
+    pipeline's own, else ``PROGRESS_JOB_TIMEOUT`` (3600 s); RQ keeps the job's
+    result and failure as long as the store keeps the job (``settings.job_ttl``)
+    unless ``result_ttl``.
+    """
+    from rq import Callback, Queue
+
+    validate_id(paper_id, "paper_id")
+    spec = require_pipeline(pipeline)
+    job_id = job_id if job_id is not None else uuid.uuid4().hex
+    validate_id(job_id, "job_id")
+    timeout = job_timeout if job_timeout is not None else spec.timeout or settings.job_timeout
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1:
+        raise InvalidInput(f"job_timeout must be a whole number of seconds >= 1, got {timeout!r}")
+    ttl = result_ttl if result_ttl is not None else settings.job_ttl
+    store = _store(settings, store)
+    store.create_job(job_id, paper_id, steps=list(spec.steps), pipeline=spec.name,
+                     tags=tags, batch_id=batch_id)
+    conn = redis_conn if redis_conn is not None else rq_connection(settings)
+    queue = Queue(settings.queue_name, connection=conn)
+    try:
+        queue.enqueue_call(
+            JOB_FUNCTION,
+            args=(paper_id, spec.name),
+            job_id=job_id,
+            timeout=timeout,
+            result_ttl=ttl,
+            failure_ttl=ttl,
+            description=f"{spec.name} pipeline for paper {paper_id}",
+            meta={"progress": {"percent": 0, "step": None}, "paper_id": paper_id,
+                  "pipeline": spec.name},
+            on_failure=Callback(FAILURE_CALLBACK),
+            on_stopped=Callback(STOPPED_CALLBACK),
+        )
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        error = f"could not queue the job: {exc}"
+        try:
+            store.update(job_id, status=Status.FAILED.value, error=error)
+        except BackendUnavailable:
+            pass
+        raise BackendUnavailable(f"redis (RQ queue {settings.queue_name}): {exc}") from exc
+    logger.info("job %s: queued on %s (%s pipeline, paper %s, timeout %ds)", job_id,
+                settings.queue_name, spec.name, paper_id, timeout)
+    return job_id
+
+
+def submit_batch(
+    settings: Settings,
+    paper_ids: list[str],
+    pipeline: str = "video",
+    *,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    store: ProgressStore | None = None,
+    redis_conn: redis.Redis | None = None,
+) -> tuple[str, list[str]]:
+    """Create a batch of one job per paper id (1 to 1,000) and queue them; return
+    ``(batch_id, job_ids)``, the ids in the order of ``paper_ids``.
+
+    All or nothing: every argument is checked before anything is written (a bad
+    id anywhere raises ``InvalidInput``); if Redis fails halfway, the members made
+    so far are canceled and the batch removed before ``BackendUnavailable`` is raised.
+    """
+    paper_ids, pipeline, tags, name = validate_batch(paper_ids, pipeline, tags, name)
+    spec = require_pipeline(pipeline)
+    store = _store(settings, store)
+    conn = redis_conn if redis_conn is not None else rq_connection(settings)
+    batch_id = uuid.uuid4().hex
+    job_ids = [uuid.uuid4().hex for _ in paper_ids]
+    store.create_batch(batch_id, job_ids, spec.name, name=name, tags=tags)
+    made: list[str] = []
+    try:
+        for job_id, paper_id in zip(job_ids, paper_ids, strict=True):
+            submit_job(settings, paper_id, spec.name, job_id=job_id, store=store, redis_conn=conn,
+                       tags=tags, batch_id=batch_id)
+            made.append(job_id)
+    except BaseException:
+        logger.warning("batch %s: submit failed after %d of %d jobs; undoing it", batch_id,
+                       len(made), len(job_ids))
+        for job_id in made:
+            try:
+                cancel_job(settings, job_id, store=store, redis_conn=conn)
+            except Exception as exc:  # Redis is likely why we are here: keep undoing
+                logger.warning("job %s: not canceled after a failed batch submit: %s", job_id, exc)
+        try:
+            store.delete_batch(batch_id)
+        except BackendUnavailable:
+            pass
+        raise
+    logger.info("batch %s: %d jobs queued (%s pipeline)", batch_id, len(job_ids), spec.name)
+    return batch_id, job_ids
+
+
+def cancel_batch(
+    settings: Settings,
+    batch_id: str,
+    *,
+    store: ProgressStore | None = None,
+    redis_conn: redis.Redis | None = None,
+) -> list[str]:
+    """Cancel a batch: flag it canceled and cancel every member not yet finished.
+
+    Returns the ids of the members canceled now; raises ``JobNotFound`` for an
+    unknown batch (or one Redis has let go: it has finished).
+    """
+    validate_id(batch_id, "batch_id")
+    store = _store(settings, store)
+    state = store.batch_state(batch_id)
+    if state is None or not store.mark_batch_canceled(batch_id):
+        raise JobNotFound(f"batch {batch_id} not found")
+    fields, members, _now = state
+    job_ids = json.loads(fields["job_ids"])
+    conn = redis_conn if redis_conn is not None else rq_connection(settings)
+    canceled = []
+    for job_id in unfinished_members(job_ids, members):
+        try:
+            cancel_job(settings, job_id, store=store, redis_conn=conn)
+        except (JobConflict, JobNotFound):
+            continue  # it finished meanwhile
+        canceled.append(job_id)
+    logger.info("batch %s: canceled (%d unfinished jobs canceled)", batch_id, len(canceled))
+    return canceled
+
+
+def cancel_job(
+    settings: Settings,
+    job_id: str,
+    *,
+    store: ProgressStore | None = None,
+    redis_conn: redis.Redis | None = None,
+) -> dict[str, Any]:
+    """Cancel a job and return its snapshot after.
+
+    Queued: canceled in RQ (no worker will take it) and ``canceled`` in the store.
+    Running: ``canceled`` in the store (the runner, watching, kills the process
+    tree) and RQ's ``send_stop_job_command`` (the worker kills its work horse and,
+    a ``ProgressWorker``, the command's tree with it). Raises ``JobNotFound`` for
+    an unknown job and ``JobConflict`` for a finished one.
+    """
+    from rq.command import send_stop_job_command
+    from rq.exceptions import InvalidJobOperation, NoSuchJobError
+    from rq.job import JobStatus
+
+    validate_id(job_id, "job_id")
+    store = _store(settings, store)
+    snap = store.get(job_id)
+    if snap is None:
+        raise JobNotFound(f"job {job_id} not found")
+    if snap["status"] in _TERMINAL:
+        raise JobConflict(f"job {job_id} has already finished ({snap['status']})")
+    conn = redis_conn if redis_conn is not None else rq_connection(settings)
+    rq_job = _fetch_rq_job(conn, job_id)
+    rq_status = rq_job.get_status(refresh=False) if rq_job is not None else None
+    if rq_job is not None and rq_status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        try:
+            rq_job.cancel()
+        except InvalidJobOperation:
+            pass  # canceled already
+        rq_status = rq_job.get_status(refresh=True)
+    result = store.update(job_id, status=Status.CANCELED.value, message="canceled by request")
+    if result.reason == "terminal":
+        final = store.get(job_id) or snap
+        raise JobConflict(f"job {job_id} finished ({final['status']}) before it could be canceled")
+    if result.reason == "not_found":
+        raise JobNotFound(f"job {job_id} not found")
+    logger.info("job %s: %s -> %s (canceled by request)", job_id, snap["status"], Status.CANCELED.value)
+    if rq_job is not None and rq_status == JobStatus.STARTED:
+        try:
+            send_stop_job_command(conn, job_id)
+        except (InvalidJobOperation, NoSuchJobError):
+            pass  # not executing any more: the runner has seen the store
+    return store.get(job_id) or snap
+
+
+def _fetch_rq_job(conn: redis.Redis, job_id: str) -> Job | None:
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    try:
+        return Job.fetch(job_id, connection=conn)
+    except NoSuchJobError:
+        return None
+
+
+def waiting_queue(job_id: str, redis_conn: redis.Redis) -> dict[str, Any] | None:
+    """Where a job waits for a worker: ``{"name": <its RQ queue>, "workers": <how many listen>}``.
+
+    None when RQ holds no queued job of that id: a worker has taken it, it has
+    ended, or it was never RQ's (``progress-service run``, a tracked job). The
+    workers are RQ's own registry (``Worker.all(queue=...)``): a worker that stops
+    leaves it at once; one killed outright stays until its key expires (RQ's
+    worker TTL, minutes).
+    """
+    from rq import Queue, Worker
+    from rq.job import JobStatus
+
+    rq_job = _fetch_rq_job(redis_conn, job_id)
+    if rq_job is None or rq_job.get_status(refresh=False) != JobStatus.QUEUED:
+        return None
+    queue = Queue(rq_job.origin, connection=redis_conn)
+    return {"name": rq_job.origin, "workers": len(Worker.all(queue=queue))}
