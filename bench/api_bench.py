@@ -47,11 +47,10 @@ def create_bare_app():
     """The floor: a Flask app with one endpoint that returns HGETALL of a job hash as JSON."""
     from flask import Flask, jsonify
 
-    from web import DEFAULT_REDIS_POOL, redis_client
+    from web import redis_client
 
     settings = Settings.from_env()
-    pool = int(os.environ.get("PROGRESS_WEB_REDIS_POOL") or DEFAULT_REDIS_POOL)
-    client = redis_client(settings, pool_size=pool, role="bare")
+    client = redis_client(settings, pool_size=settings.web_redis_pool, role="bare")
     keys = Keys(settings.key_prefix)
     app = Flask("bare")
 

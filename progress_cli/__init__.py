@@ -67,13 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True,
                                parser_class=CommandParser)
     for area in AREAS:
-        try:
-            module = importlib.import_module(f"{__name__}.{area}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{area}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"{__name__}.{area}").register(sub)
     return parser
 
 

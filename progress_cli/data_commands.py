@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from progress_cli import exit_codes
-from progress_service import JobNotFound, Settings
+from progress_service import JobNotFound, ProgressStore, Settings
 from progress_service.errors import BackendUnavailable
 
 WATCH_EPILOG = """\
@@ -119,19 +119,13 @@ def register(subparsers) -> None:
     demo.register(subparsers)
 
 
-def _store(settings: Settings):
-    from progress_service.store import ProgressStore, connect
-
-    return ProgressStore(connect(settings), settings)
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
     from progress_service.models import validate_id
 
     validate_id(args.job_id)
     settings = Settings.from_env()
-    store = _store(settings)
+    store = ProgressStore.from_settings(settings)
     if store.get(args.job_id) is None and store.batch_fields(args.job_id):
         return _watch_batch(store, args)
     try:
@@ -182,7 +176,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from progress_service.mirror import Mirror
 
     settings = Settings.from_env()
-    with Mirror(_store(settings), settings.database_url) as mirror:
+    with Mirror(ProgressStore.from_settings(settings), settings.database_url) as mirror:
         swept = mirror.sweep(limit=None)
         scanned = 0 if args.no_scan else mirror.backfill()
         mirror.keep_batches(limit=10_000)  # the finished batches, with their members in place

@@ -215,9 +215,9 @@ class Demo:
 
         from progress_cli.terminal import exit_code_for, follow_job
         from progress_service.queue import submit_job
-        from progress_service.store import ProgressStore, connect
+        from progress_service.store import ProgressStore
 
-        store = ProgressStore(connect(settings), settings)
+        store = ProgressStore.from_settings(settings)
         job_id = submit_job(settings, paper.pmid, "video", store=store)
         say(f"submitted job {job_id}; live at {base}/status/{paper.pmid}/")
         final = follow_job(store, job_id, out=sys.stderr, timeout=self.args.timeout)

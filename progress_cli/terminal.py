@@ -16,7 +16,6 @@ no worker listens on that queue (the bar alone would sit at 0 % without a word).
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import sys
 import threading
@@ -67,8 +66,8 @@ def summary_line(snap: dict[str, Any]) -> str:
     return line
 
 
-def render_line(snap: dict[str, Any], eta: float | None = None, width: int = BAR_WIDTH) -> str:
-    """One line for a snapshot: bar, percent, step (i/n), then the ETA or how it ended."""
+def render_line(snap: dict[str, Any], width: int = BAR_WIDTH) -> str:
+    """One line for a snapshot: bar, percent, step (i/n), then its ETA or how it ended."""
     percent = float(snap.get("progress_percent") or 0)
     filled = min(width, int(width * percent / 100))
     parts = [f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%"]
@@ -79,8 +78,7 @@ def render_line(snap: dict[str, Any], eta: float | None = None, width: int = BAR
         position = f" ({steps.index(step) + 1}/{len(steps)})" if step in steps else ""
         parts.append(f"{step}{position}")
     if status == Status.RUNNING.value:
-        if eta is None:
-            eta = snap.get("eta_seconds")
+        eta = snap.get("eta_seconds")
         if eta is not None:
             parts.append(f"ETA {_duration(eta)}")
         if snap.get("is_stale"):
@@ -93,26 +91,6 @@ def render_line(snap: dict[str, Any], eta: float | None = None, width: int = BAR
     return "  ".join(parts)
 
 
-class _Eta:
-    """Seconds left at the rate seen since the first progress this follower saw."""
-
-    def __init__(self) -> None:
-        self.start: tuple[float, float] | None = None
-
-    def __call__(self, snap: dict[str, Any]) -> float | None:
-        if snap.get("status") != Status.RUNNING.value:
-            return None
-        percent = float(snap.get("progress_percent") or 0)
-        now = time.monotonic()
-        if self.start is None:
-            self.start = (now, percent)
-            return snap.get("eta_seconds")
-        t0, p0 = self.start
-        if now - t0 < 1.0 or percent <= p0:
-            return snap.get("eta_seconds")
-        return (100 - percent) * (now - t0) / (percent - p0)
-
-
 def is_tty(out: TextIO) -> bool:
     """Whether ``out`` is a terminal (a closed or odd stream is not)."""
     try:
@@ -122,21 +100,22 @@ def is_tty(out: TextIO) -> bool:
 
 
 def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
-               timeout: float | None = None) -> dict[str, Any]:
+               timeout: float | None = None, idle_check: float = 5.0) -> dict[str, Any]:
     """Draw ``job_id``'s progress on ``out`` (stderr) until it ends; return the final snapshot.
 
-    Raises ``JobNotFound`` for a job Redis does not hold, ``TimeoutError`` after
+    The ETA is the store's ``eta_seconds``; while the job is quiet the line is redrawn
+    every ``idle_check`` seconds from a fresh read, so a stall shows (the ETA grows,
+    then "(stale)"). Raises ``JobNotFound`` for a job Redis does not hold, ``TimeoutError`` after
     ``timeout`` seconds.
     """
     out = sys.stderr if out is None else out
     tty = is_tty(out)
-    eta = _Eta()
     last = None
     drawn = False
     snap: dict[str, Any] | None = None
     try:
-        for snap in store.subscribe(job_id, timeout=timeout):
-            line = render_line(snap, eta(snap))
+        for snap in store.subscribe(job_id, timeout=timeout, idle_check=idle_check, derived=True):
+            line = render_line(snap)
             if tty:
                 columns = shutil.get_terminal_size((100, 24)).columns
                 out.write("\r" + line[: max(columns - 1, 20)] + "\x1b[K")
@@ -258,16 +237,14 @@ def follow_batch(store: ProgressStore, batch_id: str, out: TextIO | None = None,
     ``timeout`` seconds.
     """
     from progress_service.batches import is_finished
-    from progress_service.errors import JobNotFound
+    from progress_service.errors import BackendUnavailable, JobNotFound
 
     out = sys.stderr if out is None else out
     tty = is_tty(out)
     deadline = None if timeout is None else time.monotonic() + timeout
-    pubsub = store.client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(store.keys.all_events)
     drawn = 0
     last: list[str] = []
-    try:
+    with store.events() as feed:  # the all-jobs channel: a member's change redraws at once
         while True:
             batch = store.get_batch(batch_id)
             if batch is None:
@@ -287,20 +264,13 @@ def follow_batch(store: ProgressStore, batch_id: str, out: TextIO | None = None,
                 return batch
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} did not finish within {timeout} s")
-            members_set = set(batch["job_ids"])
-            wait_until = time.monotonic() + 1.0
-            while time.monotonic() < wait_until:
-                message = pubsub.get_message(timeout=max(wait_until - time.monotonic(), 0.01))
-                if message and message.get("type") == "message" and _job_of(message["data"]) in members_set:
+            wake_by = time.monotonic() + 1.0
+            while time.monotonic() < wake_by:
+                try:
+                    event = feed.get(timeout=max(wake_by - time.monotonic(), 0.01))
+                except BackendUnavailable:
+                    time.sleep(0.5)  # Redis is away: the next read says so, or finds it back
+                    break
+                if event is not None and event.get("job_id") in members:
                     time.sleep(0.1)  # a burst of changes: draw once
                     break
-    finally:
-        pubsub.close()
-
-
-def _job_of(payload: str | bytes) -> str | None:
-    try:
-        job_id = json.loads(payload).get("job_id")
-    except (ValueError, AttributeError):
-        return None
-    return job_id if isinstance(job_id, str) else None

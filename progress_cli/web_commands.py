@@ -17,12 +17,11 @@ import os
 import socket
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 from progress_cli import exit_codes
 from progress_service import Settings
-from progress_service.config import ConfigError
+from progress_service.config import WebSettings, positive_int, tcp_port
 
 APP = "web:create_app()"
 BACKLOG = 2048  # as web/gunicorn_conf.py
@@ -74,27 +73,6 @@ def gunicorn_argv(host: str = "127.0.0.1", port: int = 8000, workers: int = 2, *
     return [*argv, APP]
 
 
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _whole(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {value}")
-    return value
-
-
 def listen(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host``:``port`` and listening, which a child process inherits.
 
@@ -114,27 +92,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _from_env(value, name: str, default: str, kind: Callable[[str], object]):
-    """``value`` from the command line, else the environment's ``name``, else ``default``."""
-    if value is not None:
-        return value
-    raw = os.environ.get(name) or default
-    try:
-        return kind(raw)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        raise ConfigError(f"{name}={raw!r}: {exc}") from None
-
-
 def run_web(args: argparse.Namespace) -> int:
     from progress_cli.extras import require
 
     require("web")  # checked here: gunicorn imports the app in a process of its own
     Settings.from_env()  # a malformed URL: one line and 78 here, not a traceback per gunicorn worker
-    args.host = _from_env(args.host, "PROGRESS_WEB_HOST", "127.0.0.1", str)
-    args.port = _from_env(args.port, "PROGRESS_WEB_PORT", "8000", _port)
-    args.workers = _from_env(args.workers, "PROGRESS_WEB_WORKERS", "2", _positive)
-    args.worker_connections = _from_env(args.worker_connections, "PROGRESS_WEB_CONNECTIONS", "4000",
-                                        _positive)
+    web = WebSettings()  # PROGRESS_WEB_*, each read only where the command line did not give it
+    if args.host is None:
+        args.host = web.host
+    if args.port is None:
+        args.port = web.port
+    if args.workers is None:
+        args.workers = web.workers
+    if args.worker_connections is None:
+        args.worker_connections = web.connections
     where = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     try:
         sock = listen(args.host, args.port)
@@ -171,16 +142,16 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # The defaults come from the environment when the command runs (a malformed one is a
-    # config error of `web` alone, not a traceback of every command): see _from_env.
+    # config error of `web` alone, not a traceback of every command): see run_web.
     parser.add_argument("--host", default=None,
                         help="address to listen on (0.0.0.0: every interface; "
                              "default: PROGRESS_WEB_HOST, else 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=None,
+    parser.add_argument("--port", type=tcp_port, default=None,
                         help="TCP port to listen on (default: PROGRESS_WEB_PORT, else 8000)")
-    parser.add_argument("--workers", type=_positive, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="gunicorn worker processes; each holds one pub/sub connection and "
                              "serves thousands of streams (default: PROGRESS_WEB_WORKERS, else 2)")
-    parser.add_argument("--worker-connections", type=_positive, default=None,
+    parser.add_argument("--worker-connections", type=positive_int, default=None,
                         help="open connections (streams included) per worker "
                              "(default: PROGRESS_WEB_CONNECTIONS, else 4000)")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")

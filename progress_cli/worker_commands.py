@@ -17,7 +17,7 @@ import threading
 import uuid
 
 from progress_cli import exit_codes
-from progress_service import JobConflict, Settings
+from progress_service import JobConflict, ProgressStore, Settings
 from progress_service.config import redacted_url
 from progress_service.errors import BackendUnavailable, InvalidInput
 from progress_service.models import validate_id, validate_steps, validate_tags
@@ -168,12 +168,6 @@ def _fail(command: str, message: str, code: int = exit_codes.USAGE) -> int:
     return code
 
 
-def _store(settings: Settings):
-    from progress_service.store import ProgressStore, connect
-
-    return ProgressStore(connect(settings), settings)
-
-
 # -- worker -----------------------------------------------------------------------
 
 
@@ -195,7 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         return _fail("worker", f"Redis at {redacted_url(settings.redis_url)} does not answer: {exc}",
                      exit_codes.UNAVAILABLE)
-    store = _store(settings)
+    store = ProgressStore.from_settings(settings)
     stop = threading.Event()
     threads = []
     sweeper = LostJobSweeper(store, settings, rq_connection=conn, queue_names=[settings.queue_name])
@@ -224,11 +218,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _start_mirror(store, settings: Settings, stop: threading.Event):
-    try:
-        from progress_service.mirror import Mirror
-    except ImportError as exc:
-        logger.info("mirror: not started (%s)", exc)
-        return None, f"not available ({exc})"
+    from progress_service.mirror import Mirror
+
     try:
         mirror = Mirror(store, settings.database_url)
     except Exception as exc:  # the mirror retries a dead PostgreSQL itself; this is worse
@@ -247,7 +238,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from progress_service.queue import submit_job
 
     settings = Settings.from_env()
-    store = _store(settings)
+    store = ProgressStore.from_settings(settings)
     if len(args.paper_ids) > 1:
         return _submit_batch(args, settings, store)
     try:
@@ -309,7 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (InvalidInput, ValueError) as exc:
         return _fail("run", str(exc))
     settings = Settings.from_env()
-    store = _store(settings)
+    store = ProgressStore.from_settings(settings)
     try:
         store.create_job(job_id, paper_id, steps=steps, pipeline=pipeline)
     except JobConflict as exc:
@@ -403,7 +394,7 @@ class _BarThread:
         from progress_cli.terminal import follow_job
 
         try:
-            follow_job(_store(self.settings), self.job_id, out=sys.stderr)
+            follow_job(ProgressStore.from_settings(self.settings), self.job_id, out=sys.stderr)
         except (BackendUnavailable, OSError) as exc:
             logger.warning("run: the live bar stopped: %s", exc)
         except Exception:

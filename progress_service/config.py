@@ -6,13 +6,18 @@ starts (the CLI, ``create_app``, the RQ job) and hand the result on.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_WEB_REDIS_POOL = 3
+DEFAULT_SSE_KEEPALIVE = 15.0
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -102,8 +107,8 @@ class Settings:
     history_maxlen: int = 1000
     job_timeout: int = 3600  # PROGRESS_JOB_TIMEOUT: seconds RQ lets a job run
     output_dir: str = ""  # PROGRESS_OUTPUT_DIR: where jobs write; "" is <tmp>/progress-service/videos
-    web_redis_pool: int = 3  # PROGRESS_WEB_REDIS_POOL: read connections per web process
-    sse_keepalive: float = 15.0  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
+    web_redis_pool: int = DEFAULT_WEB_REDIS_POOL  # PROGRESS_WEB_REDIS_POOL: read connections per web process
+    sse_keepalive: float = DEFAULT_SSE_KEEPALIVE  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
 
     @property
     def heartbeat_interval(self) -> float:
@@ -145,13 +150,70 @@ class Settings:
             queue_name=env.get("PROGRESS_QUEUE") or "pipelines",
             job_timeout=int(_number(env, "PROGRESS_JOB_TIMEOUT", 3600, minimum=1)),
             output_dir=env.get("PROGRESS_OUTPUT_DIR") or "",
-            web_redis_pool=int(_number(env, "PROGRESS_WEB_REDIS_POOL", 3, minimum=1)),
-            sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", 15.0, minimum=0.1),
+            web_redis_pool=int(_number(env, "PROGRESS_WEB_REDIS_POOL", DEFAULT_WEB_REDIS_POOL, minimum=1)),
+            sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", DEFAULT_SSE_KEEPALIVE, minimum=0.1),
         )
 
-    def public(self) -> dict[str, object]:
-        """The settings as a dict with the token hidden, for logs and ``--help``."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if out["api_token"]:
-            out["api_token"] = "***"
-        return out
+
+# -- the web server's own variables ---------------------------------------------------
+
+
+def whole_number(text: str) -> int:
+    """``text`` as an int; else ``argparse.ArgumentTypeError`` (a command line's ``type``)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """``text`` as an int of at least 1 (a command line's ``type``)."""
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def tcp_port(text: str) -> int:
+    """``text`` as a TCP port, 1 to 65535 (a command line's ``type``)."""
+    value = whole_number(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {value}")
+    return value
+
+
+class _WebVariable(Generic[T]):
+    """One ``PROGRESS_WEB_*`` variable of :class:`WebSettings`, read when it is asked for."""
+
+    def __init__(self, name: str, default: str, parse: Callable[[str], T]) -> None:
+        self.name, self.default, self.parse = name, default, parse
+
+    def __get__(self, settings: WebSettings, owner: type | None = None) -> T:
+        raw = settings.environ.get(self.name) or self.default
+        try:
+            return self.parse(raw)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"{self.name}={raw!r}: {exc}") from None
+
+
+class WebSettings:
+    """The web server's ``PROGRESS_WEB_*`` variables (``progress-service web`` and
+    ``web/gunicorn_conf.py``), each read when it is asked for: a malformed one is a
+    ``ConfigError`` (naming it) of the web server alone, not of every command, and only
+    where the command line has not given the value instead.
+
+    (``PROGRESS_WEB_REDIS_POOL`` and ``PROGRESS_WEB_SSE_KEEPALIVE`` tune the app in
+    every web process: they are :class:`Settings`'.)
+    """
+
+    host = _WebVariable("PROGRESS_WEB_HOST", "127.0.0.1", str)  # the address `web` listens on
+    port = _WebVariable("PROGRESS_WEB_PORT", "8000", tcp_port)
+    workers = _WebVariable("PROGRESS_WEB_WORKERS", "2", positive_int)  # gunicorn worker processes
+    connections = _WebVariable("PROGRESS_WEB_CONNECTIONS", "4000", positive_int)  # per worker
+    # gunicorn's address when it is run by hand with web/gunicorn_conf.py (`web` passes its own)
+    bind = _WebVariable("PROGRESS_WEB_BIND", "127.0.0.1:8000", str)
+    access_log = _WebVariable("PROGRESS_WEB_ACCESS_LOG", "0", lambda raw: raw == "1")  # 1: every request
+    log_level = _WebVariable("PROGRESS_WEB_LOG_LEVEL", "info", str)  # gunicorn's, and the app's loggers'
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = os.environ if environ is None else environ

@@ -10,6 +10,16 @@ from __future__ import annotations
 class Keys:
     def __init__(self, prefix: str = "progress") -> None:
         self.prefix = prefix
+        self.all_events = f"{prefix}:events"
+        """Pub/sub channel of every job."""
+        self.jobs_index = f"{prefix}:jobs"
+        """Sorted set of job ids scored by creation time (ms), newest last."""
+        self.mirror_due = f"{prefix}:mirror:due"
+        """Sorted set of finished job ids waiting for PostgreSQL, scored by next try (ms)."""
+        self.stats = f"{prefix}:stats"
+        """Hash of update counts by reason, summed over every process."""
+        self.batches_index = f"{prefix}:batches"
+        """Sorted set of the batches not yet kept in PostgreSQL, scored by creation time (ms)."""
 
     def job(self, job_id: str) -> str:
         """The job hash: the source of truth for one job."""
@@ -23,16 +33,6 @@ class Keys:
         """Pub/sub channel of one job."""
         return f"{self.prefix}:{{{job_id}}}:events"
 
-    @property
-    def all_events(self) -> str:
-        """Pub/sub channel of every job."""
-        return f"{self.prefix}:events"
-
-    @property
-    def jobs_index(self) -> str:
-        """Sorted set of job ids scored by creation time (ms), newest last."""
-        return f"{self.prefix}:jobs"
-
     def paper_jobs(self, paper_id: str) -> str:
         """Sorted set of one paper's job ids scored by creation time (ms)."""
         return f"{self.prefix}:paper:{paper_id}:jobs"
@@ -43,21 +43,6 @@ class Keys:
         Its own hash tag: on a cluster it sits in another slot than its members.
         """
         return f"{self.prefix}:batch:{{{batch_id}}}"
-
-    @property
-    def batches_index(self) -> str:
-        """Sorted set of batch ids scored by creation time (ms)."""
-        return f"{self.prefix}:batches"
-
-    @property
-    def mirror_due(self) -> str:
-        """Sorted set of finished job ids waiting for PostgreSQL, scored by next try (ms)."""
-        return f"{self.prefix}:mirror:due"
-
-    @property
-    def stats(self) -> str:
-        """Hash of update counts by reason, summed over every process."""
-        return f"{self.prefix}:stats"
 
     def job_pattern(self) -> str:
         """SCAN pattern matching every job hash (and, filtered by caller, only those)."""

@@ -42,25 +42,21 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .batches import is_finished, member_entry
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
-from .models import ID_PATTERN, TERMINAL, build_snapshot, iso_ms, validate_id
+from .models import TERMINAL_VALUES, is_valid_id, iso_ms, validate_id
 from .postgres import PostgresPool, one_line
-from .scripts import script_source
 from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
 
 TABLE = "progress_jobs"
-TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 # Every snapshot field but the derived is_stale / eta_seconds, then the history.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("job_id", "text"),
@@ -98,10 +94,6 @@ SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 T = TypeVar("T")
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _dumps(value: Any) -> str | None:
@@ -164,20 +156,6 @@ def batch_row(snapshot: dict[str, Any]) -> tuple[Any, ...]:
                  for name, kind in BATCH_COLUMNS)
 
 
-def history_entries(entries: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
-    """History stream entries' fields -> CONTRACT's history entries (as ``store.history``)."""
-    out = []
-    for e in entries:
-        out.append({
-            "seq": int(e["seq"]),
-            "at": iso_ms(int(e["at"])),
-            "progress_percent": _number(float(e.get("progress_percent") or 0)),
-            "current_step": e.get("current_step") or None,
-            "status": e.get("status"),
-        })
-    return out
-
-
 class Mirror:
     """Copies finished jobs from the progress store into PostgreSQL's ``progress_jobs``.
 
@@ -214,9 +192,6 @@ class Mirror:
         self._postgres = PostgresPool(database_url, timeout=timeout, connect_timeout=connect_timeout,
                                       pool_size=pool_size, recheck_after=recheck_after,
                                       application_name="progress-service mirror")
-        self._read = store.client.register_script(script_source("read_for_mirror"))
-        self._claim = store.client.register_script(script_source("claim_mirror_due"))
-        self._expire = store.client.register_script(script_source("expire_mirrored"))
 
     # -- writing ----------------------------------------------------------
 
@@ -245,13 +220,11 @@ class Mirror:
         """
         written = 0
         taken = 0
-        now = self._redis(self.store.server_time_ms)
-        due_key = self.store.keys.mirror_due
+        now = self.store.server_time_ms()
         lease = int(self.lease * 1000)
         while limit is None or taken < limit:
             size = self.batch_size if limit is None else min(self.batch_size, limit - taken)
-            ids = [_text(x) for x in self._redis(
-                lambda size=size: self._claim(keys=[due_key], args=[now, size, lease]))]
+            ids = self.store.claim_mirror_due(now, size, lease)
             if not ids:
                 break
             taken += len(ids)
@@ -270,7 +243,7 @@ class Mirror:
         """
         written = 0
         batch: list[str] = []
-        for job_id in self._scan_job_ids():
+        for job_id in self.store.scan_job_ids():
             batch.append(job_id)
             if len(batch) >= self.batch_size:
                 written += self._backfill_batch(batch)
@@ -311,7 +284,7 @@ class Mirror:
         while not stop_event.is_set():
             busy = False
             try:
-                busy = self.sweep(limit=self.batch_size * 10) > 0 and self._more_due()
+                busy = self.sweep(limit=self.batch_size * 10) > 0 and self.store.mirror_due_now()
                 if time.monotonic() - batches_at >= BATCHES_EVERY:
                     batches_at = time.monotonic()
                     self.keep_batches()
@@ -417,55 +390,26 @@ class Mirror:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- internals: Redis -------------------------------------------------
-
-    def _redis(self, call):
-        try:
-            return call()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    def _more_due(self) -> bool:
-        def first_due():
-            now = self.store.server_time_ms()
-            return self.store.client.zrangebyscore(self.store.keys.mirror_due, "-inf", now,
-                                                   start=0, num=1)
-        return bool(self._redis(first_due))
+    # -- internals: the progress store ------------------------------------
 
     def load_rows(self, job_ids: Sequence[str]) -> list[tuple]:
         """``progress_jobs`` rows (UPSERT's parameters) of the finished jobs among ``job_ids``."""
         return self._load(job_ids)[0]
 
     def _load(self, ids: Sequence[str]) -> tuple[list[tuple], dict[str, int | None]]:
-        """Rows of the finished jobs among ``ids``, and job id -> the seq handled (None: no row).
-
-        One script call per job (``lua/read_for_mirror-2.lua``), pipelined: the hash and
-        the whole history come back as one JSON string each.
-        """
-        valid = [j for j in ids if ID_PATTERN.match(j)]
-        k = self.store.keys
-        if self.store.is_cluster:  # redis-py refuses scripts in cluster pipelines
-            replies = [self._redis(lambda j=j: self._read(keys=[k.job(j), k.history(j)]))
-                       for j in valid]
-        else:
-            pipe = self.store.client.pipeline(transaction=False)
-            for job_id in valid:
-                self._read(keys=[k.job(job_id), k.history(job_id)], client=pipe)
-            replies = self._redis(pipe.execute) if valid else []
+        """Rows of the finished jobs among ``ids``, and job id -> the seq handled (None: no row)."""
+        found = self.store.read_for_mirror(ids)
         rows = []
         handled: dict[str, int | None] = dict.fromkeys(ids)
-        s = self.store.settings
-        for job_id, reply in zip(valid, replies, strict=True):
-            if not reply:
+        for job_id in ids:
+            if job_id not in found:
                 logger.debug("job %s: gone from Redis; dropped from the mirror's due set", job_id)
                 continue
-            fields, raw_history = json.loads(_text(reply))
-            if fields.get("status") not in TERMINAL_VALUES:
+            snap, history = found[job_id]
+            if snap["status"] not in TERMINAL_VALUES:
                 logger.debug("job %s: not finished; dropped from the mirror's due set", job_id)
                 continue
-            snap = build_snapshot(fields, 0, stale_after=s.stale_after,
-                                  pending_stale_after=s.pending_stale_after)
-            rows.append(job_row(snap, history_entries(raw_history or [])))
+            rows.append(job_row(snap, history))
             handled[job_id] = snap["seq"]
         return rows, handled
 
@@ -480,38 +424,18 @@ class Mirror:
         """
         if not handled:
             return
-        keys = self.store.keys
-        self._redis(lambda: self.store.client.zrem(keys.mirror_due, *handled))
-        seqs = {j: -1 if seq is None else seq for j, seq in handled.items() if ID_PATTERN.match(j)}
-        outcomes = self._expire_landed(seqs)
-        again = {j: 0 for j, outcome in outcomes.items() if outcome == "changed"}
-        if again:
-            self._redis(lambda: self.store.client.zadd(keys.mirror_due, again))
-
-    def _expire_landed(self, seqs: dict[str, int]) -> dict[str, str]:
-        """Job id -> ``lua/expire_mirrored-2.lua``'s answer, for jobs PostgreSQL holds at ``seq``."""
-        k = self.store.keys
-        ttl = self.store.settings.job_ttl
-        ids = list(seqs)
-        if self.store.is_cluster:  # redis-py refuses scripts in cluster pipelines
-            replies = [self._redis(lambda j=j: self._expire(keys=[k.job(j), k.history(j)],
-                                                            args=[seqs[j], ttl]))
-                       for j in ids]
-        else:
-            pipe = self.store.client.pipeline(transaction=False)
-            for job_id in ids:
-                self._expire(keys=[k.job(job_id), k.history(job_id)], args=[seqs[job_id], ttl],
-                             client=pipe)
-            replies = self._redis(pipe.execute) if ids else []
-        return {j: _text(r) for j, r in zip(ids, replies, strict=True)}
+        self.store.remove_mirror_due(list(handled))
+        seqs = {j: -1 if seq is None else seq for j, seq in handled.items() if is_valid_id(j)}
+        outcomes = self.store.expire_mirrored(seqs)
+        self.store.requeue_mirror_due([j for j, outcome in outcomes.items() if outcome == "changed"])
 
     def _retry_later(self, ids: Sequence[str]) -> None:
         """Re-score due entries at now + the back-off (only entries still there)."""
         delay = min(self.retry_base * 2 ** max(self.failures - 1, 0), self.retry_max)
         try:
             at = self.store.server_time_ms() + int(delay * 1000)
-            self.store.client.zadd(self.store.keys.mirror_due, dict.fromkeys(ids, at), xx=True)
-        except (RedisConnectionError, RedisTimeoutError):
+            self.store.requeue_mirror_due(ids, at, only_queued=True)
+        except BackendUnavailable:
             logger.warning("mirror: could not re-score %d due jobs; they stay due now", len(ids))
             return
         logger.debug("mirror: %d jobs retried in %.1fs", len(ids), delay)
@@ -523,44 +447,23 @@ class Mirror:
         A job finished by this version has no TTL until its row lands; one finished
         by an older version (which set the TTL at once) loses it here.
         """
-        keys = self.store.keys
         try:
-            pipe = self.store.client.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.persist(keys.job(job_id))
-                pipe.persist(keys.history(job_id))
-            held = sum(pipe.execute()[::2])
-        except (RedisConnectionError, RedisTimeoutError):
+            held = self.store.hold_for_mirror(ids)
+        except BackendUnavailable:
             logger.warning("mirror: could not hold %d unmirrored jobs in Redis", len(ids))
             return
         if held:
             logger.info("mirror: %d unmirrored jobs no longer expire until they land", held)
 
-    def _scan_job_ids(self) -> Iterable[str]:
-        prefix = self.store.keys.prefix
-        head, tail = len(prefix) + 2, -1
-        for key in self.store.client.scan_iter(match=self.store.keys.job_pattern(), count=1000,
-                                               _type="hash"):
-            key = _text(key)
-            job_id = key[head:tail]
-            # The pattern also matches "<prefix>:{id}:history" and the like; only a job
-            # hash is exactly "<prefix>:{<id>}".
-            if key.endswith("}") and ID_PATTERN.match(job_id) and key == self.store.keys.job(job_id):
-                yield job_id
-
     def _backfill_batch(self, ids: list[str]) -> int:
-        pipe = self.store.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(self.store.keys.job(job_id), "status", "seq")
-        replies = self._redis(pipe.execute)
-        finished = {j: int(seq) for j, (status, seq) in zip(ids, replies, strict=True)
-                    if status is not None and _text(status) in TERMINAL_VALUES}
+        finished = {j: seq for j, (status, seq) in self.store.job_states(ids).items()
+                    if status in TERMINAL_VALUES and seq is not None}
         if not finished:
             return 0
         held = dict(self._query(f"SELECT job_id, seq FROM {TABLE} WHERE job_id = ANY(%s)",
                                 (list(finished),)))
         # Landed, but Redis never heard (the expiry was not set): let them expire now.
-        self._expire_landed({j: seq for j, seq in finished.items() if held.get(j) == seq})
+        self.store.expire_mirrored({j: seq for j, seq in finished.items() if held.get(j) == seq})
         missing = [j for j, seq in finished.items() if held.get(j, -1) < seq]
         if not missing:
             return 0

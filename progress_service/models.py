@@ -7,12 +7,15 @@ import json
 import math
 import re
 import time
+from collections import deque
+from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
 from .errors import InvalidInput
 
+ETA_POINTS = 20  # running events a LiveEta keeps
 # CONTRACT spells the id pattern with ``$``; in Python ``$`` also matches before a
 # trailing newline ("abc\n"), so the compiled pattern ends in ``\Z``: its ``match``,
 # ``fullmatch`` and ``search`` all refuse what CONTRACT refuses.
@@ -43,6 +46,9 @@ class Status(str, Enum):
 
 
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
+# The same as the plain strings a snapshot, an event or a job hash holds: a str-valued
+# Enum member does not hash like its value, so ``"failed" in TERMINAL`` is False.
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
 def is_valid_id(value: object) -> bool:
@@ -110,6 +116,18 @@ def ms_from_iso(iso: str | None) -> int | None:
         return None
     dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     return calendar.timegm(dt.utctimetuple()) * 1000 + dt.microsecond // 1000
+
+
+def history_entry(fields: Mapping[str, str]) -> dict[str, Any]:
+    """One entry of a job's history stream (its fields, decoded) -> CONTRACT's history entry."""
+    progress = float(fields.get("progress_percent") or 0)
+    return {
+        "seq": int(fields["seq"]),
+        "at": iso_ms(int(fields["at"])),
+        "progress_percent": int(progress) if progress.is_integer() else progress,
+        "current_step": fields.get("current_step") or None,
+        "status": fields.get("status"),
+    }
 
 
 def _int_or_none(raw: str | None) -> int | None:
@@ -202,6 +220,41 @@ def eta_seconds(status: str, progress: float, now_ms: int, recent: list[tuple[in
         return None
     eta = (100 - progress) * elapsed / gained
     return round(eta, 1) if math.isfinite(eta) else None
+
+
+class LiveEta:
+    """``eta_seconds`` kept up to date from a job's events, for whoever follows them
+    (``ProgressStore.subscribe``, ``web.fanout``): an event carries no ETA, so the rate is
+    taken over the last ``ETA_POINTS`` running points seen (:func:`eta_seconds`, as a read
+    does over the job's history).
+    """
+
+    def __init__(self) -> None:
+        self.points: deque[tuple[int, float]] = deque(maxlen=ETA_POINTS)
+
+    def seed(self, snapshot: dict[str, Any]) -> None:
+        """Take a point from a snapshot read from the store (its last progress)."""
+        if snapshot["status"] != Status.RUNNING.value:
+            return
+        try:
+            at_ms = ms_from_iso(snapshot.get("progress_updated_at"))
+        except ValueError:
+            return
+        if at_ms is not None:
+            self.points.append((at_ms, float(snapshot["progress_percent"])))
+
+    def advance(self, previous: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+        """:func:`event_to_snapshot`, with ``eta_seconds`` from the points up to this event
+        (the previous estimate where they give none yet)."""
+        snapshot = event_to_snapshot(previous, event)
+        at_ms = event.get("progress_updated_at_ms")
+        if snapshot["status"] == Status.RUNNING.value and at_ms is not None:
+            progress = float(snapshot["progress_percent"])
+            self.points.append((int(at_ms), progress))
+            eta = eta_seconds(snapshot["status"], progress, int(at_ms), list(self.points))
+            if eta is not None:
+                snapshot["eta_seconds"] = eta
+        return snapshot
 
 
 def event_to_snapshot(previous: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:

@@ -25,9 +25,9 @@ import redis
 from .batches import unfinished_members, validate_batch
 from .config import Settings
 from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
-from .models import TERMINAL, Status, validate_id
+from .models import TERMINAL_VALUES, Status, validate_id
 from .pipelines import require_pipeline
-from .store import ProgressStore, connect
+from .store import ProgressStore
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -42,16 +42,9 @@ JOB_FUNCTION = "worker.jobs.run_pipeline"
 FAILURE_CALLBACK = "worker.jobs.on_rq_failure"
 STOPPED_CALLBACK = "worker.jobs.on_rq_stopped"
 
-_TERMINAL = frozenset(s.value for s in TERMINAL)
-
-
 def rq_connection(settings: Settings) -> redis.Redis:
     """A client for RQ's queue (bytes in, bytes out: RQ's own convention)."""
     return redis.Redis.from_url(settings.redis_url)
-
-
-def _store(settings: Settings, store: ProgressStore | None) -> ProgressStore:
-    return store if store is not None else ProgressStore(connect(settings), settings)
 
 
 def submit_job(
@@ -87,7 +80,7 @@ def submit_job(
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1:
         raise InvalidInput(f"job_timeout must be a whole number of seconds >= 1, got {timeout!r}")
     ttl = result_ttl if result_ttl is not None else settings.job_ttl
-    store = _store(settings, store)
+    store = store if store is not None else ProgressStore.from_settings(settings)
     store.create_job(job_id, paper_id, steps=list(spec.steps), pipeline=spec.name,
                      tags=tags, batch_id=batch_id)
     conn = redis_conn if redis_conn is not None else rq_connection(settings)
@@ -137,7 +130,7 @@ def submit_batch(
     """
     paper_ids, pipeline, tags, name = validate_batch(paper_ids, pipeline, tags, name)
     spec = require_pipeline(pipeline)
-    store = _store(settings, store)
+    store = store if store is not None else ProgressStore.from_settings(settings)
     conn = redis_conn if redis_conn is not None else rq_connection(settings)
     batch_id = uuid.uuid4().hex
     job_ids = [uuid.uuid4().hex for _ in paper_ids]
@@ -178,7 +171,7 @@ def cancel_batch(
     unknown batch (or one Redis has let go: it has finished).
     """
     validate_id(batch_id, "batch_id")
-    store = _store(settings, store)
+    store = store if store is not None else ProgressStore.from_settings(settings)
     state = store.batch_state(batch_id)
     if state is None or not store.mark_batch_canceled(batch_id):
         raise JobNotFound(f"batch {batch_id} not found")
@@ -216,11 +209,11 @@ def cancel_job(
     from rq.job import JobStatus
 
     validate_id(job_id, "job_id")
-    store = _store(settings, store)
+    store = store if store is not None else ProgressStore.from_settings(settings)
     snap = store.get(job_id)
     if snap is None:
         raise JobNotFound(f"job {job_id} not found")
-    if snap["status"] in _TERMINAL:
+    if snap["status"] in TERMINAL_VALUES:
         raise JobConflict(f"job {job_id} has already finished ({snap['status']})")
     conn = redis_conn if redis_conn is not None else rq_connection(settings)
     rq_job = _fetch_rq_job(conn, job_id)

@@ -47,15 +47,16 @@ class UpdateResult(NamedTuple):
         return self.accepted
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def as_text(value: object) -> str:
+    """A reply value as text (a client without ``decode_responses`` answers bytes)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def parse_update_reply(reply: list) -> UpdateResult:
     """``[accepted 0|1, reason, seq, status]`` as the script returns it."""
     if len(reply) > 3:
-        return UpdateResult(reply[0] == 1, _text(reply[1]), int(reply[2]), _text(reply[3]))
-    return UpdateResult(reply[0] == 1, _text(reply[1]), int(reply[2]), None)
+        return UpdateResult(reply[0] == 1, as_text(reply[1]), int(reply[2]), as_text(reply[3]))
+    return UpdateResult(reply[0] == 1, as_text(reply[1]), int(reply[2]), None)
 
 
 def invalid_from(exc: ResponseError) -> InvalidInput | None:
@@ -78,4 +79,7 @@ class Scripts:
         self.create = client.register_script(script_source("create_job"))
         self.heartbeat = client.register_script(script_source("heartbeat"))
         self.read = client.register_script(script_source("read_job"))
+        self.read_for_mirror = client.register_script(script_source("read_for_mirror"))
+        self.claim_mirror_due = client.register_script(script_source("claim_mirror_due"))
+        self.expire_mirrored = client.register_script(script_source("expire_mirrored"))
         self.batch_percent = client.register_script(script_source("batch_percent"))

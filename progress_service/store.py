@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
@@ -28,16 +29,18 @@ from .models import (
     DEFAULT_STEPS,
     MAX_EXACT_INT,
     MAX_SEQ_FLOOR,
-    TERMINAL,
+    TERMINAL_VALUES,
     Status,
     build_snapshot,
     event_to_snapshot,
-    iso_ms,
+    history_entry,
+    is_valid_id,
     validate_id,
     validate_steps,
     validate_tags,
 )
 from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
+from .scripts import as_text as _text
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +51,8 @@ INDEX_MAX = 10000  # job ids kept in the recent-jobs index
 # script's start: reading from this long before ``at`` misses none.
 HISTORY_SLACK_MS = 5000
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
-_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 # what a batch's snapshot reads of each member (progress_service.batches)
 _MEMBER_FIELDS = ("status", "progress_percent", "started_at_ms", "finished_at_ms")
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def connect(settings: Settings):
@@ -62,6 +60,57 @@ def connect(settings: Settings):
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(settings.progress_redis_url, decode_responses=True)
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
+
+
+def parse_event(raw: str | bytes) -> dict[str, Any]:
+    """One pub/sub payload (CONTRACT, "Redis") -> a dict; ``ValueError`` if it is not one."""
+    event = json.loads(raw)
+    if not isinstance(event, dict) or not isinstance(event.get("job_id"), str) \
+            or not isinstance(event.get("seq"), int):
+        raise ValueError(f"not a progress event: {_text(raw)[:200]!r}")
+    return event
+
+
+class EventFeed(AbstractContextManager):
+    """The parsed events of one pub/sub channel (``ProgressStore.events``), in the order published.
+
+    ``get`` waits for the next one, until ``close`` (or the end of a ``with``). redis-py
+    reconnects and resubscribes by itself after a lost connection; events published
+    meanwhile are lost (a reader fills the gap from the snapshot's ``seq``).
+    """
+
+    def __init__(self, pubsub, channel: str) -> None:
+        self.channel = channel
+        self._pubsub = pubsub
+        try:
+            pubsub.subscribe(channel)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            pubsub.close()
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        """The next event, or None after ``timeout`` seconds without one.
+
+        Raises ``BackendUnavailable`` while Redis does not answer (the next call
+        reconnects). A payload that is not an event is logged and skipped.
+        """
+        try:
+            message = self._pubsub.get_message(timeout=timeout)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+        if message is None or message.get("type") != "message":
+            return None
+        try:
+            return parse_event(message["data"])
+        except ValueError:
+            logger.warning("%s: ignored a malformed event %r", self.channel, message["data"][:200])
+            return None
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def __exit__(self, *exc_info: object) -> None:  # __enter__: AbstractContextManager's, self
+        self.close()
 
 
 class ProgressStore:
@@ -78,7 +127,12 @@ class ProgressStore:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProgressStore:
-        settings = Settings.from_env(environ)
+        """The store the environment names (``Settings.from_env``)."""
+        return cls.from_settings(Settings.from_env(environ))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProgressStore:
+        """The store ``settings`` name, on a client of its own (:func:`connect`)."""
         return cls(connect(settings), settings)
 
     # -- writing ----------------------------------------------------------
@@ -320,17 +374,12 @@ class ProgressStore:
             entries = self.client.xrange(self.keys.history(job_id))
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        out = []
-        for _, raw in entries:
-            entry = _history_entry(raw)
-            out.append({"seq": entry["seq"], "at": iso_ms(entry["at_ms"]),
-                        **{k: entry[k] for k in ("progress_percent", "current_step", "status")}})
-        return out
+        return [history_entry({_text(a): _text(b) for a, b in raw.items()}) for _, raw in entries]
 
     def member_histories(self, job_ids: Sequence[str], after_ms: int = 0
                          ) -> tuple[int, list[list[dict[str, Any]]]]:
-        """Every job's history entries made after about ``after_ms`` (each with ``at_ms``), and
-        the last millisecond that is over on every node read: no entry made up to it can
+        """Every job's history entries made after about ``after_ms`` (each with ``at_ms`` too),
+        and the last millisecond that is over on every node read: no entry made up to it can
         appear later (``progress_service.batches``' event log).
 
         One Redis: TIME and the reads in one ``MULTI``, so what was made before the clock
@@ -353,11 +402,11 @@ class ProgressStore:
         if not self.is_cluster:
             sec, usec = replies.pop(0)
             now_ms = int(sec) * 1000 + int(usec) // 1000
-        return now_ms - 1, [[_history_entry(raw) for _, raw in entries] for entries in replies]
-
-    def history_since(self, job_id: str, after_seq: int) -> list[dict[str, Any]]:
-        """History entries with a ``seq`` above ``after_seq`` (for resuming a stream)."""
-        return [e for e in self.history(job_id) if e["seq"] > after_seq]
+        out = []
+        for entries in replies:
+            fields = [{_text(a): _text(b) for a, b in raw.items()} for _, raw in entries]
+            out.append([{**history_entry(f), "at_ms": int(f["at"])} for f in fields])
+        return now_ms - 1, out
 
     def recent_job_ids(self, limit: int = 50, paper_id: str | None = None) -> list[str]:
         """Job ids, newest first, from the recent-jobs index (or one paper's)."""
@@ -399,17 +448,40 @@ class ProgressStore:
         return snaps[:limit]
 
     def server_time_ms(self) -> int:
-        sec, usec = self.client.time()
+        """The Redis server's clock (``TIME``) in ms: the one clock of every snapshot."""
+        sec, usec = self._redis(self.client.time)
         return int(sec) * 1000 + int(usec) // 1000
 
-    def subscribe(self, job_id: str, *, timeout: float | None = None,
-                  idle_check: float = 5.0) -> Iterator[dict[str, Any]]:
+    def ping(self) -> None:
+        """Raise ``BackendUnavailable`` unless the progress store answers."""
+        self._redis(self.client.ping)
+
+    def close(self) -> None:
+        """Let go of the client's connections (a forked work horse closes its parent's)."""
+        self.client.close()
+
+    def events(self, job_id: str | None = None) -> EventFeed:
+        """The parsed pub/sub events of ``job_id`` (None: of every job), from now on.
+
+        Subscribed when this returns (``BackendUnavailable`` if Redis does not answer);
+        use it as a context manager, or ``close()`` it.
+        """
+        channel = self.keys.all_events if job_id is None else self.keys.events(validate_id(job_id))
+        return EventFeed(self.client.pubsub(ignore_subscribe_messages=True), channel)
+
+    def subscribe(self, job_id: str, *, timeout: float | None = None, idle_check: float = 5.0,
+                  derived: bool = False) -> Iterator[dict[str, Any]]:
         """Yield the current snapshot, then each change once, until a terminal state.
 
         Subscribes first and reads the snapshot second, then drops every event
         whose ``seq`` is not newer: a late subscriber misses nothing and sees
         nothing twice. A gap in ``seq`` (a lost connection) is filled by a fresh
-        read; so is a quiet spell of ``idle_check`` seconds. Raises
+        read; so is a quiet spell of ``idle_check`` seconds. A snapshot made from
+        an event keeps the derived fields of the last read (``eta_seconds``).
+        With ``derived`` (a live bar), the job is read at least every ``idle_check``
+        seconds, events or not, and a read is yielded also when only its derived
+        fields moved (``eta_seconds``, ``is_stale``), at the same ``seq``: the ETA
+        is the store's, and a stall shows. Raises
         ``JobNotFound`` for an unknown job, ``TimeoutError`` after ``timeout`` s,
         ``BackendUnavailable`` when Redis does not answer at the start. Once the
         snapshot is out, a Redis that goes away is waited for (one WARNING line), and
@@ -417,19 +489,13 @@ class ProgressStore:
         persistence), the job is waited for up to ``worker_lost_after`` seconds: its
         runner re-creates it, with a higher seq (``worker.runner``).
         """
-        validate_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            try:
-                pubsub.subscribe(self.keys.events(job_id))
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                raise BackendUnavailable(f"redis: {exc}") from exc
+        with self.events(job_id) as feed:
             snap = self.get(job_id)
             if snap is None:
                 raise JobNotFound(f"job {job_id} not found")
             yield snap
-            last_seen = time.monotonic()
+            last_seen = last_read = time.monotonic()
             lost, back_at = False, None
 
             def answered() -> None:  # by pub/sub or the store, whichever comes first
@@ -438,47 +504,154 @@ class ProgressStore:
                     logger.info("job %s: Redis is back", job_id)
                     lost, back_at = False, time.monotonic()
 
-            while snap["status"] not in _TERMINAL_VALUES:
+            while snap["status"] not in TERMINAL_VALUES:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
                 try:
-                    message = pubsub.get_message(timeout=0.5)  # reconnects and resubscribes
-                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    event = feed.get(timeout=0.5)  # reconnects and resubscribes
+                except BackendUnavailable as exc:
                     if not lost:
                         logger.warning("job %s: Redis connection lost (%s); waiting for it", job_id, exc)
                         lost = True
                     time.sleep(0.5)
-                    message = None
+                    event = None
                     last_seen = 0.0  # re-read at once after the reconnect
                 else:
                     answered()
                 fresh: dict[str, Any] | None = None
-                if message is not None and message.get("type") == "message":
-                    event = json.loads(message["data"])
+                if event is not None:
                     if event["seq"] <= snap["seq"]:
                         continue
-                    if event["seq"] == snap["seq"] + 1:
+                    read_due = derived and time.monotonic() - last_read >= idle_check
+                    if event["seq"] == snap["seq"] + 1 and not read_due:
                         fresh = event_to_snapshot(snap, event)
                     else:
                         fresh = self.get(job_id)
+                        last_read = time.monotonic()
                 elif time.monotonic() - last_seen >= idle_check:
                     try:
                         fresh = self.get(job_id)
                     except BackendUnavailable:
                         continue  # still away: the next get_message reconnects
-                    last_seen = time.monotonic()
+                    last_seen = last_read = time.monotonic()
                     answered()
                     if fresh is None:
                         if back_at is not None and time.monotonic() - back_at < self.settings.worker_lost_after:
                             continue  # Redis came back empty: the job's runner re-creates it
                         raise JobNotFound(f"job {job_id} vanished from Redis")
+                    if derived and fresh["seq"] == snap["seq"] and _derived(fresh) != _derived(snap):
+                        snap = fresh
+                        yield snap
+                        continue
                 if fresh is None or fresh["seq"] <= snap["seq"]:
                     continue
                 last_seen = time.monotonic()
                 snap = fresh
                 yield snap
-        finally:
-            pubsub.close()
+
+    # -- the PostgreSQL mirror's side (progress_service.mirror) ------------
+    # The due set: finished job id -> when the mirror should try it next (ms, Redis clock).
+
+    def claim_mirror_due(self, now_ms: int, count: int, lease_ms: int) -> list[str]:
+        """Up to ``count`` ids due at ``now_ms``, longest due first, each due again only
+        after ``lease_ms`` (``lua/claim_mirror_due-1.lua``): sweepers share the due jobs."""
+        reply = self._call(self.scripts.claim_mirror_due, [self.keys.mirror_due], [now_ms, count, lease_ms])
+        return [_text(x) for x in reply]
+
+    def mirror_due_now(self) -> bool:
+        """Whether a job is due for the mirror now."""
+        now = self.server_time_ms()
+        return bool(self._redis(lambda: self.client.zrangebyscore(self.keys.mirror_due, "-inf", now,
+                                                                  start=0, num=1)))
+
+    def requeue_mirror_due(self, job_ids: Iterable[str], at_ms: int = 0, *, only_queued: bool = False) -> None:
+        """Make ``job_ids`` due for the mirror at ``at_ms`` (``only_queued``: those still in the set)."""
+        due = dict.fromkeys(job_ids, at_ms)
+        if due:
+            self._redis(lambda: self.client.zadd(self.keys.mirror_due, due, xx=only_queued))
+
+    def remove_mirror_due(self, job_ids: Sequence[str]) -> None:
+        """Take ``job_ids`` out of the due set."""
+        if job_ids:
+            self._redis(lambda: self.client.zrem(self.keys.mirror_due, *job_ids))
+
+    def expire_mirrored(self, seqs: Mapping[str, int]) -> dict[str, str]:
+        """Job id -> ``lua/expire_mirrored-2.lua``'s answer (``expiring``, ``changed``,
+        ``running``, ``gone``) for jobs PostgreSQL now holds at ``seqs[job_id]``: a landed
+        job's expiry (``PROGRESS_JOB_TTL`` after it finished) is set only now."""
+        k = self.keys
+        ttl = self.settings.job_ttl
+        ids = list(seqs)
+        script = self.scripts.expire_mirrored
+        if self.is_cluster:  # redis-py refuses scripts in cluster pipelines
+            replies = [self._call(script, [k.job(j), k.history(j)], [seqs[j], ttl]) for j in ids]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                script(keys=[k.job(job_id), k.history(job_id)], args=[seqs[job_id], ttl], client=pipe)
+            replies = self._redis(pipe.execute) if ids else []
+        return {j: _text(r) for j, r in zip(ids, replies, strict=True)}
+
+    def job_states(self, job_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
+        """Each job's status and seq (None, None: gone), in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), "status", "seq")
+        replies = self._redis(pipe.execute)
+        return {j: _status_seq(reply) for j, reply in zip(job_ids, replies, strict=True)}
+
+    def read_for_mirror(self, job_ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Job id -> (snapshot, whole history) of each job Redis holds among the valid ``job_ids``.
+
+        One script call per job (``lua/read_for_mirror-2.lua``), pipelined: the hash and
+        the whole history come back as one JSON string each. ``is_stale`` and
+        ``eta_seconds`` are not derived (False, None).
+        """
+        valid = [j for j in job_ids if is_valid_id(j)]
+        k = self.keys
+        script = self.scripts.read_for_mirror
+        if self.is_cluster:  # redis-py refuses scripts in cluster pipelines
+            replies = [self._call(script, [k.job(j), k.history(j)], []) for j in valid]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in valid:
+                script(keys=[k.job(job_id), k.history(job_id)], client=pipe)
+            replies = self._redis(pipe.execute) if valid else []
+        s = self.settings
+        out = {}
+        for job_id, reply in zip(valid, replies, strict=True):
+            if not reply:
+                continue
+            fields, raw_history = json.loads(_text(reply))
+            snap = build_snapshot(fields, 0, stale_after=s.stale_after,
+                                  pending_stale_after=s.pending_stale_after)
+            out[job_id] = (snap, [history_entry(e) for e in raw_history or []])
+        return out
+
+    def hold_for_mirror(self, job_ids: Sequence[str]) -> int:
+        """Make each job's hash and history persistent until the mirror lands it
+        (``expire_mirrored``); return how many jobs had an expiry (set by an older version)."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.persist(k.job(job_id))
+            pipe.persist(k.history(job_id))
+        return sum(self._redis(pipe.execute)[::2])
+
+    def scan_job_ids(self) -> Iterator[str]:
+        """Every job id Redis holds a hash of (SCAN: in no order, possibly one twice)."""
+        k = self.keys
+        head, tail = len(k.prefix) + 2, -1
+        try:
+            for raw in self.client.scan_iter(match=k.job_pattern(), count=1000, _type="hash"):
+                key = _text(raw)
+                job_id = key[head:tail]
+                # The pattern also matches "<prefix>:{id}:history" and the like; only a job
+                # hash is exactly "<prefix>:{<id>}".
+                if key.endswith("}") and is_valid_id(job_id) and key == k.job(job_id):
+                    yield job_id
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
 
     # -- batches (progress_service.batches says how they stay consistent) ---
 
@@ -671,7 +844,7 @@ class ProgressStore:
 
     def _after_update(self, job_id: str, res: UpdateResult) -> None:
         self.stats[res.reason] += 1
-        if res.reason == "ok" and res.status in _TERMINAL_VALUES:
+        if res.reason == "ok" and res.status in TERMINAL_VALUES:
             logger.info("job %s: -> %s (seq %d)", job_id, res.status, res.seq)
             self.mark_mirror_due(job_id)
         elif not res.accepted:
@@ -683,6 +856,13 @@ class ProgressStore:
             self.client.zadd(self.keys.mirror_due, {job_id: at_ms})
         except (RedisConnectionError, RedisTimeoutError):
             logger.warning("job %s: could not queue for the mirror; the sweep will find it", job_id)
+
+    def _redis(self, call):
+        """``call()``, with a Redis that does not answer raised as ``BackendUnavailable``."""
+        try:
+            return call()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
 
     def _call(self, script, keys, args):
         try:
@@ -713,24 +893,20 @@ class ProgressStore:
                               pending_stale_after=s.pending_stale_after, recent=points)
 
 
-def _history_entry(raw: Mapping[Any, Any]) -> dict[str, Any]:
-    """One history stream entry's fields -> ``{seq, at_ms, progress_percent, current_step, status}``."""
-    e = {_text(a): _text(b) for a, b in raw.items()}
-    progress = float(e.get("progress_percent") or 0)
-    return {
-        "seq": int(e["seq"]),
-        "at_ms": int(e["at"]),
-        "progress_percent": int(progress) if progress.is_integer() else progress,
-        "current_step": e.get("current_step") or None,
-        "status": e.get("status"),
-    }
-
-
 def _whole(value, what: str, maximum: int) -> int:
     """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
         raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
     return value
+
+
+def _derived(snapshot: dict[str, Any]) -> tuple[Any, Any]:
+    return snapshot["is_stale"], snapshot["eta_seconds"]
+
+
+def _status_seq(reply) -> tuple[str | None, int | None]:
+    status, seq = reply
+    return (None, None) if status is None else (_text(status), int(seq))
 
 
 def _progress_arg(value) -> str:

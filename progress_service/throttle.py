@@ -37,8 +37,6 @@ class Throttle:
         self._last_write: float | None = None
         self._timer: threading.Timer | None = None
         self._closed = False
-        self.writes = 0
-        self.merged = 0
 
     def update(self, **fields: Any) -> None:
         """Offer one change; it is written now or merged into the trailing write."""
@@ -55,17 +53,11 @@ class Throttle:
             if urgent or due or self.min_interval <= 0:
                 self._flush_locked()
                 return
-            self.merged += 1
             if self._timer is None:
                 delay = self.min_interval - (now - self._last_write)
                 self._timer = threading.Timer(max(delay, 0.0), self._on_timer)
                 self._timer.daemon = True
                 self._timer.start()
-
-    def flush(self) -> None:
-        """Write whatever is pending now."""
-        with self._lock:
-            self._flush_locked()
 
     def close(self) -> None:
         """Write the last pending value and stop the timer. Safe to call twice."""
@@ -87,7 +79,6 @@ class Throttle:
             return
         fields, self._pending = self._pending, {}
         self._last_write = self._clock()
-        self.writes += 1
         try:
             self._write(fields)
         except Exception as exc:

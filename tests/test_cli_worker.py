@@ -454,6 +454,31 @@ def test_follow_job_redraws_one_line_on_a_terminal(store):
     assert text.rstrip().endswith("failed: exit code 1: boom\x1b[K")
 
 
+def test_follow_job_shows_the_stores_eta_and_a_stall_makes_it_grow(store):
+    """The bar's ETA is the store's ``eta_seconds``, read again while the job is quiet:
+    a stalled job's ETA grows on screen instead of freezing at its last value."""
+    store.create_job("f4", "p", steps=["a"], pipeline="command")
+    store.update("f4", status="running", progress_percent=0)
+    store.update("f4", progress_percent=50)  # from now on the ETA is the time since running
+    out = io.StringIO()
+    result: list[dict] = []
+    follower = threading.Thread(target=lambda: result.append(
+        follow_job(store, "f4", out=out, timeout=20, idle_check=0.2)), daemon=True)
+    follower.start()
+
+    def etas() -> list[int]:
+        return [int(m) for m in re.findall(r"ETA (\d+)s", out.getvalue())]
+
+    try:
+        assert wait_until(lambda: len(set(etas())) >= 3, timeout=10), out.getvalue()
+    finally:
+        store.update("f4", status="completed")
+        follower.join(10)
+    assert result and result[0]["status"] == "completed"
+    assert etas() == sorted(etas()) and etas()[-1] >= 2, out.getvalue()  # it grew, step by step
+    assert store.get("f4")["seq"] == 4  # no write made it move: only time passed
+
+
 def test_follow_job_times_out_and_knows_no_unknown_job(store):
     store.create_job("f3", "p", steps=["a"], pipeline="command")
     with pytest.raises(TimeoutError):

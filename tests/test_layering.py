@@ -55,3 +55,20 @@ def test_rq_private_names_are_touched_in_the_adapter_only():
         if name in path.read_text()
     )
     assert {f for f, _ in touches} == {"worker/rq_adapter.py"}
+
+
+def test_only_the_store_talks_to_the_progress_store():
+    """Key names, scripts and payload parsing live behind ``ProgressStore``: no other module
+    reaches into its client, registers a script or parses an event by hand."""
+    reaching = ("store.client", ".register_script(", "store.scripts", '"status":"')
+    touches = sorted(
+        (str(path.relative_to(ROOT)), what)
+        for package in ("progress_service", "worker", "web", "progress_cli")
+        for path in (ROOT / package).rglob("*.py")
+        if path.relative_to(ROOT).parts[:2] not in (("progress_service", "store.py"),
+                                                    ("progress_service", "store"),
+                                                    ("progress_service", "scripts.py"))
+        for what in reaching
+        if what in path.read_text()
+    )
+    assert touches == []

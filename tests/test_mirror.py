@@ -211,7 +211,7 @@ def test_sweepers_in_several_workers_share_the_jobs_and_a_dead_ones_claim_expire
     for i in range(5):
         finish(store, f"late-{i}")
     now = store.server_time_ms()
-    claimed = sweepers[0]._claim(keys=[store.keys.mirror_due], args=[now, 100, 300])
+    claimed = store.claim_mirror_due(now, 100, 300)  # what sweepers[0] would claim
     assert len(claimed) == 5
     assert sweepers[1].sweep() == 0  # claimed: not due for anyone else yet
     assert wait_until(lambda: sweepers[1].sweep() == 5, timeout=5)

@@ -638,6 +638,22 @@ def test_eta_follows_the_recent_rate_and_grows_when_progress_stops(store, job, m
     assert stalled is not None and later is not None and later > stalled > fast, (fast, stalled, later)
 
 
+def test_a_subscriber_asking_for_derived_fields_sees_a_stalled_jobs_eta_grow(store, job):
+    store.update(job, status="running", progress_percent=10)
+    store.update(job, progress_percent=20)
+    assert wait_until(lambda: (stored(store)["eta_seconds"] or 0) > 0, timeout=5)
+    seen = []
+    for snap in store.subscribe(job, timeout=10, idle_check=0.2, derived=True):
+        seen.append(snap)
+        if len(seen) == 3:
+            store.update(job, status="completed")
+    running, final = seen[:-1], seen[-1]
+    assert len(running) == 3 and {s["seq"] for s in running} == {3}, running
+    etas = [s["eta_seconds"] for s in running]
+    assert etas == sorted(set(etas)), etas  # re-read, not moved: only the ETA grows
+    assert final["status"] == "completed" and final["eta_seconds"] is None
+
+
 def test_list_jobs_newest_first_and_filtered(store):
     store.create_job("a1", "p1")
     time.sleep(0.003)

@@ -26,7 +26,6 @@ NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "n
 NO_CACHE_ITEMS = tuple(NO_CACHE.items())
 # Files that never change keep their validators: our static files, rq-dashboard's, a job's video.
 FILE_ENDPOINTS = frozenset({"static", "rq_dashboard.static", "api.job_video"})
-DEFAULT_REDIS_POOL = 3  # connections a web process holds for reads, besides its one pub/sub connection
 
 
 def redis_client(settings: Settings, *, pool_size: int, role: str):
@@ -54,8 +53,9 @@ def redis_client(settings: Settings, *, pool_size: int, role: str):
 def create_app(settings: Settings | None = None, *, redis_pool: int | None = None) -> Flask:
     """Build the app from ``settings`` (``Settings.from_env()`` when None).
 
-    ``redis_pool`` is the number of Redis connections for reads (default
-    ``settings.web_redis_pool``: ``PROGRESS_WEB_REDIS_POOL``, else 3).
+    ``redis_pool`` is the number of Redis connections a web process holds for reads,
+    besides its one pub/sub connection (default ``settings.web_redis_pool``:
+    ``PROGRESS_WEB_REDIS_POOL``).
     """
     settings = settings or Settings.from_env()
     if redis_pool is None:
@@ -63,7 +63,6 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
-        JSON_SORT_KEYS=False,
         PROGRESS_SSE_KEEPALIVE=settings.sse_keepalive,
     )
     app.json.sort_keys = False

@@ -21,6 +21,7 @@ from progress_service.batches import (
     MAX_MEMBERS,
     BatchFeed,
     event_id,
+    is_finished,
     member_entry,
 )
 from progress_service.errors import BackendUnavailable, JobNotFound
@@ -28,7 +29,7 @@ from progress_service.models import ms_from_iso, validate_id
 
 from .api import json_object, rq_connection
 from .auth import require_token
-from .events import KEEPALIVE, RETRY_MS, EventStream, event_hub, last_event_id
+from .events import RETRY_MS, EventStream, event_hub, last_event_id
 from .fanout import SHUTDOWN, Subscription
 from .job_lookup import find_job, mirror, progress_store, recent_jobs
 from .pages import POLL_MS
@@ -52,20 +53,16 @@ def find_batch(batch_id: str) -> dict[str, Any] | None:
     """The batch's snapshot from Redis, else PostgreSQL's copy of a finished one, else None."""
     snap = progress_store().get_batch(batch_id, find_missing=lambda job_id: member_entry(find_job(job_id)))
     if snap is not None:
-        if snap["status"] in ("completed", "failed", "canceled"):
+        if is_finished(snap):
             keep_finished_batch(snap)
         return snap
-    m = mirror()
-    return None if m is None else m.fetch_batch(batch_id)
+    return mirror().fetch_batch(batch_id)
 
 
 def keep_finished_batch(snap: dict[str, Any]) -> None:
     """Copy a finished batch to PostgreSQL (once Redis expires it, it is read from there)."""
-    m = mirror()
-    if m is None:
-        return
     try:
-        m.save_batch(snap)
+        mirror().save_batch(snap)
     except Exception as exc:  # PostgreSQL down: the next read of the batch tries again
         logger.warning("batch %s: not mirrored yet: %s", snap["batch_id"], exc)
 
@@ -192,7 +189,7 @@ def batch_events(batch_id: str):
     except BaseException:
         sub.close()
         raise
-    keepalive = float(current_app.config.get("PROGRESS_SSE_KEEPALIVE", KEEPALIVE))
+    keepalive = float(current_app.config["PROGRESS_SSE_KEEPALIVE"])  # create_app: the settings' own
     body = BatchEventStream(current_app._get_current_object(), sub, feed, first, keepalive)
     return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
 

@@ -18,7 +18,6 @@ Hardened around rq-dashboard (0.9), without changing it:
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 
@@ -26,8 +25,6 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from .auth import dashboard_guard
-
-logger = logging.getLogger(__name__)
 
 URL_PREFIX = "/rq"
 SCRIPT_TAG = re.compile(r"<script\b", re.IGNORECASE)
@@ -66,12 +63,9 @@ def with_csp(response: Response) -> Response:
 
 
 def init_app(app: Flask, redis_url: str) -> None:
-    try:
-        import rq_dashboard
-        from rq_dashboard.web import setup_rq_connection
-    except ImportError as exc:  # the rest of the app works without it
-        logger.warning("rq-dashboard is not installed; /rq/ is off (%s)", exc)
-        return
+    import rq_dashboard
+    from rq_dashboard.web import setup_rq_connection
+
     app.config.from_object(rq_dashboard.default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url
     app.config.setdefault("RQ_DASHBOARD_POLL_INTERVAL", 2500)

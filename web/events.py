@@ -29,7 +29,7 @@ replayed events are snapshots with those fields set from the history (and
 seq is the full current snapshot. A seq the capped history no longer holds
 cannot be replayed.
 
-A comment line (``: keep-alive``) goes out after every quiet ``KEEPALIVE``
+A comment line (``: keep-alive``) goes out after every quiet ``PROGRESS_WEB_SSE_KEEPALIVE``
 seconds; it also re-reads the job, a safety net for a pub/sub message Redis
 dropped.
 """
@@ -46,7 +46,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from progress_service.errors import BackendUnavailable, InvalidInput, JobNotFound
 from progress_service.models import (
     MAX_EXACT_INT,
-    TERMINAL,
+    TERMINAL_VALUES,
     Status,
     event_to_snapshot,
     validate_id,
@@ -59,10 +59,8 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 
-KEEPALIVE = 15.0  # seconds of quiet before a keep-alive comment
 RETRY_MS = 3000  # how long EventSource waits before reconnecting
 SEQ_DIGITS = re.compile(r"[0-9]{1,16}")
-_TERMINAL = frozenset(s.value for s in TERMINAL)
 
 
 def event_hub() -> EventHub:
@@ -108,7 +106,7 @@ def snapshot_at(entry: dict[str, Any], current: dict[str, Any]) -> dict[str, Any
         "result": None,
         "progress_updated_at": entry["at"],
         "started_at": None if status == Status.PENDING.value else current["started_at"],
-        "finished_at": entry["at"] if status in _TERMINAL else None,
+        "finished_at": entry["at"] if status in TERMINAL_VALUES else None,
         "is_stale": False,
         "eta_seconds": None,
     }
@@ -215,7 +213,7 @@ def job_events(job_id: str):
         sub.close()
         raise
     sub.offer(current)
-    keepalive = float(current_app.config.get("PROGRESS_SSE_KEEPALIVE", KEEPALIVE))
+    keepalive = float(current_app.config["PROGRESS_SSE_KEEPALIVE"])  # create_app: the settings' own
     body = EventStream(current_app._get_current_object(), sub, backlog, current, keepalive)
     logger.debug("job %s: stream opened (after seq %s)", job_id, after)
     return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})

@@ -7,9 +7,10 @@ thousand.
 
 Per job with watchers the hub keeps the last full snapshot it knows (its
 *base*). An event whose ``seq`` is the base's + 1 becomes the next snapshot
-(``models.event_to_snapshot``), encoded as an SSE frame once and shared by
-every watcher. Without a base, or after a gap, the raw event goes out and each
-stream fills the gap from the store itself (``web.events``).
+(``models.LiveEta``: ``event_to_snapshot`` and a fresh ETA), encoded as an SSE
+frame once and shared by every watcher. Without a base, or after a gap, the
+raw event goes out and each stream fills the gap from the store itself
+(``web.events``).
 
 Under gunicorn's gevent worker ``threading`` and ``queue`` are monkey-patched:
 the listener is a greenlet and a waiting client costs a greenlet, not a thread.
@@ -24,14 +25,13 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from progress_service.errors import BackendUnavailable
-from progress_service.models import Status, eta_seconds, event_to_snapshot
+from progress_service.models import TERMINAL_VALUES, LiveEta
+from progress_service.store import parse_event
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ RESYNC = "resync"  # queue item: events may have been lost, re-read the store
 SHUTDOWN = "shutdown"  # queue item: the process is stopping, end the stream (the client reconnects)
 QUEUE_LIMIT = 500  # items a slow client may lag before it is told to resync
 READY_TIMEOUT = 5.0  # seconds a new client waits for the listener's subscription
-ETA_POINTS = 20  # running events the hub keeps per job for the ETA
-_TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 
 
 def sse_frame(snapshot: dict[str, Any]) -> bytes:
@@ -67,14 +65,12 @@ class Delivery:
 class _JobFeed:
     watchers: set[Subscription] = field(default_factory=set)
     base: dict[str, Any] | None = None
-    points: deque = field(default_factory=lambda: deque(maxlen=ETA_POINTS))
+    eta: LiveEta = field(default_factory=LiveEta)
 
     def offer(self, snapshot: dict[str, Any]) -> None:
         if self.base is None or snapshot["seq"] > self.base["seq"]:
             self.base = snapshot
-            at_ms = iso_to_ms(snapshot.get("progress_updated_at"))
-            if snapshot["status"] == Status.RUNNING.value and at_ms is not None:
-                self.points.append((at_ms, float(snapshot["progress_percent"])))
+            self.eta.seed(snapshot)
 
     def advance(self, event: dict[str, Any]) -> Delivery | None:
         seq = int(event["seq"])
@@ -84,14 +80,7 @@ class _JobFeed:
         if base is None or seq != base["seq"] + 1:
             self.base = None  # a gap: the watchers re-read the store
             return Delivery(seq, event)
-        snapshot = event_to_snapshot(base, event)
-        at_ms = event.get("progress_updated_at_ms")
-        if snapshot["status"] == Status.RUNNING.value and at_ms is not None:
-            self.points.append((int(at_ms), float(snapshot["progress_percent"])))
-            eta = eta_seconds(snapshot["status"], float(snapshot["progress_percent"]),
-                              int(at_ms), list(self.points))
-            if eta is not None:  # else keep the store's last estimate
-                snapshot["eta_seconds"] = eta
+        snapshot = self.eta.advance(base, event)
         self.base = snapshot
         return Delivery(seq, event, snapshot, sse_frame(snapshot))
 
@@ -155,7 +144,6 @@ class EventHub:
         self._pid: int | None = None
         self._pubsub = None
         self.client_count = 0
-        self.events_seen = 0
         self.last_error: str | None = None  # the listener's last failure, until it subscribes again
 
     # -- for the event stream ---------------------------------------------
@@ -283,15 +271,13 @@ class EventHub:
                 confirmed = max(confirmed, 1)  # the next confirmation is a re-subscription
 
     def _dispatch(self, raw: str | bytes) -> None:
-        self.events_seen += 1
         try:
-            event = json.loads(raw)
-            job_id = event["job_id"]
-        except (ValueError, KeyError, TypeError):
+            event = parse_event(raw)
+        except (ValueError, TypeError):
             logger.warning("event listener: ignored a malformed event %r", raw[:200])
             return
         with self._lock:
-            feed = self._jobs.get(job_id)
+            feed = self._jobs.get(event["job_id"])
             if feed is None:
                 return
             delivery = feed.advance(event)
@@ -310,15 +296,4 @@ class EventHub:
 
 
 def is_terminal(snapshot: dict[str, Any]) -> bool:
-    return snapshot["status"] in _TERMINAL
-
-
-def iso_to_ms(value: str | None) -> int | None:
-    """``models.iso_ms`` backwards: an ISO-8601 UTC string with milliseconds -> ms."""
-    if not value:
-        return None
-    try:
-        dt = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return int(dt.timestamp() * 1000 + 0.5)
+    return snapshot["status"] in TERMINAL_VALUES

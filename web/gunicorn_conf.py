@@ -19,9 +19,9 @@ always passes ``--bind`` and ``--workers`` (from its own ``--host``/``--port``/
 ``--workers``), and ``--log-level debug`` with ``--verbose``.
 """
 
-import os
-
 import gunicorn.http.wsgi
+
+from progress_service.config import WebSettings
 
 # The Server header does not advertise gunicorn. gunicorn (since 20.1; tested with 27)
 # writes ``Server: <gunicorn.http.wsgi.SERVER>`` itself, and an app's own Server header
@@ -32,11 +32,12 @@ SERVER_NAME = "progress-service"
 gunicorn.http.wsgi.SERVER = SERVER_NAME
 gunicorn.http.wsgi.SERVER_SOFTWARE = SERVER_NAME
 
+_web = WebSettings()  # PROGRESS_WEB_* (not a gunicorn setting: its name starts with _)
 wsgi_app = "web:create_app()"
-bind = os.environ.get("PROGRESS_WEB_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("PROGRESS_WEB_WORKERS", "2"))
+bind = _web.bind
+workers = _web.workers
 worker_class = "gevent"
-worker_connections = int(os.environ.get("PROGRESS_WEB_CONNECTIONS", "4000"))
+worker_connections = _web.connections
 preload_app = False
 # gevent workers tell the master they are alive from a greenlet of their own,
 # so a long-lived stream never counts against this timeout.
@@ -44,9 +45,9 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 backlog = 2048
-accesslog = "-" if os.environ.get("PROGRESS_WEB_ACCESS_LOG", "0") == "1" else None
+accesslog = "-" if _web.access_log else None
 errorlog = "-"
-loglevel = os.environ.get("PROGRESS_WEB_LOG_LEVEL", "info")
+loglevel = _web.log_level
 proc_name = "progress-service-web"
 # gunicorn >= 24's control socket sits at one fixed path per user: two servers on a
 # machine (tests, benchmarks) would fight over it. Off; older gunicorns ignore the name.

@@ -15,13 +15,13 @@ from flask import current_app, url_for
 
 from progress_service import queue
 from progress_service.errors import BackendUnavailable, JobNotFound, ProgressError
-from progress_service.models import TERMINAL, Status, validate_id
+from progress_service.mirror import Mirror
+from progress_service.models import TERMINAL_VALUES, Status, validate_id
 from progress_service.store import ProgressStore
 
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".webm", ".mov"})
-TERMINAL_STATUSES = frozenset(s.value for s in TERMINAL)
 # A read answers within 3 s even while PostgreSQL is partitioned away: each PostgreSQL
 # access gets MIRROR_TIMEOUT seconds in all (connecting included, at libpq's 2 s floor),
 # and for MIRROR_RECHECK_AFTER seconds after one got no answer the others fail at once.
@@ -34,21 +34,15 @@ def progress_store() -> ProgressStore:
     return current_app.extensions["progress"]
 
 
-def mirror():
-    """The PostgreSQL mirror (``progress_service.mirror.Mirror``), or None where it is not installed."""
+def mirror() -> Mirror:
+    """The app's PostgreSQL mirror (``progress_service.mirror.Mirror``), built on first use."""
     ext = current_app.extensions
     if "progress_mirror" not in ext:
-        try:
-            from progress_service.mirror import Mirror
-        except ImportError:
-            logger.debug("progress_service.mirror is not there: no PostgreSQL fallback")
-            ext["progress_mirror"] = None
-        else:
-            store = progress_store()
-            ext["progress_mirror"] = Mirror(store, store.settings.database_url,
-                                            connect_timeout=MIRROR_CONNECT_TIMEOUT,
-                                            timeout=MIRROR_TIMEOUT,
-                                            recheck_after=MIRROR_RECHECK_AFTER)
+        store = progress_store()
+        ext["progress_mirror"] = Mirror(store, store.settings.database_url,
+                                        connect_timeout=MIRROR_CONNECT_TIMEOUT,
+                                        timeout=MIRROR_TIMEOUT,
+                                        recheck_after=MIRROR_RECHECK_AFTER)
     return ext["progress_mirror"]
 
 
@@ -72,11 +66,8 @@ def find_job(job_id: str) -> dict[str, Any] | None:
 
 def mirror_record(job_id: str) -> dict[str, Any] | None:
     """The job as PostgreSQL keeps it (a snapshot, perhaps with its ``history``), or None."""
-    m = mirror()
-    if m is None:
-        return None
     try:
-        return m.fetch(job_id)
+        return mirror().fetch(job_id)
     except ProgressError:
         raise
     except Exception as exc:  # psycopg's errors, without importing psycopg here
@@ -213,13 +204,11 @@ def recent_jobs(paper_id: str | None = None, status: str | None = None,
     """
     jobs = progress_store().list_jobs(paper_id=paper_id, status=status, limit=limit, tag=tag,
                                       batch_id=batch_id)
-    if len(jobs) >= limit or (status is not None and status not in TERMINAL_STATUSES):
-        return jobs, None
-    m = mirror()
-    if m is None:
+    if len(jobs) >= limit or (status is not None and status not in TERMINAL_VALUES):
         return jobs, None
     try:
-        older = m.list_jobs(paper_id=paper_id, status=status, limit=limit, tag=tag, batch_id=batch_id)
+        older = mirror().list_jobs(paper_id=paper_id, status=status, limit=limit, tag=tag,
+                                   batch_id=batch_id)
     except BackendUnavailable as exc:
         logger.warning("jobs: PostgreSQL unavailable, listing from Redis alone: %s", exc)
         return jobs, "PostgreSQL is unavailable: finished jobs that Redis has expired are missing"

@@ -25,6 +25,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from progress_service.errors import BackendUnavailable
+
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ops", __name__)
@@ -113,8 +115,11 @@ def healthz():
     answer: dict[str, str] = {}
     down: list[str] = []
     try:
-        store.client.ping()
+        store.ping()
         answer["redis"] = "ok"
+    except BackendUnavailable as exc:  # its text names Redis
+        answer["redis"] = "down"
+        down.append(str(exc))
     except Exception as exc:
         answer["redis"] = "down"
         down.append(f"redis: {exc}")

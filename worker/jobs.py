@@ -142,7 +142,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
             on_start=meta.on_start, timeout=runner_timeout, describe_exception=describe,
         )
     finally:
-        store.client.close()
+        store.close()
     if outcome.status == Status.COMPLETED.value:
         return {"status": outcome.status, "result": outcome.result}
     if outcome.stopped_by == "timeout":
@@ -249,7 +249,7 @@ def _finish_in_store(job_id: str, status: str, *, error: str | None = None,
         logger.exception("job %s: could not mark the store %s", job_id, status)
     finally:
         if own and store is not None:
-            store.client.close()
+            store.close()
 
 
 # -- the worker classes -----------------------------------------------------------

@@ -214,13 +214,10 @@ class LostJobSweeper:
         self.queue_names = tuple(queue_names)
         self.scan_limit = scan_limit
         self.interval = sweep_interval(settings)
-        self.failed_total = 0
 
     def sweep(self) -> list[str]:
-        failed = sweep_lost_jobs(self.store, self.settings, rq_connection=self.rq_connection,
-                                 queue_names=self.queue_names, scan_limit=self.scan_limit)
-        self.failed_total += len(failed)
-        return failed
+        return sweep_lost_jobs(self.store, self.settings, rq_connection=self.rq_connection,
+                               queue_names=self.queue_names, scan_limit=self.scan_limit)
 
     def run_forever(self, stop_event: threading.Event) -> None:
         logger.info("lost-job sweeper: every %.1fs, failing running jobs silent for %gs (pid %d)",

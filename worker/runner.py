@@ -54,7 +54,7 @@ from typing import Any
 
 from progress_service import ProgressStore, Settings, Status, Throttle
 from progress_service.errors import BackendUnavailable, JobConflict, JobNotFound
-from progress_service.models import ms_from_iso
+from progress_service.models import TERMINAL_VALUES, ms_from_iso
 from progress_service.scripts import UpdateResult
 from worker.parser import LineKind, LineSplitter, ProgressTracker, parse_line
 from worker.process_tree import KILL_GRACE, group_members, kill_process_tree, tagged_processes
@@ -71,7 +71,6 @@ TAIL_CHARS = 2000
 TAIL_LINE_CHARS = 300
 REFUSED_WARNINGS = 5  # lines that looked like ours but were refused, logged at WARNING per job
 DRAIN_AFTER_EXIT = 1.0  # seconds to keep reading after the command exited (a grandchild may hold the pipes)
-_TERMINAL = frozenset(s.value for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED))
 _RESTORED = ("progress_percent", "current_step", "message")  # what re-creating a lost job carries over
 
 OnWrite = Callable[[dict[str, Any], UpdateResult], None]
@@ -408,7 +407,7 @@ class _CommandRun:
         except BackendUnavailable:
             snap = None
         status = (snap or {}).get("status") or Status.CANCELED.value
-        if status not in _TERMINAL:  # cannot happen unless forced back to life; say what we did
+        if status not in TERMINAL_VALUES:  # cannot happen unless forced back to life; say what we did
             status = Status.CANCELED.value
         self._log_end(status, f"by the store: {(snap or {}).get('error') or self.stop_reason}")
         pid = self.proc.pid if self.proc else None
@@ -507,7 +506,7 @@ class _CommandRun:
         if result.accepted:
             self.progress_state.update((k, v) for k, v in fields.items() if k in _RESTORED)
         if not result.accepted and result.reason in ("terminal", "not_found"):
-            if fields.get("status") not in _TERMINAL:
+            if fields.get("status") not in TERMINAL_VALUES:
                 self._request_stop(result.reason)
         self._notify(fields, result)
         return result
@@ -576,13 +575,11 @@ class _CommandRun:
     def _watch(self) -> None:
         """Heartbeats, statistics, and a kill when the job turns terminal under us."""
         interval = self.settings.heartbeat_interval
-        pubsub = None
+        feed = None
         try:
-            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(self.store.keys.events(self.job_id))
+            feed = self.store.events(self.job_id)
         except Exception as exc:
             logger.warning("job %s: cannot listen for a cancel (%s); relying on heartbeats", self.job_id, exc)
-            pubsub = None
         next_beat = 0.0
         warned = False
         try:
@@ -603,32 +600,25 @@ class _CommandRun:
                         state = self._state_in_store()
                         if state == "missing":  # the store lost it: re-created by this write
                             self._write_through_throttle(status=Status.RUNNING.value)
-                        elif state in _TERMINAL:
+                        elif state in TERMINAL_VALUES:
                             self._request_stop("finished in the store")
                             return
                 wait = max(0.0, min(next_beat - time.monotonic(), 0.2))
-                if pubsub is None:
+                if feed is None:
                     self._finished.wait(wait)
                     continue
                 try:
-                    message = pubsub.get_message(timeout=wait)
+                    event = feed.get(timeout=wait)
                 except Exception:
                     self._finished.wait(wait)
                     continue
-                if message is None or message.get("type") != "message":
-                    continue
-                data = message["data"]
-                if isinstance(data, bytes):
-                    data = data.decode("utf-8", "replace")
-                if '"status":"running"' in data or '"status":"pending"' in data:
-                    continue
-                if any(f'"status":"{s}"' in data for s in _TERMINAL) and not self._finished.is_set():
+                if event is not None and event.get("status") in TERMINAL_VALUES and not self._finished.is_set():
                     self._request_stop("finished in the store")
                     return
         finally:
-            if pubsub is not None:
+            if feed is not None:
                 try:
-                    pubsub.close()
+                    feed.close()
                 except Exception:
                     pass
 

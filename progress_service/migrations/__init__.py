@@ -30,6 +30,7 @@ from pathlib import Path
 import psycopg
 
 from progress_service.errors import BackendUnavailable
+from progress_service.postgres import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def connect(database_url: str, *, connect_timeout: float = 10) -> psycopg.Connec
             application_name="progress-service db",
         )
     except psycopg.OperationalError as exc:
-        raise BackendUnavailable(f"postgres: {_one_line(exc)}") from exc
+        raise BackendUnavailable(f"postgres: {one_line(exc)}") from exc
 
 
 def applied_versions(conn: psycopg.Connection) -> dict[int, str]:
@@ -101,13 +102,6 @@ def applied_versions(conn: psycopg.Connection) -> dict[int, str]:
         return {}
     rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
     return {int(v): c for v, c in rows}
-
-
-def pending(database_url: str) -> list[Migration]:
-    """The shipped migrations the database has not applied yet."""
-    with connect(database_url) as conn:
-        done = applied_versions(conn)
-    return [m for m in available() if m.version not in done]
 
 
 def upgrade(database_url: str, *, connect_timeout: float = 10) -> list[Migration]:
@@ -127,7 +121,7 @@ def upgrade(database_url: str, *, connect_timeout: float = 10) -> list[Migration
                         (LOCK_CLASS,),
                     )
         except psycopg.OperationalError as exc:
-            raise BackendUnavailable(f"postgres: {_one_line(exc)}") from exc
+            raise BackendUnavailable(f"postgres: {one_line(exc)}") from exc
 
 
 def _upgrade_locked(conn: psycopg.Connection) -> list[Migration]:
@@ -160,8 +154,3 @@ def _upgrade_locked(conn: psycopg.Connection) -> list[Migration]:
         logger.info("schema: applied migration %s in schema %s", migration, schema[0])
         applied.append(migration)
     return applied
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from progress_service.config import positive_int
 from progress_service.models import ID_RULE, is_valid_id
 from progress_service.pipelines import get_pipeline
 from worker.pipelines.papers import Paper, UnknownPaperError, list_papers, load_paper
@@ -446,16 +447,6 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         bundled = ", ".join(p.pmid for p in list_papers())
@@ -486,7 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a tiny, quick video (320x180, 2 fps, 2 text slides): for tests",
     )
-    parser.add_argument("--fps", type=_positive, help="frames per second (default 3; --fast 2)")
+    parser.add_argument("--fps", type=positive_int, help="frames per second (default 3; --fast 2)")
     parser.add_argument(
         "--size",
         type=_size,
@@ -495,13 +486,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-slides",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="text slides after the title slide (default 6; --fast 2)",
     )
     parser.add_argument(
         "--speech-rate",
-        type=_positive,
+        type=positive_int,
         metavar="WPM",
         help="espeak-ng words per minute (default 175; --fast 300)",
     )
