@@ -8,8 +8,8 @@ cost are the same for a member as for a lone job (bench/batch_bench.py).
 
 * Every member is read with one ``HMGET`` of its hash, which is atomic: it is
   in exactly one state, so the counts always sum to ``total`` and no member is
-  counted twice or in no state. On one Redis the reads go in one ``MULTI``, so
-  the whole snapshot is one instant; on a cluster, where the batch's hash and its
+  counted twice or in no state. On one Redis the reads are one script call
+  (``lua/read_members-n.lua``), so the whole snapshot is one instant; on a cluster, where the batch's hash and its
   members' hashes sit in different slots (``<prefix>:batch:{<batch_id>}`` and
   ``<prefix>:{<job_id>}``), they go in one pipeline that redis-py splits per
   node: each member is still read atomically, the batch as a whole a few

@@ -692,27 +692,30 @@ class ProgressStore:
         """The batch's hash, one entry per member (None: Redis lacks it) and the server's
         clock; or None if Redis does not hold the batch.
 
-        One ``HMGET`` per member: in one ``MULTI`` on one Redis, in one pipeline split
-        per node on a cluster (redis-py refuses transactions across slots).
+        One ``HMGET`` per member: on one Redis all in one script call
+        (``lua/read_members-n.lua``, one instant, one reply to parse), on a cluster in
+        one pipeline split per node (a script may not touch keys of several slots).
         """
         fields = self.batch_fields(batch_id)
         if not fields:
             return None
         job_ids = json.loads(fields.get("job_ids") or "[]")
-        pipe = self.client.pipeline(transaction=not self.is_cluster)
-        for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), *_MEMBER_FIELDS)
+        keys = [self.keys.job(job_id) for job_id in job_ids]
         if not self.is_cluster:
-            pipe.time()  # a cluster pipeline routes by key: there the clock is read after
-        try:
-            replies = pipe.execute()
-            sec, usec = self.client.time() if self.is_cluster else replies.pop()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
+            sec, usec, *rows = json.loads(self._call(self.scripts.read_members, keys, _MEMBER_FIELDS))
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, *_MEMBER_FIELDS)
+            try:
+                rows = [[] if row[0] is None else [_text(v) if v is not None else "" for v in row]
+                        for row in pipe.execute()]
+                sec, usec = self.client.time()  # a cluster pipeline routes by key: the clock after
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                raise BackendUnavailable(f"redis: {exc}") from exc
         members: list[dict[str, Any] | None] = [
-            None if row[0] is None else
-            {name: None if v is None else _text(v) for name, v in zip(_MEMBER_FIELDS, row, strict=True)}
-            for row in replies
+            {name: v or None for name, v in zip(_MEMBER_FIELDS, row, strict=True)} if row else None
+            for row in rows
         ]
         return fields, members, int(sec) * 1000 + int(usec) // 1000
 
