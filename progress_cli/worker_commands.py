@@ -62,6 +62,14 @@ examples:
   progress-service submit 34265844 25719670 --tag team-a   # one batch; prints its id
   progress-service watch "$(progress-service submit 34265844)\""""
 
+CANCEL_EPILOG = """\
+exit status: 0 canceled; 64 a bad id, or a job that had already finished; 66 no such job
+or batch in Redis; 69 Redis does not answer.
+
+examples:
+  progress-service cancel "$(progress-service submit 34265844)"
+  progress-service cancel "$(progress-service submit 34265844 25719670)"   # a batch"""
+
 RUN_EPILOG = """\
 Runs CMD right here as a tracked job (no queue, no worker): the job is created, its
 progress parsed from CMD's output (STEP / PROGRESS / JSON lines, tqdm bars) and written
@@ -122,6 +130,14 @@ def register(subparsers) -> None:
     submit.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                         help="with --wait: give up waiting after this long (exit 124)")
     submit.set_defaults(handler=cmd_submit)
+
+    cancel = subparsers.add_parser(
+        "cancel", help="cancel a job, or every unfinished job of a batch",
+        description="Cancel JOB_ID (its process tree killed if it runs), or BATCH_ID: the batch "
+        "ends canceled and every member not yet finished is canceled.",
+        epilog=CANCEL_EPILOG, formatter_class=fmt)
+    cancel.add_argument("job_id", metavar="JOB_ID|BATCH_ID", help="what submit printed")
+    cancel.set_defaults(handler=cmd_cancel)
 
     run = subparsers.add_parser(
         "run", help="run any command as a tracked job (no queue); exits with its code",
@@ -279,6 +295,24 @@ def _submit_batch(args: argparse.Namespace, settings: Settings, store) -> int:
         return _fail("submit", f"batch {batch_id} did not finish within {args.timeout:g}s",
                      exit_codes.TIMEOUT)
     return exit_code_for(final["status"])
+
+
+# -- cancel -----------------------------------------------------------------------
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from progress_service import queue
+
+    validate_id(args.job_id, "id")
+    settings = Settings.from_env()
+    store = ProgressStore.from_settings(settings)
+    if store.get(args.job_id) is None and store.batch_fields(args.job_id):
+        canceled = queue.cancel_batch(settings, args.job_id, store=store)
+        print(f"batch {args.job_id} canceled ({len(canceled)} unfinished jobs canceled)")
+        return 0
+    queue.cancel_job(settings, args.job_id, store=store)  # unknown: 66; finished already: 64
+    print(f"job {args.job_id} canceled")
+    return 0
 
 
 # -- run ----------------------------------------------------------------------------

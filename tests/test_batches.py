@@ -549,3 +549,24 @@ def test_following_many_batches_holds_a_few_redis_connections(app, real_redis, s
         t.join(15)
         assert not t.is_alive()
     assert all(got[b][-1][2]["status"] == "completed" for b in batches)
+
+
+def test_cancel_a_batch_or_a_job_from_the_command_line(connected_store, settings, rq_conn):
+    env = cli_env(settings, PROGRESS_JOB_TTL="300")
+    batch_id = cli("submit", "34265844", "25719670", "24906146", env=env).stdout.strip()
+    store = connected_store
+    first, *rest = store.get_batch(batch_id)["job_ids"]
+    store.update(first, status="completed")
+    done = cli("cancel", batch_id, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"batch {batch_id} canceled (2 unfinished jobs canceled)"
+    batch = store.get_batch(batch_id)
+    assert (batch["status"], batch["completed"], batch["canceled"]) == ("canceled", 1, 2)
+
+    job_id = cli("submit", "34265844", env=env).stdout.strip()
+    assert cli("cancel", job_id, env=env).returncode == 0
+    assert store.get(job_id)["status"] == "canceled"
+    again = cli("cancel", job_id, env=env)
+    assert again.returncode == 64 and "already finished" in again.stderr
+    assert cli("cancel", "nobody-here", env=env).returncode == 66
+    rq_conn.delete(f"rq:queue:{settings.queue_name}")
