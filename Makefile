@@ -52,5 +52,9 @@ bench: venv
 	done; \
 	if [ -n "$$missed" ]; then echo "bench: missed a target or failed:$$missed" >&2; exit 1; fi
 
+# ruff, then mypy: strict on the core library (it ships py.typed), plain on the
+# worker, the web app and the CLI. Settings in pyproject.toml's [tool.mypy].
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy --strict progress_service/
+	$(BIN)/mypy worker/ web/ progress_cli/

@@ -134,16 +134,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except JobNotFound:
         from progress_service.mirror import Mirror  # psycopg: only for a job Redis expired
 
-        final = None
+        mirrored = None
         try:
             with Mirror(store, settings.database_url) as mirror:
-                final = mirror.fetch(args.job_id)
+                mirrored = mirror.fetch(args.job_id)
         except BackendUnavailable as exc:
             print(f"progress-service watch: PostgreSQL not asked ({exc})", file=sys.stderr)
-        if final is None:
+        if mirrored is None:
             print(f"progress-service watch: job {args.job_id} not found "
                   "(neither Redis nor PostgreSQL knows it)", file=sys.stderr)
             return exit_codes.NOT_FOUND
+        final = mirrored
         print(f"job {args.job_id} finished at {final['finished_at']} (from PostgreSQL; "
               "Redis has expired it)", file=sys.stderr)
     except TimeoutError:

@@ -247,10 +247,10 @@ class Demo:
         else:
             say(f"Redis: {redacted_url(env['REDIS_URL'])} (REDIS_URL)")
         if not env.get("DATABASE_URL"):
-            server = self._embedded(EmbeddedPostgres, "PostgreSQL")
-            env["DATABASE_URL"] = server.url
-            say(f"DATABASE_URL is unset: started an embedded PostgreSQL at {server.url} "
-                f"(pid {server.pid})")
+            postgres = self._embedded(EmbeddedPostgres, "PostgreSQL")
+            env["DATABASE_URL"] = postgres.url
+            say(f"DATABASE_URL is unset: started an embedded PostgreSQL at {postgres.url} "
+                f"(pid {postgres.pid})")
         else:
             say(f"PostgreSQL: {redacted_url(env['DATABASE_URL'])} (DATABASE_URL)")
         env.setdefault("PROGRESS_MIN_INTERVAL", DEMO_MIN_INTERVAL)

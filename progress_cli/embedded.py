@@ -33,9 +33,13 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 from progress_service.errors import ProgressError
+
+if TYPE_CHECKING:  # redis is imported where it is used
+    import redis
+    from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,8 @@ def find_free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _package_dir(name: str) -> Path | None:
@@ -144,7 +149,7 @@ class _ServerProcess:
                 if attempt == attempts or "Address already in use" not in exc.log_tail:
                     raise
 
-    def _spawn(self, argv: Sequence[str], **popen_kwargs) -> None:
+    def _spawn(self, argv: Sequence[str], **popen_kwargs: Any) -> None:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         try:
             with open(self.log_path, "ab") as log:
@@ -257,7 +262,7 @@ class EmbeddedRedis(_ServerProcess):
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
-    def client(self, **kwargs):
+    def client(self, **kwargs: Any) -> redis.Redis:
         """A new redis-py client for this server."""
         import redis
 
@@ -286,7 +291,7 @@ class EmbeddedRedis(_ServerProcess):
             probe.close()
 
 
-def _no_retry():
+def _no_retry() -> Retry:
     """redis-py retries a refused connection with backoff by default: not while polling."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -294,7 +299,7 @@ def _no_retry():
     return Retry(NoBackoff(), 0)
 
 
-def _answers_ping(client) -> bool:
+def _answers_ping(client: redis.Redis) -> bool:
     import redis
 
     try:
@@ -392,7 +397,7 @@ class EmbeddedPostgres(_ServerProcess):
     def url(self) -> str:
         return f"postgresql://postgres@{LOOPBACK}:{self.port}/postgres"
 
-    def _as_run_user(self) -> dict:
+    def _as_run_user(self) -> dict[str, Any]:
         """Popen arguments that drop root, and an environment without stray PG* settings."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"

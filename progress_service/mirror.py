@@ -56,6 +56,8 @@ from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
 
+JobRow = tuple[Any, ...]  # one progress_jobs row, in UPSERT's parameter order
+
 TABLE = "progress_jobs"
 # Every snapshot field but the derived is_stale / eta_seconds, then the history.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -119,7 +121,7 @@ def _strip_nul(value: Any) -> Any:
     return value
 
 
-def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> tuple:
+def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> JobRow:
     """The ``progress_jobs`` row of a finished job's snapshot and history (UPSERT's parameters)."""
     s = snapshot
     return (
@@ -392,11 +394,11 @@ class Mirror:
 
     # -- internals: the progress store ------------------------------------
 
-    def load_rows(self, job_ids: Sequence[str]) -> list[tuple]:
+    def load_rows(self, job_ids: Sequence[str]) -> list[JobRow]:
         """``progress_jobs`` rows (UPSERT's parameters) of the finished jobs among ``job_ids``."""
         return self._load(job_ids)[0]
 
-    def _load(self, ids: Sequence[str]) -> tuple[list[tuple], dict[str, int | None]]:
+    def _load(self, ids: Sequence[str]) -> tuple[list[JobRow], dict[str, int | None]]:
         """Rows of the finished jobs among ``ids``, and job id -> the seq handled (None: no row)."""
         found = self.store.read_for_mirror(ids)
         rows = []
@@ -491,7 +493,7 @@ class Mirror:
         self._succeeded()
         return result
 
-    def _write(self, rows: list[tuple]) -> int:
+    def _write(self, rows: list[JobRow]) -> int:
         """Upsert ``rows`` in one transaction; return how many were written."""
 
         def upsert(conn: psycopg.Connection) -> int:
@@ -504,7 +506,7 @@ class Mirror:
 
         return max(self._run(upsert), 0)
 
-    def _write_one_by_one(self, conn: psycopg.Connection, rows: list[tuple],
+    def _write_one_by_one(self, conn: psycopg.Connection, rows: list[JobRow],
                           exc: psycopg.Error) -> int:
         """A row PostgreSQL refuses must not hold back its batch: write the rows one by one,
         retry a refused one with NUL characters replaced, and give up only on that row."""
@@ -524,7 +526,7 @@ class Mirror:
                                      row[0], one_line(row_exc))
         return written
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._run(lambda conn: conn.execute(sql, params).fetchall())
 
     def _failed(self, exc: psycopg.Error) -> PostgresUnavailable:

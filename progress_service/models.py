@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import InvalidInput
 
@@ -51,7 +51,7 @@ TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
-def is_valid_id(value: object) -> bool:
+def is_valid_id(value: object) -> TypeGuard[str]:
     """Whether ``value`` is an id CONTRACT allows (a str matching ``ID_RULE``, to its very end)."""
     return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
 
@@ -90,7 +90,7 @@ def validate_tags(tags: object) -> list[str]:
 def validate_steps(steps: object) -> list[str]:
     if isinstance(steps, str | bytes) or not hasattr(steps, "__iter__"):
         raise InvalidInput(f"steps must be a list of names, got {steps!r}")
-    out = list(steps)  # type: ignore[call-overload]
+    out = list(steps)
     if not out:
         raise InvalidInput("steps must name at least one step")
     for name in out:

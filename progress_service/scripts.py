@@ -7,10 +7,12 @@ repository's ``lua/`` folder. :func:`lua_dir` is the one place that decides.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
+import redis
 from redis.exceptions import ResponseError
 
 from .errors import InvalidInput
@@ -52,7 +54,7 @@ def as_text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def parse_update_reply(reply: list) -> UpdateResult:
+def parse_update_reply(reply: Sequence[int | bytes | str]) -> UpdateResult:
     """``[accepted 0|1, reason, seq, status]`` as the script returns it."""
     if len(reply) > 3:
         return UpdateResult(reply[0] == 1, as_text(reply[1]), int(reply[2]), as_text(reply[3]))
@@ -74,7 +76,7 @@ def invalid_from(exc: ResponseError) -> InvalidInput | None:
 class Scripts:
     """The registered scripts of one client; redis-py reloads them on NOSCRIPT."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
         self.update = client.register_script(script_source("update_progress"))
         self.create = client.register_script(script_source("create_job"))
         self.heartbeat = client.register_script(script_source("heartbeat"))

@@ -14,12 +14,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import redis
+from redis.client import PubSub
+from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from .batches import build_batch_snapshot, is_finished
 from .config import Settings
@@ -43,6 +46,7 @@ from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
 from .scripts import as_text as _text
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_TEXT = 8192  # characters of a message or an error
 ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
@@ -55,7 +59,11 @@ _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
 _MEMBER_FIELDS = ("status", "progress_percent", "started_at_ms", "finished_at_ms")
 
 
-def connect(settings: Settings):
+# What the store talks to: fakeredis' FakeRedis is a redis.Redis too.
+RedisClient = redis.Redis | redis.RedisCluster
+
+
+def connect(settings: Settings) -> RedisClient:
     """A client for the progress store: a plain Redis, or a Redis Cluster."""
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(settings.progress_redis_url, decode_responses=True)
@@ -71,7 +79,7 @@ def parse_event(raw: str | bytes) -> dict[str, Any]:
     return event
 
 
-class EventFeed(AbstractContextManager):
+class EventFeed(AbstractContextManager["EventFeed"]):
     """The parsed events of one pub/sub channel (``ProgressStore.events``), in the order published.
 
     ``get`` waits for the next one, until ``close`` (or the end of a ``with``). redis-py
@@ -79,7 +87,7 @@ class EventFeed(AbstractContextManager):
     meanwhile are lost (a reader fills the gap from the snapshot's ``seq``).
     """
 
-    def __init__(self, pubsub, channel: str) -> None:
+    def __init__(self, pubsub: PubSub, channel: str) -> None:
         self.channel = channel
         self._pubsub = pubsub
         try:
@@ -114,7 +122,7 @@ class EventFeed(AbstractContextManager):
 
 
 class ProgressStore:
-    def __init__(self, client, settings: Settings | None = None) -> None:
+    def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
         self.keys = Keys(self.settings.key_prefix)
@@ -201,8 +209,9 @@ class ProgressStore:
                             created_at_ms=created_at_ms, started_at_ms=started_at_ms,
                             restore=restore)
 
-    def _create(self, job_id, paper_id, steps, pipeline, *, seq_floor, created_at_ms,
-                started_at_ms, restore: list[str], batch_id: str | None = None,
+    def _create(self, job_id: str, paper_id: str, steps: Iterable[str], pipeline: str, *,
+                seq_floor: int, created_at_ms: int | None, started_at_ms: int | None,
+                restore: list[str], batch_id: str | None = None,
                 tags: Sequence[str] = ()) -> dict[str, Any]:
         """create_job-2.lua, then the job's place in the indexes; ``restore``: its ARGV[11..14]."""
         validate_id(job_id, "job_id")
@@ -310,10 +319,12 @@ class ProgressStore:
         updates/s out of reach: bench/scale_bench.py). A reply other than the script's own
         (MOVED after a resharding, NOSCRIPT on a new node) is retried alone through the
         cluster client, which follows redirects and loads the script."""
+        cluster = self.client
+        assert isinstance(cluster, redis.RedisCluster)  # update_many, the one caller, checked is_cluster
         sha = self.scripts.update.sha
         per_node: dict[str, tuple[Any, list[int]]] = {}
         for i, (keys, _args) in enumerate(calls):
-            node = self.client.get_node_from_key(keys[0])
+            node = cluster.get_node_from_key(keys[0])
             per_node.setdefault(node.name, (node, []))[1].append(i)
         replies: list[Any] = [None] * len(calls)
         for node, indexes in per_node.values():
@@ -371,10 +382,10 @@ class ProgressStore:
         """The job's capped history, oldest first."""
         validate_id(job_id)
         try:
-            entries = self.client.xrange(self.keys.history(job_id))
+            entries = self.client.xrange(self.keys.history(job_id)) or []
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        return [history_entry({_text(a): _text(b) for a, b in raw.items()}) for _, raw in entries]
+        return [history_entry({_text(a): _text(b) for a, b in (raw or {}).items()}) for _, raw in entries]
 
     def member_histories(self, job_ids: Sequence[str], after_ms: int = 0
                          ) -> tuple[int, list[list[dict[str, Any]]]]:
@@ -390,7 +401,9 @@ class ProgressStore:
         pipe = self.client.pipeline(transaction=not self.is_cluster)
         try:
             if self.is_cluster:
-                clocks = self.client.time(target_nodes=redis.RedisCluster.PRIMARIES)
+                # a cluster answers TIME per node: {node: (seconds, microseconds)}
+                clocks = cast(dict[Any, tuple[int, int]],
+                              self.client.time(target_nodes=redis.RedisCluster.PRIMARIES))
                 now_ms = min(int(s) * 1000 + int(u) // 1000 for s, u in clocks.values())
             else:
                 pipe.time()
@@ -467,7 +480,10 @@ class ProgressStore:
         use it as a context manager, or ``close()`` it.
         """
         channel = self.keys.all_events if job_id is None else self.keys.events(validate_id(job_id))
-        return EventFeed(self.client.pubsub(ignore_subscribe_messages=True), channel)
+        # redis-py leaves Redis.pubsub and RedisCluster.pubsub unannotated, and mypy's
+        # untyped_calls_exclude does not reach a call on a union of the two.
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        return EventFeed(pubsub, channel)
 
     def subscribe(self, job_id: str, *, timeout: float | None = None, idle_check: float = 5.0,
                   derived: bool = False) -> Iterator[dict[str, Any]]:
@@ -665,7 +681,7 @@ class ProgressStore:
         for job_id in job_ids:
             validate_id(job_id)
         now_ms = self.server_time_ms()
-        mapping = {"batch_id": batch_id, "pipeline": validate_id(pipeline, "pipeline"),
+        mapping: dict[EncodableT, EncodableT] = {"batch_id": batch_id, "pipeline": validate_id(pipeline, "pipeline"),
                    "name": name or "", "tags": json.dumps(validate_tags(list(tags))),
                    "job_ids": json.dumps(list(job_ids)), "created_at_ms": str(now_ms),
                    "canceled": "0", "percent_max": "0"}
@@ -808,10 +824,14 @@ class ProgressStore:
 
     # -- internals --------------------------------------------------------
 
-    def _update_call(self, job_id, progress_percent=None, current_step=None, status=None,
-                     message=None, error=None, result=None, force=False):
+    def _update_call(self, job_id: str, progress_percent: object = None, current_step: object = None,
+                     status: object = None, message: object = None, error: object = None,
+                     result: object = None, force: object = False,
+                     ) -> tuple[list[str], list[EncodableT]]:
+        """update_progress-2.lua's KEYS and ARGV for one update: ``update``'s arguments, or an
+        ``update_many`` mapping's, each checked here whatever its type (``InvalidInput``)."""
         job_key, history_key, channel = self._job_keys(job_id)
-        args = [
+        args: list[EncodableT] = [
             _progress_arg(progress_percent),
             "" if current_step is None else _step_arg(current_step),
             "" if status is None else _status_arg(status),
@@ -826,7 +846,7 @@ class ProgressStore:
         ]
         return [job_key, history_key], args
 
-    def _job_keys(self, job_id) -> tuple[str, str, str]:
+    def _job_keys(self, job_id: str) -> tuple[str, str, str]:
         """The job's hash, history and channel names, validating the id on first sight.
 
         The hot path (one update per progress change) would otherwise redo the
@@ -860,14 +880,15 @@ class ProgressStore:
         except (RedisConnectionError, RedisTimeoutError):
             logger.warning("job %s: could not queue for the mirror; the sweep will find it", job_id)
 
-    def _redis(self, call):
+    def _redis(self, call: Callable[[], _T]) -> _T:
         """``call()``, with a Redis that does not answer raised as ``BackendUnavailable``."""
         try:
             return call()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
-    def _call(self, script, keys, args):
+    def _call(self, script: Script, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        """The script's reply, as Redis converted it from Lua (a list or a number)."""
         try:
             try:
                 # EVALSHA straight away: redis-py's Script.__call__ costs a few
@@ -883,7 +904,7 @@ class ProgressStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
-    def _snapshot_from_reply(self, reply) -> dict[str, Any] | None:
+    def _snapshot_from_reply(self, reply: Sequence[Any]) -> dict[str, Any] | None:
         flat_json, sec, usec, eta_at, eta_progress = reply
         flat = json.loads(flat_json)  # read_job sends the hash as one JSON array
         if not flat:
@@ -896,7 +917,7 @@ class ProgressStore:
                               pending_stale_after=s.pending_stale_after, recent=points)
 
 
-def _whole(value, what: str, maximum: int) -> int:
+def _whole(value: object, what: str, maximum: int) -> int:
     """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
         raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
@@ -907,12 +928,12 @@ def _derived(snapshot: dict[str, Any]) -> tuple[Any, Any]:
     return snapshot["is_stale"], snapshot["eta_seconds"]
 
 
-def _status_seq(reply) -> tuple[str | None, int | None]:
+def _status_seq(reply: Sequence[Any]) -> tuple[str | None, int | None]:
     status, seq = reply
     return (None, None) if status is None else (_text(status), int(seq))
 
 
-def _progress_arg(value) -> str:
+def _progress_arg(value: object) -> str:
     """The percent as the script reads it: exact here, rounded to 6 decimals there
     (update_progress-2.lua, the one place that rounds, for every caller)."""
     if value is None:
@@ -925,7 +946,7 @@ def _progress_arg(value) -> str:
     return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
 
 
-def _step_arg(value) -> str:
+def _step_arg(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or not value:
@@ -933,7 +954,7 @@ def _step_arg(value) -> str:
     return value
 
 
-def _status_arg(value) -> str:
+def _status_arg(value: object) -> str:
     if value is None:
         return ""
     try:
@@ -944,7 +965,7 @@ def _status_arg(value) -> str:
         ) from None
 
 
-def _text_arg(value, what: str) -> str:
+def _text_arg(value: object, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -954,7 +975,7 @@ def _text_arg(value, what: str) -> str:
     return "=" + value
 
 
-def _result_arg(value) -> str:
+def _result_arg(value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, Mapping):

@@ -49,12 +49,12 @@ class Throttle:
                 raise RuntimeError("throttle is closed")
             self._pending.update(fields)
             now = self._clock()
-            due = self._last_write is None or now - self._last_write >= self.min_interval
-            if urgent or due or self.min_interval <= 0:
+            last = self._last_write
+            if urgent or last is None or now - last >= self.min_interval or self.min_interval <= 0:
                 self._flush_locked()
                 return
             if self._timer is None:
-                delay = self.min_interval - (now - self._last_write)
+                delay = self.min_interval - (now - last)
                 self._timer = threading.Timer(max(delay, 0.0), self._on_timer)
                 self._timer.daemon = True
                 self._timer.start()

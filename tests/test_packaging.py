@@ -76,6 +76,7 @@ def test_the_wheel_ships_the_lua_scripts(wheel, tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for script in sorted((ROOT / "lua").glob("*.lua")):
         assert f"progress_service/lua/{script.name}" in names
+    assert "progress_service/py.typed" in names  # PEP 561: the core ships its types
     assert "web/templates/status.html" in names or any(n.startswith("web/templates/") for n in names)
     assert not any(n.startswith("progress_service/embedded") for n in names)  # demo machinery
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask, request
+from flask.json.provider import DefaultJSONProvider
 
 from progress_service.config import Settings
 from progress_service.store import ProgressStore
@@ -65,8 +66,10 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
         MAX_CONTENT_LENGTH=MAX_BODY,
         PROGRESS_SSE_KEEPALIVE=settings.sse_keepalive,
     )
-    app.json.sort_keys = False
-    app.json.compact = True
+    json_provider = DefaultJSONProvider(app)  # what Flask builds itself; app.json is typed as its base
+    json_provider.sort_keys = False
+    json_provider.compact = True
+    app.json = json_provider
 
     store = ProgressStore(redis_client(settings, pool_size=redis_pool, role="store"), settings)
     app.extensions["progress"] = store

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 
@@ -54,6 +54,9 @@ from progress_service.models import (
 
 from .fanout import RESYNC, SHUTDOWN, Delivery, EventHub, Subscription, is_terminal, sse_frame
 from .job_lookup import find_job, job_history
+
+if TYPE_CHECKING:
+    from werkzeug.local import LocalProxy
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +147,9 @@ class EventStream:
         finally:
             self.sub.close()
 
-    def _run(self, backlog, shown, keepalive) -> Iterator[bytes]:
+    def _run(self, backlog: list[dict[str, Any]], shown: dict[str, Any],
+             keepalive: float) -> Generator[bytes, None, None]:
+        """The frames; a generator, so that close() can stop it where it waits."""
         sub, job_id = self.sub, self.sub.job_id
         yield f"retry: {RETRY_MS}\n\n".encode()
         for snap in backlog:
@@ -214,7 +219,8 @@ def job_events(job_id: str):
         raise
     sub.offer(current)
     keepalive = float(current_app.config["PROGRESS_SSE_KEEPALIVE"])  # create_app: the settings' own
-    body = EventStream(current_app._get_current_object(), sub, backlog, current, keepalive)
+    app = cast("LocalProxy[Flask]", current_app)._get_current_object()  # Flask types the proxy as Flask
+    body = EventStream(app, sub, backlog, current, keepalive)
     logger.debug("job %s: stream opened (after seq %s)", job_id, after)
     return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
 

@@ -29,8 +29,9 @@ from progress_service.config import WebSettings
 # setting ``gunicorn.SERVER`` here would be too late. The workers, forked from this
 # master, inherit the change; SERVER_SOFTWARE (the WSGI environ's) likewise.
 SERVER_NAME = "progress-service"
-gunicorn.http.wsgi.SERVER = SERVER_NAME
-gunicorn.http.wsgi.SERVER_SOFTWARE = SERVER_NAME
+# types-gunicorn declares these two in gunicorn/__init__ only, not wsgi's copies.
+gunicorn.http.wsgi.SERVER = SERVER_NAME  # type: ignore[attr-defined]
+gunicorn.http.wsgi.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
 
 _web = WebSettings()  # PROGRESS_WEB_* (not a gunicorn setting: its name starts with _)
 wsgi_app = "web:create_app()"

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from progress_service.errors import BackendUnavailable
+from progress_service.store import ProgressStore
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,8 @@ def metrics_text():
 
 
 @bp.get("/healthz")
-def healthz():
-    store = current_app.extensions["progress"]
+def healthz() -> Response | tuple[Response, int]:
+    store: ProgressStore = current_app.extensions["progress"]
     answer: dict[str, str] = {}
     down: list[str] = []
     try:

@@ -271,6 +271,7 @@ class _StopsCommands:
     def _mark_stopping(self, job_id: str | None) -> None:
         if job_id is None:
             return
+        # a mixin: stop_requested comes from the rq_adapter class it is put before
         if self.stop_requested(job_id):  # type: ignore[attr-defined]
             _finish_in_store(job_id, Status.CANCELED.value, message="stopped in RQ",
                              store=self.progress_store)
@@ -294,8 +295,8 @@ class ProgressWorker(_StopsCommands, HookedWorker):
         if not horse_pid:
             return
         tag = f"{JOB_ID_ENV}={job_id}" if job_id else None
-        groups = {_pgid(p) for p in descendants(horse_pid)} - {horse_pid, None}
-        for pgid in sorted(groups):  # type: ignore[type-var]
+        groups = {g for p in descendants(horse_pid) if (g := _pgid(p)) is not None and g != horse_pid}
+        for pgid in sorted(groups):
             left = kill_process_tree(pgid, grace=STOP_GRACE, tag=tag)
             logger.info("worker %s: killed the command tree of group %d%s", self.name, pgid,
                         f" ({left} left)" if left else "")

@@ -55,8 +55,10 @@ def process_alive(process: int | psutil.Process) -> bool:
     ``psutil.Process``, a new process that reuses its pid."""
     try:
         if isinstance(process, int):
-            process = psutil.Process(process) if process > 0 else None
-        return process is not None and process.is_running() and process.status() not in _GONE
+            if process <= 0:
+                return False
+            process = psutil.Process(process)
+        return process.is_running() and process.status() not in _GONE
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:

@@ -32,8 +32,9 @@ from rq.job import Job
 from rq.timeouts import BaseDeathPenalty
 
 # RQ: the default signal of ``kill_horse`` lives in rq.worker.base (a module, not rq's
-# public namespace) since 2.9; SIGKILL where the platform has it.
-from rq.worker.base import SHUTDOWN_SIGNAL
+# public namespace) since 2.9; SIGKILL where the platform has it. BaseWorker, the base of
+# Worker and SimpleWorker there, is only the base of _Hooks, for the type checker.
+from rq.worker.base import SHUTDOWN_SIGNAL, BaseWorker
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,12 @@ __all__ = [
 ]
 
 
-class _Hooks:
-    """What both hooked worker classes share: stop requests, and exceptions that mean "stopped"."""
+class _Hooks(BaseWorker):
+    """What both hooked worker classes share: stop requests, and exceptions that mean "stopped".
+
+    A mixin put before Worker or SimpleWorker; derived from their BaseWorker so that
+    mypy knows the worker it extends (its ``_stopped_job_id``, ``handle_exception``).
+    """
 
     # Exceptions that end a job as RQ's ``stopped`` rather than ``failed``.
     stopped_exceptions: tuple[type[BaseException], ...] = ()
@@ -70,7 +75,7 @@ class _Hooks:
             self._stopped_job_id = job.id
             logger.info("job %s: %s; RQ records it as stopped", job.id, exc_info[0].__name__)
             return
-        super().handle_exception(job, *exc_info)  # type: ignore[misc]
+        super().handle_exception(job, *exc_info)
 
 
 class HookedWorker(_Hooks, Worker):

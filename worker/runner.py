@@ -377,6 +377,7 @@ class _CommandRun:
         survivors = kill_process_tree(proc.pid, grace=self.kill_grace, popen=proc, tag=self._tag)
         self._finished.set()
         code = proc.returncode
+        error: str | None  # each way out below sets it; None keeps the stored error
         if reason == "timeout":
             error = f"timed out after {self.timeout:g} s"
             self._log_end(Status.FAILED.value, error)

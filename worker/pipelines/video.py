@@ -53,11 +53,15 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from progress_service.config import positive_int
 from progress_service.models import ID_RULE, is_valid_id
 from progress_service.pipelines import get_pipeline
 from worker.pipelines.papers import Paper, UnknownPaperError, list_papers, load_paper
+
+if TYPE_CHECKING:  # Pillow itself is imported where it is used, as before
+    from PIL import Image
 
 __all__ = ["STEPS", "WEIGHTS", "PipelineError", "main", "overall_percent"]
 
@@ -274,7 +278,7 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
     return lines
 
 
-def render_slide(slide: Slide, number: int, total: int, width: int, height: int):
+def render_slide(slide: Slide, number: int, total: int, width: int, height: int) -> Image.Image:
     """One slide as a Pillow image (the frames add a moving time strip to it)."""
     from PIL import Image, ImageDraw
 
@@ -320,7 +324,7 @@ def generate_videos(run: Run) -> None:
     for slide in run.slides:
         elapsed += slide.seconds
         ends.append(elapsed)
-    bases: dict[int, object] = {}
+    bases: dict[int, Image.Image] = {}
     strip = max(2, run.height // 90)
     bar = tqdm(
         total=run.frame_count,
