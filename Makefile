@@ -45,7 +45,7 @@ demo: venv
 # at the end naming those that did. Needs the Redis and PostgreSQL of REDIS_URL
 # and DATABASE_URL (defaults: 127.0.0.1).
 bench: venv
-	@missed=""; for script in bench/*.py; do \
+	@missed=""; for script in bench/*_bench.py; do \
 		[ -e "$$script" ] || continue; \
 		echo "== $$script"; \
 		$(BIN)/python "$$script" || missed="$$missed $$script"; \

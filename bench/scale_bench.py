@@ -39,7 +39,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the suite's cluster (tests/redis_cluster.py)
 
-from peer_bench import SseReader, cpu_seconds, median, percentile, start_web, stop_web  # noqa: E402
+from peer_bench import cpu_seconds, median, percentile  # noqa: E402
+from readers import SseReader, start_web, stop_web  # noqa: E402
 from redis_cluster import EmbeddedRedisCluster  # noqa: E402
 
 from progress_cli.embedded import EmbeddedRedis  # noqa: E402

@@ -34,6 +34,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import psutil
@@ -94,10 +95,8 @@ def register(subparsers) -> None:
 
 
 def say(text: str, stream=None) -> None:
-    try:
+    with suppress(OSError, ValueError):  # the terminal is gone (SIGHUP): the clean-up goes on regardless
         print(f"demo: {text}" if stream is None else text, file=stream or sys.stdout, flush=True)
-    except (OSError, ValueError):  # the terminal is gone (SIGHUP): the clean-up goes on regardless
-        pass
 
 
 # -- processes --------------------------------------------------------------------
@@ -127,22 +126,16 @@ class Child:
         pipeline run) is not in our process group, and once its parent dies only this
         note finds it."""
         if self.process.poll() is None:
-            try:
+            with suppress(psutil.Error):  # gone since
                 self.seen.update((p.pid, p) for p in psutil.Process(self.pid).children(recursive=True))
-            except psutil.Error:  # gone since
-                pass
 
     def signal_all(self, sig: int) -> None:
-        try:
+        with suppress(ProcessLookupError, PermissionError):  # the group is gone (or not ours any more)
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
         for process in self.seen.values():
             if process_alive(process):
-                try:
-                    process.send_signal(sig)  # not if its pid was reused
-                except psutil.Error:
-                    pass
+                with suppress(psutil.Error):  # gone meanwhile, or its pid reused: not signalled
+                    process.send_signal(sig)
 
     def left_running(self) -> list[int]:
         """Live (not zombie) processes of its process group, and of those noted below it."""
@@ -164,10 +157,8 @@ class Child:
                 if not self.left_running():
                     break
                 time.sleep(0.05)
-        try:
+        with suppress(subprocess.TimeoutExpired):  # still running: left_running says so
             self.process.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            pass
         return self.left_running()
 
 
@@ -281,12 +272,10 @@ class Demo:
             if web.process.poll() is not None:
                 raise ChildDied(f"the web server exited with code {web.process.returncode}:\n"
                                 f"{web.log_tail()}")
-            try:
+            with suppress(OSError):  # not listening yet, or not healthy yet: asked again below
                 with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
                     if response.status == 200:
                         return
-            except OSError:
-                pass
             time.sleep(0.1)
         raise ChildDied(f"the web server did not answer {base}/healthz within {START_TIMEOUT:g}s:\n"
                         f"{web.log_tail()}")

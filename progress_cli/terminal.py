@@ -20,6 +20,7 @@ import shutil
 import sys
 import threading
 import time
+from contextlib import suppress
 from typing import Any, TextIO
 
 from progress_cli import exit_codes
@@ -188,11 +189,9 @@ class NoWorkerNotice:
             conn.close()
 
     def _say(self, line: str) -> None:
-        try:
+        with suppress(OSError, ValueError):  # the terminal is gone (closed, SIGHUP): nothing to tell
             self.out.write(("\r\x1b[K" if is_tty(self.out) else "") + line + "\n")  # over the bar's line
             self.out.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def render_total(batch: dict[str, Any], width: int = BAR_WIDTH) -> str:

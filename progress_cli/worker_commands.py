@@ -431,7 +431,7 @@ class _BarThread:
             follow_job(ProgressStore.from_settings(self.settings), self.job_id, out=sys.stderr)
         except (BackendUnavailable, OSError) as exc:
             logger.warning("run: the live bar stopped: %s", exc)
-        except Exception:
+        except Exception:  # a bug in the bar: logged, and the command it watches runs on
             logger.exception("run: the live bar failed")
 
     def start(self) -> None:

@@ -299,7 +299,7 @@ class Mirror:
                 if not redis_down:
                     logger.warning("mirror: Redis is down (%s); retrying every %gs", exc, interval)
                     redis_down = True
-            except Exception:
+            except Exception:  # a daemon thread's loop: anything else is logged, and swept again
                 logger.exception("mirror: sweep failed; retrying in %gs", interval)
             if not busy:
                 stop_event.wait(interval)

@@ -18,6 +18,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -101,10 +102,8 @@ def submit_job(
         )
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         error = f"could not queue the job: {exc}"
-        try:
+        with suppress(BackendUnavailable):  # Redis is away altogether: the error below says so
             store.update(job_id, status=Status.FAILED.value, error=error)
-        except BackendUnavailable:
-            pass
         raise BackendUnavailable(f"redis (RQ queue {settings.queue_name}): {exc}") from exc
     logger.info("job %s: queued on %s (%s pipeline, paper %s, timeout %ds)", job_id,
                 settings.queue_name, spec.name, paper_id, timeout)
@@ -219,10 +218,8 @@ def cancel_job(
     rq_job = _fetch_rq_job(conn, job_id)
     rq_status = rq_job.get_status(refresh=False) if rq_job is not None else None
     if rq_job is not None and rq_status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
-        try:
+        with suppress(InvalidJobOperation):  # canceled already
             rq_job.cancel()
-        except InvalidJobOperation:
-            pass  # canceled already
         rq_status = rq_job.get_status(refresh=True)
     result = store.update(job_id, status=Status.CANCELED.value, message="canceled by request")
     if result.reason == "terminal":
@@ -232,10 +229,8 @@ def cancel_job(
         raise JobNotFound(f"job {job_id} not found")
     logger.info("job %s: %s -> %s (canceled by request)", job_id, snap["status"], Status.CANCELED.value)
     if rq_job is not None and rq_status == JobStatus.STARTED:
-        try:
+        with suppress(InvalidJobOperation, NoSuchJobError):  # not executing any more: the runner has seen the store
             send_stop_job_command(conn, job_id)
-        except (InvalidJobOperation, NoSuchJobError):
-            pass  # not executing any more: the runner has seen the store
     return store.get(job_id) or snap
 
 

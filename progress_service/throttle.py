@@ -81,7 +81,7 @@ class Throttle:
         self._last_write = self._clock()
         try:
             self._write(fields)
-        except Exception as exc:
+        except Exception as exc:  # whatever the writer raised, it is raised again below
             # Keep the values for the next try: newer fields win over the failed ones.
             self._pending = {**fields, **self._pending}
             if isinstance(exc, ValueError):  # refused (InvalidInput): the caller decides

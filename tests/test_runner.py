@@ -433,6 +433,59 @@ def test_a_double_forked_daemon_left_by_a_finished_command_is_killed(store, sett
     assert wait_until(lambda: not process_alive(daemon), timeout=5)
 
 
+# Another deployment's command: writes its pid to argv[1], waits (a minute at most) for
+# argv[2] to exist, then completes.
+WAIT_FOR_FILE = """
+    import os, sys, time
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(f"{os.getpid()}\\n")
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print("STEP a", flush=True)
+"""
+
+
+@pytest.mark.parametrize("ending", ["exits", "canceled"])
+def test_a_run_that_ends_leaves_another_deployments_command_of_the_same_job_id_alone(
+        store, settings, key_prefix, tmp_path, ending):
+    """Two deployments (two key prefixes) on one machine each run a job "j". The one that
+    ends kills what its command left behind (or, canceled, its whole tree) by its run's
+    own tag: the other's command, whose environment says PROGRESS_JOB_ID=j too, lives on."""
+    other_settings = dataclasses.replace(settings, key_prefix=f"{key_prefix}-other")
+    other = ProgressStore(connect(other_settings), other_settings)
+    other.create_job("j", "p", steps=["a"], pipeline="command")
+    pid_file, release = tmp_path / "other-pid", tmp_path / "release"
+    results: dict = {}
+    others_run = threading.Thread(target=lambda: results.update(other=run_command(
+        other, "j", program(WAIT_FOR_FILE, str(pid_file), str(release)), steps=["a"],
+        settings=other_settings)))
+    others_run.start()
+    try:
+        (others_command,) = wait_until(lambda: read_pids(pid_file), timeout=15)
+        store.create_job("j", "p", steps=["a"], pipeline="command")
+        if ending == "exits":
+            results["ours"] = run_command(store, "j", program('print("STEP a")'), steps=["a"],
+                                          settings=settings, kill_grace=1.0)
+        else:
+            ours = threading.Thread(target=lambda: results.update(ours=run_command(
+                store, "j", program('import time; print("STEP a", flush=True); time.sleep(120)'),
+                steps=["a"], settings=settings, kill_grace=1.0)))
+            ours.start()
+            assert wait_until(lambda: store.get("j")["current_step"] == "a", timeout=10)
+            assert store.update("j", status="canceled").accepted
+            ours.join(30)
+        assert results["ours"].status == ("completed" if ending == "exits" else "canceled")
+        assert process_alive(others_command), "ending one deployment's job killed the other's command"
+    finally:
+        release.touch()
+        others_run.join(30)
+        other.client.close()
+    assert results["other"].status == "completed", results["other"]
+    assert other.get("j")["status"] == "completed"
+
+
 def test_impossible_progress_lines_are_warned_about_a_few_times_and_change_nothing(
         store, settings, caplog):
     caplog.set_level("DEBUG", logger="worker.runner")

@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from progress_service import ProgressStore
 from progress_service.pipelines import PIPELINES, Pipeline
 from progress_service.queue import submit_job
 from progress_service.store import connect
-from worker.lost import WORKER_LOST, LostJobSweeper, sweep_lost_jobs
+from worker.lost import WORKER_LOST, LostJobSweeper, kill_orphaned_tree, sweep_lost_jobs
 from worker.process_tree import descendants, process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +190,28 @@ def stop_worker(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def test_an_orphaned_tree_is_found_by_its_runs_tag_not_by_its_job_id():
+    """The sweeper (and a worker whose work horse died) kills a dead job's command by the
+    tag its run recorded in the RQ job's meta. Another deployment's command of the same
+    job id, PROGRESS_JOB_ID=j in its environment too, lives on."""
+    tags = [f"PROGRESS_JOB_TAG={prefix}:j:{uuid.uuid4().hex[:16]}" for prefix in ("ours", "theirs")]
+    commands = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                 start_new_session=True,
+                                 env={**os.environ, "PROGRESS_JOB_ID": "j", "PROGRESS_JOB_TAG": tag.split("=", 1)[1]})
+                for tag in tags]
+    ours, theirs = commands
+    try:
+        assert wait_until(lambda: all(os.getpgid(c.pid) == c.pid for c in commands), timeout=5)
+        process = {"pid": ours.pid, "pgid": ours.pid, "host": socket.gethostname(), "tag": tags[0]}
+        assert kill_orphaned_tree(process, "j", grace=1.0) == []
+        assert ours.wait(5) is not None
+        assert process_alive(theirs.pid), "the sweeper killed another deployment's command"
+    finally:
+        for command in commands:
+            command.kill()
+            command.wait(5)
 
 
 def logs(tmp_path: Path) -> str:

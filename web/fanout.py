@@ -26,8 +26,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from progress_service.errors import BackendUnavailable
 from progress_service.models import TERMINAL_VALUES, LiveEta
@@ -205,10 +208,8 @@ class EventHub:
         self._stopping.set()
         pubsub = self._pubsub
         if pubsub is not None:
-            try:
+            with suppress(RedisError, OSError):  # closing a broken connection may fail; we are leaving anyway
                 pubsub.close()
-            except Exception:  # closing a broken connection may fail; we are leaving anyway
-                pass
         with self._lock:
             watchers = {sub for feed in self._jobs.values() for sub in feed.watchers}
         for sub in watchers:
@@ -261,11 +262,9 @@ class EventHub:
                 if self._stopping.is_set():
                     break
                 logger.warning("event listener: %s; reconnecting in %.1f s", exc, backoff)
-                try:
-                    if self._pubsub is not None:
+                if self._pubsub is not None:
+                    with suppress(RedisError, OSError):  # a broken connection: replaced below anyway
                         self._pubsub.close()
-                except Exception:  # noqa: BLE001
-                    pass
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 confirmed = max(confirmed, 1)  # the next confirmation is a re-subscription

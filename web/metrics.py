@@ -121,7 +121,7 @@ def healthz() -> Response | tuple[Response, int]:
     except BackendUnavailable as exc:  # its text names Redis
         answer["redis"] = "down"
         down.append(str(exc))
-    except Exception as exc:
+    except Exception as exc:  # any other failure reads "down" too: a health check reports, it does not fail
         answer["redis"] = "down"
         down.append(f"redis: {exc}")
     try:
@@ -129,7 +129,7 @@ def healthz() -> Response | tuple[Response, int]:
 
         psycopg.connect(store.settings.database_url, connect_timeout=POSTGRES_CONNECT_TIMEOUT).close()
         answer["postgres"] = "ok"
-    except Exception as exc:
+    except Exception as exc:  # as above: whatever psycopg raises, PostgreSQL is down for us
         answer["postgres"] = "down"
         down.append(f"postgres: {str(exc).strip()}")
     if down:

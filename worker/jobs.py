@@ -9,7 +9,8 @@ used through ``worker.rq_adapter`` only.
 One id for both sides: the RQ job id is the store's ``job_id``. The store is the
 source of truth; RQ's job carries a copy of the progress in ``meta["progress"]``
 (``{"percent", "step"}``) for the RQ dashboard, and where its command runs in
-``meta["pipeline_process"]`` (``{"pid", "pgid", "host"}``).
+``meta["pipeline_process"]`` (``{"pid", "pgid", "host", "tag"}``: ``tag`` is the
+``PROGRESS_JOB_TAG`` entry that marks the run's processes, by which they are killed).
 
 How the two sides are kept in agreement:
 
@@ -44,19 +45,22 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import redis
 from rq import get_current_job
-from rq.exceptions import AbandonedJobError
+from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from progress_service import ProgressStore, Settings, Status
+from progress_service.config import ConfigError
+from progress_service.errors import ProgressError
 from progress_service.pipelines import get_pipeline
 from progress_service.scripts import UpdateResult
 from progress_service.store import connect
-from worker.lost import WORKER_LOST, kill_orphaned_tree
+from worker.lost import WORKER_LOST, command_tag, kill_orphaned_tree
 from worker.process_tree import KILL_GRACE, descendants, kill_process_tree
 from worker.rq_adapter import HookedSimpleWorker, HookedWorker, rq_owns_alarm
-from worker.runner import JOB_ID_ENV, run_command
+from worker.runner import job_tag, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +132,8 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = job.timeout if job.timeout and job.timeout > 0 else None
     runner_timeout = _take_over_rq_alarm(timeout)
-    meta = _RQMeta(job)
+    tag = job_tag(settings.key_prefix, job.id)
+    meta = _RQMeta(job, tag)
 
     def describe(exc: BaseException) -> str | None:
         if isinstance(exc, JobTimeoutException) and timeout:
@@ -139,7 +144,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
         outcome = run_command(
             store, job.id, spec.command(paper_id, str(out_dir)), steps=spec.steps,
             weights=spec.weights, settings=settings, env=_child_env(), on_write=meta.on_write,
-            on_start=meta.on_start, timeout=runner_timeout, describe_exception=describe,
+            on_start=meta.on_start, timeout=runner_timeout, describe_exception=describe, tag=tag,
         )
     finally:
         store.close()
@@ -183,13 +188,15 @@ def _child_env() -> dict[str, str]:
 class _RQMeta:
     """Copies what the throttle writes into the RQ job's meta, at the same rate."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, tag: str) -> None:
         self.job = job
+        self.tag = tag
         self.percent: float = 0
         self.step: str | None = None
 
     def on_start(self, pid: int) -> None:
-        self.job.meta["pipeline_process"] = {"pid": pid, "pgid": pid, "host": socket.gethostname()}
+        self.job.meta["pipeline_process"] = {"pid": pid, "pgid": pid, "host": socket.gethostname(),
+                                             "tag": self.tag}
         self.job.save_meta()
 
     def on_write(self, fields: dict[str, Any], result: UpdateResult) -> None:
@@ -245,7 +252,7 @@ def _finish_in_store(job_id: str, status: str, *, error: str | None = None,
         result = store.update(job_id, status=status, error=error, message=message)
         if result.reason == "ok":
             logger.info("job %s: %s -> %s (%s)", job_id, Status.RUNNING.value, status, error or message)
-    except Exception:
+    except (ProgressError, ConfigError, redis.RedisError, OSError):  # Redis away or refusing, bad settings
         logger.exception("job %s: could not mark the store %s", job_id, status)
     finally:
         if own and store is not None:
@@ -294,17 +301,27 @@ class ProgressWorker(_StopsCommands, HookedWorker):
         self._mark_stopping(job_id)
         if not horse_pid:
             return
-        tag = f"{JOB_ID_ENV}={job_id}" if job_id else None
+        tag = self._command_tag(job_id)
         groups = {g for p in descendants(horse_pid) if (g := _pgid(p)) is not None and g != horse_pid}
         for pgid in sorted(groups):
             left = kill_process_tree(pgid, grace=STOP_GRACE, tag=tag)
             logger.info("worker %s: killed the command tree of group %d%s", self.name, pgid,
                         f" ({left} left)" if left else "")
 
+    def _command_tag(self, job_id: str | None) -> str | None:
+        """The tag the job's runner marked its command with (``meta["pipeline_process"]``)."""
+        if job_id is None:
+            return None
+        try:
+            job = Job.fetch(job_id, connection=self.connection)
+        except (NoSuchJobError, redis.RedisError, OSError):  # gone, or RQ's Redis away: no tag to kill by
+            return None
+        return command_tag(job.meta.get("pipeline_process"))
+
     def _horse_died(self, job: Job, retpid, ret_val, rusage) -> None:
         try:
             meta = job.get_meta(refresh=True)
-        except Exception:
+        except (redis.RedisError, OSError):  # RQ's Redis away: the meta it had will do
             meta = job.meta
         kill_orphaned_tree(meta.get("pipeline_process"), job.id)
         how = f"signal {os.WTERMSIG(ret_val)}" if ret_val and os.WIFSIGNALED(ret_val) else f"status {ret_val}"

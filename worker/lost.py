@@ -18,8 +18,9 @@ pass, up to 10 min later). When RQ's cleanup gets there first, the job's
 
 If the dead job's process tree survived on this host (the pipeline runs in a
 session of its own, so a SIGKILL of the work horse does not reach it), it is
-killed too, after checking by ``PROGRESS_JOB_ID`` in its environment that the
-pid still belongs to that job.
+killed too: the processes that carry the run's ``PROGRESS_JOB_TAG`` (recorded in
+the RQ job's ``meta["pipeline_process"]``) in their environment, and no other. Not
+the job id: another deployment on the machine may run a job of the same id.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import os
 import socket
 import threading
 from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from progress_service import ProgressStore, Settings, Status
 from progress_service.errors import BackendUnavailable
@@ -41,13 +45,14 @@ from worker.process_tree import (
     process_alive,
     tagged_processes,
 )
-from worker.runner import JOB_ID_ENV
+from worker.runner import is_job_tag
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "WORKER_LOST",
     "LostJobSweeper",
+    "command_tag",
     "fail_rq_job",
     "find_lost_jobs",
     "kill_orphaned_tree",
@@ -159,7 +164,7 @@ def fail_rq_job(connection, job_id: str, exc_string: str) -> dict[str, Any] | No
         job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
         return None
-    except Exception as exc:  # an unreadable job: nothing to agree with
+    except Exception as exc:  # an unreadable job (Redis away, a payload RQ cannot load): nothing to agree with
         logger.warning("job %s: cannot read the RQ job: %s", job_id, exc)
         return None
     process = job.meta.get("pipeline_process") if isinstance(job.meta, dict) else None
@@ -170,20 +175,29 @@ def fail_rq_job(connection, job_id: str, exc_string: str) -> dict[str, Any] | No
 
         fail_started_job(connection, job, exc_string)
         logger.info("job %s: RQ job moved to the failed registry (%s)", job_id, exc_string)
-    except Exception:
+    except Exception:  # RQ's internals (see the module docstring): on any failure, RQ's own cleanup will
         logger.exception("job %s: could not fail the RQ job; RQ's own cleanup will", job_id)
     return process
 
 
+def command_tag(process: Any) -> str | None:
+    """The ``PROGRESS_JOB_TAG`` entry a run marked its command with, from the RQ job's
+    ``meta["pipeline_process"]``; None if it holds none."""
+    tag = process.get("tag") if isinstance(process, dict) else None
+    return tag if is_job_tag(tag) else None
+
+
 def kill_orphaned_tree(process: dict[str, Any] | None, job_id: str, *,
                        grace: float = KILL_GRACE) -> list[int]:
-    """Kill a dead job's surviving command tree, if it runs on this host and is still that job's.
+    """Kill a dead job's surviving command tree, if it runs on this host and is still that run's.
 
-    ``process`` is the RQ job's ``meta["pipeline_process"]``. The pid must still
-    carry ``PROGRESS_JOB_ID=<job_id>`` in its environment: a reused pid is left alone.
-    Returns the pids left alive (none, normally).
+    ``process`` is the RQ job's ``meta["pipeline_process"]``. A process must carry
+    the run's tag (``process["tag"]``) in its environment: a reused pid, or another
+    deployment's command of the same job id, is left alone. Returns the pids left
+    alive (none, normally).
     """
-    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+    tag = command_tag(process)
+    if tag is None or process is None or process.get("host") != socket.gethostname():
         return []
     try:
         pgid = int(process.get("pgid") or process.get("pid") or 0)
@@ -191,7 +205,6 @@ def kill_orphaned_tree(process: dict[str, Any] | None, job_id: str, *,
         return []
     if pgid <= 1:
         return []
-    tag = f"{JOB_ID_ENV}={job_id}"
     # The group's leader may be gone while a grandchild lives on, in the group or
     # double-forked away: every process that carries the job's entry counts.
     members = sorted({p for p in {pgid, *group_members(pgid)} if process_alive(p) and environ_has(p, tag)}
@@ -229,17 +242,12 @@ class LostJobSweeper:
                 if down:
                     logger.info("lost-job sweeper: Redis is back")
                     down = False
-            except (BackendUnavailable, OSError) as exc:
+            except (BackendUnavailable, OSError, RedisConnectionError, RedisTimeoutError) as exc:
                 if not down:
                     logger.warning("lost-job sweeper: Redis is down (%s); retrying", exc)
                     down = True
-            except Exception as exc:
-                if _is_connection_error(exc):
-                    if not down:
-                        logger.warning("lost-job sweeper: Redis is down (%s); retrying", exc)
-                        down = True
-                else:
-                    logger.exception("lost-job sweeper: sweep failed; retrying")
+            except Exception:  # a daemon thread's loop: anything else is logged, and swept again
+                logger.exception("lost-job sweeper: sweep failed; retrying")
             stop_event.wait(self.interval)
         logger.info("lost-job sweeper: stopped")
 
@@ -248,10 +256,3 @@ class LostJobSweeper:
                                   name="lost-job-sweeper", daemon=True)
         thread.start()
         return thread
-
-
-def _is_connection_error(exc: Exception) -> bool:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError)

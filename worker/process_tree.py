@@ -6,8 +6,9 @@ leave it (``setsid``) or lose its parent link when its parent dies. So a kill
 signals the group *and* every descendant, collected before the first signal and
 again on every round. A process that double-forks away (``setsid`` and its parent
 exiting, as a daemon does) keeps no link to the tree at all: given a ``tag`` (the
-job's ``PROGRESS_JOB_ID=<id>`` entry, which every process of the job inherits),
-the kill also finds processes by that entry in their environment.
+run's ``PROGRESS_JOB_TAG=<prefix>:<job_id>:<token>`` entry, which every process of
+the run inherits), the kill also finds processes by that exact entry in their
+environment.
 
 psutil does the looking. A ``psutil.Process`` names one process by its pid *and*
 start time, and ``send_signal`` checks both first: a pid reused by a new process is

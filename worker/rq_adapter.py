@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from contextlib import suppress
 from typing import Any
 
 from rq import SimpleWorker, Worker
@@ -94,11 +95,9 @@ class HookedWorker(_Hooks, Worker):
         # (its pid) only while it is still ours.
         if self.horse_pid != horse:
             return
-        try:
+        with suppress(ProcessLookupError):  # the horse has ended by itself
             os.killpg(horse, sig)
             logger.info("worker %s: killed horse pid %d", self.name, horse)
-        except ProcessLookupError:
-            pass
 
 
 class HookedSimpleWorker(_Hooks, SimpleWorker):

@@ -10,53 +10,54 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis
-from redis.client import PubSub
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
-from .batches import build_batch_snapshot, is_finished
-from .config import Settings
-from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
-from .keys import Keys
-from .models import (
+from ..config import Settings
+from ..errors import BackendUnavailable, InvalidInput, JobConflict
+from ..keys import Keys
+from ..models import (
     DEFAULT_STEPS,
     MAX_EXACT_INT,
     MAX_SEQ_FLOOR,
     TERMINAL_VALUES,
     Status,
     build_snapshot,
-    event_to_snapshot,
     history_entry,
-    is_valid_id,
     validate_id,
     validate_steps,
     validate_tags,
 )
-from .scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
-from .scripts import as_text as _text
+from ..scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
+from ..scripts import as_text as _text
+from .arguments import MAX_TEXT
+from .arguments import progress_arg as _progress_arg
+from .arguments import result_arg as _result_arg
+from .arguments import status_arg as _status_arg
+from .arguments import step_arg as _step_arg
+from .arguments import text_arg as _text_arg
+from .arguments import whole as _whole
+from .batch_side import BatchSide
+from .events import EventFeed, Subscription, parse_event
+from .mirror_side import MirrorSide
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ETA_WINDOW_MS", "INDEX_MAX", "MAX_TEXT", "EventFeed", "ProgressStore", "RedisClient", "connect",
+           "parse_event"]
 _T = TypeVar("_T")
 
-MAX_TEXT = 8192  # characters of a message or an error
 ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
 INDEX_MAX = 10000  # job ids kept in the recent-jobs index
-# A history entry's stream id is the Redis clock at its XADD; its ``at`` the clock at its
-# script's start: reading from this long before ``at`` misses none.
-HISTORY_SLACK_MS = 5000
 _KEY_CACHE_MAX = 4096  # job ids whose key names a store remembers
-# what a batch's snapshot reads of each member (progress_service.batches)
-_MEMBER_FIELDS = ("status", "progress_percent", "started_at_ms", "finished_at_ms")
 
 
 # What the store talks to: fakeredis' FakeRedis is a redis.Redis too.
@@ -70,58 +71,7 @@ def connect(settings: Settings) -> RedisClient:
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-def parse_event(raw: str | bytes) -> dict[str, Any]:
-    """One pub/sub payload (CONTRACT, "Redis") -> a dict; ``ValueError`` if it is not one."""
-    event = json.loads(raw)
-    if not isinstance(event, dict) or not isinstance(event.get("job_id"), str) \
-            or not isinstance(event.get("seq"), int):
-        raise ValueError(f"not a progress event: {_text(raw)[:200]!r}")
-    return event
-
-
-class EventFeed(AbstractContextManager["EventFeed"]):
-    """The parsed events of one pub/sub channel (``ProgressStore.events``), in the order published.
-
-    ``get`` waits for the next one, until ``close`` (or the end of a ``with``). redis-py
-    reconnects and resubscribes by itself after a lost connection; events published
-    meanwhile are lost (a reader fills the gap from the snapshot's ``seq``).
-    """
-
-    def __init__(self, pubsub: PubSub, channel: str) -> None:
-        self.channel = channel
-        self._pubsub = pubsub
-        try:
-            pubsub.subscribe(channel)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            pubsub.close()
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    def get(self, timeout: float) -> dict[str, Any] | None:
-        """The next event, or None after ``timeout`` seconds without one.
-
-        Raises ``BackendUnavailable`` while Redis does not answer (the next call
-        reconnects). A payload that is not an event is logged and skipped.
-        """
-        try:
-            message = self._pubsub.get_message(timeout=timeout)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-        if message is None or message.get("type") != "message":
-            return None
-        try:
-            return parse_event(message["data"])
-        except ValueError:
-            logger.warning("%s: ignored a malformed event %r", self.channel, message["data"][:200])
-            return None
-
-    def close(self) -> None:
-        self._pubsub.close()
-
-    def __exit__(self, *exc_info: object) -> None:  # __enter__: AbstractContextManager's, self
-        self.close()
-
-
-class ProgressStore:
+class ProgressStore(MirrorSide, BatchSide):
     def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
@@ -387,40 +337,6 @@ class ProgressStore:
             raise BackendUnavailable(f"redis: {exc}") from exc
         return [history_entry({_text(a): _text(b) for a, b in (raw or {}).items()}) for _, raw in entries]
 
-    def member_histories(self, job_ids: Sequence[str], after_ms: int = 0
-                         ) -> tuple[int, list[list[dict[str, Any]]]]:
-        """Every job's history entries made after about ``after_ms`` (each with ``at_ms`` too),
-        and the last millisecond that is over on every node read: no entry made up to it can
-        appear later (``progress_service.batches``' event log).
-
-        One Redis: TIME and the reads in one ``MULTI``, so what was made before the clock
-        read is there and what comes after is later. A cluster: the lowest clock of the
-        primaries first, then the reads (per node), for the same reason node by node.
-        """
-        since = max(after_ms - HISTORY_SLACK_MS, 0)
-        pipe = self.client.pipeline(transaction=not self.is_cluster)
-        try:
-            if self.is_cluster:
-                # a cluster answers TIME per node: {node: (seconds, microseconds)}
-                clocks = cast(dict[Any, tuple[int, int]],
-                              self.client.time(target_nodes=redis.RedisCluster.PRIMARIES))
-                now_ms = min(int(s) * 1000 + int(u) // 1000 for s, u in clocks.values())
-            else:
-                pipe.time()
-            for job_id in job_ids:
-                pipe.xrange(self.keys.history(job_id), min=str(since))
-            replies = pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-        if not self.is_cluster:
-            sec, usec = replies.pop(0)
-            now_ms = int(sec) * 1000 + int(usec) // 1000
-        out = []
-        for entries in replies:
-            fields = [{_text(a): _text(b) for a, b in raw.items()} for _, raw in entries]
-            out.append([{**history_entry(f), "at_ms": int(f["at"])} for f in fields])
-        return now_ms - 1, out
-
     def recent_job_ids(self, limit: int = 50, paper_id: str | None = None) -> list[str]:
         """Job ids, newest first, from the recent-jobs index (or one paper's)."""
         if paper_id is not None:
@@ -505,304 +421,7 @@ class ProgressStore:
         persistence), the job is waited for up to ``worker_lost_after`` seconds: its
         runner re-creates it, with a higher seq (``worker.runner``).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.events(job_id) as feed:
-            snap = self.get(job_id)
-            if snap is None:
-                raise JobNotFound(f"job {job_id} not found")
-            yield snap
-            last_seen = last_read = time.monotonic()
-            lost, back_at = False, None
-
-            def answered() -> None:  # by pub/sub or the store, whichever comes first
-                nonlocal lost, back_at
-                if lost:
-                    logger.info("job %s: Redis is back", job_id)
-                    lost, back_at = False, time.monotonic()
-
-            while snap["status"] not in TERMINAL_VALUES:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
-                try:
-                    event = feed.get(timeout=0.5)  # reconnects and resubscribes
-                except BackendUnavailable as exc:
-                    if not lost:
-                        logger.warning("job %s: Redis connection lost (%s); waiting for it", job_id, exc)
-                        lost = True
-                    time.sleep(0.5)
-                    event = None
-                    last_seen = 0.0  # re-read at once after the reconnect
-                else:
-                    answered()
-                fresh: dict[str, Any] | None = None
-                if event is not None:
-                    if event["seq"] <= snap["seq"]:
-                        continue
-                    read_due = derived and time.monotonic() - last_read >= idle_check
-                    if event["seq"] == snap["seq"] + 1 and not read_due:
-                        fresh = event_to_snapshot(snap, event)
-                    else:
-                        fresh = self.get(job_id)
-                        last_read = time.monotonic()
-                elif time.monotonic() - last_seen >= idle_check:
-                    try:
-                        fresh = self.get(job_id)
-                    except BackendUnavailable:
-                        continue  # still away: the next get_message reconnects
-                    last_seen = last_read = time.monotonic()
-                    answered()
-                    if fresh is None:
-                        if back_at is not None and time.monotonic() - back_at < self.settings.worker_lost_after:
-                            continue  # Redis came back empty: the job's runner re-creates it
-                        raise JobNotFound(f"job {job_id} vanished from Redis")
-                    if derived and fresh["seq"] == snap["seq"] and _derived(fresh) != _derived(snap):
-                        snap = fresh
-                        yield snap
-                        continue
-                if fresh is None or fresh["seq"] <= snap["seq"]:
-                    continue
-                last_seen = time.monotonic()
-                snap = fresh
-                yield snap
-
-    # -- the PostgreSQL mirror's side (progress_service.mirror) ------------
-    # The due set: finished job id -> when the mirror should try it next (ms, Redis clock).
-
-    def claim_mirror_due(self, now_ms: int, count: int, lease_ms: int) -> list[str]:
-        """Up to ``count`` ids due at ``now_ms``, longest due first, each due again only
-        after ``lease_ms`` (``lua/claim_mirror_due-1.lua``): sweepers share the due jobs."""
-        reply = self._call(self.scripts.claim_mirror_due, [self.keys.mirror_due], [now_ms, count, lease_ms])
-        return [_text(x) for x in reply]
-
-    def mirror_due_now(self) -> bool:
-        """Whether a job is due for the mirror now."""
-        now = self.server_time_ms()
-        return bool(self._redis(lambda: self.client.zrangebyscore(self.keys.mirror_due, "-inf", now,
-                                                                  start=0, num=1)))
-
-    def requeue_mirror_due(self, job_ids: Iterable[str], at_ms: int = 0, *, only_queued: bool = False) -> None:
-        """Make ``job_ids`` due for the mirror at ``at_ms`` (``only_queued``: those still in the set)."""
-        due = dict.fromkeys(job_ids, at_ms)
-        if due:
-            self._redis(lambda: self.client.zadd(self.keys.mirror_due, due, xx=only_queued))
-
-    def remove_mirror_due(self, job_ids: Sequence[str]) -> None:
-        """Take ``job_ids`` out of the due set."""
-        if job_ids:
-            self._redis(lambda: self.client.zrem(self.keys.mirror_due, *job_ids))
-
-    def expire_mirrored(self, seqs: Mapping[str, int]) -> dict[str, str]:
-        """Job id -> ``lua/expire_mirrored-2.lua``'s answer (``expiring``, ``changed``,
-        ``running``, ``gone``) for jobs PostgreSQL now holds at ``seqs[job_id]``: a landed
-        job's expiry (``PROGRESS_JOB_TTL`` after it finished) is set only now."""
-        k = self.keys
-        ttl = self.settings.job_ttl
-        ids = list(seqs)
-        script = self.scripts.expire_mirrored
-        if self.is_cluster:  # redis-py refuses scripts in cluster pipelines
-            replies = [self._call(script, [k.job(j), k.history(j)], [seqs[j], ttl]) for j in ids]
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for job_id in ids:
-                script(keys=[k.job(job_id), k.history(job_id)], args=[seqs[job_id], ttl], client=pipe)
-            replies = self._redis(pipe.execute) if ids else []
-        return {j: _text(r) for j, r in zip(ids, replies, strict=True)}
-
-    def job_states(self, job_ids: Sequence[str]) -> dict[str, tuple[str | None, int | None]]:
-        """Each job's status and seq (None, None: gone), in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), "status", "seq")
-        replies = self._redis(pipe.execute)
-        return {j: _status_seq(reply) for j, reply in zip(job_ids, replies, strict=True)}
-
-    def read_for_mirror(self, job_ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """Job id -> (snapshot, whole history) of each job Redis holds among the valid ``job_ids``.
-
-        One script call per job (``lua/read_for_mirror-2.lua``), pipelined: the hash and
-        the whole history come back as one JSON string each. ``is_stale`` and
-        ``eta_seconds`` are not derived (False, None).
-        """
-        valid = [j for j in job_ids if is_valid_id(j)]
-        k = self.keys
-        script = self.scripts.read_for_mirror
-        if self.is_cluster:  # redis-py refuses scripts in cluster pipelines
-            replies = [self._call(script, [k.job(j), k.history(j)], []) for j in valid]
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for job_id in valid:
-                script(keys=[k.job(job_id), k.history(job_id)], client=pipe)
-            replies = self._redis(pipe.execute) if valid else []
-        s = self.settings
-        out = {}
-        for job_id, reply in zip(valid, replies, strict=True):
-            if not reply:
-                continue
-            fields, raw_history = json.loads(_text(reply))
-            snap = build_snapshot(fields, 0, stale_after=s.stale_after,
-                                  pending_stale_after=s.pending_stale_after)
-            out[job_id] = (snap, [history_entry(e) for e in raw_history or []])
-        return out
-
-    def hold_for_mirror(self, job_ids: Sequence[str]) -> int:
-        """Make each job's hash and history persistent until the mirror lands it
-        (``expire_mirrored``); return how many jobs had an expiry (set by an older version)."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.persist(k.job(job_id))
-            pipe.persist(k.history(job_id))
-        return sum(self._redis(pipe.execute)[::2])
-
-    def scan_job_ids(self) -> Iterator[str]:
-        """Every job id Redis holds a hash of (SCAN: in no order, possibly one twice)."""
-        k = self.keys
-        head, tail = len(k.prefix) + 2, -1
-        try:
-            for raw in self.client.scan_iter(match=k.job_pattern(), count=1000, _type="hash"):
-                key = _text(raw)
-                job_id = key[head:tail]
-                # The pattern also matches "<prefix>:{id}:history" and the like; only a job
-                # hash is exactly "<prefix>:{<id>}".
-                if key.endswith("}") and is_valid_id(job_id) and key == k.job(job_id):
-                    yield job_id
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    # -- batches (progress_service.batches says how they stay consistent) ---
-
-    def create_batch(self, batch_id: str, job_ids: Sequence[str], pipeline: str, *,
-                     name: str | None = None, tags: Sequence[str] = ()) -> None:
-        """Write the batch's hash (its members in submit order) before its members exist.
-
-        Raises ``JobConflict`` if the batch exists already.
-        """
-        validate_id(batch_id, "batch_id")
-        for job_id in job_ids:
-            validate_id(job_id)
-        now_ms = self.server_time_ms()
-        mapping: dict[EncodableT, EncodableT] = {"batch_id": batch_id, "pipeline": validate_id(pipeline, "pipeline"),
-                   "name": name or "", "tags": json.dumps(validate_tags(list(tags))),
-                   "job_ids": json.dumps(list(job_ids)), "created_at_ms": str(now_ms),
-                   "canceled": "0", "percent_max": "0"}
-        key = self.keys.batch(batch_id)
-        try:
-            if not self.client.hsetnx(key, "batch_id", batch_id):
-                raise JobConflict(f"batch {batch_id} exists already")
-            self.client.hset(key, mapping=mapping)
-            self.client.zadd(self.keys.batches_index, {batch_id: now_ms})
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-        logger.info("batch %s: created with %d jobs (%s)", batch_id, len(job_ids), pipeline)
-
-    def delete_batch(self, batch_id: str) -> None:
-        """Remove a batch's hash (a submit that could not create every member undoes it)."""
-        validate_id(batch_id, "batch_id")
-        try:
-            self.client.delete(self.keys.batch(batch_id))
-            self.client.zrem(self.keys.batches_index, batch_id)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    def batch_state(self, batch_id: str) -> tuple[dict[str, str], list[dict[str, Any] | None], int] | None:
-        """The batch's hash, one entry per member (None: Redis lacks it) and the server's
-        clock; or None if Redis does not hold the batch.
-
-        One ``HMGET`` per member: on one Redis all in one script call
-        (``lua/read_members-n.lua``, one instant, one reply to parse), on a cluster in
-        one pipeline split per node (a script may not touch keys of several slots).
-        """
-        fields = self.batch_fields(batch_id)
-        if not fields:
-            return None
-        job_ids = json.loads(fields.get("job_ids") or "[]")
-        keys = [self.keys.job(job_id) for job_id in job_ids]
-        if not self.is_cluster:
-            sec, usec, *rows = json.loads(self._call(self.scripts.read_members, keys, _MEMBER_FIELDS))
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hmget(key, *_MEMBER_FIELDS)
-            try:
-                rows = [[] if row[0] is None else [_text(v) if v is not None else "" for v in row]
-                        for row in pipe.execute()]
-                sec, usec = self.client.time()  # a cluster pipeline routes by key: the clock after
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                raise BackendUnavailable(f"redis: {exc}") from exc
-        members: list[dict[str, Any] | None] = [
-            {name: v or None for name, v in zip(_MEMBER_FIELDS, row, strict=True)} if row else None
-            for row in rows
-        ]
-        return fields, members, int(sec) * 1000 + int(usec) // 1000
-
-    def get_batch(self, batch_id: str, *,
-                  find_missing: Callable[[str], dict[str, Any] | None] | None = None
-                  ) -> dict[str, Any] | None:
-        """The batch's snapshot (CONTRACT, "Batches"), or None if Redis does not hold it.
-
-        ``find_missing(job_id)`` gives a member entry for a member Redis has let go
-        (the web reads PostgreSQL's copy). The percent shown is the batch's
-        high-water mark after this read raised it; a finished batch gets the TTL of
-        a finished job.
-        """
-        state = self.batch_state(batch_id)
-        if state is None:
-            return None
-        fields, members, now_ms = state
-        if find_missing is not None:
-            job_ids = json.loads(fields.get("job_ids") or "[]")
-            members = [m if m is not None else find_missing(j) for j, m in zip(job_ids, members, strict=True)]
-        snap = build_batch_snapshot(fields, members, now_ms)
-        mark = self.raise_batch_percent(batch_id, snap["progress_percent"])
-        if mark is not None and mark > snap["progress_percent"]:
-            snap["progress_percent"] = int(mark) if mark.is_integer() else mark
-        if is_finished(snap) and self.settings.job_ttl:
-            self.expire_batch(batch_id)
-        return snap
-
-    def raise_batch_percent(self, batch_id: str, percent: float) -> float | None:
-        """Raise the batch's percent high-water mark to ``percent``; the mark after, or None
-        if the batch is gone (lua/batch_percent-1.lua)."""
-        mark = self._call(self.scripts.batch_percent, [self.keys.batch(batch_id)], [repr(float(percent))])
-        return None if mark is None else float(mark)
-
-    def mark_batch_canceled(self, batch_id: str) -> bool:
-        """Flag the batch canceled; False if Redis does not hold it."""
-        key = self.keys.batch(batch_id)
-        try:
-            return bool(self.client.exists(key)) and self.client.hset(key, "canceled", "1") >= 0
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    def expire_batch(self, batch_id: str) -> None:
-        """A finished batch stays in Redis as long as a finished job (``job_ttl``)."""
-        try:
-            self.client.expire(self.keys.batch(batch_id), self.settings.job_ttl, nx=True)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    def open_batch_ids(self, limit: int = 100) -> list[str]:
-        """The oldest batches not yet kept in PostgreSQL (the mirror looks whether they finished)."""
-        try:
-            return [_text(b) for b in self.client.zrange(self.keys.batches_index, 0, max(limit, 1) - 1)]
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    def forget_batch(self, batch_id: str) -> None:
-        """Take a batch PostgreSQL keeps (or Redis lost) off the open batches."""
-        try:
-            self.client.zrem(self.keys.batches_index, batch_id)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-
-    def batch_fields(self, batch_id: str) -> dict[str, str]:
-        """The batch's hash (``{}`` if Redis does not hold it)."""
-        validate_id(batch_id, "batch_id")
-        try:
-            raw = self.client.hgetall(self.keys.batch(batch_id))
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-        return {_text(k): _text(v) for k, v in raw.items()}
+        yield from Subscription(self, job_id, timeout=timeout, idle_check=idle_check, derived=derived)
 
     # -- statistics -------------------------------------------------------
 
@@ -873,13 +492,6 @@ class ProgressStore:
         elif not res.accepted:
             logger.debug("job %s: update rejected (%s)", job_id, res.reason)
 
-    def mark_mirror_due(self, job_id: str, at_ms: int = 0) -> None:
-        """Queue a finished job for the PostgreSQL mirror."""
-        try:
-            self.client.zadd(self.keys.mirror_due, {job_id: at_ms})
-        except (RedisConnectionError, RedisTimeoutError):
-            logger.warning("job %s: could not queue for the mirror; the sweep will find it", job_id)
-
     def _redis(self, call: Callable[[], _T]) -> _T:
         """``call()``, with a Redis that does not answer raised as ``BackendUnavailable``."""
         try:
@@ -916,73 +528,3 @@ class ProgressStore:
         return build_snapshot(fields, now_ms, stale_after=s.stale_after,
                               pending_stale_after=s.pending_stale_after, recent=points)
 
-
-def _whole(value: object, what: str, maximum: int) -> int:
-    """``value`` if it is an int from 0 to ``maximum``, else ``InvalidInput``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        raise InvalidInput(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
-    return value
-
-
-def _derived(snapshot: dict[str, Any]) -> tuple[Any, Any]:
-    return snapshot["is_stale"], snapshot["eta_seconds"]
-
-
-def _status_seq(reply: Sequence[Any]) -> tuple[str | None, int | None]:
-    status, seq = reply
-    return (None, None) if status is None else (_text(status), int(seq))
-
-
-def _progress_arg(value: object) -> str:
-    """The percent as the script reads it: exact here, rounded to 6 decimals there
-    (update_progress-2.lua, the one place that rounds, for every caller)."""
-    if value is None:
-        return ""
-    if type(value) is float and 0.0 <= value <= 100.0:  # the common case, checked cheaply
-        return str(int(value)) if value.is_integer() else repr(value)
-    # compared before any conversion: float(10**400) would raise OverflowError; NaN fails it
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
-        raise InvalidInput(f"progress_percent must be a number from 0 to 100, got {value!r}")
-    return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
-
-
-def _step_arg(value: object) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"current_step must be a step name, got {value!r}")
-    return value
-
-
-def _status_arg(value: object) -> str:
-    if value is None:
-        return ""
-    try:
-        return Status(value).value
-    except ValueError:
-        raise InvalidInput(
-            f"status must be one of {', '.join(s.value for s in Status)}, got {value!r}"
-        ) from None
-
-
-def _text_arg(value: object, what: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
-    if len(value) > MAX_TEXT:
-        value = value[: MAX_TEXT - 1] + "…"
-    return "=" + value
-
-
-def _result_arg(value: object) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, Mapping):
-        raise InvalidInput(f"result must be an object, got {type(value).__name__}")
-    try:
-        return "=" + json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"result must be JSON-serialisable: {exc}") from None
-    except RecursionError:  # the script allows 64 levels (update_progress-2.lua)
-        raise InvalidInput("result must nest at most 64 levels deep") from None
