@@ -56,11 +56,15 @@ control_socket_disable = True
 
 
 def post_fork(server, worker):
-    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr,
-    and gunicorn's own error answers in JSON (``web.gunicorn_errors``).
+    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr.
 
     At gunicorn's effective log level (``--log-level`` wins over ``PROGRESS_WEB_LOG_LEVEL``).
     gunicorn's own loggers do not propagate to the root logger, so nothing is logged twice.
+
+    Import nothing of the app here: this runs before the gevent worker monkey-patches,
+    and psycopg picks its wait function when it is imported (a C poll that blocks the
+    whole worker, unless ``select`` is patched by then): a PostgreSQL that does not
+    answer would then stall every request of the worker (tests/test_partition.py).
     """
     import logging
 
@@ -69,13 +73,11 @@ def post_fork(server, worker):
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
 
-    from web.gunicorn_errors import answer_errors_in_json
-
-    answer_errors_in_json()  # a malformed request gunicorn refuses itself gets a JSON error too
-
 
 def post_worker_init(worker):
-    """When the worker is told to stop, end its event streams at once.
+    """Once the worker is patched and has loaded the app: gunicorn's own error answers in
+    JSON (``web.gunicorn_errors``); and when the worker is told to stop, its event streams
+    end at once.
 
     Otherwise every open stream would hold the worker for ``graceful_timeout``.
     A client reconnects to a worker that is up: a plain ``EventSource`` by
@@ -85,6 +87,10 @@ def post_worker_init(worker):
     """
     import threading
     import time
+
+    from web.gunicorn_errors import answer_errors_in_json
+
+    answer_errors_in_json()  # a malformed request gunicorn refuses itself gets a JSON error too
 
     hub = getattr(worker.wsgi, "extensions", {}).get("progress_events")
     if hub is None:
