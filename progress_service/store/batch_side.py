@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,12 +24,7 @@ from ..batches import build_batch_snapshot, is_finished
 from ..errors import BackendUnavailable, JobConflict
 from ..models import history_entry, validate_id, validate_tags
 from ..scripts import as_text as _text
-
-if TYPE_CHECKING:
-    from ..config import Settings
-    from ..keys import Keys
-    from ..scripts import Scripts
-    from . import RedisClient
+from .part import StorePart
 
 logger = logging.getLogger("progress_service.store")
 
@@ -41,19 +36,8 @@ HISTORY_SLACK_MS = 5000
 MemberEntry = dict[str, Any] | None
 
 
-class BatchSide:
+class BatchSide(StorePart):
     """``ProgressStore``'s methods for batches: their hash, their members' states and histories."""
-
-    if TYPE_CHECKING:  # ProgressStore's, which this class is a part of
-        client: RedisClient
-        keys: Keys
-        scripts: Scripts
-        settings: Settings
-        is_cluster: bool
-
-        def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any: ...
-        def _redis(self, call: Callable[[], Any]) -> Any: ...
-        def server_time_ms(self) -> int: ...
 
     def create_batch(self, batch_id: str, job_ids: Sequence[str], pipeline: str, *,
                      name: str | None = None, tags: Sequence[str] = ()) -> None:
