@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import current_app, url_for
 
 from progress_service import queue
 from progress_service.errors import BackendUnavailable, JobNotFound, ProgressError
-from progress_service.mirror import Mirror
 from progress_service.models import TERMINAL_VALUES, Status, validate_id
 from progress_service.store import ProgressStore
+
+if TYPE_CHECKING:
+    from progress_service.mirror import Mirror
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ def mirror() -> Mirror:
     """The app's PostgreSQL mirror (``progress_service.mirror.Mirror``), built on first use."""
     ext = current_app.extensions
     if "progress_mirror" not in ext:
+        # Imported here, on a request: psycopg picks how it waits when it is imported, and
+        # under gunicorn's gevent worker that must come after the monkey-patching.
+        from progress_service.mirror import Mirror
+
         store = progress_store()
         ext["progress_mirror"] = Mirror(store, store.settings.database_url,
                                         connect_timeout=MIRROR_CONNECT_TIMEOUT,
