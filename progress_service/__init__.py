@@ -16,10 +16,11 @@ from .models import Status
 from .scripts import UpdateResult
 from .store import ProgressStore
 from .throttle import Throttle
+from .tracking import TrackedJob
 
 __all__ = [
     "BackendUnavailable", "InvalidInput", "JobConflict", "JobNotFound",
     "Keys", "PostgresUnavailable", "ProgressError", "ProgressStore", "SchemaMissing", "Settings",
-    "Status", "Throttle", "Unauthorized", "UpdateResult",
+    "Status", "Throttle", "TrackedJob", "Unauthorized", "UpdateResult",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .errors import BackendUnavailable, JobNotFound
+
 logger = logging.getLogger(__name__)
 
 Write = Callable[[dict[str, Any]], Any]
@@ -59,17 +61,35 @@ class Throttle:
                 self._timer.daemon = True
                 self._timer.start()
 
+    def flush(self) -> None:
+        """Write whatever is pending now (``store.track`` retries a failed write with it)."""
+        with self._lock:
+            self._flush_locked()
+
     def close(self) -> None:
         """Write the last pending value and stop the timer. Safe to call twice."""
         with self._lock:
             self._flush_locked()
             self._closed = True
 
+    def cancel(self) -> None:
+        """Drop whatever is pending and stop the timer: nothing more is written."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._pending = {}
+            self._closed = True
+
     def _on_timer(self) -> None:
         with self._lock:
             self._timer = None
-            if not self._closed:
+            if self._closed:
+                return
+            try:
                 self._flush_locked()
+            except Exception:  # logged, and kept for the next write: nobody here to tell
+                pass
 
     def _flush_locked(self) -> None:
         if self._timer is not None:
@@ -86,6 +106,8 @@ class Throttle:
             self._pending = {**fields, **self._pending}
             if isinstance(exc, ValueError):  # refused (InvalidInput): the caller decides
                 logger.warning("throttled write refused, kept for the next try: %r: %s", fields, exc)
+            elif isinstance(exc, BackendUnavailable | JobNotFound):  # the caller says so, once
+                logger.debug("throttled write failed, kept for the next try: %r: %s", fields, exc)
             else:
                 logger.exception("throttled write failed, kept for the next try: %r", fields)
             raise

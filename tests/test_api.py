@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 import pytest
 import redis
 from conftest import CLOSED_REDIS_URL, wait_until
+from openapi_check import OpenApiClient
 
 from progress_service.models import DEFAULT_STEPS
 from progress_service.store import ProgressStore
@@ -25,7 +26,7 @@ NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "n
 SNAPSHOT_KEYS = {
     "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
     "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at", "started_at",
-    "progress_updated_at", "finished_at", "heartbeat_at", "is_stale", "eta_seconds",
+    "progress_updated_at", "finished_at", "heartbeat_at", "batch_id", "tags", "is_stale", "eta_seconds",
 }
 STATUS_KEYS = {
     "paper_id", "pmid", "exists", "status", "current_step", "completed_steps", "progress_percent",
@@ -37,8 +38,10 @@ BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9
 
 
 def build(settings):
+    """The app, whose test clients check every answer against the OpenAPI document."""
     app = create_app(settings)
     app.config["TESTING"] = True
+    app.test_client_class = OpenApiClient
     return app
 
 
@@ -396,7 +399,8 @@ def test_pages_render_the_job(client, jobs):
     html = page.get_data(as_text=True)
     assert 'role="progressbar"' in html and 'aria-valuenow="40"' in html
     assert "40% complete (2 of 5 steps)" in html
-    assert "<script src=" in html and "http://" not in html and "https://" not in html  # no external assets
+    assert '<script type="module" src="/static/status.js">' in html  # it imports progress-client.js
+    assert "http://" not in html and "https://" not in html  # no external assets
     index = client.get("/").get_data(as_text=True)
     assert "job-1" in index and "/status/31452104/" in index
     assert "No job for this paper yet" in client.get("/status/777/").get_data(as_text=True)
@@ -514,7 +518,7 @@ def test_submit_creates_a_pending_job_and_queues_it(client, jobs, settings, real
     assert client.get("/status/31452104/?_json=1").get_json()["job_id"] == job_id
 
 
-def test_submit_under_read_auth_answers_a_read_token_and_a_page_url_with_it(settings, real_redis, rq_conn,
+def test_submits_under_read_auth_answer_a_read_token_and_a_page_url_with_it(settings, real_redis, rq_conn,
                                                                              rq_cleanup):
     from web import read_tokens
 
@@ -529,6 +533,20 @@ def test_submit_under_read_auth_answers_a_read_token_and_a_page_url_with_it(sett
         assert body["page_url"] == f"/status/31452104/?token={body['read_token']}"
         assert client.get(body["page_url"]).status_code == 200
         assert client.get(body["status_url"]).status_code == 401
+
+        from flask.testing import FlaskClient
+
+        client = FlaskClient(app)  # the batch routes are not in the OpenAPI document yet: no check of them
+        r = client.post("/api/v1/batches", json={"paper_ids": ["31452104", "34265844"]},
+                        headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 202, r.get_json()
+        batch = r.get_json()
+        rq_cleanup.extend(batch["job_ids"])
+        assert read_tokens.verify("k", batch["read_token"]).describe() == f"batch {batch['batch_id']}"
+        assert batch["page_url"] == f"/batches/{batch['batch_id']}/?token={batch['read_token']}"
+        assert client.get(batch["page_url"]).status_code == 200
+        member = f"/api/v1/jobs/{batch['job_ids'][1]}?token={batch['read_token']}"
+        assert client.get(member).status_code == 200
     finally:
         app.extensions["progress_events"].close()
 
@@ -761,3 +779,22 @@ def test_rq_dashboard_state_changes_take_a_post_from_this_site_only(client, fail
     r = client.post(url, headers={"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"})
     assert r.status_code == 200 and r.get_json()["count"] == 1
     assert queue.job_ids == [job.id]
+
+
+def test_reads_allow_any_origin_and_writes_and_pages_do_not(client, jobs):
+    """A page of another site may read (progress-client.js follows a job from anywhere);
+    it never gets to read a write's answer, and the pages are not for it to read."""
+    jobs.create_job("job-cors", "31452104", steps=STEPS)
+    jobs.update("job-cors", progress_percent=100)
+    elsewhere = {"Origin": "http://elsewhere.example"}
+    seq = jobs.get("job-cors")["seq"]
+    for path in ("/api/v1/jobs/job-cors", "/api/v1/jobs?limit=1", "/api/v1/jobs/job-cors/history",
+                 "/api/v1/jobs/job-cors/events", f"/api/v1/jobs/job-cors/events?last_event_id={seq}",
+                 "/api/v1/jobs/bad%20id", "/api/v1/openapi.json", "/static/progress-client.js"):
+        r = client.get(path, headers=elsewhere)
+        assert r.status_code in (200, 204, 400), (path, r.status_code)
+        assert r.headers.get("Access-Control-Allow-Origin") == "*", path
+    r = client.post("/api/v1/jobs/job-cors/cancel")
+    assert r.status_code == 409 and "Access-Control-Allow-Origin" not in r.headers
+    for path in ("/status/31452104/", "/status/31452104/?_json=1", "/"):
+        assert "Access-Control-Allow-Origin" not in client.get(path, headers=elsewhere).headers, path

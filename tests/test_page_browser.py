@@ -558,3 +558,132 @@ def test_a_video_on_another_site_gets_neither_the_token_nor_the_pages_url(token_
     finally:
         elsewhere.shutdown()
         elsewhere.server_close()
+
+
+# -- progress-client.js on a page of another origin ---------------------------------------------
+
+# A page of another site: it imports progress-client.js from the service's origin and follows a
+# job there. window.__follow(...) starts a follow and records what it hears.
+OTHER_SITE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>another site</title></head><body>
+<p id="state">loading</p>
+<script type="module">
+import { follow } from "%(base)s/static/progress-client.js";
+window.__follow = (url, options) => {
+  const seen = { updates: [], modes: [], ended: null };
+  follow(url, Object.assign({
+    onUpdate: (snap, info) => seen.updates.push([snap.seq, snap.status, snap.progress_percent, info.source]),
+    onMode: (mode) => seen.modes.push(mode),
+    onEnd: (snap) => { seen.ended = snap ? snap.status : "unknown"; },
+  }, options || {}));
+  return seen;
+};
+window.__runs = [];
+document.getElementById("state").textContent = "ready";
+</script>
+</body></html>
+"""
+
+
+@pytest.fixture
+def other_site(web):
+    """A tiny http.server on another port (another origin) serving OTHER_SITE_PAGE at /."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = (OTHER_SITE_PAGE % {"base": web.base}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def open_other_site(page, other_site: str) -> None:
+    page.goto(other_site + "/")
+    page.wait_for_selector("#state:text('ready')", timeout=WAIT_MS)  # the cross-origin import worked
+
+
+def follow_from(page, url: str, **options) -> int:
+    """Starts following ``url`` in the page; the run's index in window.__runs."""
+    return page.evaluate("([url, options]) => window.__runs.push(window.__follow(url, options)) - 1",
+                         [url, options])
+
+
+def run_of(page, index: int) -> dict:
+    return page.evaluate(f"window.__runs[{index}]")
+
+
+def test_a_page_of_another_origin_follows_a_job_to_the_end_with_progress_client(web, store, page,
+                                                                               other_site):
+    job_id = start_job(store, new_paper(), percent=5)
+    open_other_site(page, other_site)
+    url = f"{web.base}/api/v1/jobs/{job_id}"
+    run = follow_from(page, url)
+    wait_for_js(page, "window.__runs[0].modes.includes('live') && window.__runs[0].updates.length >= 1")
+    store.update(job_id, progress_percent=40, current_step=STEPS[2], message="speaking")
+    store.update(job_id, progress_percent=30)  # refused (regression): never reaches the page
+    store.update(job_id, progress_percent=70, current_step=STEPS[3])
+    store.update(job_id, progress_percent=100)
+    wait_for_js(page, "window.__runs[0].ended === 'completed'")
+    seen = run_of(page, run)
+    seqs = [u[0] for u in seen["updates"]]
+    percents = [u[2] for u in seen["updates"]]
+    assert seqs == sorted(set(seqs)) and percents == sorted(percents), seen
+    assert percents[-1] == 100 and seen["updates"][-1][1] == "completed"
+    assert {u[3] for u in seen["updates"]} == {"stream"}  # live all the way: no polling needed
+    assert seen["modes"] == ["live", "ended"]
+
+    # Following it again after the end, from its last event: the stream answers 204; one poll
+    # reads the final snapshot and the follow ends.
+    last_seq = store.get(job_id)["seq"]
+    again = follow_from(page, url, lastEventId=last_seq)
+    wait_for_js(page, f"window.__runs[{again}].ended === 'completed'")
+    assert run_of(page, again)["updates"][-1][:2] == [last_seq, "completed"]
+
+
+def test_with_its_stream_blocked_the_other_origin_page_polls_the_job_to_the_end(web, store, page,
+                                                                                other_site):
+    job_id = start_job(store, new_paper(), percent=10)
+    open_other_site(page, other_site)
+    page.route("**/events*", lambda route: route.abort())
+    run = follow_from(page, f"{web.base}/api/v1/jobs/{job_id}", pollMs=200, retryMs=5000)
+    wait_for_js(page, "window.__runs[0].modes.includes('polling') && window.__runs[0].updates.length >= 1")
+    store.update(job_id, progress_percent=60, current_step=STEPS[3])
+    wait_for_js(page, "window.__runs[0].updates.some(u => u[2] === 60)")
+    store.update(job_id, status="failed", error="ffmpeg exited with 1")
+    wait_for_js(page, "window.__runs[0].ended === 'failed'")
+    seen = run_of(page, run)
+    assert {u[3] for u in seen["updates"]} == {"poll"}
+    assert [u[2] for u in seen["updates"]] == sorted(u[2] for u in seen["updates"])
+    assert seen["modes"] == ["polling", "ended"]
+
+
+@pytest.mark.parametrize(("narration", "shown"), [
+    ("silent", "the video's sound track is silent: no espeak-ng"),
+    ("espeak-ng", ""),  # a narrated one: the finished page shows no stale message
+])
+def test_a_video_with_a_silent_track_says_so_on_the_page(web, store, page, narration, shown):
+    """The video pipeline found no speech (no espeak-ng, no espeakng-loader): its result says
+    ``narration: silent`` and its last message why; the finished page shows that message."""
+    paper = new_paper()
+    job_id = start_job(store, paper, percent=50)
+    store.update(job_id, message="the video's sound track is silent: no espeak-ng"
+                 if narration == "silent" else "encoding")
+    store.update(job_id, progress_percent=100, result={"narration": narration, "title": "A paper"})
+    page.goto(f"{web.base}/status/{paper}/")
+    page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
+    assert page.text_content("#message") == shown

@@ -149,25 +149,32 @@ def test_the_status_page_follows_the_papers_latest_job(client, jobs):
     assert_unauthorized(client.get("/status/no-such-paper/", headers=bearer(token)))
 
 
-def test_a_batch_token_reads_its_members_and_nothing_else(client, jobs, monkeypatch):
-    """A member's snapshot names its batch (``batch_id``); until batches are in this branch the
-    snapshots of job-a and job-b are given theirs here, at the one lookup the check makes."""
-    batch_of = {"job-a": "batch-1", "job-b": "batch-2"}
-    real_find, real_latest = auth.find_job, auth.latest_job
-
-    def with_batch(snap):
-        return None if snap is None else {**snap, "batch_id": batch_of.get(snap["job_id"])}
-
-    monkeypatch.setattr(auth, "find_job", lambda job_id: with_batch(real_find(job_id)))
-    monkeypatch.setattr(auth, "latest_job", lambda paper_id: with_batch(real_latest(paper_id)))
+def test_a_batch_token_reads_its_batch_and_its_members_and_nothing_else(client, jobs):
+    """batch-1 holds job-m1 (paper-m1) and job-m2; job-a and job-b belong to no batch."""
+    jobs.create_batch("batch-1", ["job-m1", "job-m2"], "video")
+    jobs.create_batch("batch-2", ["job-n1"], "video")
+    for job_id, paper_id, batch_id in (("job-m1", "paper-m1", "batch-1"), ("job-m2", "paper-m2", "batch-1"),
+                                       ("job-n1", "paper-n1", "batch-2")):
+        jobs.create_job(job_id, paper_id, steps=["one"], batch_id=batch_id)
+        jobs.update(job_id, status="completed")
     token = read_token("batch", "batch-1")
-    for url in JOB_A_READS:
+    for url in ["/api/v1/batches/batch-1", "/api/v1/batches/batch-1/events", "/batches/batch-1/",
+                "/api/v1/jobs/job-m1", "/api/v1/jobs/job-m2/history", "/api/v1/jobs/job-m1/events",
+                "/status/paper-m1/", "/status/paper-m2/?_json=1"]:
         assert client.get(url, headers=bearer(token)).status_code == 200, url
-    for url in ["/api/v1/jobs/job-b", "/api/v1/jobs/job-b/events", "/status/paper-b/", "/api/v1/jobs/nope"]:
+        assert_unauthorized(client.get(url))
+    for url in ["/api/v1/batches/batch-2", "/api/v1/batches/batch-2/events", "/batches/batch-2/",
+                "/api/v1/jobs/job-n1", "/api/v1/jobs/job-a", "/status/paper-n1/", "/status/paper-a/",
+                "/api/v1/jobs/no-such-job"]:
         assert "for batch batch-1, not this" in assert_unauthorized(client.get(url, headers=bearer(token)))
-    assert_unauthorized(client.get("/api/v1/jobs?batch_id=batch-1", headers=bearer(token)))
-    # and a job's token never reads its batch's other members
-    assert_unauthorized(client.get("/api/v1/jobs/job-b", headers=bearer(read_token("job", "job-a"))))
+    assert_unauthorized(client.get("/api/v1/jobs?batch_id=batch-1", headers=bearer(token)))  # never a list
+    # a member's token reads its job, not its batch nor the other members
+    member = read_token("job", "job-m1")
+    assert client.get("/api/v1/jobs/job-m1", headers=bearer(member)).status_code == 200
+    for url in ["/api/v1/batches/batch-1", "/api/v1/jobs/job-m2", "/batches/batch-1/"]:
+        assert_unauthorized(client.get(url, headers=bearer(member)))
+    page = client.get(f"/batches/batch-1/?token={token}").get_data(as_text=True)
+    assert json.loads(page.split('id="page-config">', 1)[1].split("</script>", 1)[0])["token"] == token
 
 
 def test_scope_check_covers_batch_routes():
@@ -303,7 +310,8 @@ def test_every_reading_route_needs_a_token(app, jobs):
     other = read_token("job", "job-b")
     rules = reading_rules(app)
     assert {"api.get_job", "api.list_jobs", "events.job_events", "api.job_video", "pages.status_page",
-            "pages.index", "rq_dashboard.queues_overview"} <= {r.endpoint for r in rules}
+            "pages.index", "rq_dashboard.queues_overview", "batches.get_batch", "batches.batch_events",
+            "batches.batch_page"} <= {r.endpoint for r in rules}
     for rule in rules:
         url = url_of(rule)
         for headers in ({}, bearer(other)):

@@ -102,3 +102,30 @@ def test_throttle_over_the_store(store):
     snap = store.get("t1")
     assert snap["progress_percent"] == 49.75 and snap["current_step"] == "generate-script"
     assert snap["seq"] < 20
+
+
+def test_a_trailing_write_that_fails_is_kept_and_raises_nowhere(monkeypatch):
+    """The timer's write fails (Redis away): no traceback from the timer's thread
+    (threading.excepthook), the value kept for the next write, and cancel() drops it."""
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", escaped.append)
+    calls = []
+    failed = threading.Event()
+
+    def flaky(fields):
+        calls.append(dict(fields))
+        if len(calls) == 2:
+            failed.set()
+            raise ConnectionError("redis away")
+
+    th = Throttle(flaky, min_interval=0.05)
+    th.update(progress_percent=1)
+    th.update(progress_percent=2)  # merged: the timer writes it, and fails
+    assert failed.wait(2)
+    th.update(current_step="b")
+    assert calls[-1] == {"progress_percent": 2, "current_step": "b"}
+    assert escaped == [], "the timer's thread raised"
+    th.update(progress_percent=3)
+    th.cancel()
+    time.sleep(0.1)  # past the interval: a timer that survived cancel() would write now
+    assert calls[-1] == {"progress_percent": 2, "current_step": "b"}

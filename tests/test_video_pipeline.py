@@ -84,13 +84,66 @@ def test_a_run_prints_the_five_steps_and_makes_an_mp4(tmp_path):
     assert tracker.current_step == "assemble-video" and tracker.progress_percent < 100.0
 
 
-def test_without_espeak_the_track_is_silent_and_says_so(tmp_path):
-    done = run_video("33301246", "--out", str(tmp_path), "--fast", env={"PATH": str(tmp_path)})
+def mean_volume(video: Path) -> float:
+    """The mean volume of ``video``'s sound track in dB, by ffmpeg's ``volumedetect`` filter."""
+    probe = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(video),
+         "-map", "0:a:0", "-af", "volumedetect", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    match = re.search(r"mean_volume:\s*(-?[\d.]+|-inf) dB", probe.stderr)
+    assert match, probe.stderr
+    return float(match[1])
+
+
+def without_espeak_program(tmp_path: Path) -> dict:
+    """An environment whose PATH holds no ``espeak-ng`` (ffmpeg is the wheel's, by full path)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    return {"PATH": str(empty)}
+
+
+def without_espeak_at_all(tmp_path: Path) -> dict:
+    """No ``espeak-ng`` on PATH, and an ``espeakng_loader`` that fails to import, as when the
+    wheel is not installed."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "espeakng_loader.py").write_text('raise ImportError("hidden by the test")\n')
+    return {**without_espeak_program(tmp_path), "PYTHONPATH": str(hide)}
+
+
+def test_without_espeak_ng_the_wheel_narrates_an_audible_track(tmp_path):
+    """No espeak-ng program (this machine has none; PATH is emptied besides): the
+    espeakng-loader wheel's library speaks, and the track is well above silence."""
+    out = tmp_path / "out"
+    done = run_video("34265844", "--out", str(out), "--fast", env=without_espeak_program(tmp_path))
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0, stderr
+    assert "silent" not in stderr
+    stdout = lines_of(done.stdout)
+    last = json.loads(stdout[-1])
+    assert last["result"]["narration"] == "espeakng-loader" and "message" not in last
+    assert any(line.startswith("PROGRESS") and "speaking slide 1/" in line for line in stdout)
+    assert len(list((out / "audio").glob("slide_*.wav"))) >= 2
+    assert mean_volume(out / "34265844.mp4") > -60.0
+
+
+def test_without_any_espeak_the_track_is_silent_and_says_so(tmp_path):
+    out = tmp_path / "out"
+    done = run_video("33301246", "--out", str(out), "--fast", env=without_espeak_at_all(tmp_path))
     stderr = done.stderr.decode("utf-8", "replace")
     assert done.returncode == 0, stderr
     assert "espeak-ng not found: writing a silent track" in stderr
-    assert not list((tmp_path / "audio").glob("*.wav"))
-    assert ffmpeg_duration(tmp_path / "33301246.mp4") > 1.0
+    assert not list((out / "audio").glob("*.wav"))
+    assert ffmpeg_duration(out / "33301246.mp4") > 1.0
+    assert mean_volume(out / "33301246.mp4") < -60.0
+    stdout = lines_of(done.stdout)
+    last = json.loads(stdout[-1])
+    assert last["result"]["narration"] == "silent"
+    assert "sound track is silent" in last["message"]  # the job's message (the runner reads it)
+    parsed = parse_line(stdout[-1])
+    assert parsed.result == last["result"] and parsed.message == last["message"]
+    assert any("silent track (no espeak-ng)" in line for line in stdout if line.startswith("PROGRESS"))
 
 
 def test_an_unknown_paper_fails_clearly(tmp_path):
@@ -131,3 +184,21 @@ def test_the_bundled_papers_are_complete_records():
         assert load_paper(paper.pmid) == paper
     with pytest.raises(UnknownPaperError, match="the bundled set holds 34265844"):
         load_paper("123")
+
+
+def test_a_job_whose_track_is_silent_says_so_in_its_message(store, settings, tmp_path):
+    """Run by the runner, as a worker runs it: the completed job's message and result say
+    the video has no sound."""
+    from worker.runner import run_command
+
+    video = get_pipeline("video")
+    store.create_job("silent-video", "33301246", steps=list(video.steps))
+    argv = [sys.executable, "-m", "worker.pipelines.video", "33301246", "--out", str(tmp_path / "out"),
+            "--fast"]
+    outcome = run_command(store, "silent-video", argv, steps=video.steps, weights=video.weights,
+                          settings=settings, cwd=REPO,
+                          env={**os.environ, **without_espeak_at_all(tmp_path)})
+    assert outcome.status == "completed", outcome
+    snap = store.get("silent-video")
+    assert snap["result"]["narration"] == "silent"
+    assert snap["message"].startswith("the video's sound track is silent: no espeak-ng")

@@ -1,4 +1,5 @@
-"""The JSON API (``/api/v1``): submit, read, list and cancel jobs, and serve a job's video.
+"""The JSON API (``/api/v1``): submit, read, list and cancel jobs, take a producer's progress,
+and serve a job's video.
 
 Reading is open unless ``PROGRESS_READ_AUTH=token`` (then each reading view
 declares what it needs with ``read_access``); writing needs the bearer token
@@ -11,13 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import uuid
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request, send_file, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
 
 from progress_service import queue
 from progress_service.errors import InvalidInput, JobNotFound, Unauthorized
-from progress_service.models import Status, validate_id
+from progress_service.models import Status, validate_id, validate_steps, validate_tags
+from progress_service.tracking import TRACKED_PIPELINE
 
 from . import read_tokens
 from .auth import JOB, api_token, read_access, require_token
@@ -31,6 +34,8 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 STATUSES = tuple(s.value for s in Status)
+TRACKED_FIELDS = ("enqueue", "steps")  # a submit that creates a tracked job
+UPDATE_FIELDS = {"progress_percent", "current_step", "status", "message", "error", "result", "force"}
 
 
 def json_object(allowed: set[str], required: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -66,6 +71,16 @@ def urls_of(job_id: str, paper_id: str, read_token: str | None = None) -> dict[s
     }
 
 
+def submit_answer(job_id: str, paper_id: str) -> dict[str, str]:
+    """A submit's answer: the job's id and URLs; under read auth also its ``read_token``, which
+    ``page_url`` carries."""
+    read_token = read_tokens.for_answer(progress_store().settings, "job", job_id)
+    answer = {"job_id": job_id, **urls_of(job_id, paper_id, read_token)}
+    if read_token:
+        answer["read_token"] = read_token
+    return answer
+
+
 def rq_connection():
     """The (bytes-mode) Redis client RQ uses for the queue, built once per app."""
     ext = current_app.extensions
@@ -77,28 +92,67 @@ def rq_connection():
 @bp.post("/jobs")
 @require_token
 def submit_job():
-    body = json_object({"paper_id", "pipeline"}, frozenset({"paper_id"}))
+    body = json_object({"paper_id", "pipeline", "tags", *TRACKED_FIELDS}, frozenset({"paper_id"}))
+    if "steps" in body or body.get("enqueue", True) is not True:
+        return create_tracked_job(body)
     paper_id = validate_id(body["paper_id"], "paper_id")
     pipeline = validate_id(body.get("pipeline", "video"), "pipeline")
+    tags = validate_tags(body.get("tags"))
     store = progress_store()
     job_id = queue.submit_job(store.settings, paper_id, pipeline, store=store,
-                              redis_conn=rq_connection())
-    read_token = read_tokens.for_answer(store.settings, "job", job_id)
-    answer = {"job_id": job_id, **urls_of(job_id, paper_id, read_token)}
-    if read_token:
-        answer["read_token"] = read_token
+                              redis_conn=rq_connection(), tags=tags)
+    answer = submit_answer(job_id, paper_id)
     return jsonify(answer), 202, {"Location": answer["status_url"]}
+
+
+def create_tracked_job(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
+    """``"enqueue": false`` with ``"steps"``: a job no worker runs, that a producer elsewhere
+    reports on (``POST /jobs/<job_id>/progress``, or ``store.track`` in Python)."""
+    enqueue = body.get("enqueue", True)
+    if not isinstance(enqueue, bool):
+        raise InvalidInput(f"enqueue must be true or false, got {enqueue!r}")
+    if enqueue:
+        raise InvalidInput('"steps" go with "enqueue": false: a tracked job no worker runs')
+    if "steps" not in body:
+        raise InvalidInput('"enqueue": false needs "steps": the names of the job\'s steps, in order')
+    paper_id = validate_id(body["paper_id"], "paper_id")
+    pipeline = validate_id(body.get("pipeline", TRACKED_PIPELINE), "pipeline")
+    tags = validate_tags(body.get("tags"))
+    job_id = uuid.uuid4().hex
+    progress_store().create_job(job_id, paper_id, steps=validate_steps(body["steps"]),
+                                pipeline=pipeline, tags=tags)
+    answer = submit_answer(job_id, paper_id)
+    return jsonify(answer), 202, {"Location": answer["status_url"]}
+
+
+@bp.post("/jobs/<job_id>/progress")
+@require_token
+def report_progress(job_id: str) -> Response:
+    """One update through the store's Lua script, for producers that are not Python; every
+    call (``{}`` too) is also the job's heartbeat, so the worker-lost sweeper leaves it be."""
+    validate_id(job_id, "job_id")
+    fields = json_object(UPDATE_FIELDS)
+    if not isinstance(fields.get("force", False), bool):
+        raise InvalidInput(f"force must be true or false, got {fields['force']!r}")
+    store = progress_store()
+    result = store.update(job_id, **fields)
+    if result.reason == "not_found":
+        raise JobNotFound(f"job {job_id} not found")
+    store.heartbeat(job_id)
+    return jsonify(accepted=result.accepted, reason=result.reason, seq=result.seq)
 
 
 @bp.get("/jobs")
 def list_jobs():
     args = request.args
-    unknown = sorted(k for k in args if k not in ("paper_id", "status", "limit", "token") and not k.startswith("_"))
+    known = ("paper_id", "status", "tag", "batch_id", "limit", "token")  # token: web.auth's
+    unknown = sorted(k for k in args if k not in known and not k.startswith("_"))
     if unknown:
-        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (allowed: paper_id, status, limit)")
-    paper_id = args.get("paper_id") or None
-    if paper_id is not None:
-        validate_id(paper_id, "paper_id")
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (allowed: {', '.join(known)})")
+    paper_id, tag, batch_id = (args.get(name) or None for name in ("paper_id", "tag", "batch_id"))
+    for name, value in (("paper_id", paper_id), ("tag", tag), ("batch_id", batch_id)):
+        if value is not None:
+            validate_id(value, name)
     status = args.get("status") or None
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -109,7 +163,7 @@ def list_jobs():
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}")
-    jobs, missing = recent_jobs(paper_id, status, limit)
+    jobs, missing = recent_jobs(paper_id, status, limit, tag=tag, batch_id=batch_id)
     headers = {"Warning": f'199 - "{missing}"'} if missing else {}
     return jsonify(jobs=jobs), 200, headers
 

@@ -6,6 +6,14 @@ Content-Security-Policy: ``PAGE_CSP`` on HTML (scripts only from our own
 static files, no inline script or handler, no framing), ``DATA_CSP`` (no
 framing) on everything else. The RQ dashboard sets its own (``web.dashboard``).
 
+Reads from anywhere (``add_headers``): a GET or HEAD under ``/api/`` (JSON, event
+streams, a video, errors too) and our static files (``progress-client.js``, for a
+page elsewhere to import) carry ``Access-Control-Allow-Origin: *``, so a page of
+another site can follow a job. Reads are public (``PROGRESS_READ_AUTH=open``), or
+need a token the page sends itself (``?token=``): no cookie is involved, so ``*``
+gives nothing away. Writes get no CORS header: a browser never lets a page
+elsewhere read their answers, and ``guard_writes`` refuses them.
+
 Writes (``guard_writes``, before every request): a browser marks where a
 request comes from (``Sec-Fetch-Site``, else ``Origin``); a state-changing
 request from another site is a 403. A client that sends neither (curl, a
@@ -24,6 +32,7 @@ from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_TYPE = "application/json"
 API_PREFIX = "/api/"
+READ_METHODS = frozenset({"GET", "HEAD"})
 SAME_ORIGIN = frozenset({"same-origin", "none"})  # Sec-Fetch-Site "none": typed in, a bookmark
 
 PAGE_CSP = "; ".join([
@@ -55,6 +64,9 @@ def add_headers(response: Response) -> Response:
         headers[name] = value
     if "Content-Security-Policy" not in headers:
         headers["Content-Security-Policy"] = PAGE_CSP if response.mimetype == "text/html" else DATA_CSP
+    if request.method in READ_METHODS and (request.path.startswith(API_PREFIX)
+                                           or request.endpoint == "static"):
+        headers["Access-Control-Allow-Origin"] = "*"
     return response
 
 

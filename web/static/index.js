@@ -50,6 +50,14 @@
     part("job-step").textContent = job.current_step || "";
     part("job-updated").textContent = ago(job.progress_updated_at);
     part("job-id").textContent = job.job_id;
+    var tags = part("job-tags");
+    (job.tags || []).forEach(function (tag) { // each a link to the list of that tag
+      var a = document.createElement("a");
+      a.className = "tag";
+      a.href = "?tag=" + encodeURIComponent(tag);
+      a.textContent = tag;
+      tags.appendChild(a);
+    });
     return tr;
   }
 
@@ -60,7 +68,8 @@
 
   function refresh() {
     var headers = cfg.token ? { Authorization: "Bearer " + cfg.token } : {};
-    fetch(cfg.api_jobs_url + "?limit=50", { cache: "no-store", headers: headers })
+    fetch(cfg.api_jobs_url + "?limit=50" + (cfg.tag ? "&tag=" + encodeURIComponent(cfg.tag) : ""),
+          { cache: "no-store", headers: headers })
       .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
       .then(function (data) { render(data.jobs); }, function () { /* the next tick tries again */ });
   }

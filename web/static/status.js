@@ -1,14 +1,12 @@
 /* The live status page of one paper's latest job.
  *
- * Live through EventSource (GET /api/v1/jobs/<id>/events). When the stream
- * fails (or is cut) the page closes it, so EventSource's own retries every few
- * seconds stop, and falls back to polling /status/<paper>/?_json=1 every 3 s
- * (cfg.poll_ms). While it polls it opens the stream again now and then: first
- * after cfg.stream_retry_ms, then at doubling intervals up to
- * cfg.stream_retry_max_ms, each with a little jitter. A reopened stream counts
- * as back once it delivers (the server sends the current snapshot first): then
- * the polling stops. Once a terminal state is shown, stream, polling and
- * retries all stop.
+ * The job is followed by progress-client.js's follow(): live through its event
+ * stream (GET /api/v1/jobs/<id>/events); when that fails, polling every 3 s
+ * (cfg.poll_ms) while the stream is tried again after cfg.stream_retry_ms, then at
+ * doubling intervals up to cfg.stream_retry_max_ms. This page's poll is its own:
+ * /status/<paper>/?_json=1, which also tells it of a newer job of the paper and of a
+ * pending job's queue. With no job yet, it polls that alone until one appears.
+ * Once a terminal state is shown, stream, polling and retries all stop.
  *
  * It never shows an update older than the one on screen: a snapshot whose seq
  * is not newer is ignored, and a polled status that is behind (lower percent,
@@ -21,6 +19,8 @@
  * cfg.token holds it: fetch sends it as a bearer header, EventSource and the
  * video (which cannot send headers) as ?token=, and only to this origin.
  */
+import { follow } from "./progress-client.js";
+
 (function () {
   "use strict";
 
@@ -43,10 +43,8 @@
     videoUrl: cfg.video_url || null,
     queue: cfg.queue || null, // a pending job's RQ queue: {name, workers}, from the server
     mode: "idle", // live | polling | finished | waiting
-    source: null, // the open EventSource
-    pollTimer: null,
-    retryTimer: null, // while polling: the next try to reopen the stream
-    retryDelay: RETRY_MS,
+    follower: null, // progress-client.js's follow() of the job on screen
+    waitTimer: null, // no job yet: the poll that waits for one
     lastNewsAt: Date.now(),
     lastCheckAt: 0,
     checking: false, // a status poll is under way
@@ -169,10 +167,10 @@
   }
 
   function fetchStatus() {
-    if (state.checking || !cfg.status_json_url) return;
+    if (state.checking || !cfg.status_json_url) return Promise.resolve();
     state.checking = true;
     state.lastCheckAt = Date.now();
-    getJSON(cfg.status_json_url).then(acceptStatus, function () { /* next tick tries again */ })
+    return getJSON(cfg.status_json_url).then(acceptStatus, function () { /* next tick tries again */ })
       .then(function () { state.checking = false; }, function () { state.checking = false; });
   }
 
@@ -214,80 +212,44 @@
     }[m];
   }
 
-  // Opened without Last-Event-ID, the stream starts with the job's current snapshot: its first
-  // message proves that it delivers (and accept() drops it if the screen is not behind).
-  function openStream() {
-    if (!window.EventSource) { startPolling(); return; }
-    closeStream();
+  // Stream, polling fallback, retries with backoff, resume after the last event id:
+  // progress-client.js. What it brings goes through accept(), like every snapshot.
+  function followJob() {
+    stopFollowing();
     var id = state.job.job_id;
-    var es = new EventSource(withToken(jobUrl(id, "/events")));
-    var delivered = false;
-    state.source = es;
-    es.addEventListener("progress", function (ev) {
-      if (state.source !== es) return;
-      var snap;
-      try { snap = JSON.parse(ev.data); } catch (e) { return; }
-      state.lastNewsAt = Date.now();
-      if (!delivered) {
-        delivered = true;
-        streamIsUp();
-        // back after a gap (polling saw only the current step of each poll): fetch the step times
+    state.follower = follow(jobUrl(id), {
+      pollMs: cfg.poll_ms, retryMs: RETRY_MS, retryMaxMs: RETRY_MAX_MS,
+      token: cfg.token || undefined, // PROGRESS_READ_AUTH=token: the stream takes it as ?token=
+      poll: fetchStatus,
+      onMode: function (m) { if (m === "live" || m === "polling") setMode(m); },
+      onUpdate: function (snap) {
+        state.lastNewsAt = Date.now();
+        // a jump in seq (polling saw only the current step of each poll): fetch the step times
         if (state.job && snap.job_id === state.job.job_id && snap.seq > state.job.seq + 1) refreshHistory(id);
+        accept(snap);
       }
-      accept(snap);
-      if (TERMINAL[snap.status]) finish();
     });
-    es.onerror = function () {
-      if (state.source !== es) return;
-      // Failed, refused or cut: close it (EventSource would retry every few seconds forever),
-      // poll meanwhile, and try the stream again later.
-      closeStream();
-      if (state.job && !TERMINAL[state.job.status]) { startPolling(); scheduleStreamRetry(); }
-    };
   }
 
-  function closeStream() {
-    if (state.source) { state.source.onerror = null; state.source.close(); state.source = null; }
+  function stopFollowing() {
+    if (state.follower) { state.follower.close(); state.follower = null; }
   }
 
-  function streamIsUp() {
-    stopPolling();
-    cancelStreamRetry();
-    state.retryDelay = RETRY_MS;
-    setMode("live");
-  }
-
-  function scheduleStreamRetry() {
-    if (state.retryTimer || !window.EventSource) return;
-    var wait = state.retryDelay * (0.8 + 0.4 * Math.random()); // a thousand pages do not all come back at once
-    state.retryDelay = Math.min(state.retryDelay * 2, RETRY_MAX_MS);
-    state.retryTimer = setTimeout(function () {
-      state.retryTimer = null;
-      // polling goes on meanwhile
-      if (state.mode === "polling" && state.job && !TERMINAL[state.job.status]) openStream();
-    }, wait);
-  }
-
-  function cancelStreamRetry() {
-    if (state.retryTimer) { clearTimeout(state.retryTimer); state.retryTimer = null; }
-  }
-
-  function startPolling() {
-    if (state.pollTimer) return;
-    setMode(state.job ? "polling" : "waiting");
+  function waitForJob() {
+    if (state.waitTimer) return;
+    setMode("waiting");
     fetchStatus();
-    state.pollTimer = setInterval(fetchStatus, cfg.poll_ms);
+    state.waitTimer = setInterval(fetchStatus, cfg.poll_ms);
   }
 
-  function stopPolling() {
-    if (state.pollTimer) { clearInterval(state.pollTimer); state.pollTimer = null; }
+  function stopWaiting() {
+    if (state.waitTimer) { clearInterval(state.waitTimer); state.waitTimer = null; }
   }
 
   function finish() {
     if (state.mode === "finished") return;
-    closeStream();
-    stopPolling();
-    cancelStreamRetry();
+    stopFollowing();
+    stopWaiting();
     setMode("finished");
     var job = state.job;
     if (job) {
@@ -298,10 +260,10 @@
 
   function start() {
     var job = state.job;
-    if (!job) { render(); startPolling(); return; }
+    if (!job) { render(); waitForJob(); return; }
     if (TERMINAL[job.status]) { finish(); return; }
-    stopPolling();
-    openStream();
+    stopWaiting();
+    followJob();
   }
 
   /* -- drawing: render() and its parts, the only code that touches the job's elements -- */
@@ -327,7 +289,10 @@
     el.jobId.textContent = job.job_id;
     el.pipeline.textContent = job.pipeline || "";
     if (job.result && job.result.title) el.title.textContent = job.result.title;
-    el.message.textContent = job.status === "completed" ? "" : (job.message || "");
+    // a finished job's last message is old news, unless it says the video has no sound
+    var silent = job.status === "completed" && job.result && job.result.narration === "silent";
+    if (silent) el.message.textContent = job.message || "The video's sound track is silent: no espeak-ng on the worker.";
+    else el.message.textContent = job.status === "completed" ? "" : (job.message || "");
 
     el.error.hidden = job.status !== "failed";
     el.errorText.textContent = job.error || "No error message was recorded.";

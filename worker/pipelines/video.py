@@ -9,8 +9,10 @@ Five steps, each announced on stdout as ``STEP i/5 <name>`` (the CONTRACT's
                         -> DIR/paper.json. An unknown id fails here.
 2. ``generate-script``  a title slide and a few slides of abstract sentences, each with the
                         text to narrate -> DIR/script.json
-3. ``generate-audio``   speech per slide with ``espeak-ng`` when it is on PATH, else a silent
-                        track of the same length (said on stderr) -> DIR/narration.wav;
+3. ``generate-audio``   speech per slide with ``espeak-ng`` when it is on PATH, else with the
+                        library the ``espeakng-loader`` wheel ships (worker/pipelines/speech.py),
+                        else a silent track of the same length (said on stderr, in the job's
+                        message and in the result) -> DIR/narration.wav;
                         ``PROGRESS <pct> speaking slide i/n`` per slide
 4. ``generate-videos``  PNG frames drawn with Pillow, a tqdm bar on stderr -> DIR/frames/
 5. ``assemble-video``   frames + narration -> DIR/<pmid>.mp4 with the ffmpeg binary that the
@@ -22,7 +24,12 @@ The result
     On success the LAST line on stdout is one JSON object, and the exit status is 0::
 
         {"result": {"video_url": "file:///abs/DIR/34265844.mp4", "video_path": "/abs/DIR/34265844.mp4",
-                    "duration_seconds": 41.6, "pmid": "34265844", "title": "..."}}
+                    "duration_seconds": 41.6, "pmid": "34265844", "title": "...",
+                    "narration": "espeak-ng"}}
+
+    ``narration`` is what spoke: ``espeak-ng`` (the program), ``espeakng-loader`` (the
+    wheel's library) or ``silent``; a silent video's line also carries a ``message``
+    saying so, which becomes the job's message.
 
     A runner reads it with ``worker.parser.parse_line`` (``ParsedLine.result``) or as plain
     JSON. 100% is never printed: the job is complete when the process exits 0.
@@ -59,6 +66,7 @@ from progress_service.config import positive_int
 from progress_service.models import ID_RULE, is_valid_id
 from progress_service.pipelines import get_pipeline
 from worker.pipelines.papers import Paper, UnknownPaperError, list_papers, load_paper
+from worker.pipelines.speech import SAMPLE_RATE, SpeechError, find_voice
 
 if TYPE_CHECKING:  # Pillow itself is imported where it is used, as before
     from PIL import Image
@@ -70,8 +78,8 @@ STEPS: tuple[str, ...] = get_pipeline("video").steps
 WEIGHTS: tuple[float, ...] = get_pipeline("video").weights or (1.0,) * len(STEPS)
 
 FAST_ENV = "VIDEO_PIPELINE_FAST"
-SAMPLE_RATE = 22050  # espeak-ng's rate; the silent track uses it too
 PAUSE_SECONDS = 0.4  # silence after each slide's narration
+SILENT_HINT = "install espeak-ng, or the espeakng-loader wheel, for a narrated video"
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 
@@ -114,6 +122,7 @@ class Run:
     frame_count: int = 0
     video: Path | None = None
     duration: float = 0.0
+    narrated_by: str | None = None  # the voice's name; None: a silent track
 
 
 def say(line: str) -> None:
@@ -197,18 +206,6 @@ def generate_script(run: Run) -> None:
 # -- 3. generate-audio ----------------------------------------------------------------
 
 
-def _speak(espeak: str, text: str, rate: int, target: Path) -> None:
-    done = subprocess.run(
-        [espeak, "--stdin", "-s", str(rate), "-w", str(target)],
-        input=text.encode("utf-8"),
-        capture_output=True,
-        timeout=120,
-    )
-    if done.returncode != 0 or not target.exists():
-        detail = done.stderr.decode("utf-8", "replace").strip() or f"exit status {done.returncode}"
-        raise PipelineError(f"espeak-ng failed: {detail}")
-
-
 def _silence(seconds: float) -> bytes:
     return b"\x00\x00" * int(round(seconds * SAMPLE_RATE))
 
@@ -224,16 +221,17 @@ def _read_pcm(path: Path) -> bytes:
 
 
 def generate_audio(run: Run) -> None:
-    espeak = None if run.silent else shutil.which("espeak-ng")
-    if espeak is None and not run.silent:
-        warn("espeak-ng not found: writing a silent track")
+    voice = None if run.silent else find_voice()
+    run.narrated_by = voice.name if voice is not None else None
+    if voice is None and not run.silent:
+        warn(f"espeak-ng not found: writing a silent track ({SILENT_HINT})")
     audio = run.out / "audio"
     audio.mkdir(exist_ok=True)
     pcm = bytearray()
     for number, slide in enumerate(run.slides, start=1):
-        if espeak is not None:
+        if voice is not None:
             target = audio / f"slide_{number:02d}.wav"
-            _speak(espeak, slide.narration, run.speech_rate, target)
+            voice.speak(slide.narration, run.speech_rate, target)
             speech = _read_pcm(target)
         else:  # as long as the words would take to say
             speech = _silence(max(1.5, len(slide.narration.split()) * 60.0 / run.speech_rate))
@@ -241,7 +239,8 @@ def generate_audio(run: Run) -> None:
         slide.seconds = len(speech) / 2 / SAMPLE_RATE
         pcm += speech
         pct = overall_percent("generate-audio", number / len(run.slides))
-        say(f"PROGRESS {pct} speaking slide {number}/{len(run.slides)}")
+        doing = "speaking slide" if voice is not None else "silent track (no espeak-ng): slide"
+        say(f"PROGRESS {pct} {doing} {number}/{len(run.slides)}")
     run.narration = run.out / "narration.wav"
     with wave.open(str(run.narration), "wb") as w:
         w.setnchannels(1)
@@ -535,20 +534,26 @@ def main(argv: list[str] | None = None) -> int:
             say(f"STEP {number}/{len(STEPS)} {step}")
             function(run)
         assert run.video is not None and run.paper is not None
-        say(json.dumps({"result": {
+        last: dict = {"result": {
             "video_url": run.video.as_uri(),
             "video_path": str(run.video),
             "duration_seconds": round(run.duration, 2),
             "pmid": run.paper.pmid,
             "title": run.paper.title,
-        }}))  # fmt: skip
+            "narration": run.narrated_by or "silent",
+        }}  # fmt: skip
+        if run.narrated_by is None:
+            last["message"] = "the video's sound track is silent: " + (
+                "--silent was given" if run.silent else f"no espeak-ng ({SILENT_HINT})")
+        say(json.dumps(last))
         return 0
     except KeyboardInterrupt:
         warn(f"video pipeline: {step}: interrupted")
         return 130
     except BrokenPipeError:  # whoever read our output went away
         return 1
-    except (PipelineError, UnknownPaperError, OSError, subprocess.SubprocessError) as exc:
+    except (PipelineError, SpeechError, UnknownPaperError, OSError,
+            subprocess.SubprocessError) as exc:
         warn(f"video pipeline: {step}: {exc}")
         return 1
     except Exception as exc:  # a bug: the traceback for us, one clear line for the user

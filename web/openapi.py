@@ -1,0 +1,470 @@
+"""The public HTTP interface as an OpenAPI 3.1 document: ``GET /api/v1/openapi.json``.
+
+Written here once, by hand, and served as is. tests/test_openapi.py holds it to
+the app: it must be a valid OpenAPI 3.1 document, list every route of the app
+(and none it lacks), and every JSON answer of the API tests must match the
+schema of its operation. A new endpoint is therefore documented here in the same
+change that adds it: its path below, its shapes under ``SCHEMAS``.
+
+Schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect): ``"type": ["string",
+"null"]`` for a nullable field. The snapshot lists CONTRACT's fields; ``required``
+names those the service sends today.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from .auth import OPEN, read_access
+
+bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
+
+ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+STATUSES = ["pending", "running", "completed", "failed", "canceled"]
+JSON = "application/json"
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(type_: str, **more: Any) -> dict[str, Any]:
+    return {"type": [type_, "null"], **more}
+
+
+TIME = nullable("string", format="date-time", description="ISO-8601 UTC, milliseconds; the Redis server's clock")
+ID = {"type": "string", "pattern": ID_PATTERN}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Id": {**ID, "description": "a job, paper, batch or pipeline id"},
+    "Status": {"type": "string", "enum": STATUSES},
+    "Error": {
+        "type": "object",
+        "description": "every error: 400 bad input, 401 token, 403 a write from another site, "
+                       "404 unknown, 405, 409 conflict, 413 body too large, 415 not JSON, "
+                       "503 a backend down",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": {"type": "string", "description": "what, as a code: invalid_input, not_found, ..."},
+            "detail": {"type": "string", "description": "what went wrong, for a person"},
+        },
+        "additionalProperties": False,
+    },
+    "Snapshot": {
+        "type": "object",
+        "description": "a job's current state",
+        "required": [
+            "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
+            "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at",
+            "started_at", "progress_updated_at", "finished_at", "heartbeat_at", "is_stale",
+            "eta_seconds",
+        ],
+        "properties": {
+            "job_id": ID,
+            "paper_id": ID,
+            "pipeline": {"type": "string"},
+            "status": ref("Status"),
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "current_step": nullable("string"),
+            "steps": {"type": "array", "items": {"type": "string"}},
+            "completed_steps": {"type": "array", "items": {"type": "string"},
+                                "description": "a prefix of steps"},
+            "total_steps": {"type": "integer", "minimum": 0},
+            "message": nullable("string"),
+            "error": nullable("string"),
+            "result": nullable("object", description='e.g. {"video_url": "..."} once completed'),
+            "seq": {"type": "integer", "minimum": 0, "description": "+1 on every accepted change"},
+            "created_at": TIME,
+            "started_at": TIME,
+            "progress_updated_at": TIME,
+            "finished_at": TIME,
+            "heartbeat_at": TIME,
+            "batch_id": nullable("string"),
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "attempt": {"type": "integer", "minimum": 1},
+            "retry_of": nullable("string"),
+            "is_stale": {"type": "boolean", "description": "derived at read time"},
+            "eta_seconds": nullable("number"),
+            "eta_source": {"enum": ["rate", "history", "blend", None]},
+        },
+        "additionalProperties": False,
+    },
+    "BatchSnapshot": {
+        "type": "object",
+        "description": "a batch's current state (the batch routes use it)",
+        "required": ["batch_id", "name", "pipeline", "tags", "job_ids", "total", "pending", "running",
+                     "completed", "failed", "canceled", "progress_percent", "status", "created_at",
+                     "finished_at", "eta_seconds"],
+        "properties": {
+            "batch_id": ID,
+            "name": nullable("string"),
+            "pipeline": {"type": "string"},
+            "tags": {"type": "array", "items": ID},
+            "job_ids": {"type": "array", "items": ID},
+            **{count: {"type": "integer", "minimum": 0}
+               for count in ("total", "pending", "running", "completed", "failed", "canceled")},
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "status": ref("Status"),
+            "created_at": TIME,
+            "finished_at": TIME,
+            "eta_seconds": nullable("number"),
+        },
+        "additionalProperties": False,
+    },
+    "HistoryEntry": {
+        "type": "object",
+        "required": ["seq", "at", "progress_percent", "current_step", "status"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 0},
+            "at": TIME,
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "current_step": nullable("string"),
+            "status": ref("Status"),
+        },
+        "additionalProperties": False,
+    },
+    "SubmitRequest": {
+        "type": "object",
+        "required": ["paper_id"],
+        "properties": {
+            "paper_id": ID,
+            "pipeline": {**ID, "default": "video"},
+        },
+        "additionalProperties": False,
+    },
+    "Submitted": {
+        "type": "object",
+        "required": ["job_id", "status_url", "events_url", "page_url"],
+        "properties": {
+            "job_id": ID,
+            "status_url": {"type": "string", "description": "the snapshot (GET)"},
+            "events_url": {"type": "string", "description": "its event stream"},
+            "page_url": {"type": "string", "description": "the paper's live page"},
+            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": ref("Snapshot")}},
+        "additionalProperties": False,
+    },
+    "PaperStatus": {
+        "type": "object",
+        "description": "the paper's latest job in brief; an unknown paper has exists false",
+        "required": ["paper_id", "pmid", "exists", "status", "current_step", "completed_steps",
+                     "progress_percent", "progress_updated_at", "is_stale", "final_video",
+                     "final_video_url", "job_id"],
+        "properties": {
+            "paper_id": ID,
+            "pmid": nullable("string"),
+            "exists": {"type": "boolean"},
+            "status": {"enum": [*STATUSES, None]},
+            "current_step": nullable("string"),
+            "completed_steps": {"type": "array", "items": {"type": "string"}},
+            "progress_percent": nullable("number", minimum=0, maximum=100),
+            "progress_updated_at": TIME,
+            "is_stale": {"type": "boolean"},
+            "final_video": nullable("string"),
+            "final_video_url": nullable("string"),
+            "job_id": nullable("string"),
+            "queue": {
+                "description": "a pending job's RQ queue and how many workers listen there",
+                "type": ["object", "null"],
+                "required": ["name", "workers"],
+                "properties": {"name": {"type": "string"}, "workers": {"type": "integer", "minimum": 0}},
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Health": {
+        "type": "object",
+        "required": ["redis", "postgres"],
+        "properties": {
+            "redis": {"enum": ["ok", "down"]},
+            "postgres": {"enum": ["ok", "down"]},
+            "error": {"type": "string"},
+            "detail": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+}
+
+
+SCHEMAS["TokenRequest"] = {
+    "type": "object",
+    "description": "one of job_id and batch_id",
+    "properties": {"job_id": ID, "batch_id": ID,
+                   "ttl": {"type": "integer", "minimum": 1, "maximum": 366 * 24 * 3600, "default": 604800}},
+    "additionalProperties": False,
+}
+SCHEMAS["ReadToken"] = {
+    "type": "object",
+    "required": ["read_token", "expires_at"],
+    "properties": {"read_token": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}},
+    "additionalProperties": False,
+}
+
+
+# the cancel answer: the job's snapshot after it, and where to read it
+SCHEMAS["Canceled"] = copy.deepcopy(SCHEMAS["Snapshot"])
+SCHEMAS["Canceled"].update(description="the job's snapshot after the cancel, and its status_url")
+SCHEMAS["Canceled"]["required"].append("status_url")
+SCHEMAS["Canceled"]["properties"]["status_url"] = {"type": "string"}
+
+
+def error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": ref("Error")}}}
+
+
+RESPONSES: dict[str, dict[str, Any]] = {
+    "BadInput": error("bad input: an id that does not match the pattern, an unknown field or parameter"),
+    "Unauthorized": error("the API token is missing or wrong (PROGRESS_API_TOKEN is set)"),
+    "ReadUnauthorized": error("PROGRESS_READ_AUTH=token: no token, or one that is wrong, expired, or a "
+                              "read token of another job or batch (a list needs the API token)"),
+    "CrossSite": error("a write sent by a page of another site"),
+    "NotFound": error("no such job"),
+    "Conflict": error("the job has finished already"),
+    "NotJson": error("a write's body must be application/json, or none"),
+    "TooLarge": error("the body is over 16 KiB"),
+    "BackendDown": error("a backend (Redis) is down; Retry-After says when to try again"),
+}
+
+
+def respond(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": ref("Id")}
+PAPER_ID = {"name": "paper_id", "in": "path", "required": True, "schema": ref("Id")}
+READS = {"400": respond("BadInput"), "401": respond("ReadUnauthorized"), "503": respond("BackendDown")}
+WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
+          "413": respond("TooLarge"), "415": respond("NotJson"), "503": respond("BackendDown")}
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/api/v1/jobs": {
+        "post": {
+            "operationId": "submitJob",
+            "summary": "submit a job: the pipeline runs on a worker",
+            "security": BEARER,
+            "requestBody": {"required": False, "content": {JSON: {"schema": ref("SubmitRequest")}}},
+            "responses": {
+                "202": {**json_answer("queued; Location is the status_url", ref("Submitted")),
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                **WRITES,
+            },
+        },
+        "get": {
+            "operationId": "listJobs",
+            "summary": "jobs, newest first: Redis' and, once expired there, PostgreSQL's",
+            "parameters": [
+                {"name": "paper_id", "in": "query", "schema": ref("Id")},
+                {"name": "status", "in": "query", "schema": ref("Status")},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                            "maximum": 1000, "default": 50}},
+            ],
+            "responses": {
+                "200": json_answer("a Warning header says so when PostgreSQL could not be read",
+                                   ref("JobList")),
+                **READS,
+            },
+        },
+    },
+    "/api/v1/jobs/{job_id}": {
+        "get": {
+            "operationId": "getJob",
+            "summary": "the job's snapshot; from PostgreSQL once Redis has expired it",
+            "parameters": [JOB_ID],
+            "responses": {"200": json_answer("the snapshot", ref("Snapshot")),
+                          "404": respond("NotFound"), **READS},
+        },
+    },
+    "/api/v1/jobs/{job_id}/history": {
+        "get": {
+            "operationId": "getJobHistory",
+            "summary": "the job's accepted changes, oldest first (capped)",
+            "parameters": [JOB_ID],
+            "responses": {"200": json_answer("the history",
+                                             {"type": "array", "items": ref("HistoryEntry")}),
+                          "404": respond("NotFound"), **READS},
+        },
+    },
+    "/api/v1/jobs/{job_id}/events": {
+        "get": {
+            "operationId": "followJob",
+            "summary": "Server-Sent Events: one `event: progress` per change, `id:` its seq, "
+                       "`data:` the snapshot; ends after the terminal event",
+            "description": "The current snapshot first, then each change. With Last-Event-ID "
+                           "(header, or ?last_event_id=) the events after that seq, then the live "
+                           "ones. web/static/progress-client.js follows it from any page.",
+            "parameters": [
+                JOB_ID,
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            ],
+            "responses": {
+                "200": {"description": "the stream; each event's data is a Snapshot",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "204": {"description": "the job has ended and the client has its last event: "
+                                       "EventSource stops reconnecting"},
+                "404": respond("NotFound"),
+                **READS,
+            },
+        },
+    },
+    "/api/v1/jobs/{job_id}/video": {
+        "get": {
+            "operationId": "getJobVideo",
+            "summary": "the finished video file (Range requests answered)",
+            "parameters": [JOB_ID],
+            "responses": {
+                "200": {"description": "the file",
+                        "content": {"video/mp4": {"schema": {"type": "string",
+                                                             "contentMediaType": "video/mp4"}}}},
+                "206": {"description": "the Range asked for",
+                        "content": {"video/mp4": {"schema": {"type": "string",
+                                                             "contentMediaType": "video/mp4"}}}},
+                "304": {"description": "not modified (If-None-Match, If-Modified-Since)"},
+                "416": {"description": "a Range outside the file"},
+                "404": respond("NotFound"),
+                **READS,
+            },
+        },
+    },
+    "/api/v1/jobs/{job_id}/cancel": {
+        "post": {
+            "operationId": "cancelJob",
+            "summary": "cancel: the job ends canceled, its process tree killed",
+            "security": BEARER,
+            "parameters": [JOB_ID],
+            "responses": {"202": json_answer("canceled", ref("Canceled")),
+                          "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
+        },
+    },
+    "/api/v1/tokens": {
+        "post": {
+            "operationId": "mintReadToken",
+            "summary": "a read token for one job or one batch (and its members), for ttl seconds",
+            "security": BEARER,
+            "requestBody": {"required": True, "content": {JSON: {"schema": ref("TokenRequest")}}},
+            "responses": {"201": json_answer("the token", ref("ReadToken")),
+                          "404": respond("NotFound"), **WRITES},
+        },
+    },
+    "/api/v1/openapi.json": {
+        "get": {
+            "operationId": "getOpenApi",
+            "summary": "this document",
+            "responses": {"200": json_answer("OpenAPI 3.1", {"type": "object"})},
+        },
+    },
+    "/status/{paper_id}/": {
+        "get": {
+            "operationId": "paperPage",
+            "summary": "the live page of the paper's latest job; with ?_json=1 its status in brief",
+            "parameters": [PAPER_ID, {"name": "_json", "in": "query", "schema": {"enum": ["0", "1"]}}],
+            "responses": {
+                "200": {"description": "the page, or with ?_json=1 the PaperStatus",
+                        "content": {"text/html": {"schema": {"type": "string"}},
+                                    JSON: {"schema": ref("PaperStatus")}}},
+                **READS,
+            },
+        },
+    },
+    "/": {
+        "get": {
+            "operationId": "recentJobsPage",
+            "summary": "the page of recent jobs, with a form to submit one",
+            "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "401": respond("ReadUnauthorized"), "503": respond("BackendDown")},
+        },
+    },
+    "/static/{filename}": {
+        "get": {
+            "operationId": "staticFile",
+            "summary": "the pages' scripts and styles, among them progress-client.js (an ES "
+                       "module any page may import: it is served with Access-Control-Allow-Origin: *)",
+            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}},
+        },
+    },
+    "/healthz": {
+        "get": {
+            "operationId": "health",
+            "summary": "whether Redis and PostgreSQL answer",
+            "responses": {
+                "200": json_answer("both answer", ref("Health")),
+                "503": json_answer("one is down: named, with error and detail", ref("Health")),
+            },
+        },
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics",
+            "responses": {"200": {"description": "Prometheus text",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        },
+    },
+    "/rq/": {
+        "get": {
+            "operationId": "rqDashboard",
+            "summary": "the RQ dashboard (rq-dashboard), behind the API token when one is set",
+            "description": "Its pages and data routes under /rq/ are rq-dashboard's own, not this "
+                           "service's interface: they are not listed here.",
+            "security": [{"bearer": []}, {"basic": []}],
+            "responses": {"200": {"description": "the dashboard",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "401": {"description": "the token is missing or wrong"}},
+        },
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+    "info": {
+        "title": "progress-service",
+        "version": "1",
+        "description": (
+            "One source of truth for the progress of long pipeline jobs. Every JSON answer "
+            "carries Cache-Control: no-cache, no-store, must-revalidate. Reads (GET) under "
+            "/api/ allow any origin (Access-Control-Allow-Origin: *); writes are refused from "
+            "pages of other sites and need the API token when PROGRESS_API_TOKEN is set."
+        ),
+    },
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "responses": RESPONSES,
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "PROGRESS_API_TOKEN; writes need it when it is set"},
+            "readToken": {"type": "apiKey", "in": "query", "name": "token",
+                          "description": "PROGRESS_READ_AUTH=token: the API token or a read token, "
+                                         "as ?token= or as a bearer token; every read needs one"},
+            "basic": {"type": "http", "scheme": "basic",
+                      "description": "for a browser at /rq/: the token as the password"},
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document (a copy: callers may change theirs)."""
+    return copy.deepcopy(DOCUMENT)
+
+
+@bp.get("/openapi.json")
+@read_access(OPEN)  # it describes the endpoints and holds no job's data
+def openapi_json():
+    return jsonify(DOCUMENT)
