@@ -687,3 +687,27 @@ def test_a_video_with_a_silent_track_says_so_on_the_page(web, store, page, narra
     page.goto(f"{web.base}/status/{paper}/")
     page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
     assert page.text_content("#message") == shown
+
+
+def test_under_read_auth_a_batch_page_opened_with_its_token_follows_every_member(token_web, store, page):
+    from web import read_tokens
+
+    batch_id = f"batch-{uuid.uuid4().hex[:8]}"
+    job_ids = [f"{batch_id}-m{i}" for i in range(3)]
+    store.create_batch(batch_id, job_ids, "video")
+    for job_id in job_ids:
+        store.create_job(job_id, new_paper(), steps=STEPS, batch_id=batch_id)
+    token = read_tokens.mint(READ_SECRET, "batch", batch_id)[0]
+    assert token_web.get(f"/batches/{batch_id}/")[0] == 401
+    page.goto(f"{token_web.base}/batches/{batch_id}/?token={token}")
+    wait_for_js(page, f"document.querySelectorAll('#members [data-job]').length === {len(job_ids)}")
+    for job_id in job_ids:
+        store.update(job_id, progress_percent=100)  # through the batch's stream, which took ?token=
+    page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
+    wait_bar_at_least(page, 100)
+    wait_for_js(page, f"document.querySelectorAll(\"#members [data-job][data-status='completed']\").length"
+                      f" === {len(job_ids)}")
+    link = page.get_attribute("#members .member-paper", "href")
+    assert link.endswith(f"/?token={token}")  # a member's page: the batch's token reads it
+    assert token_web.get(link)[0] == 200
+    assert token not in token_web.log_path.read_text(errors="replace")

@@ -7,7 +7,7 @@
  * or style (the page's CSP): rows come from #member-row, the bars' widths are set here.
  * Under PROGRESS_READ_AUTH=token (cfg.token: the token the page was opened with) fetch sends it
  * as a bearer header, the stream and the members' links as ?token=; a batch's read token reads
- * no list, so while polling the rows then wait for the stream and only the batch moves. */
+ * no list, so while polling only the batch moves, and at the end the members are read one by one. */
 (function () {
   "use strict";
   var cfg = JSON.parse(document.getElementById("page-config").textContent);
@@ -139,7 +139,21 @@
     return getJSON(cfg.members_url).then(function (body) {
       body.jobs.forEach(function (m) { state.members[m.job_id] = m; });
       render();
-    }, function () {});
+    }, readMembersOneByOne);
+  }
+
+  // A batch's read token reads no list (a 401 above), but each member: once the batch has
+  // finished, the members whose end the page has not shown are read one by one.
+  function readMembersOneByOne() {
+    var base = cfg.members_url.split("?")[0] + "/";
+    (state.batch.job_ids || []).forEach(function (id) {
+      var m = state.members[id];
+      if (m && FINISHED[m.status] && (m.status !== "failed" || m.error)) return;
+      getJSON(base + encodeURIComponent(id)).then(function (snap) {
+        state.members[id] = snap;
+        render();
+      }, function () {});
+    });
   }
 
   function poll() {
