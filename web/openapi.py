@@ -130,6 +130,35 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "paper_id": ID,
             "pipeline": {**ID, "default": "video"},
+            "enqueue": {"type": "boolean", "default": True,
+                        "description": "false, with steps: a tracked job no worker runs, that a "
+                                       "producer elsewhere reports on (POST .../progress)"},
+            "steps": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                      "description": "the tracked job's steps, in order (with enqueue false)"},
+        },
+        "additionalProperties": False,
+    },
+    "ProgressUpdate": {
+        "type": "object",
+        "description": "any of the Python API's update fields; one left out keeps the stored value",
+        "properties": {
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "current_step": {"type": "string"},
+            "status": ref("Status"),
+            "message": {"type": "string"},
+            "error": {"type": "string"},
+            "result": {"type": "object"},
+            "force": {"type": "boolean", "default": False},
+        },
+        "additionalProperties": False,
+    },
+    "UpdateResult": {
+        "type": "object",
+        "required": ["accepted", "reason", "seq"],
+        "properties": {
+            "accepted": {"type": "boolean"},
+            "reason": {"enum": ["ok", "unchanged", "regression", "terminal"]},
+            "seq": {"type": "integer", "minimum": 0},
         },
         "additionalProperties": False,
     },
@@ -329,6 +358,19 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [JOB_ID],
             "responses": {"202": json_answer("canceled", ref("Canceled")),
                           "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
+        },
+    },
+    "/api/v1/jobs/{job_id}/progress": {
+        "post": {
+            "operationId": "reportProgress",
+            "summary": "apply one update through the same Lua script as the Python API (and "
+                       "stamp the job's heartbeat), for producers that are not Python",
+            "security": BEARER,
+            "parameters": [JOB_ID],
+            "requestBody": {"required": False, "content": {JSON: {"schema": ref("ProgressUpdate")}}},
+            "responses": {"200": json_answer("applied, or refused (a regression, a finished job: "
+                                             "accepted false)", ref("UpdateResult")),
+                          "404": respond("NotFound"), **WRITES},
         },
     },
     "/api/v1/openapi.json": {
