@@ -130,6 +130,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "paper_id": ID,
             "pipeline": {**ID, "default": "video"},
+            "enqueue": {"type": "boolean", "default": True,
+                        "description": "false, with steps: a tracked job that no worker runs"},
+            "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
+                      "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                      "description": "a tracked job's steps, in order (with enqueue false)"},
         },
         "additionalProperties": False,
     },
@@ -142,6 +147,30 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "events_url": {"type": "string", "description": "its event stream"},
             "page_url": {"type": "string", "description": "the paper's live page"},
             "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
+    "ProgressUpdate": {
+        "type": "object",
+        "description": "a producer's update; a field left out keeps the stored value",
+        "properties": {
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "current_step": {"type": "string", "description": "one of the job's steps"},
+            "status": ref("Status"),
+            "message": {"type": "string"},
+            "error": {"type": "string"},
+            "result": {"type": "object"},
+            "force": {"type": "boolean", "default": False},
+        },
+        "additionalProperties": False,
+    },
+    "UpdateAnswer": {
+        "type": "object",
+        "required": ["accepted", "reason", "seq"],
+        "properties": {
+            "accepted": {"type": "boolean"},
+            "reason": {"enum": ["ok", "unchanged", "regression", "terminal"]},
+            "seq": {"type": "integer", "minimum": 0},
         },
         "additionalProperties": False,
     },
@@ -319,6 +348,19 @@ PATHS: dict[str, dict[str, Any]] = {
                 "404": respond("NotFound"),
                 **READS,
             },
+        },
+    },
+    "/api/v1/jobs/{job_id}/progress": {
+        "post": {
+            "operationId": "reportProgress",
+            "summary": "a producer's update, through the same Lua script as the worker's; "
+                       "also the job's heartbeat ({} says only that)",
+            "security": BEARER,
+            "parameters": [JOB_ID],
+            "requestBody": {"required": False, "content": {JSON: {"schema": ref("ProgressUpdate")}}},
+            "responses": {"200": json_answer("applied, or refused (a regression, a finished job) "
+                                             "with accepted false", ref("UpdateAnswer")),
+                          "404": respond("NotFound"), **WRITES},
         },
     },
     "/api/v1/jobs/{job_id}/cancel": {
