@@ -21,12 +21,14 @@
 --         neither progress nor a step. A `running` one is stamped with a heartbeat:
 --         its runner is alive, and a job started long ago is not failed as `worker
 --         lost` (worker/lost.py) before the runner's next heartbeat.
+-- ARGV[15] batch_id   ARGV[16] tags, a JSON array of labels (optional; absent or "" = none):
+--         the batch the job belongs to and the labels given at submit, kept on the hash.
 -- returns {created 0|1, seq, created_at_ms}
 -- raises "INVALID <what>" on bad arguments, before anything is written.
 local rcall = redis.call
 
-if #KEYS ~= 2 or #ARGV < 7 or #ARGV > 14 then
-  return redis.error_reply('INVALID create_job takes 2 keys and 7 to 14 arguments, got '
+if #KEYS ~= 2 or #ARGV < 7 or #ARGV > 16 then
+  return redis.error_reply('INVALID create_job takes 2 keys and 7 to 16 arguments, got '
     .. #KEYS .. ' and ' .. #ARGV)
 end
 -- The ids go into event payloads unescaped (update_progress-2.lua): CONTRACT's pattern.
@@ -35,6 +37,13 @@ for i, name in ipairs({'job_id', 'paper_id'}) do
   if #id > 64 or not string.find(id, '^[A-Za-z0-9][A-Za-z0-9._%-]*$') then
     return redis.error_reply('INVALID ' .. name .. ' must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$, got ' .. id)
   end
+end
+local batch_id, tags = ARGV[15] or '', ARGV[16] or ''
+if batch_id ~= '' and (#batch_id > 64 or not string.find(batch_id, '^[A-Za-z0-9][A-Za-z0-9._%-]*$')) then
+  return redis.error_reply('INVALID batch_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$, got ' .. batch_id)
+end
+if tags ~= '' and string.byte(tags) ~= 91 then -- 91: '['
+  return redis.error_reply('INVALID tags must be a JSON array')
 end
 if ARGV[5] == '' or ARGV[6] == '' then
   return redis.error_reply('INVALID the job\'s channel and the all-jobs channel must be named')
@@ -126,6 +135,8 @@ rcall('HSET', KEYS[1], 'job_id', ARGV[1], 'paper_id', ARGV[2], 'pipeline', ARGV[
   'completed_count', done, 'completed_json', done_json, 'total_steps', #steps, 'message', message,
   'error', '', 'result', '', 'seq', seq, 'created_at_ms', created, 'progress_updated_at_ms', now)
 if started then rcall('HSET', KEYS[1], 'started_at_ms', started) end
+if batch_id ~= '' then rcall('HSET', KEYS[1], 'batch_id', batch_id) end
+if tags ~= '' then rcall('HSET', KEYS[1], 'tags', tags) end
 if status == 'running' then rcall('HSET', KEYS[1], 'heartbeat_at_ms', now) end
 rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'at', now,
   'progress_percent', percent, 'current_step', step, 'status', status)

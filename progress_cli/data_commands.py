@@ -78,11 +78,13 @@ def register(subparsers) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
 
     watch = subparsers.add_parser(
-        "watch", help="a live terminal bar of one job, from pub/sub",
+        "watch", help="a live terminal bar of one job (or a batch), from pub/sub",
         description="Draw a live progress bar of JOB_ID on stderr until it ends; print the "
         "final state on stdout. The exit status tells how the job ended.",
         epilog=WATCH_EPILOG, formatter_class=fmt)
-    watch.add_argument("job_id", metavar="JOB_ID", help="the job's id (what submit printed)")
+    watch.add_argument("job_id", metavar="JOB_ID|BATCH_ID",
+                       help="the job's or the batch's id (what submit printed); a batch: one line "
+                            "per member (as many as the terminal has rows for) and a total")
     watch.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                        help="give up after this many seconds (exit 124)")
     watch.set_defaults(handler=cmd_watch)
@@ -124,6 +126,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     validate_id(args.job_id)
     settings = Settings.from_env()
     store = ProgressStore.from_settings(settings)
+    if store.get(args.job_id) is None and store.batch_fields(args.job_id):
+        return _watch_batch(store, args)
     try:
         with NoWorkerNotice(settings, args.job_id, "watch"):
             final = follow_job(store, args.job_id, out=sys.stderr, timeout=args.timeout)
@@ -151,6 +155,24 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return exit_code_for(final["status"])
 
 
+def _watch_batch(store, args: argparse.Namespace) -> int:
+    """``watch BATCH_ID``: one line per member and a total, until the batch has finished."""
+    from progress_cli.terminal import exit_code_for, follow_batch
+
+    try:
+        final = follow_batch(store, args.job_id, out=sys.stderr, timeout=args.timeout)
+    except JobNotFound:
+        print(f"progress-service watch: batch {args.job_id} not found", file=sys.stderr)
+        return exit_codes.NOT_FOUND
+    except TimeoutError:
+        print(f"progress-service watch: batch {args.job_id} did not finish within "
+              f"{args.timeout:g}s", file=sys.stderr)
+        return exit_codes.TIMEOUT
+    print(f"{args.job_id} {final['status']}: {final['completed']} completed, {final['failed']} failed, "
+          f"{final['canceled']} canceled of {final['total']}")
+    return exit_code_for(final["status"])
+
+
 def cmd_mirror(args: argparse.Namespace) -> int:
     from progress_service.mirror import Mirror
 
@@ -158,6 +180,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     with Mirror(ProgressStore.from_settings(settings), settings.database_url) as mirror:
         swept = mirror.sweep(limit=None)
         scanned = 0 if args.no_scan else mirror.backfill()
+        mirror.keep_batches(limit=10_000)  # the finished batches, with their members in place
         total = mirror.count()
     found = "" if args.no_scan else f", {scanned} found by the scan"
     print(f"{swept + scanned} rows landed in PostgreSQL ({swept} queued{found}); "

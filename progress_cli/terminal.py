@@ -19,13 +19,15 @@ import importlib.util
 import shutil
 import sys
 import threading
+import time
 from contextlib import suppress
 from typing import Any, TextIO
 
 from progress_cli import exit_codes
 from progress_service import ProgressStore, Settings, Status
 
-__all__ = ["EXIT_CODES", "NoWorkerNotice", "exit_code_for", "follow_job", "render_line"]
+__all__ = ["EXIT_CODES", "NoWorkerNotice", "batch_lines", "exit_code_for", "follow_batch", "follow_job",
+           "render_line", "render_total"]
 
 EXIT_CODES = {Status.COMPLETED.value: exit_codes.COMPLETED, Status.FAILED.value: exit_codes.FAILED,
               Status.CANCELED.value: exit_codes.CANCELED}
@@ -90,6 +92,14 @@ def render_line(snap: dict[str, Any], width: int = BAR_WIDTH) -> str:
     return "  ".join(parts)
 
 
+def is_tty(out: TextIO) -> bool:
+    """Whether ``out`` is a terminal (a closed or odd stream is not)."""
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
                timeout: float | None = None, idle_check: float = 5.0) -> dict[str, Any]:
     """Draw ``job_id``'s progress on ``out`` (stderr) until it ends; return the final snapshot.
@@ -100,10 +110,7 @@ def follow_job(store: ProgressStore, job_id: str, out: TextIO | None = None, *,
     ``timeout`` seconds.
     """
     out = sys.stderr if out is None else out
-    try:
-        tty = out.isatty()
-    except (AttributeError, ValueError):
-        tty = False
+    tty = is_tty(out)
     last = None
     drawn = False
     snap: dict[str, Any] | None = None
@@ -182,10 +189,87 @@ class NoWorkerNotice:
             conn.close()
 
     def _say(self, line: str) -> None:
-        try:
-            tty = self.out.isatty()
-        except (AttributeError, ValueError):
-            tty = False
         with suppress(OSError, ValueError):  # the terminal is gone (closed, SIGHUP): nothing to tell
-            self.out.write(("\r\x1b[K" if tty else "") + line + "\n")  # over the bar's line
+            self.out.write(("\r\x1b[K" if is_tty(self.out) else "") + line + "\n")  # over the bar's line
             self.out.flush()
+
+
+def render_total(batch: dict[str, Any], width: int = BAR_WIDTH) -> str:
+    """The batch's total line: bar, percent, counts, then the ETA or how it ended."""
+    percent = float(batch.get("progress_percent") or 0)
+    filled = min(width, int(width * percent / 100))
+    counts = ", ".join(f"{batch[name]} {name}" for name in
+                       ("completed", "failed", "canceled", "running", "pending") if batch[name])
+    line = f"total [{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%  {counts}"
+    if batch["status"] == Status.RUNNING.value and batch.get("eta_seconds") is not None:
+        return f"{line}  ETA {_duration(batch['eta_seconds'])}"
+    return line if batch["status"] == Status.RUNNING.value else f"{line}  {batch['status']}"
+
+
+def batch_lines(batch: dict[str, Any], members: dict[str, dict[str, Any]], rows: int) -> list[str]:
+    """One line per member while they fit in ``rows`` (less two), then a summary, then the total."""
+    ids = batch["job_ids"]
+    room = max(rows - 2, 1)
+    shown = ids if len(ids) <= room + 1 else ids[:room]
+    lines = []
+    for job_id in shown:
+        snap = members.get(job_id)
+        label = (snap or {}).get("paper_id") or job_id
+        lines.append(f"{label[:16]:<16} " + (render_line(snap) if snap else "(gone from Redis)"))
+    if len(shown) < len(ids):
+        rest = [members.get(j) for j in ids[len(shown):]]
+        by_status: dict[str, int] = {}
+        for snap in rest:
+            status = (snap or {}).get("status") or "unknown"
+            by_status[status] = by_status.get(status, 0) + 1
+        lines.append(f"... and {len(rest)} more: " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+    lines.append(render_total(batch))
+    return lines
+
+
+def follow_batch(store: ProgressStore, batch_id: str, out: TextIO | None = None, *,
+                 timeout: float | None = None) -> dict[str, Any]:
+    """Draw the batch on ``out`` (stderr), one line per member and a total, until it has
+    finished; return its final snapshot. Woken by the all-jobs pub/sub channel.
+
+    Raises ``JobNotFound`` for a batch Redis does not hold, ``TimeoutError`` after
+    ``timeout`` seconds.
+    """
+    from progress_service.batches import is_finished
+    from progress_service.errors import BackendUnavailable, JobNotFound
+
+    out = sys.stderr if out is None else out
+    tty = is_tty(out)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    drawn = 0
+    last: list[str] = []
+    with store.events() as feed:  # the all-jobs channel: a member's change redraws at once
+        while True:
+            batch = store.get_batch(batch_id)
+            if batch is None:
+                raise JobNotFound(f"batch {batch_id} not found")
+            members = {s["job_id"]: s for s in store.get_many(batch["job_ids"])}
+            size = shutil.get_terminal_size((100, 24))
+            lines = batch_lines(batch, members, size.lines if tty else len(batch["job_ids"]) + 2)
+            if tty:
+                out.write((f"\x1b[{drawn}F" if drawn else "")
+                          + "".join(line[: max(size.columns - 1, 20)] + "\x1b[K\n" for line in lines))
+                drawn = len(lines)
+            else:
+                out.write("".join(line + "\n" for line in lines if line not in last))
+            out.flush()
+            last = lines
+            if is_finished(batch):
+                return batch
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} did not finish within {timeout} s")
+            wake_by = time.monotonic() + 1.0
+            while time.monotonic() < wake_by:
+                try:
+                    event = feed.get(timeout=max(wake_by - time.monotonic(), 0.01))
+                except BackendUnavailable:
+                    time.sleep(0.5)  # Redis is away: the next read says so, or finds it back
+                    break
+                if event is not None and event.get("job_id") in members:
+                    time.sleep(0.1)  # a burst of changes: draw once
+                    break

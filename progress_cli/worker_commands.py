@@ -20,7 +20,7 @@ from progress_cli import exit_codes
 from progress_service import JobConflict, ProgressStore, Settings
 from progress_service.config import redacted_url
 from progress_service.errors import BackendUnavailable, InvalidInput
-from progress_service.models import validate_id, validate_steps
+from progress_service.models import validate_id, validate_steps, validate_tags
 
 logger = logging.getLogger("progress_cli.worker")
 RUN_MIRROR_TIMEOUT = 10  # seconds `run` gives PostgreSQL to take its finished job
@@ -47,7 +47,8 @@ examples:
   PROGRESS_QUEUE=videos REDIS_URL=redis://redis:6379/0 progress-service worker"""
 
 SUBMIT_EPILOG = """\
-Prints the job id on stdout. With --wait, draws a live bar on stderr until the job ends.
+Prints the job id on stdout (several PAPER_IDs: one batch, and its id). With --wait,
+draws a live bar on stderr until the job (or every job of the batch) ends.
 
 exit status (with --wait): 0 completed, 1 failed, 2 canceled; 124 --timeout passed;
 130 interrupted. 64 for bad input or a job id already taken, 69 when Redis does not
@@ -58,7 +59,16 @@ examples:
   progress-service submit 34265844                    # prints the job id
   progress-service submit 34265844 --wait             # ... and follows it to the end
   progress-service submit 34265844 --pipeline video --job-id paper-34265844-1
+  progress-service submit 34265844 25719670 --tag team-a   # one batch; prints its id
   progress-service watch "$(progress-service submit 34265844)\""""
+
+CANCEL_EPILOG = """\
+exit status: 0 canceled; 64 a bad id, or a job that had already finished; 66 no such job
+or batch in Redis; 69 Redis does not answer.
+
+examples:
+  progress-service cancel "$(progress-service submit 34265844)"
+  progress-service cancel "$(progress-service submit 34265844 25719670)"   # a batch"""
 
 RUN_EPILOG = """\
 Runs CMD right here as a tracked job (no queue, no worker): the job is created, its
@@ -106,8 +116,11 @@ def register(subparsers) -> None:
         "submit", help="queue a pipeline job for a paper; prints the job id",
         description="Create a job for PAPER_ID (pending) and queue it for a worker.",
         epilog=SUBMIT_EPILOG, formatter_class=fmt)
-    submit.add_argument("paper_id", metavar="PAPER_ID",
-                        help="the paper, e.g. a PubMed id (see `progress-service papers`)")
+    submit.add_argument("paper_ids", metavar="PAPER_ID", nargs="+",
+                        help="the paper, e.g. a PubMed id (see `progress-service papers`); "
+                             "several: one batch of one job each, and the batch id is printed")
+    submit.add_argument("--tag", dest="tags", action="append", default=[], metavar="T",
+                        help="a label for the job(s), filterable in the list (repeatable, at most 16)")
     submit.add_argument("--pipeline", default="video", metavar="NAME",
                         help="the pipeline to run (default: video)")
     submit.add_argument("--job-id", default=None, metavar="ID",
@@ -117,6 +130,14 @@ def register(subparsers) -> None:
     submit.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                         help="with --wait: give up waiting after this long (exit 124)")
     submit.set_defaults(handler=cmd_submit)
+
+    cancel = subparsers.add_parser(
+        "cancel", help="cancel a job, or every unfinished job of a batch",
+        description="Cancel JOB_ID (its process tree killed if it runs), or BATCH_ID: the batch "
+        "ends canceled and every member not yet finished is canceled.",
+        epilog=CANCEL_EPILOG, formatter_class=fmt)
+    cancel.add_argument("job_id", metavar="JOB_ID|BATCH_ID", help="what submit printed")
+    cancel.set_defaults(handler=cmd_cancel)
 
     run = subparsers.add_parser(
         "run", help="run any command as a tracked job (no queue); exits with its code",
@@ -234,8 +255,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     store = ProgressStore.from_settings(settings)
+    if len(args.paper_ids) > 1:
+        return _submit_batch(args, settings, store)
     try:
-        job_id = submit_job(settings, args.paper_id, args.pipeline, job_id=args.job_id, store=store)
+        job_id = submit_job(settings, args.paper_ids[0], args.pipeline, job_id=args.job_id, store=store,
+                            tags=validate_tags(args.tags))
     except (InvalidInput, JobConflict) as exc:
         return _fail("submit", str(exc))
     print(job_id, flush=True)
@@ -249,6 +273,46 @@ def cmd_submit(args: argparse.Namespace) -> int:
                      exit_codes.TIMEOUT)
     print(f"job {summary_line(final)}", file=sys.stderr)
     return exit_code_for(final["status"])
+
+
+def _submit_batch(args: argparse.Namespace, settings: Settings, store) -> int:
+    from progress_cli.terminal import exit_code_for, follow_batch
+    from progress_service.queue import submit_batch
+
+    if args.job_id is not None:
+        return _fail("submit", "--job-id names one job: give one PAPER_ID with it")
+    try:
+        batch_id, _job_ids = submit_batch(settings, args.paper_ids, args.pipeline, tags=args.tags,
+                                          store=store)
+    except InvalidInput as exc:
+        return _fail("submit", str(exc))
+    print(batch_id, flush=True)
+    if not args.wait:
+        return 0
+    try:
+        final = follow_batch(store, batch_id, out=sys.stderr, timeout=args.timeout)
+    except TimeoutError:
+        return _fail("submit", f"batch {batch_id} did not finish within {args.timeout:g}s",
+                     exit_codes.TIMEOUT)
+    return exit_code_for(final["status"])
+
+
+# -- cancel -----------------------------------------------------------------------
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from progress_service import queue
+
+    validate_id(args.job_id, "id")
+    settings = Settings.from_env()
+    store = ProgressStore.from_settings(settings)
+    if store.get(args.job_id) is None and store.batch_fields(args.job_id):
+        canceled = queue.cancel_batch(settings, args.job_id, store=store)
+        print(f"batch {args.job_id} canceled ({len(canceled)} unfinished jobs canceled)")
+        return 0
+    queue.cancel_job(settings, args.job_id, store=store)  # unknown: 66; finished already: 64
+    print(f"job {args.job_id} canceled")
+    return 0
 
 
 # -- run ----------------------------------------------------------------------------

@@ -18,6 +18,8 @@ class Keys:
         """Sorted set of finished job ids waiting for PostgreSQL, scored by next try (ms)."""
         self.stats = f"{prefix}:stats"
         """Hash of update counts by reason, summed over every process."""
+        self.batches_index = f"{prefix}:batches"
+        """Sorted set of the batches not yet kept in PostgreSQL, scored by creation time (ms)."""
 
     def job(self, job_id: str) -> str:
         """The job hash: the source of truth for one job."""
@@ -34,6 +36,13 @@ class Keys:
     def paper_jobs(self, paper_id: str) -> str:
         """Sorted set of one paper's job ids scored by creation time (ms)."""
         return f"{self.prefix}:paper:{paper_id}:jobs"
+
+    def batch(self, batch_id: str) -> str:
+        """The batch hash: its name, pipeline, tags, member ids and percent high-water mark.
+
+        Its own hash tag: on a cluster it sits in another slot than its members.
+        """
+        return f"{self.prefix}:batch:{{{batch_id}}}"
 
     def job_pattern(self) -> str:
         """SCAN pattern matching every job hash (and, filtered by caller, only those)."""

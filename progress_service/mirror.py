@@ -41,12 +41,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
 
+from .batches import is_finished, member_entry
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
 from .models import TERMINAL_VALUES, is_valid_id, iso_ms, validate_id
 from .postgres import PostgresPool, one_line
@@ -77,6 +79,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("progress_updated_at", "timestamptz"),
     ("finished_at", "timestamptz"),
     ("heartbeat_at", "timestamptz"),
+    ("batch_id", "text"),
+    ("tags", "jsonb"),
     ("history", "jsonb"),
 )
 _NAMES = [name for name, _ in COLUMNS]
@@ -125,8 +129,33 @@ def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> JobRow:
         s["current_step"], _dumps(s["steps"]), _dumps(s["completed_steps"]), s["total_steps"],
         s["message"], s["error"], _dumps(s["result"]), s["seq"],
         s["created_at"], s["started_at"], s["progress_updated_at"], s["finished_at"],
-        s["heartbeat_at"], _dumps(history),
+        s["heartbeat_at"], s.get("batch_id"), _dumps(s.get("tags") or []), _dumps(history),
     )  # fmt: skip
+
+
+BATCH_TABLE = "progress_batches"
+BATCHES_EVERY = 10.0  # seconds between two looks at the open batches (run_forever)
+# A finished batch's snapshot, every field but the derived eta_seconds.
+BATCH_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("batch_id", "text"), ("name", "text"), ("pipeline", "text"), ("tags", "jsonb"),
+    ("job_ids", "jsonb"), ("total", "int4"), ("pending", "int4"), ("running", "int4"),
+    ("completed", "int4"), ("failed", "int4"), ("canceled", "int4"),
+    ("progress_percent", "float8"), ("status", "text"), ("created_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+)
+_BATCH_NAMES = [name for name, _ in BATCH_COLUMNS]
+# A finished batch no longer changes: the first copy stays (a later one is the same).
+BATCH_INSERT = (
+    f"INSERT INTO {BATCH_TABLE} ({', '.join(_BATCH_NAMES)})"
+    f" VALUES ({', '.join(f'%s::{kind}' for _, kind in BATCH_COLUMNS)})"
+    " ON CONFLICT (batch_id) DO NOTHING"
+)
+
+
+def batch_row(snapshot: dict[str, Any]) -> tuple[Any, ...]:
+    """The ``progress_batches`` row of a finished batch's snapshot."""
+    return tuple(_dumps(snapshot[name]) if kind == "jsonb" else snapshot[name]
+                 for name, kind in BATCH_COLUMNS)
 
 
 class Mirror:
@@ -225,6 +254,24 @@ class Mirror:
             written += self._backfill_batch(batch)
         return written
 
+    def keep_batches(self, limit: int = 100) -> int:
+        """Keep every open batch that has finished (at most ``limit`` looked at); return how many.
+
+        A batch whose every member has finished is written to ``progress_batches``
+        (members Redis has let go are read from ``progress_jobs``) and leaves the open
+        batches; its hash expires like a finished job (``ProgressStore.get_batch``).
+        """
+        kept = 0
+        for batch_id in self.store.open_batch_ids(limit):
+            snap = self.store.get_batch(batch_id, find_missing=lambda job_id: member_entry(self.fetch(job_id)))
+            if snap is not None and not is_finished(snap):
+                continue
+            if snap is not None:
+                self.save_batch(snap)
+                kept += 1
+            self.store.forget_batch(batch_id)
+        return kept
+
     def run_forever(self, stop_event: threading.Event, interval: float = 1.0) -> None:
         """Sweep every ``interval`` seconds until ``stop_event`` is set (a daemon thread's loop).
 
@@ -235,10 +282,14 @@ class Mirror:
         """
         logger.info("mirror: started (every %gs, batches of %d)", interval, self.batch_size)
         redis_down = False
+        batches_at = 0.0
         while not stop_event.is_set():
             busy = False
             try:
                 busy = self.sweep(limit=self.batch_size * 10) > 0 and self.store.mirror_due_now()
+                if time.monotonic() - batches_at >= BATCHES_EVERY:
+                    batches_at = time.monotonic()
+                    self.keep_batches()
                 if redis_down:
                     logger.info("mirror: Redis is back")
                     redis_down = False
@@ -284,9 +335,17 @@ class Mirror:
         return rows[0][0] if rows else None
 
     def list_jobs(self, paper_id: str | None = None, status: str | None = None,
-                  limit: int = 50) -> list[dict[str, Any]]:
+                  limit: int = 50, *, tag: str | None = None,
+                  batch_id: str | None = None) -> list[dict[str, Any]]:
         """Finished jobs' snapshots, newest first, filtered like ``ProgressStore.list_jobs``."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
+        if tag is not None:
+            where.append("tags @> %s::jsonb")
+            params.append(_dumps([validate_id(tag, "tag")]))
+        if batch_id is not None:
+            where.append("batch_id = %s")
+            params.append(validate_id(batch_id, "batch_id"))
         if paper_id is not None:
             where.append("paper_id = %s")
             params.append(validate_id(paper_id, "paper_id"))
@@ -300,6 +359,25 @@ class Mirror:
         sql = SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY created_at DESC NULLS LAST, job_id DESC LIMIT %s"
         return [self._snapshot(row) for row in self._query(sql, (*params, limit))]
+
+    def save_batch(self, snapshot: dict[str, Any]) -> bool:
+        """Keep a finished batch (its member ids with it); True if this call wrote it."""
+        if snapshot["status"] not in TERMINAL_VALUES:
+            raise InvalidInput(f"only a finished batch is kept, not a {snapshot['status']} one")
+        return self._run(lambda conn: conn.execute(BATCH_INSERT, batch_row(snapshot)).rowcount) == 1
+
+    def fetch_batch(self, batch_id: str) -> dict[str, Any] | None:
+        """The snapshot PostgreSQL keeps of a finished batch, or None."""
+        validate_id(batch_id, "batch_id")
+        rows = self._query(f"SELECT {', '.join(_BATCH_NAMES)} FROM {BATCH_TABLE} WHERE batch_id = %s",
+                           (batch_id,))
+        if not rows:
+            return None
+        snap = dict(zip(_BATCH_NAMES, rows[0], strict=True))
+        snap["progress_percent"] = _number(snap["progress_percent"])
+        snap["created_at"], snap["finished_at"] = _iso(snap["created_at"]), _iso(snap["finished_at"])
+        snap["eta_seconds"] = None
+        return snap
 
     def count(self) -> int:
         """How many rows ``progress_jobs`` holds."""

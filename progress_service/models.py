@@ -68,6 +68,25 @@ def validate_id(value: object, what: str = "job_id") -> str:
     return value
 
 
+MAX_TAGS = 16
+
+
+def validate_tags(tags: object) -> list[str]:
+    """A list of at most ``MAX_TAGS`` distinct ids (CONTRACT's pattern), in the order given."""
+    if tags is None:
+        return []
+    if isinstance(tags, str | bytes) or not isinstance(tags, list | tuple):
+        raise InvalidInput(f"tags must be a list of labels, got {tags!r}")
+    out: list[str] = []
+    for tag in tags:
+        validate_id(tag, "tag")
+        if tag not in out:
+            out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise InvalidInput(f"at most {MAX_TAGS} tags, got {len(out)}")
+    return out
+
+
 def validate_steps(steps: object) -> list[str]:
     if isinstance(steps, str | bytes) or not hasattr(steps, "__iter__"):
         raise InvalidInput(f"steps must be a list of names, got {steps!r}")
@@ -160,6 +179,8 @@ def build_snapshot(
         "progress_updated_at": iso_ms(updated),
         "finished_at": iso_ms(finished),
         "heartbeat_at": iso_ms(heartbeat),
+        "batch_id": fields.get("batch_id") or None,
+        "tags": json.loads(fields.get("tags") or "[]"),
         "is_stale": is_stale(status, now_ms, created, started, updated, stale_after, pending_stale_after),
         "eta_seconds": eta_seconds(status, progress, now_ms, recent or []),
     }

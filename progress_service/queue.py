@@ -14,13 +14,16 @@ in a process that only reports progress.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from collections.abc import Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .batches import unfinished_members, validate_batch
 from .config import Settings
 from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
 from .models import TERMINAL_VALUES, Status, validate_id
@@ -32,8 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FAILURE_CALLBACK", "JOB_FUNCTION", "STOPPED_CALLBACK", "cancel_job", "rq_connection",
-           "submit_job", "waiting_queue"]
+__all__ = ["FAILURE_CALLBACK", "JOB_FUNCTION", "STOPPED_CALLBACK", "cancel_batch", "cancel_job",
+           "rq_connection", "submit_batch", "submit_job", "waiting_queue"]
 
 # What the worker runs, by name (worker/jobs.py).
 JOB_FUNCTION = "worker.jobs.run_pipeline"
@@ -55,6 +58,8 @@ def submit_job(
     redis_conn: redis.Redis | None = None,
     job_timeout: int | None = None,
     result_ttl: int | None = None,
+    tags: Sequence[str] = (),
+    batch_id: str | None = None,
 ) -> str:
     """Create the job (``pending``, with the pipeline's steps) and queue it; return its id.
 
@@ -77,7 +82,8 @@ def submit_job(
         raise InvalidInput(f"job_timeout must be a whole number of seconds >= 1, got {timeout!r}")
     ttl = result_ttl if result_ttl is not None else settings.job_ttl
     store = store if store is not None else ProgressStore.from_settings(settings)
-    store.create_job(job_id, paper_id, steps=list(spec.steps), pipeline=spec.name)
+    store.create_job(job_id, paper_id, steps=list(spec.steps), pipeline=spec.name,
+                     tags=tags, batch_id=batch_id)
     conn = redis_conn if redis_conn is not None else rq_connection(settings)
     queue = Queue(settings.queue_name, connection=conn)
     try:
@@ -102,6 +108,84 @@ def submit_job(
     logger.info("job %s: queued on %s (%s pipeline, paper %s, timeout %ds)", job_id,
                 settings.queue_name, spec.name, paper_id, timeout)
     return job_id
+
+
+def submit_batch(
+    settings: Settings,
+    paper_ids: list[str],
+    pipeline: str = "video",
+    *,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    store: ProgressStore | None = None,
+    redis_conn: redis.Redis | None = None,
+) -> tuple[str, list[str]]:
+    """Create a batch of one job per paper id (1 to 1,000) and queue them; return
+    ``(batch_id, job_ids)``, the ids in the order of ``paper_ids``.
+
+    All or nothing: every argument is checked before anything is written (a bad
+    id anywhere raises ``InvalidInput``); if Redis fails halfway, the members made
+    so far are canceled and the batch removed before ``BackendUnavailable`` is raised.
+    """
+    paper_ids, pipeline, tags, name = validate_batch(paper_ids, pipeline, tags, name)
+    spec = require_pipeline(pipeline)
+    store = store if store is not None else ProgressStore.from_settings(settings)
+    conn = redis_conn if redis_conn is not None else rq_connection(settings)
+    batch_id = uuid.uuid4().hex
+    job_ids = [uuid.uuid4().hex for _ in paper_ids]
+    store.create_batch(batch_id, job_ids, spec.name, name=name, tags=tags)
+    made: list[str] = []
+    try:
+        for job_id, paper_id in zip(job_ids, paper_ids, strict=True):
+            submit_job(settings, paper_id, spec.name, job_id=job_id, store=store, redis_conn=conn,
+                       tags=tags, batch_id=batch_id)
+            made.append(job_id)
+    except BaseException:
+        logger.warning("batch %s: submit failed after %d of %d jobs; undoing it", batch_id,
+                       len(made), len(job_ids))
+        for job_id in made:
+            try:
+                cancel_job(settings, job_id, store=store, redis_conn=conn)
+            except Exception as exc:  # Redis is likely why we are here: keep undoing
+                logger.warning("job %s: not canceled after a failed batch submit: %s", job_id, exc)
+        try:
+            store.delete_batch(batch_id)
+        except BackendUnavailable:
+            pass
+        raise
+    logger.info("batch %s: %d jobs queued (%s pipeline)", batch_id, len(job_ids), spec.name)
+    return batch_id, job_ids
+
+
+def cancel_batch(
+    settings: Settings,
+    batch_id: str,
+    *,
+    store: ProgressStore | None = None,
+    redis_conn: redis.Redis | None = None,
+) -> list[str]:
+    """Cancel a batch: flag it canceled and cancel every member not yet finished.
+
+    Returns the ids of the members canceled now; raises ``JobNotFound`` for an
+    unknown batch (or one Redis has let go: it has finished).
+    """
+    validate_id(batch_id, "batch_id")
+    store = store if store is not None else ProgressStore.from_settings(settings)
+    state = store.batch_state(batch_id)
+    if state is None or not store.mark_batch_canceled(batch_id):
+        raise JobNotFound(f"batch {batch_id} not found")
+    fields, members, _now = state
+    job_ids = json.loads(fields["job_ids"])
+    conn = redis_conn if redis_conn is not None else rq_connection(settings)
+    canceled = []
+    for job_id in unfinished_members(job_ids, members):
+        try:
+            cancel_job(settings, job_id, store=store, redis_conn=conn)
+        except (JobConflict, JobNotFound):
+            continue  # it finished meanwhile
+        canceled.append(job_id)
+    logger.info("batch %s: canceled (%d unfinished jobs canceled)", batch_id, len(canceled))
+    return canceled
 
 
 def cancel_job(

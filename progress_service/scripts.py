@@ -84,3 +84,5 @@ class Scripts:
         self.read_for_mirror = client.register_script(script_source("read_for_mirror"))
         self.claim_mirror_due = client.register_script(script_source("claim_mirror_due"))
         self.expire_mirrored = client.register_script(script_source("expire_mirrored"))
+        self.batch_percent = client.register_script(script_source("batch_percent"))
+        self.read_members = client.register_script(script_source("read_members"))

@@ -102,15 +102,21 @@ def test_reads_answer_within_3s_during_a_partition_and_every_job_lands_after(
     settings = Settings.from_env(env)
     store = ProgressStore(connect(settings), settings)
 
-    # A job Redis has expired (PostgreSQL alone has it), a live one, and unknown ids.
+    # A job Redis has expired (PostgreSQL alone has it), a live one, and unknown ids;
+    # the same three for a batch.
     finish(store, "expired-job", "expired-paper")
+    store.create_batch("expired-batch", ["expired-job"], "video")
     with Mirror(store, db_url) as direct:
         assert direct.sweep() == 1
-    store.client.delete(store.keys.job("expired-job"), store.keys.history("expired-job"))
-    store.create_job("live-job", "live-paper", steps=STEPS)
+        assert direct.keep_batches() == 1
+    store.client.delete(store.keys.job("expired-job"), store.keys.history("expired-job"),
+                        store.keys.batch("expired-batch"))
+    store.create_batch("live-batch", ["live-job"], "video")
+    store.create_job("live-job", "live-paper", steps=STEPS, batch_id="live-batch")
     store.update("live-job", status="running", current_step="generate-audio", progress_percent=45)
     paths = read_paths(settings, {"job_id": ["expired-job", "live-job", "unknown-job"],
-                                  "paper_id": ["expired-paper", "live-paper", "unknown-paper"]})
+                                  "paper_id": ["expired-paper", "live-paper", "unknown-paper"],
+                                  "batch_id": ["expired-batch", "live-batch", "unknown-batch"]})
 
     server = GunicornServer(env, log_path=tmp_path / "gunicorn.log")
     stop = threading.Event()

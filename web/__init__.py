@@ -19,7 +19,7 @@ from flask.json.provider import DefaultJSONProvider
 from progress_service.config import Settings
 from progress_service.store import ProgressStore
 
-from . import api, dashboard, errors, events, metrics, openapi, pages, security
+from . import api, batches, dashboard, errors, events, metrics, openapi, pages, security
 from .fanout import EventHub
 
 MAX_BODY = 16 * 1024  # bytes of a JSON request body; more is a 413
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app.register_blueprint(events.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(batches.bp)
     dashboard.init_app(app, settings.redis_url)
     app.before_request(security.guard_writes)
     app.after_request(security.add_headers)

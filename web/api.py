@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file,
 
 from progress_service import queue
 from progress_service.errors import InvalidInput, JobNotFound
-from progress_service.models import Status, validate_id, validate_steps
+from progress_service.models import Status, validate_id, validate_steps, validate_tags
 from progress_service.tracking import TRACKED_PIPELINE
 
 from .auth import require_token
@@ -79,14 +79,15 @@ def rq_connection():
 @bp.post("/jobs")
 @require_token
 def submit_job():
-    body = json_object({"paper_id", "pipeline", *TRACKED_FIELDS}, frozenset({"paper_id"}))
+    body = json_object({"paper_id", "pipeline", "tags", *TRACKED_FIELDS}, frozenset({"paper_id"}))
     if "steps" in body or body.get("enqueue", True) is not True:
         return create_tracked_job(body)
     paper_id = validate_id(body["paper_id"], "paper_id")
     pipeline = validate_id(body.get("pipeline", "video"), "pipeline")
+    tags = validate_tags(body.get("tags"))
     store = progress_store()
     job_id = queue.submit_job(store.settings, paper_id, pipeline, store=store,
-                              redis_conn=rq_connection())
+                              redis_conn=rq_connection(), tags=tags)
     answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
     return jsonify(answer), 202, {"Location": answer["status_url"]}
 
@@ -103,9 +104,10 @@ def create_tracked_job(body: dict[str, Any]) -> tuple[Response, int, dict[str, s
         raise InvalidInput('"enqueue": false needs "steps": the names of the job\'s steps, in order')
     paper_id = validate_id(body["paper_id"], "paper_id")
     pipeline = validate_id(body.get("pipeline", TRACKED_PIPELINE), "pipeline")
+    tags = validate_tags(body.get("tags"))
     job_id = uuid.uuid4().hex
     progress_store().create_job(job_id, paper_id, steps=validate_steps(body["steps"]),
-                                pipeline=pipeline)
+                                pipeline=pipeline, tags=tags)
     answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
     return jsonify(answer), 202, {"Location": answer["status_url"]}
 
@@ -130,12 +132,14 @@ def report_progress(job_id: str) -> Response:
 @bp.get("/jobs")
 def list_jobs():
     args = request.args
-    unknown = sorted(k for k in args if k not in ("paper_id", "status", "limit") and not k.startswith("_"))
+    known = ("paper_id", "status", "tag", "batch_id", "limit")
+    unknown = sorted(k for k in args if k not in known and not k.startswith("_"))
     if unknown:
-        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (allowed: paper_id, status, limit)")
-    paper_id = args.get("paper_id") or None
-    if paper_id is not None:
-        validate_id(paper_id, "paper_id")
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (allowed: {', '.join(known)})")
+    paper_id, tag, batch_id = (args.get(name) or None for name in ("paper_id", "tag", "batch_id"))
+    for name, value in (("paper_id", paper_id), ("tag", tag), ("batch_id", batch_id)):
+        if value is not None:
+            validate_id(value, name)
     status = args.get("status") or None
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -146,7 +150,7 @@ def list_jobs():
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit}")
-    jobs, missing = recent_jobs(paper_id, status, limit)
+    jobs, missing = recent_jobs(paper_id, status, limit, tag=tag, batch_id=batch_id)
     headers = {"Warning": f'199 - "{missing}"'} if missing else {}
     return jsonify(jobs=jobs), 200, headers
 

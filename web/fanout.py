@@ -91,9 +91,10 @@ class _JobFeed:
 class Subscription:
     """One SSE client's view of one job: a queue the hub fills."""
 
-    def __init__(self, hub: EventHub, job_id: str) -> None:
+    def __init__(self, hub: EventHub, job_id: str, members: tuple[str, ...] = ()) -> None:
         self.hub = hub
         self.job_id = job_id
+        self.members = members or (job_id,)  # a batch's stream watches every member
         self._queue: queue.Queue = queue.Queue()
         self.closed = False
 
@@ -152,6 +153,10 @@ class EventHub:
 
     def subscribe(self, job_id: str) -> Subscription:
         """Watch ``job_id``; returns once the listener is subscribed, so nothing is missed."""
+        return self.subscribe_many(job_id, [job_id])
+
+    def subscribe_many(self, name: str, job_ids: list[str]) -> Subscription:
+        """Watch every job of ``job_ids`` through one queue (a batch's stream, named ``name``)."""
         if self._stopping.is_set():
             raise BackendUnavailable("this web process is shutting down")
         self._ensure_listener()
@@ -162,21 +167,26 @@ class EventHub:
             if self.last_error is not None or time.monotonic() > deadline:
                 raise BackendUnavailable(f"redis: the event listener is not subscribed: {self.last_error}")
             time.sleep(0.01)
-        sub = Subscription(self, job_id)
+        sub = Subscription(self, name, tuple(job_ids))
         with self._lock:
-            self._jobs.setdefault(job_id, _JobFeed()).watchers.add(sub)
+            for job_id in sub.members:
+                self._jobs.setdefault(job_id, _JobFeed()).watchers.add(sub)
             self.client_count += 1
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
-            feed = self._jobs.get(sub.job_id)
-            if feed is None or sub not in feed.watchers:
-                return
-            feed.watchers.discard(sub)
-            self.client_count -= 1
-            if not feed.watchers:
-                del self._jobs[sub.job_id]
+            was_in = False
+            for job_id in sub.members:
+                feed = self._jobs.get(job_id)
+                if feed is None or sub not in feed.watchers:
+                    continue
+                was_in = True
+                feed.watchers.discard(sub)
+                if not feed.watchers:
+                    del self._jobs[job_id]
+            if was_in:
+                self.client_count -= 1
 
     def offer(self, job_id: str, snapshot: dict[str, Any]) -> None:
         with self._lock:
@@ -201,10 +211,9 @@ class EventHub:
             with suppress(RedisError, OSError):  # closing a broken connection may fail; we are leaving anyway
                 pubsub.close()
         with self._lock:
-            feeds = list(self._jobs.values())
-        for feed in feeds:
-            for sub in list(feed.watchers):
-                sub.push(SHUTDOWN)
+            watchers = {sub for feed in self._jobs.values() for sub in feed.watchers}
+        for sub in watchers:
+            sub.push(SHUTDOWN)
 
     # -- the listener -----------------------------------------------------
 
@@ -278,7 +287,7 @@ class EventHub:
 
     def _broadcast(self, item: str) -> None:
         with self._lock:
-            watchers = [sub for feed in self._jobs.values() for sub in feed.watchers]
+            watchers = {sub for feed in self._jobs.values() for sub in feed.watchers}
             for feed in self._jobs.values():
                 feed.base = None
         for sub in watchers:

@@ -201,17 +201,20 @@ def paper_status(paper_id: str) -> dict[str, Any]:
 
 
 def recent_jobs(paper_id: str | None = None, status: str | None = None,
-                limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+                limit: int = 50, *, tag: str | None = None,
+                batch_id: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """Snapshots newest first: Redis' jobs, then PostgreSQL's finished ones Redis has expired.
 
     Returns (jobs, what is missing): with PostgreSQL down the list comes from
     Redis alone, and the second value says so (the API sends it as a Warning).
     """
-    jobs = progress_store().list_jobs(paper_id=paper_id, status=status, limit=limit)
+    jobs = progress_store().list_jobs(paper_id=paper_id, status=status, limit=limit, tag=tag,
+                                      batch_id=batch_id)
     if len(jobs) >= limit or (status is not None and status not in TERMINAL_VALUES):
         return jobs, None
     try:
-        older = mirror().list_jobs(paper_id=paper_id, status=status, limit=limit)
+        older = mirror().list_jobs(paper_id=paper_id, status=status, limit=limit, tag=tag,
+                                   batch_id=batch_id)
     except BackendUnavailable as exc:
         logger.warning("jobs: PostgreSQL unavailable, listing from Redis alone: %s", exc)
         return jobs, "PostgreSQL is unavailable: finished jobs that Redis has expired are missing"

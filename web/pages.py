@@ -55,8 +55,12 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
 
 @bp.get("/")
 def index():
-    jobs, _missing = recent_jobs(limit=RECENT_JOBS)
+    tag = request.args.get("tag") or None  # ?tag=: only the jobs with that label
+    if tag is not None:
+        validate_id(tag, "tag")
+    jobs, _missing = recent_jobs(limit=RECENT_JOBS, tag=tag)
     config = _page_config(None, None, None)
+    config["tag"] = tag
     # the rows are drawn by index.js alone (web/static/index.js), from these
     config["jobs"] = [{**job, "page_url": url_for("pages.status_page", paper_id=job["paper_id"])} for job in jobs]
     config["status_base"] = url_for("pages.status_page", paper_id="_")[:-2]

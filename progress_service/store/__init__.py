@@ -34,6 +34,7 @@ from ..models import (
     history_entry,
     validate_id,
     validate_steps,
+    validate_tags,
 )
 from ..scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
 from ..scripts import as_text as _text
@@ -45,6 +46,7 @@ from .arguments import status_arg as _status_arg
 from .arguments import step_arg as _step_arg
 from .arguments import text_arg as _text_arg
 from .arguments import whole as _whole
+from .batch_side import BatchSide
 from .events import EventFeed, Subscription, parse_event
 from .mirror_side import MirrorSide
 
@@ -70,7 +72,7 @@ def connect(settings: Settings) -> RedisClient:
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-class ProgressStore(MirrorSide):
+class ProgressStore(MirrorSide, BatchSide):
     def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
@@ -104,16 +106,20 @@ class ProgressStore(MirrorSide):
         seq_floor: int = 0,
         created_at_ms: int | None = None,
         started_at_ms: int | None = None,
+        batch_id: str | None = None,
+        tags: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Create ``job_id`` in ``pending`` and return its snapshot.
 
         Its first ``seq`` is ``seq_floor + 1`` (default 1); ``created_at_ms`` and
         ``started_at_ms`` carry over a lost job's times (see :meth:`restore_job`,
         which a runner re-creating a running job uses instead).
+        ``batch_id`` and ``tags`` go on the snapshot as given.
         Raises ``JobConflict`` if the job exists already.
         """
         return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
-                            created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=[])
+                            created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=[],
+                            batch_id=batch_id, tags=tags)
 
     def restore_job(
         self,
@@ -156,9 +162,13 @@ class ProgressStore(MirrorSide):
 
     def _create(self, job_id: str, paper_id: str, steps: Iterable[str], pipeline: str, *,
                 seq_floor: int, created_at_ms: int | None, started_at_ms: int | None,
-                restore: list[str]) -> dict[str, Any]:
+                restore: list[str], batch_id: str | None = None,
+                tags: Sequence[str] = ()) -> dict[str, Any]:
         """create_job-2.lua, then the job's place in the indexes; ``restore``: its ARGV[11..14]."""
         validate_id(job_id, "job_id")
+        if batch_id is not None:
+            validate_id(batch_id, "batch_id")
+        labels = validate_tags(list(tags))
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
         names = validate_steps(steps)
@@ -173,7 +183,7 @@ class ProgressStore(MirrorSide):
             [job_id, paper_id, pipeline, json.dumps(names), k.events(job_id), k.all_events,
              self.settings.history_maxlen, seq_floor,
              "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms,
-             *restore],
+             *(restore or ["", "", "", ""]), batch_id or "", json.dumps(labels) if labels else ""],
         )
         created, seq, created_ms = (int(x) for x in reply)
         if not created:
@@ -360,16 +370,25 @@ class ProgressStore(MirrorSide):
         return ids[0] if ids else None
 
     def list_jobs(self, paper_id: str | None = None, status: str | None = None,
-                  limit: int = 50) -> list[dict[str, Any]]:
-        """Snapshots newest first, filtered by paper and status."""
+                  limit: int = 50, *, tag: str | None = None,
+                  batch_id: str | None = None) -> list[dict[str, Any]]:
+        """Snapshots newest first, filtered by paper, status, tag and batch."""
         if status is not None and status not in {s.value for s in Status}:
             raise InvalidInput(f"status must be one of {', '.join(s.value for s in Status)}, got {status!r}")
         if not 1 <= limit <= 1000:
             raise InvalidInput(f"limit must be from 1 to 1000, got {limit}")
-        scan = limit if status is None else min(limit * 10, INDEX_MAX)
-        snaps = self.get_many(self.recent_job_ids(scan, paper_id=paper_id))
-        if status is not None:
-            snaps = [s for s in snaps if s["status"] == status]
+        if tag is not None:
+            validate_id(tag, "tag")
+        if batch_id is not None:
+            fields = self.batch_fields(batch_id)
+            ids = list(reversed(json.loads(fields.get("job_ids") or "[]")))  # newest first
+        else:
+            filtered = status is not None or tag is not None
+            ids = self.recent_job_ids(limit if not filtered else min(limit * 10, INDEX_MAX), paper_id=paper_id)
+        snaps = self.get_many(ids)
+        snaps = [s for s in snaps if (status is None or s["status"] == status)
+                 and (tag is None or tag in s["tags"])
+                 and (paper_id is None or s["paper_id"] == paper_id)]
         return snaps[:limit]
 
     def server_time_ms(self) -> int:

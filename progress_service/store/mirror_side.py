@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -18,30 +18,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import BackendUnavailable
 from ..models import build_snapshot, history_entry, is_valid_id
 from ..scripts import as_text as _text
-
-if TYPE_CHECKING:
-    from ..config import Settings
-    from ..keys import Keys
-    from ..scripts import Scripts
-    from . import RedisClient
+from .part import StorePart
 
 logger = logging.getLogger("progress_service.store")
 
 
-class MirrorSide:
+class MirrorSide(StorePart):
     """``ProgressStore``'s methods for the mirror: the due set, and reads and expiries
     of finished jobs."""
-
-    if TYPE_CHECKING:  # ProgressStore's, which this class is a part of
-        client: RedisClient
-        keys: Keys
-        scripts: Scripts
-        settings: Settings
-        is_cluster: bool
-
-        def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any: ...
-        def _redis(self, call: Callable[[], Any]) -> Any: ...
-        def server_time_ms(self) -> int: ...
 
     def mark_mirror_due(self, job_id: str, at_ms: int = 0) -> None:
         """Queue a finished job for the PostgreSQL mirror."""

@@ -47,6 +47,14 @@
     part("job-step").textContent = job.current_step || "";
     part("job-updated").textContent = ago(job.progress_updated_at);
     part("job-id").textContent = job.job_id;
+    var tags = part("job-tags");
+    (job.tags || []).forEach(function (tag) { // each a link to the list of that tag
+      var a = document.createElement("a");
+      a.className = "tag";
+      a.href = "?tag=" + encodeURIComponent(tag);
+      a.textContent = tag;
+      tags.appendChild(a);
+    });
     return tr;
   }
 
@@ -56,7 +64,8 @@
   }
 
   function refresh() {
-    fetch(cfg.api_jobs_url + "?limit=50", { cache: "no-store" })
+    fetch(cfg.api_jobs_url + "?limit=50" + (cfg.tag ? "&tag=" + encodeURIComponent(cfg.tag) : ""),
+          { cache: "no-store" })
       .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
       .then(function (data) { render(data.jobs); }, function () { /* the next tick tries again */ });
   }

@@ -1,0 +1,80 @@
+"""The batch page (/batches/<id>/) in headless Chromium (Debian's, through Playwright), on gunicorn.
+
+The members' updates come from the test, through the store; the page follows the batch's
+event stream under the pages' strict CSP.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_page_browser import (  # noqa: F401 - fixtures
+    BAR,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    browser,
+    csp_page,
+    page,
+    store,
+    wait_for_js,
+    web,
+)
+
+pytestmark = pytest.mark.browser
+
+
+def test_the_batch_page_follows_its_members_to_the_end(web, store, page, tmp_path):  # noqa: F811
+    console = csp_page(page)
+    batch_id = f"page-{tmp_path.name[-12:].replace('_', '-').strip('-') or 'b'}"
+    job_ids = [f"{batch_id}-m{i}" for i in range(6)]
+    store.create_batch(batch_id, job_ids, "video", name="June papers", tags=["team-a"])
+    for i, job_id in enumerate(job_ids):
+        store.create_job(job_id, f"3426584{i}", batch_id=batch_id, tags=["team-a"])
+    store.update(job_ids[0], progress_percent=30, current_step="generate-script")
+
+    response = page.goto(f"{web.base}/batches/{batch_id}/")
+    assert "script-src 'self';" in response.headers["content-security-policy"]
+    wait_for_js(page, "document.getElementById('conn').textContent.startsWith('Live')")
+    assert page.locator("tr.member").count() == 6
+    assert page.locator(BAR).get_attribute("aria-valuenow") == "5"
+
+    for job_id in job_ids[1:]:
+        store.update(job_id, progress_percent=60, current_step="generate-audio")
+    wait_for_js(page, f"document.querySelector('{BAR}').getAttribute('aria-valuenow') === '55'")
+    store.update(job_ids[0], status="failed", error="the paper's PDF is gone")
+    for job_id in job_ids[1:]:
+        store.update(job_id, status="completed")
+    final = round((30 + 5 * 100) / 6, 6)
+    wait_for_js(page, "document.getElementById('status-badge').textContent === 'failed'")
+    wait_for_js(page, "document.getElementById('conn').textContent === 'Finished.'")
+    assert float(page.locator(BAR).get_attribute("aria-valuenow")) == pytest.approx(final)
+    first = page.locator("tr.member").first
+    assert first.get_attribute("data-status") == "failed"  # failures first once finished
+    wait_for_js(page, "document.querySelector('tr.member .member-step').textContent.indexOf('PDF') >= 0")
+    statuses = [page.locator("tr.member").nth(i).get_attribute("data-status") for i in range(6)]
+    assert statuses == ["failed"] + ["completed"] * 5
+    assert page.locator("#counts").text_content() == "0 running · 0 pending · 5 completed · 1 failed · 0 canceled"
+    bar = page.evaluate("window.__bar")
+    assert bar == sorted(bar), "the bar never moves back"
+    wait_for_js(page, "(function () { var f = document.getElementById('progress-fill');"
+                      f" return f.getBoundingClientRect().width >= f.parentNode.getBoundingClientRect().width * {final / 100 - 0.01}; }})()")
+    page.screenshot(path=str(tmp_path / "batch-page.png"), full_page=True)
+    assert (tmp_path / "batch-page.png").stat().st_size > 0
+    assert page.evaluate("window.__csp") == [] and console == []
+
+
+def test_the_index_page_filters_by_tag(web, store, page):  # noqa: F811
+    console = csp_page(page)
+    store.create_job("tagged-1", "25719670", tags=["team-x", "june"])
+    store.create_job("untagged-1", "24906146")
+    page.goto(f"{web.base}/?tag=team-x")
+    wait_for_js(page, "document.querySelectorAll('#jobs-body tr').length >= 1")
+    rows = page.locator("#jobs-body tr")
+    ids = [rows.nth(i).locator(".job-id").text_content() for i in range(rows.count())]
+    assert "tagged-1" in ids and "untagged-1" not in ids
+    chips = page.locator("#jobs-body .job-tags a.tag")
+    assert chips.first.text_content() == "team-x"
+    assert chips.first.get_attribute("href") == "?tag=team-x"
+    store.create_job("tagged-2", "32007143", tags=["team-x"])
+    wait_for_js(page, "document.body.textContent.indexOf('tagged-2') >= 0")  # the refresh keeps the filter
+    assert "untagged-1" not in page.locator("#jobs-body").text_content()
+    assert page.evaluate("window.__csp") == [] and console == []
