@@ -33,7 +33,7 @@ def make_app(settings, real_redis):
     def make(**changes):
         apps.append(create_app(dataclasses.replace(settings, **changes)))
         apps[-1].config["TESTING"] = True
-        apps[-1].test_client_class = OpenApiClient  # every answer checked against the OpenAPI document
+        apps[-1].test_client_class = OpenApiClient  # every answer checked against the document
         return apps[-1]
 
     yield make

@@ -132,10 +132,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "pipeline": {**ID, "default": "video"},
             "tags": {"type": "array", "items": ID, "maxItems": 16},
             "enqueue": {"type": "boolean", "default": True,
-                        "description": "false, with steps: a tracked job no worker runs, that a "
-                                       "producer elsewhere reports on (POST .../progress)"},
-            "steps": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                      "description": "the tracked job's steps, in order (with enqueue false)"},
+                        "description": "false, with steps: a tracked job that no worker runs"},
+            "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
+                      "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                      "description": "a tracked job's steps, in order (with enqueue false)"},
+        },
+        "additionalProperties": False,
+    },
+    "Submitted": {
+        "type": "object",
+        "required": ["job_id", "status_url", "events_url", "page_url"],
+        "properties": {
+            "job_id": ID,
+            "status_url": {"type": "string", "description": "the snapshot (GET)"},
+            "events_url": {"type": "string", "description": "its event stream"},
+            "page_url": {"type": "string", "description": "the paper's live page"},
+            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
         },
         "additionalProperties": False,
     },
@@ -165,10 +177,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "ProgressUpdate": {
         "type": "object",
-        "description": "any of the Python API's update fields; one left out keeps the stored value",
+        "description": "a producer's update; a field left out keeps the stored value",
         "properties": {
             "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
-            "current_step": {"type": "string"},
+            "current_step": {"type": "string", "description": "one of the job's steps"},
             "status": ref("Status"),
             "message": {"type": "string"},
             "error": {"type": "string"},
@@ -177,25 +189,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "additionalProperties": False,
     },
-    "UpdateResult": {
+    "UpdateAnswer": {
         "type": "object",
         "required": ["accepted", "reason", "seq"],
         "properties": {
             "accepted": {"type": "boolean"},
             "reason": {"enum": ["ok", "unchanged", "regression", "terminal"]},
             "seq": {"type": "integer", "minimum": 0},
-        },
-        "additionalProperties": False,
-    },
-    "Submitted": {
-        "type": "object",
-        "required": ["job_id", "status_url", "events_url", "page_url"],
-        "properties": {
-            "job_id": ID,
-            "status_url": {"type": "string", "description": "the snapshot (GET)"},
-            "events_url": {"type": "string", "description": "its event stream"},
-            "page_url": {"type": "string", "description": "the paper's live page"},
-            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
         },
         "additionalProperties": False,
     },
@@ -384,6 +384,19 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "/api/v1/jobs/{job_id}/progress": {
+        "post": {
+            "operationId": "reportProgress",
+            "summary": "a producer's update, through the same Lua script as the worker's; "
+                       "also the job's heartbeat ({} says only that)",
+            "security": BEARER,
+            "parameters": [JOB_ID],
+            "requestBody": {"required": False, "content": {JSON: {"schema": ref("ProgressUpdate")}}},
+            "responses": {"200": json_answer("applied, or refused (a regression, a finished job) "
+                                             "with accepted false", ref("UpdateAnswer")),
+                          "404": respond("NotFound"), **WRITES},
+        },
+    },
     "/api/v1/jobs/{job_id}/cancel": {
         "post": {
             "operationId": "cancelJob",
@@ -392,19 +405,6 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [JOB_ID],
             "responses": {"202": json_answer("canceled", ref("Canceled")),
                           "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
-        },
-    },
-    "/api/v1/jobs/{job_id}/progress": {
-        "post": {
-            "operationId": "reportProgress",
-            "summary": "apply one update through the same Lua script as the Python API (and "
-                       "stamp the job's heartbeat), for producers that are not Python",
-            "security": BEARER,
-            "parameters": [JOB_ID],
-            "requestBody": {"required": False, "content": {JSON: {"schema": ref("ProgressUpdate")}}},
-            "responses": {"200": json_answer("applied, or refused (a regression, a finished job: "
-                                             "accepted false)", ref("UpdateResult")),
-                          "404": respond("NotFound"), **WRITES},
         },
     },
     "/api/v1/batches": {
