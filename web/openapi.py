@@ -288,6 +288,10 @@ def json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": ref("Id")}
 BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": ref("Id")}
+# an event stream resumes after the id a client has: the header, or the query for clients that cannot set it
+SEQ = {"type": "string", "pattern": "^[0-9]+$"}
+RESUME = [{"name": "Last-Event-ID", "in": "header", "schema": SEQ},
+          {"name": "last_event_id", "in": "query", "schema": SEQ}]
 PAPER_ID = {"name": "paper_id", "in": "path", "required": True, "schema": ref("Id")}
 READS = {"400": respond("BadInput"), "503": respond("BackendDown")}
 WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
@@ -351,9 +355,7 @@ PATHS: dict[str, dict[str, Any]] = {
                            "(header, or ?last_event_id=) the events after that seq, then the live "
                            "ones. web/static/progress-client.js follows it from any page.",
             "parameters": [
-                JOB_ID,
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                JOB_ID, *RESUME,
             ],
             "responses": {
                 "200": {"description": "the stream; each event's data is a Snapshot",
@@ -436,9 +438,7 @@ PATHS: dict[str, dict[str, Any]] = {
                        "progress` (a member's Snapshot), increasing `id:`; ends after the batch "
                        "finishes",
             "parameters": [
-                BATCH_ID,
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                BATCH_ID, *RESUME,
             ],
             "responses": {
                 "200": {"description": "the stream",
