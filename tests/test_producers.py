@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 from conftest import REPO
+from openapi_check import OpenApiClient
 from test_sse import GunicornServer, server_env
 
 from progress_service.store import ProgressStore
@@ -32,6 +33,7 @@ def make_app(settings, real_redis):
     def make(**changes):
         apps.append(create_app(dataclasses.replace(settings, **changes)))
         apps[-1].config["TESTING"] = True
+        apps[-1].test_client_class = OpenApiClient  # every answer checked against the document
         return apps[-1]
 
     yield make

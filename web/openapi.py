@@ -132,6 +132,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "paper_id": ID,
             "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "enqueue": {"type": "boolean", "default": True,
+                        "description": "false, with steps: a tracked job that no worker runs"},
+            "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
+                      "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                      "description": "a tracked job's steps, in order (with enqueue false)"},
         },
         "additionalProperties": False,
     },
@@ -144,6 +150,54 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "events_url": {"type": "string", "description": "its event stream"},
             "page_url": {"type": "string", "description": "the paper's live page"},
             "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
+    "BatchRequest": {
+        "type": "object",
+        "required": ["paper_ids"],
+        "properties": {
+            "paper_ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": 1000},
+            "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "name": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "BatchSubmitted": {
+        "type": "object",
+        "required": ["batch_id", "job_ids", "status_url", "events_url", "page_url"],
+        "properties": {
+            "batch_id": ID,
+            "job_ids": {"type": "array", "items": ID},
+            "status_url": {"type": "string"},
+            "events_url": {"type": "string"},
+            "page_url": {"type": "string"},
+            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
+    "ProgressUpdate": {
+        "type": "object",
+        "description": "a producer's update; a field left out keeps the stored value",
+        "properties": {
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "current_step": {"type": "string", "description": "one of the job's steps"},
+            "status": ref("Status"),
+            "message": {"type": "string"},
+            "error": {"type": "string"},
+            "result": {"type": "object"},
+            "force": {"type": "boolean", "default": False},
+        },
+        "additionalProperties": False,
+    },
+    "UpdateAnswer": {
+        "type": "object",
+        "required": ["accepted", "reason", "seq"],
+        "properties": {
+            "accepted": {"type": "boolean"},
+            "reason": {"enum": ["ok", "unchanged", "regression", "terminal"]},
+            "seq": {"type": "integer", "minimum": 0},
         },
         "additionalProperties": False,
     },
@@ -217,6 +271,14 @@ SCHEMAS["Canceled"]["required"].append("status_url")
 SCHEMAS["Canceled"]["properties"]["status_url"] = {"type": "string"}
 
 
+# the batch cancel answer: the batch's snapshot after it, and the members it canceled
+SCHEMAS["BatchCanceled"] = copy.deepcopy(SCHEMAS["BatchSnapshot"])
+SCHEMAS["BatchCanceled"].update(description="the batch's snapshot after the cancel, and the "
+                                            "members it canceled")
+SCHEMAS["BatchCanceled"]["required"].append("canceled_job_ids")
+SCHEMAS["BatchCanceled"]["properties"]["canceled_job_ids"] = {"type": "array", "items": ID}
+
+
 def error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": ref("Error")}}}
 
@@ -244,6 +306,11 @@ def json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": ref("Id")}
+BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": ref("Id")}
+# an event stream resumes after the id a client has: the header, or the query for clients that cannot set it
+SEQ = {"type": "string", "pattern": "^[0-9]+$"}
+RESUME = [{"name": "Last-Event-ID", "in": "header", "schema": SEQ},
+          {"name": "last_event_id", "in": "query", "schema": SEQ}]
 PAPER_ID = {"name": "paper_id", "in": "path", "required": True, "schema": ref("Id")}
 READS = {"400": respond("BadInput"), "401": respond("ReadUnauthorized"), "503": respond("BackendDown")}
 WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
@@ -307,9 +374,7 @@ PATHS: dict[str, dict[str, Any]] = {
                            "(header, or ?last_event_id=) the events after that seq, then the live "
                            "ones. web/static/progress-client.js follows it from any page.",
             "parameters": [
-                JOB_ID,
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                JOB_ID, *RESUME,
             ],
             "responses": {
                 "200": {"description": "the stream; each event's data is a Snapshot",
@@ -340,6 +405,19 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "/api/v1/jobs/{job_id}/progress": {
+        "post": {
+            "operationId": "reportProgress",
+            "summary": "a producer's update, through the same Lua script as the worker's; "
+                       "also the job's heartbeat ({} says only that)",
+            "security": BEARER,
+            "parameters": [JOB_ID],
+            "requestBody": {"required": False, "content": {JSON: {"schema": ref("ProgressUpdate")}}},
+            "responses": {"200": json_answer("applied, or refused (a regression, a finished job) "
+                                             "with accepted false", ref("UpdateAnswer")),
+                          "404": respond("NotFound"), **WRITES},
+        },
+    },
     "/api/v1/jobs/{job_id}/cancel": {
         "post": {
             "operationId": "cancelJob",
@@ -358,6 +436,66 @@ PATHS: dict[str, dict[str, Any]] = {
             "requestBody": {"required": True, "content": {JSON: {"schema": ref("TokenRequest")}}},
             "responses": {"201": json_answer("the token", ref("ReadToken")),
                           "404": respond("NotFound"), **WRITES},
+        },
+    },
+    "/api/v1/batches": {
+        "post": {
+            "operationId": "submitBatch",
+            "summary": "submit one job per paper, as one batch",
+            "security": BEARER,
+            "requestBody": {"required": True, "content": {JSON: {"schema": ref("BatchRequest")}}},
+            "responses": {
+                "202": {**json_answer("queued; Location is the status_url", ref("BatchSubmitted")),
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                **WRITES,
+            },
+        },
+    },
+    "/api/v1/batches/{batch_id}": {
+        "get": {
+            "operationId": "getBatch",
+            "summary": "the batch's snapshot; from PostgreSQL once Redis has expired it",
+            "parameters": [BATCH_ID],
+            "responses": {"200": json_answer("the batch snapshot", ref("BatchSnapshot")),
+                          "404": respond("NotFound"), **READS},
+        },
+    },
+    "/api/v1/batches/{batch_id}/events": {
+        "get": {
+            "operationId": "followBatch",
+            "summary": "Server-Sent Events: `event: batch` (the BatchSnapshot) and `event: "
+                       "progress` (a member's Snapshot), increasing `id:`; ends after the batch "
+                       "finishes",
+            "parameters": [
+                BATCH_ID, *RESUME,
+            ],
+            "responses": {
+                "200": {"description": "the stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "204": {"description": "the batch has finished and the client has its last event"},
+                "404": respond("NotFound"),
+                **READS,
+            },
+        },
+    },
+    "/api/v1/batches/{batch_id}/cancel": {
+        "post": {
+            "operationId": "cancelBatch",
+            "summary": "cancel every member not yet finished",
+            "security": BEARER,
+            "parameters": [BATCH_ID],
+            "responses": {"202": json_answer("canceled", ref("BatchCanceled")),
+                          "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
+        },
+    },
+    "/batches/{batch_id}/": {
+        "get": {
+            "operationId": "batchPage",
+            "summary": "the live page of a batch: overall bar, counts, one live row per member",
+            "parameters": [BATCH_ID],
+            "responses": {"200": {"description": "the page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "404": {"description": "no such batch"}, **READS},
         },
     },
     "/api/v1/openapi.json": {
