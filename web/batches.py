@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, url_for
@@ -30,7 +30,7 @@ from progress_service.models import ms_from_iso, validate_id
 from . import read_tokens
 from .api import json_object, rq_connection
 from .auth import BATCH, read_access, require_token
-from .events import RETRY_MS, EventStream, event_hub, last_event_id
+from .events import RETRY_MS, EventStream, app_object, event_hub, last_event_id
 from .fanout import SHUTDOWN, Subscription
 from .job_lookup import find_job, mirror, progress_store, recent_jobs
 from .pages import POLL_MS
@@ -121,7 +121,7 @@ class BatchEventStream(EventStream):
         self._frames = self._follow(feed, first, keepalive)
 
     def _follow(self, feed: BatchFeed, first: list[tuple[int, str, dict[str, Any]]],
-                keepalive: float) -> Iterator[bytes]:
+                keepalive: float) -> Generator[bytes, None, None]:
         yield f"retry: {RETRY_MS}\n\n".encode()
         for event in first:
             yield batch_frame(event)
@@ -196,8 +196,8 @@ def batch_events(batch_id: str):
         sub.close()
         raise
     keepalive = float(current_app.config["PROGRESS_SSE_KEEPALIVE"])  # create_app: the settings' own
-    body = BatchEventStream(current_app._get_current_object(), sub, feed, first, keepalive)
-    return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
+    stream = BatchEventStream(app_object(), sub, feed, first, keepalive)
+    return Response(stream, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 @bp.get("/batches/<batch_id>/")

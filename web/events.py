@@ -71,6 +71,12 @@ def event_hub() -> EventHub:
     return current_app.extensions["progress_events"]
 
 
+def app_object() -> Flask:
+    """The app behind ``current_app``, for a stream that outlives the request's context."""
+    # current_app is a werkzeug LocalProxy; Flask types it as Flask itself.
+    return cast("LocalProxy[Flask]", current_app)._get_current_object()
+
+
 def last_event_id() -> int | None:
     """The seq a reconnecting client has: ``Last-Event-ID``, else ``?last_event_id=``.
 
@@ -221,8 +227,7 @@ def job_events(job_id: str):
         raise
     sub.offer(current)
     keepalive = float(current_app.config["PROGRESS_SSE_KEEPALIVE"])  # create_app: the settings' own
-    app = cast("LocalProxy[Flask]", current_app)._get_current_object()  # Flask types the proxy as Flask
-    body = EventStream(app, sub, backlog, current, keepalive)
+    body = EventStream(app_object(), sub, backlog, current, keepalive)
     logger.debug("job %s: stream opened (after seq %s)", job_id, after)
     return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
