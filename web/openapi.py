@@ -130,6 +130,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "paper_id": ID,
             "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
             "enqueue": {"type": "boolean", "default": True,
                         "description": "false, with steps: a tracked job that no worker runs"},
             "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -146,6 +147,30 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "status_url": {"type": "string", "description": "the snapshot (GET)"},
             "events_url": {"type": "string", "description": "its event stream"},
             "page_url": {"type": "string", "description": "the paper's live page"},
+            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
+    "BatchRequest": {
+        "type": "object",
+        "required": ["paper_ids"],
+        "properties": {
+            "paper_ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": 1000},
+            "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "name": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "BatchSubmitted": {
+        "type": "object",
+        "required": ["batch_id", "job_ids", "status_url", "events_url", "page_url"],
+        "properties": {
+            "batch_id": ID,
+            "job_ids": {"type": "array", "items": ID},
+            "status_url": {"type": "string"},
+            "events_url": {"type": "string"},
+            "page_url": {"type": "string"},
             "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
         },
         "additionalProperties": False,
@@ -229,6 +254,14 @@ SCHEMAS["Canceled"]["required"].append("status_url")
 SCHEMAS["Canceled"]["properties"]["status_url"] = {"type": "string"}
 
 
+# the batch cancel answer: the batch's snapshot after it, and the members it canceled
+SCHEMAS["BatchCanceled"] = copy.deepcopy(SCHEMAS["BatchSnapshot"])
+SCHEMAS["BatchCanceled"].update(description="the batch's snapshot after the cancel, and the "
+                                            "members it canceled")
+SCHEMAS["BatchCanceled"]["required"].append("canceled_job_ids")
+SCHEMAS["BatchCanceled"]["properties"]["canceled_job_ids"] = {"type": "array", "items": ID}
+
+
 def error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": ref("Error")}}}
 
@@ -254,6 +287,11 @@ def json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": ref("Id")}
+BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": ref("Id")}
+# an event stream resumes after the id a client has: the header, or the query for clients that cannot set it
+SEQ = {"type": "string", "pattern": "^[0-9]+$"}
+RESUME = [{"name": "Last-Event-ID", "in": "header", "schema": SEQ},
+          {"name": "last_event_id", "in": "query", "schema": SEQ}]
 PAPER_ID = {"name": "paper_id", "in": "path", "required": True, "schema": ref("Id")}
 READS = {"400": respond("BadInput"), "503": respond("BackendDown")}
 WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
@@ -317,9 +355,7 @@ PATHS: dict[str, dict[str, Any]] = {
                            "(header, or ?last_event_id=) the events after that seq, then the live "
                            "ones. web/static/progress-client.js follows it from any page.",
             "parameters": [
-                JOB_ID,
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                JOB_ID, *RESUME,
             ],
             "responses": {
                 "200": {"description": "the stream; each event's data is a Snapshot",
@@ -371,6 +407,66 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [JOB_ID],
             "responses": {"202": json_answer("canceled", ref("Canceled")),
                           "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
+        },
+    },
+    "/api/v1/batches": {
+        "post": {
+            "operationId": "submitBatch",
+            "summary": "submit one job per paper, as one batch",
+            "security": BEARER,
+            "requestBody": {"required": True, "content": {JSON: {"schema": ref("BatchRequest")}}},
+            "responses": {
+                "202": {**json_answer("queued; Location is the status_url", ref("BatchSubmitted")),
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                **WRITES,
+            },
+        },
+    },
+    "/api/v1/batches/{batch_id}": {
+        "get": {
+            "operationId": "getBatch",
+            "summary": "the batch's snapshot; from PostgreSQL once Redis has expired it",
+            "parameters": [BATCH_ID],
+            "responses": {"200": json_answer("the batch snapshot", ref("BatchSnapshot")),
+                          "404": respond("NotFound"), **READS},
+        },
+    },
+    "/api/v1/batches/{batch_id}/events": {
+        "get": {
+            "operationId": "followBatch",
+            "summary": "Server-Sent Events: `event: batch` (the BatchSnapshot) and `event: "
+                       "progress` (a member's Snapshot), increasing `id:`; ends after the batch "
+                       "finishes",
+            "parameters": [
+                BATCH_ID, *RESUME,
+            ],
+            "responses": {
+                "200": {"description": "the stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "204": {"description": "the batch has finished and the client has its last event"},
+                "404": respond("NotFound"),
+                **READS,
+            },
+        },
+    },
+    "/api/v1/batches/{batch_id}/cancel": {
+        "post": {
+            "operationId": "cancelBatch",
+            "summary": "cancel every member not yet finished",
+            "security": BEARER,
+            "parameters": [BATCH_ID],
+            "responses": {"202": json_answer("canceled", ref("BatchCanceled")),
+                          "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
+        },
+    },
+    "/batches/{batch_id}/": {
+        "get": {
+            "operationId": "batchPage",
+            "summary": "the live page of a batch: overall bar, counts, one live row per member",
+            "parameters": [BATCH_ID],
+            "responses": {"200": {"description": "the page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "404": {"description": "no such batch"}, **READS},
         },
     },
     "/api/v1/openapi.json": {
