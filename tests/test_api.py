@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 
 import pytest
 import redis
-from conftest import CLOSED_REDIS_URL, wait_until
+from helpers import CLOSED_REDIS_URL, wait_until
 from openapi_check import OpenApiClient
 
 from progress_service.models import DEFAULT_STEPS

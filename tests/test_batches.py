@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import CLOSED_DATABASE_URL, CLOSED_REDIS_URL, cli_env, wait_until
+from helpers import CLOSED_DATABASE_URL, CLOSED_REDIS_URL, cli_env, wait_until
 from openapi_check import OpenApiClient
 
 from progress_service import ProgressStore, Settings

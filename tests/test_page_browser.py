@@ -77,7 +77,7 @@ def store(real_redis_url, module_key_prefix):
 def browser():
     if not Path(CHROMIUM).exists():
         # Skipped, saying why, on a bare machine; a failure in strict mode (CI installs it).
-        from conftest import unavailable
+        from helpers import unavailable
         unavailable(f"{CHROMIUM} is missing: apt-get install chromium (never a downloaded browser)")
     from playwright.sync_api import sync_playwright
 
