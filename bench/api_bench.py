@@ -33,6 +33,8 @@ from gevent import socket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import _common  # noqa: E402
+
 from progress_cli.embedded import find_free_port  # noqa: E402
 from progress_cli.web_commands import gunicorn_argv  # noqa: E402
 from progress_service.config import Settings  # noqa: E402
@@ -114,7 +116,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="keep-alive connections")
     args = parser.parse_args()
 
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url = _common.redis_url()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "REDIS_URL": redis_url, "PROGRESS_KEY_PREFIX": prefix,
            "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/postgres",

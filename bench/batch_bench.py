@@ -13,34 +13,23 @@ so a busy machine slows both alike.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import sys
-import uuid
 from pathlib import Path
 
-import redis
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from update_bench import interleaved  # noqa: E402
-
-from progress_service import ProgressStore, Settings  # noqa: E402
 
 GOAL = 1 / 1.2  # a member's update at most 20 % slower than a lone job's
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    ap = _common.arguments(__doc__, seconds=3.0)
     ap.add_argument("--members", type=int, default=1000, help="members of the batch read")
     args = ap.parse_args()
 
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env({"REDIS_URL": url, "PROGRESS_KEY_PREFIX": prefix})
-    client = redis.Redis.from_url(url, decode_responses=True)
-    store = ProgressStore(client, settings)
+    url, prefix, client, store = _common.redis_store(decode_responses=True)
     try:
         job_ids = [f"m{i}" for i in range(args.members)]
         store.create_batch("b", job_ids, "video")
@@ -59,8 +48,7 @@ def main() -> int:
             2 * args.seconds,
         )
     finally:
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.unlink(key)
+        _common.drop_keys(client, f"{prefix}*")
 
     print(f"redis {client.info('server')['redis_version']} at {url}")
     print(f"one job's snapshot (store.get)              {one:>10,.0f} reads/s")

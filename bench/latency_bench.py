@@ -19,7 +19,6 @@ figures are over every step of every round. Targets: ours p50 <= 2 ms, p99 <= 10
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,6 +33,8 @@ import redis
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent.parent))
+
+import _common  # noqa: E402
 
 from progress_service import ProgressStore, Settings  # noqa: E402
 from progress_service.store import connect  # noqa: E402
@@ -138,14 +139,13 @@ def main() -> int:
         url, channel, n, out, mode = sys.argv[2:7]
         subscriber_main(url, channel, int(n), out, mode)
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _common.arguments(__doc__)
     ap.add_argument("--steps", type=int, default=200, help="STEP lines per round (>= 200 for the target)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of each path, alternating")
     ap.add_argument("--gap-ms", type=float, default=2.0, help="pause between two STEP lines")
     args = ap.parse_args()
 
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    url, prefix = _common.redis_url(), _common.key_prefix()
     settings = Settings.from_env({"REDIS_URL": url, "PROGRESS_KEY_PREFIX": prefix,
                                   "PROGRESS_MIN_INTERVAL": os.environ.get("PROGRESS_MIN_INTERVAL", "1.0")})
     store = ProgressStore(connect(settings), settings)

@@ -17,7 +17,6 @@ and the ratios. Target: the mirror >= 5,000 jobs/s.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -26,11 +25,12 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from progress_service import ProgressStore, Settings, migrations  # noqa: E402
+import _common  # noqa: E402
+
+from progress_service import ProgressStore, migrations  # noqa: E402
 from progress_service.mirror import COLUMNS, Mirror  # noqa: E402
 from progress_service.models import DEFAULT_STEPS  # noqa: E402
 
@@ -63,18 +63,14 @@ def make_jobs(store: ProgressStore, n: int) -> list[str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _common.arguments(__doc__)
     ap.add_argument("--jobs", type=int, default=10000, help="finished jobs to mirror")
     ap.add_argument("--batch", type=int, default=500, help="jobs per batch (one transaction each)")
     args = ap.parse_args()
 
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     database_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env({"REDIS_URL": redis_url, "PROGRESS_KEY_PREFIX": prefix})
-    client = redis.Redis.from_url(redis_url)
-    store = ProgressStore(client, settings)
+    _, prefix, client, store = _common.redis_store()
     admin = psycopg.connect(database_url, autocommit=True)
     admin.execute(f'CREATE SCHEMA "{schema}"')
     url = with_search_path(database_url, schema)
@@ -119,14 +115,12 @@ def main() -> int:
         print(f"floor: COPY, rows prebuilt:                           {copy_rate:10,.0f} jobs/s")
         print(f"ratio mirror / executemany floor: {mirror_rate / insert_rate:.2f}")
         print(f"ratio mirror / COPY floor:        {mirror_rate / copy_rate:.2f}")
-        verdict = "meets" if mirror_rate >= TARGET else "MISSES"
-        print(f"target >= {TARGET:,.0f} jobs/s: {verdict}")
-        return 0 if mirror_rate >= TARGET else 1
+        return _common.verdict(f"target >= {TARGET:,.0f} jobs/s", mirror_rate >= TARGET,
+                               "meets", "MISSES")
     finally:
         admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         admin.close()
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            client.unlink(key)
+        _common.drop_keys(client, f"{prefix}:*")
         client.close()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _common  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from worker.parser import ProgressTracker, parse_line  # noqa: E402
@@ -105,9 +106,7 @@ def main() -> int:
     print(f"parse_line + ProgressTracker.feed: {parser_rate:>12,.0f} lines/s")
     print(f"floor (str.split per line):        {floor_rate:>12,.0f} lines/s")
     print(f"ratio (floor / parser):            {floor_rate / parser_rate:>12.1f}x")
-    verdict = "ok" if parser_rate >= TARGET else "BELOW TARGET"
-    print(f"target {TARGET:,} lines/s: {verdict}")
-    return 0 if parser_rate >= TARGET else 1
+    return _common.verdict(f"target {TARGET:,} lines/s", parser_rate >= TARGET, "ok", "BELOW TARGET")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ from gevent import socket  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import _common  # noqa: E402
+
 from progress_cli.embedded import find_free_port  # noqa: E402
 from progress_cli.web_commands import gunicorn_argv  # noqa: E402
 from progress_service.config import Settings  # noqa: E402
@@ -289,8 +291,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.unlink(key)
+        _common.drop_keys(client, f"{prefix}*")
         client.close()
 
 

@@ -11,17 +11,12 @@ and the ratios. Targets: one at a time >= 0.8x the floor (issue 14); batched >= 
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import statistics
 import sys
 import time
-import uuid
 
-import redis
-
-from progress_service import ProgressStore, Settings
+import _common
 
 
 def rate(fn, seconds: float) -> float:
@@ -51,16 +46,11 @@ def interleaved(a, b, seconds: float, rounds: int = 7) -> tuple[float, float, fl
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    ap = _common.arguments(__doc__, seconds=3.0)
     ap.add_argument("--batch", type=int, default=500, help="updates per pipelined batch")
     args = ap.parse_args()
 
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env({"REDIS_URL": url, "PROGRESS_KEY_PREFIX": prefix})
-    client = redis.Redis.from_url(url)
-    store = ProgressStore(client, settings)
+    url, prefix, client, store = _common.redis_store()
     try:
         floor_sha = client.script_load("return 1")
         store.create_job("one", "31452104")
@@ -87,8 +77,7 @@ def main() -> int:
 
         batched = rate(batch, args.seconds / 2) * args.batch
     finally:
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.unlink(key)
+        _common.drop_keys(client, f"{prefix}*")
 
     print(f"redis {client.info('server')['redis_version']} at {url}")
     print(f"floor: bare EVALSHA 'return 1'      {floor:>10,.0f} calls/s")

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from progress_cli import exit_codes
+from progress_cli.parsers import add_command
 from progress_service import JobNotFound, ProgressStore, Settings
 from progress_service.errors import BackendUnavailable
 
@@ -75,44 +76,39 @@ examples:
 
 
 def register(subparsers) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-
-    watch = subparsers.add_parser(
-        "watch", help="a live terminal bar of one job (or a batch), from pub/sub",
+    watch = add_command(
+        subparsers, "watch", cmd_watch, help="a live terminal bar of one job (or a batch), from pub/sub",
         description="Draw a live progress bar of JOB_ID on stderr until it ends; print the "
         "final state on stdout. The exit status tells how the job ended.",
-        epilog=WATCH_EPILOG, formatter_class=fmt)
+        epilog=WATCH_EPILOG)
     watch.add_argument("job_id", metavar="JOB_ID|BATCH_ID",
                        help="the job's or the batch's id (what submit printed); a batch: one line "
                             "per member (as many as the terminal has rows for) and a total")
     watch.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                        help="give up after this many seconds (exit 124)")
-    watch.set_defaults(handler=cmd_watch)
 
-    mirror = subparsers.add_parser(
-        "mirror", help="copy every finished job not yet in PostgreSQL",
+    mirror = add_command(
+        subparsers, "mirror", cmd_mirror, help="copy every finished job not yet in PostgreSQL",
         description="Copy every finished job that PostgreSQL lacks into progress_jobs: first "
         "the jobs queued for the mirror, then a SCAN of Redis for any the queue lost.",
-        epilog=MIRROR_EPILOG, formatter_class=fmt)
+        epilog=MIRROR_EPILOG)
     mirror.add_argument("--no-scan", action="store_true",
                         help="only the queued jobs; skip the SCAN of every job in Redis")
-    mirror.set_defaults(handler=cmd_mirror)
 
-    db = subparsers.add_parser(
-        "db", help="the PostgreSQL schema: upgrade, status",
+    db = add_command(
+        subparsers, "db", help="the PostgreSQL schema: upgrade, status",
         description="Manage the PostgreSQL schema (table progress_jobs) at DATABASE_URL.",
-        epilog=DB_EPILOG, formatter_class=fmt)
+        epilog=DB_EPILOG)
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    upgrade = db_sub.add_parser(
-        "upgrade", help="create or upgrade the schema",
+    add_command(
+        db_sub, "upgrade", cmd_db_upgrade, help="create or upgrade the schema",
         description="Create or upgrade the PostgreSQL schema at DATABASE_URL.",
-        epilog=UPGRADE_EPILOG, formatter_class=fmt)
-    upgrade.set_defaults(handler=cmd_db_upgrade)
-    status = db_sub.add_parser(
-        "status", help="the applied and the pending migrations",
+        epilog=UPGRADE_EPILOG)
+    add_command(
+        db_sub, "status", cmd_db_status, help="the applied and the pending migrations",
         description="Print the migrations applied at DATABASE_URL and the pending ones; "
-        "exit 78 (the schema is not usable yet) if any is pending, 0 if none.")
-    status.set_defaults(handler=cmd_db_status)
+        "exit 78 (the schema is not usable yet) if any is pending, 0 if none.",
+        formatter_class=argparse.HelpFormatter)
 
     from progress_cli import demo
 

@@ -17,6 +17,7 @@ import threading
 import uuid
 
 from progress_cli import exit_codes
+from progress_cli.parsers import add_command
 from progress_service import JobConflict, ProgressStore, Settings
 from progress_service.config import redacted_url
 from progress_service.errors import BackendUnavailable, InvalidInput
@@ -94,12 +95,10 @@ examples:
 
 
 def register(subparsers) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-
-    worker = subparsers.add_parser(
-        "worker", help="an RQ worker for the pipeline queue (with the lost-job sweeper and the mirror)",
-        description="Run an RQ worker on the pipeline queue.", epilog=WORKER_EPILOG,
-        formatter_class=fmt)
+    worker = add_command(
+        subparsers, "worker", cmd_worker,
+        help="an RQ worker for the pipeline queue (with the lost-job sweeper and the mirror)",
+        description="Run an RQ worker on the pipeline queue.", epilog=WORKER_EPILOG)
     worker.add_argument("--burst", action="store_true",
                         help="exit once the queue is empty instead of waiting for jobs")
     worker.add_argument("--mirror", dest="mirror", action="store_true", default=True,
@@ -110,12 +109,11 @@ def register(subparsers) -> None:
                         help="run jobs in this process (RQ's SimpleWorker) instead of a forked "
                              "work horse")
     worker.add_argument("--name", default=None, help="the worker's name (default: a random one)")
-    worker.set_defaults(handler=cmd_worker)
 
-    submit = subparsers.add_parser(
-        "submit", help="queue a pipeline job for a paper; prints the job id",
+    submit = add_command(
+        subparsers, "submit", cmd_submit, help="queue a pipeline job for a paper; prints the job id",
         description="Create a job for PAPER_ID (pending) and queue it for a worker.",
-        epilog=SUBMIT_EPILOG, formatter_class=fmt)
+        epilog=SUBMIT_EPILOG)
     submit.add_argument("paper_ids", metavar="PAPER_ID", nargs="+",
                         help="the paper, e.g. a PubMed id (see `progress-service papers`); "
                              "several: one batch of one job each, and the batch id is printed")
@@ -129,21 +127,19 @@ def register(subparsers) -> None:
                         help="follow the job with a live bar; the exit status tells how it ended")
     submit.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                         help="with --wait: give up waiting after this long (exit 124)")
-    submit.set_defaults(handler=cmd_submit)
 
-    cancel = subparsers.add_parser(
-        "cancel", help="cancel a job, or every unfinished job of a batch",
+    cancel = add_command(
+        subparsers, "cancel", cmd_cancel, help="cancel a job, or every unfinished job of a batch",
         description="Cancel JOB_ID (its process tree killed if it runs), or BATCH_ID: the batch "
         "ends canceled and every member not yet finished is canceled.",
-        epilog=CANCEL_EPILOG, formatter_class=fmt)
+        epilog=CANCEL_EPILOG)
     cancel.add_argument("job_id", metavar="JOB_ID|BATCH_ID", help="what submit printed")
-    cancel.set_defaults(handler=cmd_cancel)
 
-    run = subparsers.add_parser(
-        "run", help="run any command as a tracked job (no queue); exits with its code",
+    run = add_command(
+        subparsers, "run", cmd_run, help="run any command as a tracked job (no queue); exits with its code",
         description="Run CMD as a tracked job and exit with its exit status.",
         usage="progress-service run [options] -- CMD [ARG ...]",
-        epilog=RUN_EPILOG, formatter_class=fmt)
+        epilog=RUN_EPILOG)
     run.add_argument("--job-id", default=None, metavar="ID", help="the job's id (default: a random one)")
     run.add_argument("--paper-id", default=None, metavar="ID",
                      help="the paper the job belongs to (default: the job id)")
@@ -160,13 +156,11 @@ def register(subparsers) -> None:
     run.add_argument("--quiet", action="store_true", help="neither a bar nor CMD's output")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD",
                      help="the command and its arguments, after --")
-    run.set_defaults(handler=cmd_run)
 
-    papers = subparsers.add_parser(
-        "papers", help="the paper ids of the bundled offline set, with titles",
+    add_command(
+        subparsers, "papers", cmd_papers, help="the paper ids of the bundled offline set, with titles",
         description="List the bundled papers: id, a tab, the year and title.",
-        epilog=PAPERS_EPILOG, formatter_class=fmt)
-    papers.set_defaults(handler=cmd_papers)
+        epilog=PAPERS_EPILOG)
 
 
 def _seconds(text: str) -> float:
