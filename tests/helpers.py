@@ -4,6 +4,7 @@ conftest.py imports from here what its fixtures need; fixtures stay there.
 
 - ``wait_until``: a poll with a deadline, in place of a fixed sleep.
 - ``read_pids``: the process ids a test command wrote to a file.
+- ``tree_script``: a command that starts grandchildren, writes their pids, and waits.
 - ``cli_env``: the environment of a ``progress-service`` subprocess.
 - ``write_worker_launcher``: a worker that knows a test's own pipelines.
 - ``unavailable``: skip for want of a backend (fail in strict mode).
@@ -65,6 +66,28 @@ def read_pids(path: Path) -> list[int] | None:
     except FileNotFoundError:
         return None
     return [int(x) for x in text.split()] if text.endswith("\n") else None
+
+
+def tree_script(step_line: str, progress_line: str, escape: bool = False) -> str:
+    """Python source of a command that starts a grandchild in its process group (``stay``)
+    and, with ``escape``, one that leaves the group (setsid); prints ``step_line`` and
+    ``progress_line``; writes "own pid, grandchild[, escaped grandchild]" to argv[1] (whole
+    once it ends with a newline: see ``read_pids``); then waits two minutes."""
+    sleeper = '[sys.executable, "-c", "import time; time.sleep(120)"]'
+    pids = "{os.getpid()} {stay.pid}"
+    lines = ["import os, subprocess, sys, time", f"stay = subprocess.Popen({sleeper})"]
+    if escape:
+        lines.append(f"escape = subprocess.Popen({sleeper}, start_new_session=True)")
+        pids += " {escape.pid}"
+    return "\n".join([
+        *lines,
+        f"print({step_line!r}, flush=True)",
+        f"print({progress_line!r}, flush=True)",
+        'with open(sys.argv[1] + ".tmp", "w") as f:',
+        '    f.write(f"' + pids + '\\n")',
+        'os.rename(sys.argv[1] + ".tmp", sys.argv[1])',
+        "time.sleep(120)",
+    ]) + "\n"
 
 
 def cli_env(settings, **values: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli_env, read_pids, wait_until, write_worker_launcher
+from helpers import cli_env, read_pids, tree_script, wait_until, write_worker_launcher
 from rq import Worker
 from rq.job import Job, JobStatus
 
@@ -35,16 +35,7 @@ from worker.process_tree import process_alive
 ROOT = Path(__file__).resolve().parent.parent
 
 # Starts a grandchild in its process group, writes "pid grandchild" to argv[1], waits.
-TREE = """
-import os, subprocess, sys, time
-stay = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-print("STEP 1/2 a", flush=True)
-print("PROGRESS 25 waiting", flush=True)
-with open(sys.argv[1] + ".tmp", "w") as f:
-    f.write(f"{os.getpid()} {stay.pid}\\n")
-os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-time.sleep(120)
-"""
+TREE = tree_script("STEP 1/2 a", "PROGRESS 25 waiting")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import redis
-from helpers import read_pids, wait_until
+from helpers import read_pids, tree_script, wait_until
 from tcp_proxy import TcpProxy
 
 from progress_service import JobNotFound, ProgressStore
@@ -44,18 +44,7 @@ def non_decreasing(values) -> bool:
 
 # A command that starts two grandchildren: one in its process group, one that leaves
 # it (setsid), writes "own pid, grandchild, escaped grandchild" to argv[1], then waits.
-TREE = """
-    import os, subprocess, sys, time
-    stay = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    escape = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                              start_new_session=True)
-    print("STEP a", flush=True)
-    print("PROGRESS 10 started", flush=True)
-    with open(sys.argv[1] + ".tmp", "w") as f:
-        f.write(f"{os.getpid()} {stay.pid} {escape.pid}\\n")
-    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-    time.sleep(120)
-"""
+TREE = tree_script("STEP a", "PROGRESS 10 started", escape=True)
 
 
 def test_a_command_completes_with_its_result_and_every_step_in_order(store, settings):

@@ -21,7 +21,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import redis
-from helpers import CLOSED_DATABASE_URL, read_pids, wait_until
+from helpers import CLOSED_DATABASE_URL, read_pids, tree_script, wait_until
 from rq.job import Job, JobStatus
 
 from progress_service import InvalidInput, JobConflict, JobNotFound
@@ -35,16 +35,7 @@ from worker.process_tree import process_alive
 FIVE = ["fetch-paper", "generate-script", "generate-audio", "generate-videos", "assemble-video"]
 
 # A pipeline command that starts a grandchild, writes "pid grandchild" to argv[1], then waits.
-TREE = """
-    import os, subprocess, sys, time
-    stay = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    print("STEP 1/2 a", flush=True)
-    print("PROGRESS 20 working", flush=True)
-    with open(sys.argv[1] + ".tmp", "w") as f:
-        f.write(f"{os.getpid()} {stay.pid}\\n")
-    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-    time.sleep(120)
-"""
+TREE = tree_script("STEP 1/2 a", "PROGRESS 20 working")
 
 FAIL = """
     import sys

@@ -89,6 +89,16 @@ def rq_connection():
     return ext["progress_rq"]
 
 
+def run_cancel(cancel, target_id: str, field: str):
+    """A cancel request's common part: ``target_id`` checked as ``field``, the body an empty
+    JSON object (or none), then ``cancel`` (``queue.cancel_job`` or ``queue.cancel_batch``)
+    run on it; returns what ``cancel`` returns."""
+    validate_id(target_id, field)
+    json_object(set())
+    store = progress_store()
+    return cancel(store.settings, target_id, store=store, redis_conn=rq_connection())
+
+
 @bp.post("/jobs")
 @require_token
 def submit_job():
@@ -183,10 +193,7 @@ def job_history(job_id: str):
 @bp.post("/jobs/<job_id>/cancel")
 @require_token
 def cancel_job(job_id: str):
-    validate_id(job_id, "job_id")
-    json_object(set())
-    store = progress_store()
-    outcome = queue.cancel_job(store.settings, job_id, store=store, redis_conn=rq_connection())
+    outcome = run_cancel(queue.cancel_job, job_id, "job_id")
     answer = dict(outcome or {})
     answer.setdefault("job_id", job_id)
     answer.setdefault("status_url", url_for("api.get_job", job_id=job_id))

@@ -28,7 +28,7 @@ from progress_service.errors import BackendUnavailable, JobNotFound
 from progress_service.models import ms_from_iso, validate_id
 
 from . import read_tokens
-from .api import json_object, rq_connection
+from .api import json_object, rq_connection, run_cancel
 from .auth import BATCH, read_access, require_token
 from .events import RETRY_MS, EventStream, app_object, event_hub, last_event_id
 from .fanout import SHUTDOWN, Subscription
@@ -99,10 +99,7 @@ def get_batch(batch_id: str):
 @bp.post("/api/v1/batches/<batch_id>/cancel")
 @require_token
 def cancel_batch(batch_id: str):
-    validate_id(batch_id, "batch_id")
-    json_object(set())
-    store = progress_store()
-    canceled = queue.cancel_batch(store.settings, batch_id, store=store, redis_conn=rq_connection())
+    canceled = run_cancel(queue.cancel_batch, batch_id, "batch_id")
     return jsonify({**require_batch(batch_id), "canceled_job_ids": canceled}), 202
 
 
