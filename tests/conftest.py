@@ -102,13 +102,14 @@ def redis_server_bin() -> str | None:
     return redis_server_binary()
 
 
+def configured_url(name: str, default: str) -> str:
+    """``PROGRESS_TEST_<name>``, else ``<name>``, else ``default``."""
+    return os.environ.get(f"PROGRESS_TEST_{name}") or os.environ.get(name) or default
+
+
 @pytest.fixture(scope="session")
 def real_redis_url(redis_server_bin):
-    url = (
-        os.environ.get("PROGRESS_TEST_REDIS_URL")
-        or os.environ.get("REDIS_URL")
-        or "redis://127.0.0.1:6379/0"
-    )
+    url = configured_url("REDIS_URL", "redis://127.0.0.1:6379/0")
     if redis_answers(url):
         yield url
         return
@@ -128,11 +129,7 @@ def restartable_redis(redis_server_bin):
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    url = (
-        os.environ.get("PROGRESS_TEST_DATABASE_URL")
-        or os.environ.get("DATABASE_URL")
-        or "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
+    url = configured_url("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     if postgres_answers(url):
         yield url
         return
@@ -158,6 +155,22 @@ def redis_cluster(redis_server_bin):
 
     with EmbeddedRedisCluster(3, binary=redis_server_bin) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def cluster_store(redis_cluster, key_prefix):
+    """A ProgressStore on the session's Redis Cluster, under this test's own prefix."""
+    from progress_service import ProgressStore, Settings
+    from progress_service.store import connect
+
+    settings = Settings.from_env({
+        "PROGRESS_REDIS_URL": redis_cluster.url,
+        "PROGRESS_REDIS_CLUSTER": "1",
+        "PROGRESS_KEY_PREFIX": key_prefix,
+    })
+    client = connect(settings)
+    yield ProgressStore(client, settings)
+    client.close()
 
 
 @pytest.fixture

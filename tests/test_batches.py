@@ -319,17 +319,12 @@ def test_race_on_redis(connected_store, real_redis_url):
 
 
 @pytest.mark.backend
-def test_race_on_a_cluster(redis_cluster, key_prefix):
-    settings = Settings.from_env({"PROGRESS_REDIS_URL": redis_cluster.url, "PROGRESS_REDIS_CLUSTER": "1",
-                                  "PROGRESS_KEY_PREFIX": key_prefix})
-    store = ProgressStore(connect(settings), settings)
-    try:
-        nodes = {store.client.nodes_manager.get_node_from_slot(store.client.keyslot(store.keys.job(f"race-m{i}"))).name
-                 for i in range(20)}
-        assert len(nodes) >= 2
-        run_race(store, redis_cluster.url, cluster=True)
-    finally:
-        store.client.close()
+def test_race_on_a_cluster(redis_cluster, cluster_store):
+    store = cluster_store
+    nodes = {store.client.nodes_manager.get_node_from_slot(store.client.keyslot(store.keys.job(f"race-m{i}"))).name
+             for i in range(20)}
+    assert len(nodes) >= 2
+    run_race(store, redis_cluster.url, cluster=True)
 
 
 # -- the batch's event stream ----------------------------------------------------
@@ -473,35 +468,30 @@ def test_the_batch_bench_runs_at_a_tiny_size(real_redis_url):
 
 
 @pytest.mark.backend
-def test_the_batch_log_on_a_cluster_reads_every_node(redis_cluster, key_prefix):
+def test_the_batch_log_on_a_cluster_reads_every_node(cluster_store):
     from progress_service.batches import BATCH_PLACE, ID_STRIDE, BatchFeed
 
-    settings = Settings.from_env({"PROGRESS_REDIS_URL": redis_cluster.url, "PROGRESS_REDIS_CLUSTER": "1",
-                                  "PROGRESS_KEY_PREFIX": key_prefix})
-    store = ProgressStore(connect(settings), settings)
-    try:
-        job_ids = make_batch(store, "log", 12)
-        upto, histories = store.member_histories(job_ids)
-        feed = BatchFeed(store.batch_fields("log"), histories, upto * ID_STRIDE + BATCH_PLACE)
-        assert feed.snapshot(upto)["pending"] == 12
-        for i, job_id in enumerate(job_ids):
-            store.update(job_id, progress_percent=50)
-            store.update(job_id, status="failed" if i == 0 else "completed")
-        events: list = []
+    store = cluster_store
+    job_ids = make_batch(store, "log", 12)
+    upto, histories = store.member_histories(job_ids)
+    feed = BatchFeed(store.batch_fields("log"), histories, upto * ID_STRIDE + BATCH_PLACE)
+    assert feed.snapshot(upto)["pending"] == 12
+    for i, job_id in enumerate(job_ids):
+        store.update(job_id, progress_percent=50)
+        store.update(job_id, status="failed" if i == 0 else "completed")
+    events: list = []
 
-        def caught_up() -> bool:
-            upto, histories = store.member_histories(job_ids, feed.cursor // ID_STRIDE)
-            events.extend(feed.advance(histories, upto))
-            return feed.finished()
+    def caught_up() -> bool:
+        upto, histories = store.member_histories(job_ids, feed.cursor // ID_STRIDE)
+        events.extend(feed.advance(histories, upto))
+        return feed.finished()
 
-        wait_until(caught_up, timeout=5, what="the log reaches every member's end")
-        progress = [e for e in events if e[1] == "progress"]
-        assert {e[2]["job_id"] for e in progress} == set(job_ids)
-        assert events[-1][1] == "batch" and events[-1][2]["status"] == "failed"
-        assert counts_of(events[-1][2]) == counts_of(store.get_batch("log"))
-        assert [e[0] for e in events] == sorted({e[0] for e in events})
-    finally:
-        store.client.close()
+    wait_until(caught_up, timeout=5, what="the log reaches every member's end")
+    progress = [e for e in events if e[1] == "progress"]
+    assert {e[2]["job_id"] for e in progress} == set(job_ids)
+    assert events[-1][1] == "batch" and events[-1][2]["status"] == "failed"
+    assert counts_of(events[-1][2]) == counts_of(store.get_batch("log"))
+    assert [e[0] for e in events] == sorted({e[0] for e in events})
 
 
 def test_the_mirror_keeps_a_finished_batch_nobody_read(connected_store, pg_settings, db_url):

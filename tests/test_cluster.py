@@ -6,22 +6,9 @@ import threading
 
 import pytest
 
-from progress_service import ProgressStore, Settings
-from progress_service.store import connect
+from progress_service import Settings
 
 pytestmark = pytest.mark.backend
-
-
-@pytest.fixture
-def cluster_store(redis_cluster, key_prefix):
-    settings = Settings.from_env({
-        "PROGRESS_REDIS_URL": redis_cluster.url,
-        "PROGRESS_REDIS_CLUSTER": "1",
-        "PROGRESS_KEY_PREFIX": key_prefix,
-    })
-    client = connect(settings)
-    yield ProgressStore(client, settings)
-    client.close()
 
 
 def test_jobs_spread_over_nodes_obey_the_rules(cluster_store):

@@ -373,24 +373,15 @@ def test_the_loop_sweeps_once_more_when_told_to_stop(store, db_url):
 # -- Redis Cluster (PROGRESS_REDIS_CLUSTER=1) ---------------------------------------------
 
 
-def test_the_mirror_works_with_the_store_on_a_redis_cluster(redis_cluster, key_prefix, db_url):
-    from progress_service import ProgressStore, Settings
-    from progress_service.store import connect
-
-    settings = Settings.from_env({"PROGRESS_REDIS_URL": redis_cluster.url, "PROGRESS_REDIS_CLUSTER": "1",
-                                  "PROGRESS_KEY_PREFIX": key_prefix})
-    client = connect(settings)
-    store = ProgressStore(client, settings)
-    try:
-        for i in range(12):
-            finish(store, f"job-{i:02d}", ("completed", "failed", "canceled")[i % 3])
-        with Mirror(store, db_url, batch_size=5) as m:
-            assert m.sweep(limit=None) == 12
-            store.client.delete(store.keys.mirror_due)
-            finish(store, "lost-entry")
-            store.client.delete(store.keys.mirror_due)
-            assert m.backfill() == 1  # the SCAN covers every node
-            assert m.fetch("job-04")["history"] == store.history("job-04")
-        assert len(rows(db_url)) == 13
-    finally:
-        client.close()
+def test_the_mirror_works_with_the_store_on_a_redis_cluster(cluster_store, db_url):
+    store = cluster_store
+    for i in range(12):
+        finish(store, f"job-{i:02d}", ("completed", "failed", "canceled")[i % 3])
+    with Mirror(store, db_url, batch_size=5) as m:
+        assert m.sweep(limit=None) == 12
+        store.client.delete(store.keys.mirror_due)
+        finish(store, "lost-entry")
+        store.client.delete(store.keys.mirror_due)
+        assert m.backfill() == 1  # the SCAN covers every node
+        assert m.fetch("job-04")["history"] == store.history("job-04")
+    assert len(rows(db_url)) == 13
