@@ -18,6 +18,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from .auth import OPEN, read_access
+
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
 ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -247,6 +249,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+SCHEMAS["TokenRequest"] = {
+    "type": "object",
+    "description": "one of job_id and batch_id",
+    "properties": {"job_id": ID, "batch_id": ID,
+                   "ttl": {"type": "integer", "minimum": 1, "maximum": 366 * 24 * 3600, "default": 604800}},
+    "additionalProperties": False,
+}
+SCHEMAS["ReadToken"] = {
+    "type": "object",
+    "required": ["read_token", "expires_at"],
+    "properties": {"read_token": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}},
+    "additionalProperties": False,
+}
+
+
 # the cancel answer: the job's snapshot after it, and where to read it
 SCHEMAS["Canceled"] = copy.deepcopy(SCHEMAS["Snapshot"])
 SCHEMAS["Canceled"].update(description="the job's snapshot after the cancel, and its status_url")
@@ -269,6 +286,8 @@ def error(description: str) -> dict[str, Any]:
 RESPONSES: dict[str, dict[str, Any]] = {
     "BadInput": error("bad input: an id that does not match the pattern, an unknown field or parameter"),
     "Unauthorized": error("the API token is missing or wrong (PROGRESS_API_TOKEN is set)"),
+    "ReadUnauthorized": error("PROGRESS_READ_AUTH=token: no token, or one that is wrong, expired, or a "
+                              "read token of another job or batch (a list needs the API token)"),
     "CrossSite": error("a write sent by a page of another site"),
     "NotFound": error("no such job"),
     "Conflict": error("the job has finished already"),
@@ -293,7 +312,7 @@ SEQ = {"type": "string", "pattern": "^[0-9]+$"}
 RESUME = [{"name": "Last-Event-ID", "in": "header", "schema": SEQ},
           {"name": "last_event_id", "in": "query", "schema": SEQ}]
 PAPER_ID = {"name": "paper_id", "in": "path", "required": True, "schema": ref("Id")}
-READS = {"400": respond("BadInput"), "503": respond("BackendDown")}
+READS = {"400": respond("BadInput"), "401": respond("ReadUnauthorized"), "503": respond("BackendDown")}
 WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
           "413": respond("TooLarge"), "415": respond("NotJson"), "503": respond("BackendDown")}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -409,6 +428,16 @@ PATHS: dict[str, dict[str, Any]] = {
                           "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
         },
     },
+    "/api/v1/tokens": {
+        "post": {
+            "operationId": "mintReadToken",
+            "summary": "a read token for one job or one batch (and its members), for ttl seconds",
+            "security": BEARER,
+            "requestBody": {"required": True, "content": {JSON: {"schema": ref("TokenRequest")}}},
+            "responses": {"201": json_answer("the token", ref("ReadToken")),
+                          "404": respond("NotFound"), **WRITES},
+        },
+    },
     "/api/v1/batches": {
         "post": {
             "operationId": "submitBatch",
@@ -494,7 +523,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "recentJobsPage",
             "summary": "the page of recent jobs, with a form to submit one",
             "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "503": respond("BackendDown")},
+                          "401": respond("ReadUnauthorized"), "503": respond("BackendDown")},
         },
     },
     "/static/{filename}": {
@@ -558,6 +587,9 @@ DOCUMENT: dict[str, Any] = {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "PROGRESS_API_TOKEN; writes need it when it is set"},
+            "readToken": {"type": "apiKey", "in": "query", "name": "token",
+                          "description": "PROGRESS_READ_AUTH=token: the API token or a read token, "
+                                         "as ?token= or as a bearer token; every read needs one"},
             "basic": {"type": "http", "scheme": "basic",
                       "description": "for a browser at /rq/: the token as the password"},
         },
@@ -571,5 +603,6 @@ def document() -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
+@read_access(OPEN)  # it describes the endpoints and holds no job's data
 def openapi_json():
     return jsonify(DOCUMENT)

@@ -4,7 +4,10 @@
  * When the stream fails the page polls the batch and its members instead (status_url and
  * members_url), and ends both once the batch has finished; finished, failures come first.
  * Everything the page shows is drawn by render() from one `state` object. No inline script
- * or style (the page's CSP): rows come from #member-row, the bars' widths are set here. */
+ * or style (the page's CSP): rows come from #member-row, the bars' widths are set here.
+ * Under PROGRESS_READ_AUTH=token (cfg.token: the token the page was opened with) fetch sends it
+ * as a bearer header, the stream and the members' links as ?token=; a batch's read token reads
+ * no list, so while polling only the batch moves, and at the end the members are read one by one. */
 (function () {
   "use strict";
   var cfg = JSON.parse(document.getElementById("page-config").textContent);
@@ -98,7 +101,7 @@
     row.setAttribute("data-status", status);
     var link = row.querySelector(".member-paper");
     link.textContent = m.paper_id || id;
-    link.href = m.paper_id ? cfg.status_base + encodeURIComponent(m.paper_id) + "/" : "#";
+    link.href = m.paper_id ? withToken(cfg.status_base + encodeURIComponent(m.paper_id) + "/") : "#";
     var badge = row.querySelector(".member-status");
     badge.textContent = status;
     badge.setAttribute("data-status", status);
@@ -110,8 +113,14 @@
     row.querySelector(".member-id").textContent = id;
   }
 
+  function withToken(url) {
+    return cfg.token ? url + (url.indexOf("?") < 0 ? "?" : "&") + "token=" + encodeURIComponent(cfg.token) : url;
+  }
+
   function getJSON(url) {
-    return fetch(url, { cache: "no-store", headers: { Accept: "application/json" } }).then(function (r) {
+    var headers = { Accept: "application/json" };
+    if (cfg.token) headers.Authorization = "Bearer " + cfg.token;
+    return fetch(url, { cache: "no-store", headers: headers }).then(function (r) {
       if (!r.ok) throw new Error(r.status);
       return r.json();
     });
@@ -130,11 +139,26 @@
     return getJSON(cfg.members_url).then(function (body) {
       body.jobs.forEach(function (m) { state.members[m.job_id] = m; });
       render();
-    }, function () {});
+    }, readMembersOneByOne);
+  }
+
+  // A batch's read token reads no list (a 401 above), but each member: once the batch has
+  // finished, the members whose end the page has not shown are read one by one.
+  function readMembersOneByOne() {
+    var base = cfg.members_url.split("?")[0] + "/";
+    (state.batch.job_ids || []).forEach(function (id) {
+      var m = state.members[id];
+      if (m && FINISHED[m.status] && (m.status !== "failed" || m.error)) return;
+      getJSON(base + encodeURIComponent(id)).then(function (snap) {
+        state.members[id] = snap;
+        render();
+      }, function () {});
+    });
   }
 
   function poll() {
-    Promise.all([getJSON(cfg.status_url), getJSON(cfg.members_url)]).then(function (both) {
+    var members = getJSON(cfg.members_url).catch(function () { return { jobs: [] }; }); // a read token: 401
+    Promise.all([getJSON(cfg.status_url), members]).then(function (both) {
       acceptBatch(both[0]);
       both[1].jobs.forEach(function (m) { state.members[m.job_id] = m; });
       finishIfDone();
@@ -150,7 +174,7 @@
 
   function openStream() {
     if (!window.EventSource) { startPolling(); return; }
-    var es = new EventSource(cfg.events_url);
+    var es = new EventSource(withToken(cfg.events_url));
     state.source = es;
     es.onopen = function () { state.mode = "live"; render(); };
     es.addEventListener("batch", function (ev) {
