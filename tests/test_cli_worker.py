@@ -338,8 +338,8 @@ def test_submit_wait_exits_with_how_the_job_ended(env, store, rq_conn, tmp_path)
     job_id = completed.stdout.split()[0]
     snap = store.get(job_id)
     assert snap["status"] == "completed" and Path(snap["result"]["video_path"]).is_file()
-    assert wait_until(lambda: Job.fetch(job_id, connection=rq_conn).get_status()
-                      == JobStatus.FINISHED, timeout=10)  # RQ records it just after the store
+    # RQ records it just after the store
+    assert wait_until(lambda: rq_status(rq_conn, job_id) == JobStatus.FINISHED, timeout=10)
     assert "100.0%" in completed.stderr
 
 
@@ -365,18 +365,13 @@ def test_cancel_a_job_in_a_forking_worker_kills_its_tree_and_the_worker_goes_on(
                         Pipeline(name="t-tree", steps=("a", "b"), command=lambda p, o: []))
     worker = start_worker(tmp_path, env, "--no-mirror", sources={"t-tree": TREE})
     try:
-        job_id = submit_job(settings, "p1", "t-tree", store=store, redis_conn=rq_conn,
-                            job_id=f"{settings.key_prefix}-fork")
-        pids_file = Path(env["PROGRESS_OUTPUT_DIR"]) / job_id / "pids"
-        pids = wait_until(lambda: read_pids(pids_file), timeout=30)
-        assert pids and all(process_alive(p) for p in pids), logs(tmp_path)
-        assert wait_until(lambda: Job.fetch(job_id, connection=rq_conn).get_status()
-                          == JobStatus.STARTED, timeout=10)
+        job_id, pids = start_tree_job(settings, store, rq_conn, env, tmp_path, "fork")
+        assert all(process_alive(p) for p in pids), logs(tmp_path)
         snap = cancel_job(settings, job_id, store=store, redis_conn=rq_conn)
         assert snap["status"] == "canceled"
         assert wait_until(lambda: not [p for p in pids if process_alive(p)], timeout=10), logs(tmp_path)
-        assert wait_until(lambda: Job.fetch(job_id, connection=rq_conn).get_status()
-                          == JobStatus.STOPPED, timeout=10), logs(tmp_path)
+        assert wait_until(lambda: rq_status(rq_conn, job_id) == JobStatus.STOPPED, timeout=10), \
+            logs(tmp_path)
         assert store.get(job_id)["status"] == "canceled"
         # The worker is still there and takes the next job.
         second = submit_job(settings, list_papers()[0].pmid, store=store, redis_conn=rq_conn,
@@ -385,6 +380,24 @@ def test_cancel_a_job_in_a_forking_worker_kills_its_tree_and_the_worker_goes_on(
             (store.get(second), logs(tmp_path))
     finally:
         assert stop_worker(worker) == 0, logs(tmp_path)
+
+
+
+def rq_status(rq_conn, job_id: str) -> JobStatus | None:
+    """The job's status as RQ records it."""
+    return Job.fetch(job_id, connection=rq_conn).get_status()
+
+
+def start_tree_job(settings, store, rq_conn, env, tmp_path, name: str) -> tuple[str, list[int]]:
+    """Submit a t-tree job (TREE) to the test's worker; once its command has written its pids
+    and RQ records it started, its id and those pids."""
+    job_id = submit_job(settings, "p1", "t-tree", store=store, redis_conn=rq_conn,
+                        job_id=f"{settings.key_prefix}-{name}")
+    pids = wait_until(lambda: read_pids(Path(env["PROGRESS_OUTPUT_DIR"]) / job_id / "pids"),
+                      timeout=30)
+    assert pids, logs(tmp_path)
+    assert wait_until(lambda: rq_status(rq_conn, job_id) == JobStatus.STARTED, timeout=10)
+    return job_id, pids
 
 
 # -- the terminal bar ----------------------------------------------------------------------
@@ -498,18 +511,12 @@ def test_rq_stop_command_alone_cancels_the_job_and_kills_its_tree(env, settings,
                         Pipeline(name="t-tree", steps=("a", "b"), command=lambda p, o: []))
     worker = start_worker(tmp_path, env, "--no-mirror", sources={"t-tree": TREE})
     try:
-        job_id = submit_job(settings, "p1", "t-tree", store=store, redis_conn=rq_conn,
-                            job_id=f"{settings.key_prefix}-stop")
-        pids = wait_until(lambda: read_pids(Path(env["PROGRESS_OUTPUT_DIR"]) / job_id / "pids"),
-                          timeout=30)
-        assert pids, logs(tmp_path)
-        assert wait_until(lambda: Job.fetch(job_id, connection=rq_conn).get_status()
-                          == JobStatus.STARTED, timeout=10)
+        job_id, pids = start_tree_job(settings, store, rq_conn, env, tmp_path, "stop")
         send_stop_job_command(rq_conn, job_id)
         assert wait_until(lambda: store.get(job_id)["status"] == "canceled", timeout=10), logs(tmp_path)
         assert wait_until(lambda: not [p for p in pids if process_alive(p)], timeout=10), logs(tmp_path)
-        assert wait_until(lambda: Job.fetch(job_id, connection=rq_conn).get_status()
-                          == JobStatus.STOPPED, timeout=10), logs(tmp_path)
+        assert wait_until(lambda: rq_status(rq_conn, job_id) == JobStatus.STOPPED, timeout=10), \
+            logs(tmp_path)
         assert worker.poll() is None, logs(tmp_path)
     finally:
         assert stop_worker(worker) == 0, logs(tmp_path)

@@ -113,14 +113,20 @@ def test_embedded_redis_cluster_spreads_keys_over_nodes():
     assert all(process_is_gone(pid) for pid in pids)
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_child(argv: list[str], timeout: float, cwd=None, **env: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` run to its end, with the repository on PYTHONPATH and ``env`` added."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        argv,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO), **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_child([sys.executable, "-c", code], 120, **env)
 
 
 @needs_redis_server
@@ -182,14 +188,7 @@ def run_suite(tmp_path: Path, tests: str, **env: str) -> subprocess.CompletedPro
     (tmp_path / "test_fallback.py").write_text(tests)
     argv = [sys.executable, "-m", "pytest", str(tmp_path), "-c", str(REPO / "pyproject.toml")]
     argv += ["--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-q", "-rA"]
-    return subprocess.run(
-        argv,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
+    return run_child(argv, 170, cwd=tmp_path, **env)
 
 
 @needs_redis_server

@@ -38,6 +38,16 @@ def program(source: str, *args: str) -> list[str]:
     return [PY, "-c", textwrap.dedent(source), *args]
 
 
+def run_in_thread(store, argv: list[str], **options) -> tuple[threading.Thread, dict]:
+    """``run_command(store, "j", argv, **options)`` in a started thread; its outcome lands in
+    the dict, as ``"outcome"``, once it returns."""
+    result: dict = {}
+    thread = threading.Thread(
+        target=lambda: result.update(outcome=run_command(store, "j", argv, **options)))
+    thread.start()
+    return thread, result
+
+
 def non_decreasing(values) -> bool:
     return all(a <= b for a, b in zip(values, values[1:], strict=False))
 
@@ -181,11 +191,8 @@ def test_garbage_and_silence_crash_nothing_and_let_the_job_go_stale(store, setti
             time.sleep(0.05)
         print("STEP b", flush=True)
     """
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        outcome=run_command(store, "j", program(source, str(go_on)), steps=["a", "b"],
-                            settings=settings)))
-    thread.start()
+    thread, result = run_in_thread(store, program(source, str(go_on)),
+                                   steps=["a", "b"], settings=settings)
     try:
         stale = wait_until(lambda: (s := store.get("j"))["is_stale"] and s,
                            timeout=settings.stale_after + 5)
@@ -221,11 +228,8 @@ def test_percent_only_changes_are_throttled_and_nothing_is_dropped(store, settin
 def test_cancel_in_the_store_kills_the_whole_process_tree(store, settings, tmp_path):
     store.create_job("j", "p", steps=["a"], pipeline="command")
     pids_file = tmp_path / "pids"
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        outcome=run_command(store, "j", program(TREE, str(pids_file)), steps=["a"],
-                            settings=settings, kill_grace=2.0)))
-    thread.start()
+    thread, result = run_in_thread(store, program(TREE, str(pids_file)),
+                                   steps=["a"], settings=settings, kill_grace=2.0)
     try:
         pids = wait_until(lambda: read_pids(pids_file), timeout=15)
         assert pids and all(process_alive(p) for p in pids)
@@ -252,11 +256,8 @@ def test_a_command_that_ignores_sigterm_gets_sigkill_after_the_grace(store, sett
         time.sleep(120)
     """
     ready = tmp_path / "ready"
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        outcome=run_command(store, "j", program(source, str(ready)), steps=["a"], settings=settings,
-                            kill_grace=0.5)))
-    thread.start()
+    thread, result = run_in_thread(store, program(source, str(ready)),
+                                   steps=["a"], settings=settings, kill_grace=0.5)
     try:
         assert wait_until(ready.exists, timeout=15)
         store.update("j", status="canceled")
@@ -396,11 +397,8 @@ DAEMON = """
 def test_a_double_forked_daemon_dies_with_a_canceled_job(store, settings, tmp_path):
     store.create_job("j", "p", steps=["a"], pipeline="command")
     pid_file = tmp_path / "daemon"
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        outcome=run_command(store, "j", program(DAEMON, str(pid_file), "wait"), steps=["a"],
-                            settings=settings, kill_grace=2.0)))
-    thread.start()
+    thread, result = run_in_thread(store, program(DAEMON, str(pid_file), "wait"),
+                                   steps=["a"], settings=settings, kill_grace=2.0)
     try:
         (daemon,) = wait_until(lambda: read_pids(pid_file), timeout=15)
         assert process_alive(daemon)
@@ -548,11 +546,8 @@ def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_returns(real_re
         print("PROGRESS 80 written while Redis is away", flush=True)
         print(json.dumps({"result": {"ok": 1}}), flush=True)
     """
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        outcome=run_command(store, "j", program(source, str(go)), steps=["a", "b"],
-                            settings=via_proxy)))
-    thread.start()
+    thread, result = run_in_thread(store, program(source, str(go)),
+                                   steps=["a", "b"], settings=via_proxy)
     try:
         assert wait_until(lambda: direct.get("j")["current_step"] == "a", timeout=10)
         proxy.down()

@@ -94,6 +94,24 @@ def work(settings, conn, store) -> None:
             signal.signal(sig, handler)
 
 
+def submit_tree(settings, store, rq_conn, monkeypatch, name: str, **options) -> str:
+    """Queue a job of pipeline t-tree (TREE, registered here) with id ``<prefix>-<name>``."""
+    command_pipeline(monkeypatch, "t-tree", TREE)
+    return submit_job(settings, "p1", "t-tree", store=store, redis_conn=rq_conn,
+                      job_id=f"{settings.key_prefix}-{name}", **options)
+
+
+def work_beside(settings, conn, store, task) -> None:
+    """``work`` in this thread while ``task`` runs in another (it waits for what it needs);
+    then ``task`` joined."""
+    thread = threading.Thread(target=task)
+    thread.start()
+    try:
+        work(settings, conn, store)
+    finally:
+        thread.join(30)
+
+
 def ffmpeg_duration(video: Path) -> float:
     probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(video)],
                            capture_output=True, text=True, timeout=30)
@@ -274,9 +292,7 @@ def test_a_failure_text_reaches_rq_without_markup(env, settings, store, rq_conn,
 
 def test_the_rq_job_timeout_fails_the_job_and_kills_its_tree(env, settings, store, rq_conn,
                                                              monkeypatch, tmp_path):
-    command_pipeline(monkeypatch, "t-tree", TREE)
-    job_id = submit_job(settings, "p1", "t-tree", store=store, redis_conn=rq_conn,
-                        job_id=f"{settings.key_prefix}-slow", job_timeout=2)
+    job_id = submit_tree(settings, store, rq_conn, monkeypatch, "slow", job_timeout=2)
     started = time.monotonic()
     work(settings, rq_conn, store)
     assert time.monotonic() - started < 15
@@ -308,9 +324,7 @@ def test_rq_failure_callback_fails_a_job_the_runner_could_not(env, settings, sto
 
 
 def test_cancel_a_queued_job(env, settings, store, rq_conn, monkeypatch):
-    command_pipeline(monkeypatch, "t-tree", TREE)
-    job_id = submit_job(settings, "p1", "t-tree", store=store, redis_conn=rq_conn,
-                        job_id=f"{settings.key_prefix}-queued")
+    job_id = submit_tree(settings, store, rq_conn, monkeypatch, "queued")
     snap = cancel_job(settings, job_id, store=store, redis_conn=rq_conn)
     assert snap["status"] == "canceled" and snap["finished_at"]
     assert Job.fetch(job_id, connection=rq_conn).get_status() == JobStatus.CANCELED
@@ -333,9 +347,7 @@ def test_cancel_an_unknown_or_finished_job(env, settings, store, rq_conn):
 
 def test_cancel_a_running_job_kills_its_tree_and_rq_records_it_stopped(env, settings, store,
                                                                          rq_conn, monkeypatch):
-    command_pipeline(monkeypatch, "t-tree", TREE)
-    job_id = submit_job(settings, "p1", "t-tree", store=store, redis_conn=rq_conn,
-                        job_id=f"{settings.key_prefix}-running")
+    job_id = submit_tree(settings, store, rq_conn, monkeypatch, "running")
     pids_file = Path(env["PROGRESS_OUTPUT_DIR"]) / job_id / "pids"
     answer = {}
 
@@ -346,12 +358,7 @@ def test_cancel_a_running_job_kills_its_tree_and_rq_records_it_stopped(env, sett
         answer["snap"] = cancel_job(settings, job_id, store=store, redis_conn=rq_conn)
         answer["at"] = time.monotonic()
 
-    canceler = threading.Thread(target=cancel_when_running)
-    canceler.start()
-    try:
-        work(settings, rq_conn, store)  # returns once the canceled job has ended
-    finally:
-        canceler.join(30)
+    work_beside(settings, rq_conn, store, cancel_when_running)  # returns once the job has ended
     assert answer["alive"] and answer["snap"]["status"] == "canceled"
     assert time.monotonic() - answer["at"] < 8
     assert not [p for p in answer["pids"] if process_alive(p)], "a process of the tree was left"
@@ -363,9 +370,7 @@ def test_rq_stop_command_alone_cancels_a_job_in_a_simple_worker(env, settings, s
                                                                   monkeypatch):
     from rq.command import send_stop_job_command
 
-    command_pipeline(monkeypatch, "t-tree", TREE)
-    job_id = submit_job(settings, "p1", "t-tree", store=store, redis_conn=rq_conn,
-                        job_id=f"{settings.key_prefix}-stop")
+    job_id = submit_tree(settings, store, rq_conn, monkeypatch, "stop")
     pids_file = Path(env["PROGRESS_OUTPUT_DIR"]) / job_id / "pids"
     answer = {}
 
@@ -373,12 +378,7 @@ def test_rq_stop_command_alone_cancels_a_job_in_a_simple_worker(env, settings, s
         answer["pids"] = wait_until(lambda: read_pids(pids_file), timeout=20)
         send_stop_job_command(rq_conn, job_id)
 
-    stopper = threading.Thread(target=stop_when_running)
-    stopper.start()
-    try:
-        work(settings, rq_conn, store)
-    finally:
-        stopper.join(30)
+    work_beside(settings, rq_conn, store, stop_when_running)
     assert answer["pids"] and not [p for p in answer["pids"] if process_alive(p)]
     snap = store.get(job_id)
     assert snap["status"] == "canceled" and snap["message"] == "stopped in RQ"
