@@ -130,6 +130,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "paper_id": ID,
             "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16, "description": "free labels"},
             "enqueue": {"type": "boolean", "default": True,
                         "description": "false, with steps: a tracked job that no worker runs"},
             "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -180,6 +181,31 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {"jobs": {"type": "array", "items": ref("Snapshot")}},
         "additionalProperties": False,
     },
+    "BatchRequest": {
+        "type": "object",
+        "required": ["paper_ids"],
+        "properties": {
+            "paper_ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": 1000,
+                          "description": "one job each, in this order; a bad one anywhere: 400, nothing made"},
+            "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "name": nullable("string", minLength=1, maxLength=200),
+        },
+        "additionalProperties": False,
+    },
+    "BatchSubmitted": {
+        "type": "object",
+        "required": ["batch_id", "job_ids", "status_url", "events_url", "page_url"],
+        "properties": {
+            "batch_id": ID,
+            "job_ids": {"type": "array", "items": ID, "description": "in the order of paper_ids"},
+            "status_url": {"type": "string", "description": "the batch snapshot (GET)"},
+            "events_url": {"type": "string", "description": "its event stream"},
+            "page_url": {"type": "string", "description": "the batch's live page"},
+            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
     "PaperStatus": {
         "type": "object",
         "description": "the paper's latest job in brief; an unknown paper has exists false",
@@ -223,6 +249,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 # the cancel answer: the job's snapshot after it, and where to read it
+SCHEMAS["BatchCanceled"] = copy.deepcopy(SCHEMAS["BatchSnapshot"])
+SCHEMAS["BatchCanceled"].update(description="the batch's snapshot after the cancel, and the members it canceled")
+SCHEMAS["BatchCanceled"]["required"].append("canceled_job_ids")
+SCHEMAS["BatchCanceled"]["properties"]["canceled_job_ids"] = {"type": "array", "items": ID}
 SCHEMAS["Canceled"] = copy.deepcopy(SCHEMAS["Snapshot"])
 SCHEMAS["Canceled"].update(description="the job's snapshot after the cancel, and its status_url")
 SCHEMAS["Canceled"]["required"].append("status_url")
@@ -254,6 +284,7 @@ def json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": ref("Id")}
+BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": ref("Id")}
 PAPER_ID = {"name": "paper_id", "in": "path", "required": True, "schema": ref("Id")}
 READS = {"400": respond("BadInput"), "503": respond("BackendDown")}
 WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
@@ -279,6 +310,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [
                 {"name": "paper_id", "in": "query", "schema": ref("Id")},
                 {"name": "status", "in": "query", "schema": ref("Status")},
+                {"name": "tag", "in": "query", "schema": ref("Id")},
+                {"name": "batch_id", "in": "query", "schema": ref("Id")},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                             "maximum": 1000, "default": 50}},
             ],
@@ -371,6 +404,71 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [JOB_ID],
             "responses": {"202": json_answer("canceled", ref("Canceled")),
                           "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
+        },
+    },
+    "/api/v1/batches": {
+        "post": {
+            "operationId": "submitBatch",
+            "summary": "submit many papers at once: one job each and their batch, all or nothing",
+            "security": BEARER,
+            "requestBody": {"required": True, "content": {JSON: {"schema": ref("BatchRequest")}}},
+            "responses": {
+                "202": {**json_answer("queued; Location is the status_url", ref("BatchSubmitted")),
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                **WRITES,
+            },
+        },
+    },
+    "/api/v1/batches/{batch_id}": {
+        "get": {
+            "operationId": "getBatch",
+            "summary": "the batch's snapshot, counted from its members; from PostgreSQL once "
+                       "Redis has expired it",
+            "parameters": [BATCH_ID],
+            "responses": {"200": json_answer("the batch snapshot", ref("BatchSnapshot")),
+                          "404": respond("NotFound"), **READS},
+        },
+    },
+    "/api/v1/batches/{batch_id}/events": {
+        "get": {
+            "operationId": "followBatch",
+            "summary": "Server-Sent Events: `event: batch` (a BatchSnapshot) first, then each "
+                       "member's change (`event: progress`) and the batch after it; increasing "
+                       "`id:`; ends after the batch finishes",
+            "description": "An id is at_ms * 1001 + the member's place (1000: the batch's event). "
+                           "With Last-Event-ID (header, or ?last_event_id=) exactly the events "
+                           "after that id.",
+            "parameters": [
+                BATCH_ID,
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            ],
+            "responses": {
+                "200": {"description": "the stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "204": {"description": "the batch has finished and the client has its last event"},
+                "404": respond("NotFound"),
+                **READS,
+            },
+        },
+    },
+    "/api/v1/batches/{batch_id}/cancel": {
+        "post": {
+            "operationId": "cancelBatch",
+            "summary": "cancel a batch: every member not yet finished is canceled",
+            "security": BEARER,
+            "parameters": [BATCH_ID],
+            "responses": {"202": json_answer("canceled", ref("BatchCanceled")),
+                          "404": respond("NotFound"), **WRITES},
+        },
+    },
+    "/batches/{batch_id}/": {
+        "get": {
+            "operationId": "batchPage",
+            "summary": "the live page of a batch: overall bar, counts, ETA, one row per member",
+            "parameters": [BATCH_ID],
+            "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "404": respond("NotFound"), **READS},
         },
     },
     "/api/v1/openapi.json": {
