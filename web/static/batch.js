@@ -1,12 +1,14 @@
 /* The batch page (/batches/<id>/): the overall bar, counts by state, the ETA and one live row
- * per member, from the page's config and then the batch's event stream
- * (GET /api/v1/batches/<id>/events: "batch" events carry the batch, "progress" events a member).
- * When the stream fails the page polls the batch and its members instead (status_url and
- * members_url), and ends both once the batch has finished; finished, failures come first.
- * Everything the page shows is drawn by render() from one `state` object. No inline script
- * or style (the page's CSP): rows come from #member-row, the bars' widths are set here. */
+ * per member, from the page's config and then the batch, followed by progress-client.js's
+ * follow(): live through its event stream (GET /api/v1/batches/<id>/events: "batch" events
+ * carry the batch, "progress" events a member); when the stream fails, this page's own poll
+ * of the batch and its members (status_url, members_url) until the stream answers again.
+ * Finished, failures come first. Everything the page shows is drawn by render() from one
+ * `state` object. No inline script or style (the page's CSP): rows come from #member-row,
+ * the bars' widths are set here. */
+import { follow } from "./progress-client.js";
+
 (function () {
-  "use strict";
   var cfg = JSON.parse(document.getElementById("page-config").textContent);
   var FINISHED = { completed: true, failed: true, canceled: true };
   var ORDER = { failed: 0, canceled: 1, running: 2, pending: 3, completed: 4 };
@@ -15,8 +17,7 @@
     members: {}, // job_id -> the fields a row shows
     mode: "connecting", // live | polling | done
     first: null, // [time ms, percent] when this page first saw the batch move, for the ETA
-    source: null,
-    pollTimer: null
+    follower: null // progress-client.js's follow() of the batch
   };
   (cfg.members || []).forEach(function (m) { state.members[m.job_id] = m; });
 
@@ -117,13 +118,10 @@
     });
   }
 
-  function finishIfDone() {
-    if (!FINISHED[state.batch.status]) return false;
+  function finish() {
     state.mode = "done";
-    if (state.source) { state.source.close(); state.source = null; }
-    if (state.pollTimer) { clearInterval(state.pollTimer); state.pollTimer = null; }
+    if (state.follower) { state.follower.close(); state.follower = null; }
     refreshMembers(); // the errors of failed members, which the stream does not carry
-    return true;
   }
 
   function refreshMembers() {
@@ -133,44 +131,33 @@
     }, function () {});
   }
 
+  // follow()'s fallback while the stream is down: the batch and its members, drawn here
   function poll() {
-    Promise.all([getJSON(cfg.status_url), getJSON(cfg.members_url)]).then(function (both) {
+    return Promise.all([getJSON(cfg.status_url), getJSON(cfg.members_url)]).then(function (both) {
       acceptBatch(both[0]);
       both[1].jobs.forEach(function (m) { state.members[m.job_id] = m; });
-      finishIfDone();
-      render();
-    }, function () {});
-  }
-
-  function startPolling() {
-    state.mode = "polling";
-    if (!state.pollTimer) state.pollTimer = setInterval(poll, cfg.poll_ms);
-    poll();
-  }
-
-  function openStream() {
-    if (!window.EventSource) { startPolling(); return; }
-    var es = new EventSource(cfg.events_url);
-    state.source = es;
-    es.onopen = function () { state.mode = "live"; render(); };
-    es.addEventListener("batch", function (ev) {
-      state.mode = "live";
-      acceptBatch(JSON.parse(ev.data));
-      finishIfDone();
+      if (FINISHED[state.batch.status]) finish();
       render();
     });
-    es.addEventListener("progress", function (ev) {
-      acceptMember(JSON.parse(ev.data));
-      render();
+  }
+
+  function start() {
+    state.follower = follow(cfg.status_url, {
+      eventsUrl: cfg.events_url,
+      pollMs: cfg.poll_ms,
+      poll: poll,
+      onUpdate: function (snap, info) {
+        if (info.type === "batch") acceptBatch(snap); else acceptMember(snap);
+        render();
+      },
+      onMode: function (mode) {
+        if (state.mode !== "done") state.mode = mode === "ended" ? "done" : mode;
+        render();
+      },
+      onEnd: function () { finish(); render(); }
     });
-    es.onerror = function () {
-      if (state.mode === "done") return;
-      es.close();
-      state.source = null;
-      startPolling();
-    };
   }
 
   render();
-  if (!finishIfDone()) openStream();
+  if (FINISHED[state.batch.status]) finish(); else start();
 })();
