@@ -10,7 +10,7 @@ import argparse
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -20,8 +20,22 @@ DEFAULT_SSE_KEEPALIVE = 15.0
 T = TypeVar("T")
 
 
+READ_AUTH_OPEN, READ_AUTH_TOKEN = "open", "token"
+
+
 class ConfigError(ValueError):
     """An environment variable holds a value that cannot be used."""
+
+
+def _read_auth(environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """(``PROGRESS_READ_AUTH``, ``PROGRESS_SECRET_KEY``): ``token`` without a key is a config error."""
+    mode = (environ.get("PROGRESS_READ_AUTH") or READ_AUTH_OPEN).strip().lower()
+    if mode not in (READ_AUTH_OPEN, READ_AUTH_TOKEN):
+        raise ConfigError(f"PROGRESS_READ_AUTH={mode!r} must be {READ_AUTH_OPEN!r} or {READ_AUTH_TOKEN!r}")
+    key = environ.get("PROGRESS_SECRET_KEY") or None
+    if mode == READ_AUTH_TOKEN and key is None:
+        raise ConfigError("PROGRESS_READ_AUTH=token needs PROGRESS_SECRET_KEY (it signs the read tokens)")
+    return mode, key
 
 
 def _number(environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
@@ -89,7 +103,7 @@ def _database_url(url: str) -> str:
 class Settings:
     """Every setting of CONTRACT's configuration table, with its default.
 
-    The last five are this implementation's own (README, "Configuration").
+    The five before ``read_auth`` are this implementation's own (README, "Configuration").
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -109,6 +123,12 @@ class Settings:
     output_dir: str = ""  # PROGRESS_OUTPUT_DIR: where jobs write; "" is <tmp>/progress-service/videos
     web_redis_pool: int = DEFAULT_WEB_REDIS_POOL  # PROGRESS_WEB_REDIS_POOL: read connections per web process
     sse_keepalive: float = DEFAULT_SSE_KEEPALIVE  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
+    read_auth: str = READ_AUTH_OPEN  # PROGRESS_READ_AUTH: "open", or "token" (every read needs a token)
+    secret_key: str | None = field(default=None, repr=False)  # PROGRESS_SECRET_KEY: signs read tokens
+
+    @property
+    def reads_need_token(self) -> bool:
+        return self.read_auth == READ_AUTH_TOKEN
 
     @property
     def heartbeat_interval(self) -> float:
@@ -133,6 +153,7 @@ class Settings:
                 "PROGRESS_REDIS_CLUSTER=1 needs PROGRESS_REDIS_URL (a node of the cluster): "
                 "REDIS_URL stays RQ's plain Redis, which cannot be a cluster"
             )
+        read_auth, secret_key = _read_auth(env)
         return cls(
             redis_url=redis_url,
             progress_redis_url=_redis_url("PROGRESS_REDIS_URL", env["PROGRESS_REDIS_URL"])
@@ -152,6 +173,8 @@ class Settings:
             output_dir=env.get("PROGRESS_OUTPUT_DIR") or "",
             web_redis_pool=int(_number(env, "PROGRESS_WEB_REDIS_POOL", DEFAULT_WEB_REDIS_POOL, minimum=1)),
             sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", DEFAULT_SSE_KEEPALIVE, minimum=0.1),
+            read_auth=read_auth,
+            secret_key=secret_key,
         )
 
 

@@ -59,7 +59,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .errors import InvalidInput, JobConflict, JobNotFound
-from .models import TERMINAL, Status, validate_id, validate_steps
+from .models import TERMINAL_VALUES, Status, validate_id, validate_steps
 from .scripts import UpdateResult
 from .throttle import Throttle
 
@@ -74,7 +74,6 @@ RETRY_FIRST, RETRY_MAX = 0.1, 2.0  # seconds between two tries while Redis does 
 DEFAULT_TIMEOUT = 5.0
 _SOFT = frozenset({"progress_percent", "message"})  # changes that merge into one another
 _RESTORED = ("progress_percent", "current_step", "message")  # what a lost job is re-created with
-_TERMINAL = frozenset(s.value for s in TERMINAL)
 
 
 class TrackOptions(TypedDict, total=False):
@@ -388,7 +387,7 @@ class TrackedJob:
         snap = self.store.get(self.job_id)
         if snap is None:
             return
-        if snap["status"] in _TERMINAL:
+        if snap["status"] in TERMINAL_VALUES:
             self._ended(snap["status"])
         if tuple(snap["steps"]) == self.steps:
             return

@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 
 import pytest
 import redis
-from conftest import CLOSED_REDIS_URL, wait_until
+from helpers import CLOSED_REDIS_URL, wait_until
 from openapi_check import OpenApiClient
 
 from progress_service.models import DEFAULT_STEPS
@@ -516,6 +516,36 @@ def test_submit_creates_a_pending_job_and_queues_it(client, jobs, settings, real
     queue = Queue(settings.queue_name, connection=redis.Redis.from_url(real_redis_url))
     assert job_id in queue.job_ids
     assert client.get("/status/31452104/?_json=1").get_json()["job_id"] == job_id
+
+
+def test_submits_under_read_auth_answer_a_read_token_and_a_page_url_with_it(settings, real_redis, rq_conn,
+                                                                             rq_cleanup):
+    from web import read_tokens
+
+    app = build(dataclasses.replace(settings, read_auth="token", secret_key="k", api_token=TOKEN))
+    try:
+        client = app.test_client()
+        r = client.post("/api/v1/jobs", json={"paper_id": "31452104"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 202, r.get_json()
+        body = r.get_json()
+        rq_cleanup.append(body["job_id"])
+        assert read_tokens.verify("k", body["read_token"]).describe() == f"job {body['job_id']}"
+        assert body["page_url"] == f"/status/31452104/?token={body['read_token']}"
+        assert client.get(body["page_url"]).status_code == 200
+        assert client.get(body["status_url"]).status_code == 401
+
+        r = client.post("/api/v1/batches", json={"paper_ids": ["31452104", "34265844"]},
+                        headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 202, r.get_json()
+        batch = r.get_json()
+        rq_cleanup.extend(batch["job_ids"])
+        assert read_tokens.verify("k", batch["read_token"]).describe() == f"batch {batch['batch_id']}"
+        assert batch["page_url"] == f"/batches/{batch['batch_id']}/?token={batch['read_token']}"
+        assert client.get(batch["page_url"]).status_code == 200
+        member = f"/api/v1/jobs/{batch['job_ids'][1]}?token={batch['read_token']}"
+        assert client.get(member).status_code == 200
+    finally:
+        app.extensions["progress_events"].close()
 
 
 def test_status_json_of_a_queued_job_says_how_many_workers_listen(client, settings, real_redis_url,

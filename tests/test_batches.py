@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import CLOSED_DATABASE_URL, CLOSED_REDIS_URL, cli_env, wait_until
+from helpers import CLOSED_DATABASE_URL, CLOSED_REDIS_URL, cli_env, wait_until
 from openapi_check import OpenApiClient
 
 from progress_service import ProgressStore, Settings
@@ -101,7 +101,7 @@ def test_bad_tags_are_refused(store):
 def app(settings, real_redis, rq_conn):
     app = create_app(settings)
     app.config["TESTING"] = True
-    app.test_client_class = OpenApiClient  # every answer checked against web/openapi.py
+    app.test_client_class = OpenApiClient  # every answer checked against the OpenAPI document
     yield app
     app.extensions["progress_events"].close()
     app.extensions["progress_rq"].close() if "progress_rq" in app.extensions else None

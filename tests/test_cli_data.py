@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLOSED_DATABASE_URL, cli_env, wait_until
+from helpers import CLOSED_DATABASE_URL, cli_env, wait_until
 
 from progress_cli import exit_codes
 from progress_service import ProgressStore, migrations

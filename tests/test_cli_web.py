@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import cli_env, wait_until
+from helpers import cli_env, wait_until
 
 from progress_cli import exit_codes
 

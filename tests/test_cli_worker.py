@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, read_pids, wait_until, write_worker_launcher
+from helpers import cli_env, read_pids, wait_until, write_worker_launcher
 from rq import Worker
 from rq.job import Job, JobStatus
 

@@ -175,8 +175,10 @@ def test_a_skipped_backend_test():
 
 
 def run_suite(tmp_path: Path, tests: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run pytest on ``tests`` in a fresh folder that holds a copy of this suite's conftest."""
-    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    """Run pytest on ``tests`` in a fresh folder that holds a copy of this suite's conftest
+    and helpers."""
+    for name in ("conftest.py", "helpers.py"):
+        shutil.copy(REPO / "tests" / name, tmp_path / name)
     (tmp_path / "test_fallback.py").write_text(tests)
     argv = [sys.executable, "-m", "pytest", str(tmp_path), "-c", str(REPO / "pyproject.toml")]
     argv += ["--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-q", "-rA"]

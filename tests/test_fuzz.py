@@ -29,7 +29,7 @@ import urllib.parse
 
 import pytest
 import redis
-from conftest import embedded_redis
+from helpers import embedded_redis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st

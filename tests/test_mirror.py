@@ -13,7 +13,7 @@ import time
 
 import psycopg
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 from tcp_proxy import TcpProxy
 
 from progress_service import BackendUnavailable, ProgressStore, migrations

@@ -8,6 +8,7 @@ goes back to the stream once that answers again). Screenshots are kept under
 
 from __future__ import annotations
 
+import http.server
 import json
 import random
 import subprocess
@@ -76,7 +77,7 @@ def store(real_redis_url, module_key_prefix):
 def browser():
     if not Path(CHROMIUM).exists():
         # Skipped, saying why, on a bare machine; a failure in strict mode (CI installs it).
-        from conftest import unavailable
+        from helpers import unavailable
         unavailable(f"{CHROMIUM} is missing: apt-get install chromium (never a downloaded browser)")
     from playwright.sync_api import sync_playwright
 
@@ -464,6 +465,101 @@ def test_a_page_on_another_site_can_neither_cancel_nor_submit(web, store, page):
     assert [j["job_id"] for j in json.loads(web.get("/api/v1/jobs?paper_id=31452104")[1])["jobs"]] == []
 
 
+class TokenServer(GunicornServer):
+    """The server under ``PROGRESS_READ_AUTH=token``: it is up once its list answers the API token."""
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return self.get(f"/api/v1/jobs?limit=1&token={READ_API_TOKEN}")[0] == 200
+        except OSError:
+            return False
+
+
+READ_API_TOKEN = "browser-api-token"
+READ_SECRET = "browser-secret-key"
+
+
+@pytest.fixture(scope="module")
+def token_web(real_redis_url, module_key_prefix, tmp_path_factory):
+    """The web server under ``PROGRESS_READ_AUTH=token``, its access log on, in a file of its own."""
+    env = server_env(real_redis_url, module_key_prefix, PROGRESS_READ_AUTH="token", PROGRESS_SECRET_KEY=READ_SECRET,
+                     PROGRESS_API_TOKEN=READ_API_TOKEN, PROGRESS_WEB_ACCESS_LOG="1")
+    srv = TokenServer(env, log_path=tmp_path_factory.mktemp("token-web") / "gunicorn.log")
+    yield srv
+    srv.stop()
+
+
+def read_token_of(job_id: str) -> str:
+    from web import read_tokens
+
+    return read_tokens.mint(READ_SECRET, "job", job_id)[0]
+
+
+def test_under_read_auth_a_page_opened_with_a_read_token_goes_live_and_logs_no_token(
+        token_web, store, page, video_file):
+    paper = new_paper()
+    job_id = start_job(store, paper)
+    token = read_token_of(job_id)
+    assert token_web.get(f"/status/{paper}/")[0] == 401
+    page.goto(f"{token_web.base}/status/{paper}/?token={token}")
+    wait_for_js(page, "document.getElementById('conn').textContent.startsWith('Live')", timeout=WAIT_MS)
+    store.update(job_id, progress_percent=60, current_step=STEPS[3])
+    wait_bar_at_least(page, 60)  # through the event stream, which took ?token=
+    store.update(job_id, progress_percent=100, result={"video_url": video_file.as_uri(),
+                                                       "video_path": str(video_file)})
+    page.wait_for_selector("#video-box video", state="visible", timeout=WAIT_MS)
+    assert page.get_attribute("#video", "src") == f"/api/v1/jobs/{job_id}/video?token={token}"
+    wait_for_js(page, "document.getElementById('video').readyState >= 1", timeout=WAIT_MS)
+    log = token_web.log_path.read_text(errors="replace")
+    assert f"/api/v1/jobs/{job_id}/events?token=***" in log  # the stream was logged, its token not
+    assert token not in log
+
+
+class RecordingHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one video file and records each request's path and Referer (another origin's server)."""
+
+    seen: list[tuple[str, str | None]] = []
+    video: Path
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).seen.append((self.path, self.headers.get("Referer")))
+        body = self.video.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_video_on_another_site_gets_neither_the_token_nor_the_pages_url(token_web, store, page, video_file):
+    """What a page opened with ?token= tells another origin: Referrer-Policy same-origin sends no
+    Referer there, and the page adds its token only to URLs of its own origin."""
+    handler = type("Recorder", (RecordingHandler,), {"seen": [], "video": video_file})
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    try:
+        paper = new_paper()
+        job_id = start_job(store, paper)
+        token = read_token_of(job_id)
+        video = f"http://127.0.0.1:{elsewhere.server_port}/{paper}.mp4"
+        store.update(job_id, progress_percent=100, result={"video_url": video})
+        page.goto(f"{token_web.base}/status/{paper}/?token={token}")
+        page.wait_for_selector("#video-box video", state="visible", timeout=WAIT_MS)
+        assert page.get_attribute("#video", "src") == video
+        wait_for_js(page, "document.getElementById('video').readyState >= 1", timeout=WAIT_MS)
+        assert handler.seen, "the other site was never asked for the video"
+        for path, referer in handler.seen:
+            assert path == f"/{paper}.mp4" and referer is None, (path, referer)
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
+
+
 # -- progress-client.js on a page of another origin ---------------------------------------------
 
 # A page of another site: it imports progress-client.js from the service's origin and follows a
@@ -591,3 +687,27 @@ def test_a_video_with_a_silent_track_says_so_on_the_page(web, store, page, narra
     page.goto(f"{web.base}/status/{paper}/")
     page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
     assert page.text_content("#message") == shown
+
+
+def test_under_read_auth_a_batch_page_opened_with_its_token_follows_every_member(token_web, store, page):
+    from web import read_tokens
+
+    batch_id = f"batch-{uuid.uuid4().hex[:8]}"
+    job_ids = [f"{batch_id}-m{i}" for i in range(3)]
+    store.create_batch(batch_id, job_ids, "video")
+    for job_id in job_ids:
+        store.create_job(job_id, new_paper(), steps=STEPS, batch_id=batch_id)
+    token = read_tokens.mint(READ_SECRET, "batch", batch_id)[0]
+    assert token_web.get(f"/batches/{batch_id}/")[0] == 401
+    page.goto(f"{token_web.base}/batches/{batch_id}/?token={token}")
+    wait_for_js(page, f"document.querySelectorAll('#members [data-job]').length === {len(job_ids)}")
+    for job_id in job_ids:
+        store.update(job_id, progress_percent=100)  # through the batch's stream, which took ?token=
+    page.wait_for_selector("#status-badge[data-status='completed']", timeout=WAIT_MS)
+    wait_bar_at_least(page, 100)
+    wait_for_js(page, f"document.querySelectorAll(\"#members [data-job][data-status='completed']\").length"
+                      f" === {len(job_ids)}")
+    link = page.get_attribute("#members .member-paper", "href")
+    assert link.endswith(f"/?token={token}")  # a member's page: the batch's token reads it
+    assert token_web.get(link)[0] == 200
+    assert token not in token_web.log_path.read_text(errors="replace")

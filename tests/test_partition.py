@@ -18,7 +18,7 @@ import urllib.request
 
 import psycopg
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 from tcp_proxy import TcpProxy
 from test_sse import GunicornServer, server_env
 

@@ -16,7 +16,7 @@ import uuid
 
 import psutil
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
 from worker.process_tree import (
     descendants,

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from openapi_check import OpenApiClient
 from test_sse import GunicornServer, server_env
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import redis
-from conftest import read_pids, wait_until
+from helpers import read_pids, wait_until
 from tcp_proxy import TcpProxy
 
 from progress_service import JobNotFound, ProgressStore

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import CLOSED_DATABASE_URL, wait_until
+from helpers import CLOSED_DATABASE_URL, wait_until
 from tcp_proxy import TcpProxy
 
 from progress_cli.embedded import find_free_port

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 from tcp_proxy import TcpProxy
 
 from progress_service import InvalidInput, JobConflict, JobNotFound, ProgressStore, Status

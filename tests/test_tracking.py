@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import tqdm
-from conftest import REPO, cli_env, wait_until
+from helpers import REPO, cli_env, wait_until
 from tcp_proxy import TcpProxy
 
 from progress_service import InvalidInput, ProgressStore

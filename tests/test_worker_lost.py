@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import RestartableRedis, cli_env, read_pids, wait_until, write_worker_launcher
+from helpers import RestartableRedis, cli_env, read_pids, wait_until, write_worker_launcher
 from redis import Redis
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
@@ -288,7 +288,7 @@ def test_a_redis_crash_mid_run_with_aof_loses_no_job(aof, redis_server_bin, sett
     complete; without persistence the running one still completes (its runner re-creates
     it) but the queued ones are gone, with RQ's queue."""
     if redis_server_bin is None:
-        from conftest import unavailable
+        from helpers import unavailable
 
         unavailable("no redis-server binary to start a throwaway Redis")
     monkeypatch.setitem(PIPELINES, "t-steady",

@@ -21,7 +21,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import redis
-from conftest import CLOSED_DATABASE_URL, read_pids, wait_until
+from helpers import CLOSED_DATABASE_URL, read_pids, wait_until
 from rq.job import Job, JobStatus
 
 from progress_service import InvalidInput, JobConflict, JobNotFound

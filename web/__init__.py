@@ -11,16 +11,19 @@ open event stream is a waiting greenlet, so one process holds thousands.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 
-from progress_service.config import Settings
+from progress_service.config import ConfigError, Settings
 from progress_service.store import ProgressStore
 
-from . import api, batches, dashboard, errors, events, metrics, openapi, pages, security
+from . import api, auth, batches, dashboard, errors, events, metrics, openapi, pages, security
 from .fanout import EventHub
+
+logger = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024  # bytes of a JSON request body; more is a 413
 NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
@@ -59,6 +62,11 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     ``PROGRESS_WEB_REDIS_POOL``).
     """
     settings = settings or Settings.from_env()
+    if settings.reads_need_token and not settings.secret_key:
+        raise ConfigError("PROGRESS_READ_AUTH=token needs PROGRESS_SECRET_KEY (it signs the read tokens)")
+    if settings.reads_need_token and not settings.api_token:
+        logger.warning("PROGRESS_READ_AUTH=token without PROGRESS_API_TOKEN: nobody can list jobs or mint "
+                       "read tokens; only a submit's answer gives one (for its own job)")
     if redis_pool is None:
         redis_pool = settings.web_redis_pool
     app = Flask(__name__)
@@ -85,6 +93,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app.register_blueprint(batches.bp)
     dashboard.init_app(app, settings.redis_url)
     app.before_request(security.guard_writes)
+    app.before_request(auth.guard_reads)
     app.after_request(security.add_headers)
 
     @app.after_request

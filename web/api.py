@@ -1,8 +1,9 @@
 """The JSON API (``/api/v1``): submit, read, list and cancel jobs, take a producer's progress,
 and serve a job's video.
 
-Reading is open; writing needs the bearer token when ``PROGRESS_API_TOKEN`` is
-set (``web.auth``). Errors are raised, never answered here: ``web.errors``
+Reading is open unless ``PROGRESS_READ_AUTH=token`` (then each reading view
+declares what it needs with ``read_access``); writing needs the bearer token
+when ``PROGRESS_API_TOKEN`` is set (``web.auth``). Errors are raised, never answered here: ``web.errors``
 turns them into JSON with the right status code.
 """
 
@@ -17,13 +18,14 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
 
 from progress_service import queue
-from progress_service.errors import InvalidInput, JobNotFound
+from progress_service.errors import InvalidInput, JobNotFound, Unauthorized
 from progress_service.models import Status, validate_id, validate_steps, validate_tags
 from progress_service.tracking import TRACKED_PIPELINE
 
-from .auth import require_token
+from . import read_tokens
+from .auth import JOB, api_token, read_access, require_token
+from .job_lookup import find_job, progress_store, recent_jobs, require_job, video_file
 from .job_lookup import job_history as find_history
-from .job_lookup import progress_store, recent_jobs, require_job, video_file
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +62,23 @@ def json_object(allowed: set[str], required: frozenset[str] = frozenset()) -> di
     return body
 
 
-def urls_of(job_id: str, paper_id: str) -> dict[str, str]:
+def urls_of(job_id: str, paper_id: str, read_token: str | None = None) -> dict[str, str]:
+    """A job's URLs; with a read token, the page's carries it (``?token=``) for whoever opens it."""
     return {
         "status_url": url_for("api.get_job", job_id=job_id),
         "events_url": url_for("events.job_events", job_id=job_id),
-        "page_url": url_for("pages.status_page", paper_id=paper_id),
+        "page_url": url_for("pages.status_page", paper_id=paper_id, token=read_token),  # None: left out
     }
+
+
+def submit_answer(job_id: str, paper_id: str) -> dict[str, str]:
+    """A submit's answer: the job's id and URLs; under read auth also its ``read_token``, which
+    ``page_url`` carries."""
+    read_token = read_tokens.for_answer(progress_store().settings, "job", job_id)
+    answer = {"job_id": job_id, **urls_of(job_id, paper_id, read_token)}
+    if read_token:
+        answer["read_token"] = read_token
+    return answer
 
 
 def rq_connection():
@@ -88,7 +101,7 @@ def submit_job():
     store = progress_store()
     job_id = queue.submit_job(store.settings, paper_id, pipeline, store=store,
                               redis_conn=rq_connection(), tags=tags)
-    answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
+    answer = submit_answer(job_id, paper_id)
     return jsonify(answer), 202, {"Location": answer["status_url"]}
 
 
@@ -108,7 +121,7 @@ def create_tracked_job(body: dict[str, Any]) -> tuple[Response, int, dict[str, s
     job_id = uuid.uuid4().hex
     progress_store().create_job(job_id, paper_id, steps=validate_steps(body["steps"]),
                                 pipeline=pipeline, tags=tags)
-    answer = {"job_id": job_id, **urls_of(job_id, paper_id)}
+    answer = submit_answer(job_id, paper_id)
     return jsonify(answer), 202, {"Location": answer["status_url"]}
 
 
@@ -132,7 +145,7 @@ def report_progress(job_id: str) -> Response:
 @bp.get("/jobs")
 def list_jobs():
     args = request.args
-    known = ("paper_id", "status", "tag", "batch_id", "limit")
+    known = ("paper_id", "status", "tag", "batch_id", "limit", "token")  # token: web.auth's
     unknown = sorted(k for k in args if k not in known and not k.startswith("_"))
     if unknown:
         raise InvalidInput(f"unknown query parameter {unknown[0]!r} (allowed: {', '.join(known)})")
@@ -156,11 +169,13 @@ def list_jobs():
 
 
 @bp.get("/jobs/<job_id>")
+@read_access(JOB)
 def get_job(job_id: str):
     return jsonify(require_job(job_id))
 
 
 @bp.get("/jobs/<job_id>/history")
+@read_access(JOB)
 def job_history(job_id: str):
     return jsonify(find_history(job_id))
 
@@ -179,6 +194,7 @@ def cancel_job(job_id: str):
 
 
 @bp.get("/jobs/<job_id>/video")
+@read_access(JOB)
 def job_video(job_id: str):
     snap = require_job(job_id)
     path = video_file(snap)
@@ -187,3 +203,29 @@ def job_video(job_id: str):
     mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return send_file(path, mimetype=mimetype, conditional=True, etag=True, max_age=0,
                      download_name=path.name)
+
+
+@bp.post("/tokens")
+@require_token
+def create_read_token():
+    """Mint a read token for one job (``{"job_id"}``) or one batch (``{"batch_id"}``), ``ttl`` seconds.
+
+    Only with the API token: with none configured nobody mints (else anyone could read
+    anything); a submit's answer still carries its new job's token.
+    """
+    if not api_token():
+        raise Unauthorized("minting a read token needs the API token, and PROGRESS_API_TOKEN is not set")
+    body = json_object({"job_id", "batch_id", "ttl"})
+    kinds = [kind for kind in read_tokens.KINDS if f"{kind}_id" in body]
+    if len(kinds) != 1:
+        raise InvalidInput("give either 'job_id' or 'batch_id'")
+    kind = kinds[0]
+    scope_id = validate_id(body[f"{kind}_id"], f"{kind}_id")
+    ttl = read_tokens.ttl_seconds(body.get("ttl"))
+    store = progress_store()
+    if kind == "job" and find_job(scope_id) is None:
+        raise JobNotFound(f"job {scope_id} not found")
+    if store.settings.secret_key is None:
+        raise InvalidInput("read tokens need PROGRESS_SECRET_KEY, which is not set")
+    token, scope = read_tokens.mint(store.settings.secret_key, kind, scope_id, ttl=ttl)
+    return jsonify(read_token=token, expires_at=scope.expires_at), 201

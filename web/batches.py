@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, url_for
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, url_for
 
 from progress_service import queue
 from progress_service.batches import (
@@ -27,9 +27,10 @@ from progress_service.batches import (
 from progress_service.errors import BackendUnavailable, JobNotFound
 from progress_service.models import ms_from_iso, validate_id
 
+from . import read_tokens
 from .api import json_object, rq_connection
-from .auth import require_token
-from .events import RETRY_MS, EventStream, event_hub, last_event_id
+from .auth import BATCH, read_access, require_token
+from .events import RETRY_MS, EventStream, app_object, event_hub, last_event_id
 from .fanout import SHUTDOWN, Subscription
 from .job_lookup import find_job, mirror, progress_store, recent_jobs
 from .pages import POLL_MS
@@ -41,11 +42,11 @@ bp = Blueprint("batches", __name__)
 POLL = 1.0  # seconds a batch's stream waits for a member's change before it looks anyway
 
 
-def batch_urls(batch_id: str) -> dict[str, str]:
+def batch_urls(batch_id: str, read_token: str | None = None) -> dict[str, str]:
     return {
         "status_url": url_for("batches.get_batch", batch_id=batch_id),
         "events_url": url_for("batches.batch_events", batch_id=batch_id),
-        "page_url": url_for("batches.batch_page", batch_id=batch_id),
+        "page_url": url_for("batches.batch_page", batch_id=batch_id, token=read_token),  # None: left out
     }
 
 
@@ -82,11 +83,15 @@ def submit_batch():
     batch_id, job_ids = queue.submit_batch(
         store.settings, body["paper_ids"], body.get("pipeline", "video"), tags=body.get("tags") or (),
         name=body.get("name"), store=store, redis_conn=rq_connection())
-    answer = {"batch_id": batch_id, "job_ids": job_ids, **batch_urls(batch_id)}
+    read_token = read_tokens.for_answer(store.settings, "batch", batch_id)
+    answer: dict[str, Any] = {"batch_id": batch_id, "job_ids": job_ids, **batch_urls(batch_id, read_token)}
+    if read_token:
+        answer["read_token"] = read_token  # it reads the batch and each member
     return jsonify(answer), 202, {"Location": answer["status_url"]}
 
 
 @bp.get("/api/v1/batches/<batch_id>")
+@read_access(BATCH)
 def get_batch(batch_id: str):
     return jsonify(require_batch(validate_id(batch_id, "batch_id")))
 
@@ -116,7 +121,7 @@ class BatchEventStream(EventStream):
         self._frames = self._follow(feed, first, keepalive)
 
     def _follow(self, feed: BatchFeed, first: list[tuple[int, str, dict[str, Any]]],
-                keepalive: float) -> Iterator[bytes]:
+                keepalive: float) -> Generator[bytes, None, None]:
         yield f"retry: {RETRY_MS}\n\n".encode()
         for event in first:
             yield batch_frame(event)
@@ -155,6 +160,7 @@ def batch_frame(event: tuple[int, str, dict[str, Any]]) -> bytes:
 
 
 @bp.get("/api/v1/batches/<batch_id>/events")
+@read_access(BATCH)
 def batch_events(batch_id: str):
     """The batch's events: ``batch`` first, then each member's change (``progress``) and the
     batch after it (``batch``), with increasing ids; ``Last-Event-ID`` resumes; the stream
@@ -190,11 +196,12 @@ def batch_events(batch_id: str):
         sub.close()
         raise
     keepalive = float(current_app.config["PROGRESS_SSE_KEEPALIVE"])  # create_app: the settings' own
-    body = BatchEventStream(current_app._get_current_object(), sub, feed, first, keepalive)
-    return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
+    stream = BatchEventStream(app_object(), sub, feed, first, keepalive)
+    return Response(stream, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 @bp.get("/batches/<batch_id>/")
+@read_access(BATCH)
 def batch_page(batch_id: str):
     """The live page of a batch: the overall bar, counts, ETA, one live row per member."""
     batch = require_batch(validate_id(batch_id, "batch_id"))
@@ -207,5 +214,7 @@ def batch_page(batch_id: str):
         "members_url": url_for("api.list_jobs", batch_id=batch_id, limit=MAX_MEMBERS),
         "status_base": url_for("pages.status_page", paper_id="_")[:-2],
         "poll_ms": POLL_MS,
+        # PROGRESS_READ_AUTH=token: the token the page was opened with, for batch.js to send on
+        "token": g.get("read_token"),
     }
     return render_template("batch.html", batch=batch, config=config)

@@ -4,7 +4,7 @@
 InvalidInput 400, Unauthorized 401, JobNotFound 404, JobConflict 409,
 BackendUnavailable 503 (so does a Redis connection error that slipped past the
 store). Flask's own errors (404, 405, 413, ...) keep their codes. Under
-``/api/`` and for ``?_json=1`` the answer is JSON; a page gets a small HTML page.
+``/api/``, for ``?_json=1`` and for a 401 the answer is JSON; a page gets a small HTML page.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def handle_error(exc: Exception):
     allowed = getattr(exc, "valid_methods", None)
     if allowed:
         headers["Allow"] = ", ".join(allowed)
-    if wants_json():
+    if wants_json() or isinstance(exc, Unauthorized):  # a missing token is a JSON 401 everywhere (CONTRACT)
         return jsonify(error=what, detail=detail), status, headers
     page = render_template("error.html", status=status, what=what, detail=detail)
     return page, status, headers

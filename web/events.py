@@ -52,6 +52,7 @@ from progress_service.models import (
     validate_id,
 )
 
+from .auth import JOB, read_access
 from .fanout import RESYNC, SHUTDOWN, Delivery, EventHub, Subscription, is_terminal, sse_frame
 from .job_lookup import find_job, job_history
 
@@ -68,6 +69,12 @@ SEQ_DIGITS = re.compile(r"[0-9]{1,16}")
 
 def event_hub() -> EventHub:
     return current_app.extensions["progress_events"]
+
+
+def app_object() -> Flask:
+    """The app behind ``current_app``, for a stream that outlives the request's context."""
+    # current_app is a werkzeug LocalProxy; Flask types it as Flask itself.
+    return cast("LocalProxy[Flask]", current_app)._get_current_object()
 
 
 def last_event_id() -> int | None:
@@ -198,6 +205,7 @@ class EventStream:
 
 
 @bp.get("/jobs/<job_id>/events")
+@read_access(JOB)
 def job_events(job_id: str):
     validate_id(job_id, "job_id")
     after = last_event_id()
@@ -219,8 +227,7 @@ def job_events(job_id: str):
         raise
     sub.offer(current)
     keepalive = float(current_app.config["PROGRESS_SSE_KEEPALIVE"])  # create_app: the settings' own
-    app = cast("LocalProxy[Flask]", current_app)._get_current_object()  # Flask types the proxy as Flask
-    body = EventStream(app, sub, backlog, current, keepalive)
+    body = EventStream(app_object(), sub, backlog, current, keepalive)
     logger.debug("job %s: stream opened (after seq %s)", job_id, after)
     return Response(body, mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})
 

@@ -19,6 +19,9 @@ always passes ``--bind`` and ``--workers`` (from its own ``--host``/``--port``/
 ``--workers``), and ``--log-level debug`` with ``--verbose``.
 """
 
+import re
+
+import gunicorn.glogging
 import gunicorn.http.wsgi
 
 from progress_service.config import WebSettings
@@ -46,6 +49,42 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 backlog = 2048
+
+
+# Tokens stay out of the logs: a read token travels as ?token= (EventSource cannot send a
+# header), and a page's own requests carry its URL, token and all, as their Referer.
+TOKEN_IN_TEXT = re.compile(r"(?i)(?<![a-z0-9_])(token=)[^&\s\"#;]*")
+SECRET_HEADERS = frozenset({"{authorization}i", "{http_authorization}e"})
+
+
+def redact(text):
+    """``text`` with every ``token=<value>`` shown as ``token=***``."""
+    return TOKEN_IN_TEXT.sub(r"\1***", text) if isinstance(text, str) else text
+
+
+class RedactingLogger(gunicorn.glogging.Logger):
+    """gunicorn's logger, with ``token=`` values and Authorization headers hidden: in the access
+    log's every field (request line, query, Referer, headers, environ) and in its error log's
+    messages (an error names the request's URI)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.error_log.addFilter(redact_record)
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        for key, value in atoms.items():
+            atoms[key] = "***" if key in SECRET_HEADERS and value else redact(value)
+        return atoms
+
+
+def redact_record(record):
+    """A ``logging`` filter: the record's message, arguments filled in, with tokens hidden."""
+    record.msg, record.args = redact(record.getMessage()), ()
+    return True
+
+
+logger_class = RedactingLogger
 accesslog = "-" if _web.access_log else None
 errorlog = "-"
 loglevel = _web.log_level
@@ -56,7 +95,8 @@ control_socket_disable = True
 
 
 def post_fork(server, worker):
-    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr.
+    """In each worker, before it loads the app: the app's loggers (web.*, progress_service.*) to stderr,
+    tokens hidden (``redact``).
 
     At gunicorn's effective log level (``--log-level`` wins over ``PROGRESS_WEB_LOG_LEVEL``).
     gunicorn's own loggers do not propagate to the root logger, so nothing is logged twice.
@@ -72,6 +112,8 @@ def post_fork(server, worker):
         level=str(worker.cfg.loglevel).upper(),
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact_record)  # an app line that names a URL shows no token either
 
 
 def post_worker_init(worker):

@@ -28,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from progress_service.errors import BackendUnavailable
 from progress_service.store import ProgressStore
 
+from .auth import OPEN, read_access
+
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ops", __name__)
@@ -105,12 +107,14 @@ def init_app(app: Flask) -> None:
 
 
 @bp.get("/metrics")
+@read_access(OPEN)
 def metrics_text():
     registry = current_app.extensions["progress_metrics"].registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/healthz")
+@read_access(OPEN)
 def healthz() -> Response | tuple[Response, int]:
     store: ProgressStore = current_app.extensions["progress"]
     answer: dict[str, str] = {}

@@ -18,6 +18,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from .auth import OPEN, read_access
+
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
 ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -130,7 +132,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "paper_id": ID,
             "pipeline": {**ID, "default": "video"},
-            "tags": {"type": "array", "items": ID, "maxItems": 16, "description": "free labels"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
             "enqueue": {"type": "boolean", "default": True,
                         "description": "false, with steps: a tracked job that no worker runs"},
             "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -147,6 +149,30 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "status_url": {"type": "string", "description": "the snapshot (GET)"},
             "events_url": {"type": "string", "description": "its event stream"},
             "page_url": {"type": "string", "description": "the paper's live page"},
+            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
+    "BatchRequest": {
+        "type": "object",
+        "required": ["paper_ids"],
+        "properties": {
+            "paper_ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": 1000},
+            "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "name": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "BatchSubmitted": {
+        "type": "object",
+        "required": ["batch_id", "job_ids", "status_url", "events_url", "page_url"],
+        "properties": {
+            "batch_id": ID,
+            "job_ids": {"type": "array", "items": ID},
+            "status_url": {"type": "string"},
+            "events_url": {"type": "string"},
+            "page_url": {"type": "string"},
             "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
         },
         "additionalProperties": False,
@@ -179,31 +205,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["jobs"],
         "properties": {"jobs": {"type": "array", "items": ref("Snapshot")}},
-        "additionalProperties": False,
-    },
-    "BatchRequest": {
-        "type": "object",
-        "required": ["paper_ids"],
-        "properties": {
-            "paper_ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": 1000,
-                          "description": "one job each, in this order; a bad one anywhere: 400, nothing made"},
-            "pipeline": {**ID, "default": "video"},
-            "tags": {"type": "array", "items": ID, "maxItems": 16},
-            "name": nullable("string", minLength=1, maxLength=200),
-        },
-        "additionalProperties": False,
-    },
-    "BatchSubmitted": {
-        "type": "object",
-        "required": ["batch_id", "job_ids", "status_url", "events_url", "page_url"],
-        "properties": {
-            "batch_id": ID,
-            "job_ids": {"type": "array", "items": ID, "description": "in the order of paper_ids"},
-            "status_url": {"type": "string", "description": "the batch snapshot (GET)"},
-            "events_url": {"type": "string", "description": "its event stream"},
-            "page_url": {"type": "string", "description": "the batch's live page"},
-            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
-        },
         "additionalProperties": False,
     },
     "PaperStatus": {
@@ -248,15 +249,34 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+SCHEMAS["TokenRequest"] = {
+    "type": "object",
+    "description": "one of job_id and batch_id",
+    "properties": {"job_id": ID, "batch_id": ID,
+                   "ttl": {"type": "integer", "minimum": 1, "maximum": 366 * 24 * 3600, "default": 604800}},
+    "additionalProperties": False,
+}
+SCHEMAS["ReadToken"] = {
+    "type": "object",
+    "required": ["read_token", "expires_at"],
+    "properties": {"read_token": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}},
+    "additionalProperties": False,
+}
+
+
 # the cancel answer: the job's snapshot after it, and where to read it
-SCHEMAS["BatchCanceled"] = copy.deepcopy(SCHEMAS["BatchSnapshot"])
-SCHEMAS["BatchCanceled"].update(description="the batch's snapshot after the cancel, and the members it canceled")
-SCHEMAS["BatchCanceled"]["required"].append("canceled_job_ids")
-SCHEMAS["BatchCanceled"]["properties"]["canceled_job_ids"] = {"type": "array", "items": ID}
 SCHEMAS["Canceled"] = copy.deepcopy(SCHEMAS["Snapshot"])
 SCHEMAS["Canceled"].update(description="the job's snapshot after the cancel, and its status_url")
 SCHEMAS["Canceled"]["required"].append("status_url")
 SCHEMAS["Canceled"]["properties"]["status_url"] = {"type": "string"}
+
+
+# the batch cancel answer: the batch's snapshot after it, and the members it canceled
+SCHEMAS["BatchCanceled"] = copy.deepcopy(SCHEMAS["BatchSnapshot"])
+SCHEMAS["BatchCanceled"].update(description="the batch's snapshot after the cancel, and the "
+                                            "members it canceled")
+SCHEMAS["BatchCanceled"]["required"].append("canceled_job_ids")
+SCHEMAS["BatchCanceled"]["properties"]["canceled_job_ids"] = {"type": "array", "items": ID}
 
 
 def error(description: str) -> dict[str, Any]:
@@ -266,6 +286,8 @@ def error(description: str) -> dict[str, Any]:
 RESPONSES: dict[str, dict[str, Any]] = {
     "BadInput": error("bad input: an id that does not match the pattern, an unknown field or parameter"),
     "Unauthorized": error("the API token is missing or wrong (PROGRESS_API_TOKEN is set)"),
+    "ReadUnauthorized": error("PROGRESS_READ_AUTH=token: no token, or one that is wrong, expired, or a "
+                              "read token of another job or batch (a list needs the API token)"),
     "CrossSite": error("a write sent by a page of another site"),
     "NotFound": error("no such job"),
     "Conflict": error("the job has finished already"),
@@ -285,8 +307,12 @@ def json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": ref("Id")}
 BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": ref("Id")}
+# an event stream resumes after the id a client has: the header, or the query for clients that cannot set it
+SEQ = {"type": "string", "pattern": "^[0-9]+$"}
+RESUME = [{"name": "Last-Event-ID", "in": "header", "schema": SEQ},
+          {"name": "last_event_id", "in": "query", "schema": SEQ}]
 PAPER_ID = {"name": "paper_id", "in": "path", "required": True, "schema": ref("Id")}
-READS = {"400": respond("BadInput"), "503": respond("BackendDown")}
+READS = {"400": respond("BadInput"), "401": respond("ReadUnauthorized"), "503": respond("BackendDown")}
 WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
           "413": respond("TooLarge"), "415": respond("NotJson"), "503": respond("BackendDown")}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -310,8 +336,6 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [
                 {"name": "paper_id", "in": "query", "schema": ref("Id")},
                 {"name": "status", "in": "query", "schema": ref("Status")},
-                {"name": "tag", "in": "query", "schema": ref("Id")},
-                {"name": "batch_id", "in": "query", "schema": ref("Id")},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                             "maximum": 1000, "default": 50}},
             ],
@@ -350,9 +374,7 @@ PATHS: dict[str, dict[str, Any]] = {
                            "(header, or ?last_event_id=) the events after that seq, then the live "
                            "ones. web/static/progress-client.js follows it from any page.",
             "parameters": [
-                JOB_ID,
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                JOB_ID, *RESUME,
             ],
             "responses": {
                 "200": {"description": "the stream; each event's data is a Snapshot",
@@ -406,10 +428,20 @@ PATHS: dict[str, dict[str, Any]] = {
                           "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
         },
     },
+    "/api/v1/tokens": {
+        "post": {
+            "operationId": "mintReadToken",
+            "summary": "a read token for one job or one batch (and its members), for ttl seconds",
+            "security": BEARER,
+            "requestBody": {"required": True, "content": {JSON: {"schema": ref("TokenRequest")}}},
+            "responses": {"201": json_answer("the token", ref("ReadToken")),
+                          "404": respond("NotFound"), **WRITES},
+        },
+    },
     "/api/v1/batches": {
         "post": {
             "operationId": "submitBatch",
-            "summary": "submit many papers at once: one job each and their batch, all or nothing",
+            "summary": "submit one job per paper, as one batch",
             "security": BEARER,
             "requestBody": {"required": True, "content": {JSON: {"schema": ref("BatchRequest")}}},
             "responses": {
@@ -422,8 +454,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/batches/{batch_id}": {
         "get": {
             "operationId": "getBatch",
-            "summary": "the batch's snapshot, counted from its members; from PostgreSQL once "
-                       "Redis has expired it",
+            "summary": "the batch's snapshot; from PostgreSQL once Redis has expired it",
             "parameters": [BATCH_ID],
             "responses": {"200": json_answer("the batch snapshot", ref("BatchSnapshot")),
                           "404": respond("NotFound"), **READS},
@@ -432,16 +463,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/batches/{batch_id}/events": {
         "get": {
             "operationId": "followBatch",
-            "summary": "Server-Sent Events: `event: batch` (a BatchSnapshot) first, then each "
-                       "member's change (`event: progress`) and the batch after it; increasing "
-                       "`id:`; ends after the batch finishes",
-            "description": "An id is at_ms * 1001 + the member's place (1000: the batch's event). "
-                           "With Last-Event-ID (header, or ?last_event_id=) exactly the events "
-                           "after that id.",
+            "summary": "Server-Sent Events: `event: batch` (the BatchSnapshot) and `event: "
+                       "progress` (a member's Snapshot), increasing `id:`; ends after the batch "
+                       "finishes",
             "parameters": [
-                BATCH_ID,
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                BATCH_ID, *RESUME,
             ],
             "responses": {
                 "200": {"description": "the stream",
@@ -455,20 +481,21 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/batches/{batch_id}/cancel": {
         "post": {
             "operationId": "cancelBatch",
-            "summary": "cancel a batch: every member not yet finished is canceled",
+            "summary": "cancel every member not yet finished",
             "security": BEARER,
             "parameters": [BATCH_ID],
             "responses": {"202": json_answer("canceled", ref("BatchCanceled")),
-                          "404": respond("NotFound"), **WRITES},
+                          "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
         },
     },
     "/batches/{batch_id}/": {
         "get": {
             "operationId": "batchPage",
-            "summary": "the live page of a batch: overall bar, counts, ETA, one row per member",
+            "summary": "the live page of a batch: overall bar, counts, one live row per member",
             "parameters": [BATCH_ID],
-            "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "404": respond("NotFound"), **READS},
+            "responses": {"200": {"description": "the page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "404": {"description": "no such batch"}, **READS},
         },
     },
     "/api/v1/openapi.json": {
@@ -496,7 +523,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "recentJobsPage",
             "summary": "the page of recent jobs, with a form to submit one",
             "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "503": respond("BackendDown")},
+                          "401": respond("ReadUnauthorized"), "503": respond("BackendDown")},
         },
     },
     "/static/{filename}": {
@@ -560,6 +587,9 @@ DOCUMENT: dict[str, Any] = {
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "PROGRESS_API_TOKEN; writes need it when it is set"},
+            "readToken": {"type": "apiKey", "in": "query", "name": "token",
+                          "description": "PROGRESS_READ_AUTH=token: the API token or a read token, "
+                                         "as ?token= or as a bearer token; every read needs one"},
             "basic": {"type": "http", "scheme": "basic",
                       "description": "for a browser at /rq/: the token as the password"},
         },
@@ -573,5 +603,6 @@ def document() -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
+@read_access(OPEN)  # it describes the endpoints and holds no job's data
 def openapi_json():
     return jsonify(DOCUMENT)

@@ -9,10 +9,11 @@ the page's fallback when its event stream fails: the page polls it every
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, render_template, request, url_for
+from flask import Blueprint, current_app, g, jsonify, render_template, request, url_for
 
 from progress_service.models import validate_id
 
+from .auth import PAPER, read_access
 from .job_lookup import (
     job_history,
     latest_job,
@@ -50,6 +51,9 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
         "status_json_url": url_for("pages.status_page", paper_id=paper_id, _json=1) if paper_id else None,
         "video_url": video_url(snapshot) if snapshot else None,
         "queue": waiting_queue(snapshot),  # a pending job's RQ queue and its workers, as ?_json=1
+        # PROGRESS_READ_AUTH=token: the token this page was opened with, which its scripts send
+        # on (a header for fetch, ?token= for EventSource and the video); None when reading is open
+        "token": g.get("read_token"),
     }
 
 
@@ -69,6 +73,7 @@ def index():
 
 
 @bp.get("/status/<paper_id>/")
+@read_access(PAPER)
 def status_page(paper_id: str):
     validate_id(paper_id, "paper_id")
     if request.args.get("_json", "") not in ("", "0"):

@@ -1,14 +1,15 @@
 /* The batch page (/batches/<id>/): the overall bar, counts by state, the ETA and one live row
- * per member, from the page's config and then the batch, followed by progress-client.js's
- * follow(): live through its event stream (GET /api/v1/batches/<id>/events: "batch" events
- * carry the batch, "progress" events a member); when the stream fails, this page's own poll
- * of the batch and its members (status_url, members_url) until the stream answers again.
- * Finished, failures come first. Everything the page shows is drawn by render() from one
- * `state` object. No inline script or style (the page's CSP): rows come from #member-row,
- * the bars' widths are set here. */
-import { follow } from "./progress-client.js";
-
+ * per member, from the page's config and then the batch's event stream
+ * (GET /api/v1/batches/<id>/events: "batch" events carry the batch, "progress" events a member).
+ * When the stream fails the page polls the batch and its members instead (status_url and
+ * members_url), and ends both once the batch has finished; finished, failures come first.
+ * Everything the page shows is drawn by render() from one `state` object. No inline script
+ * or style (the page's CSP): rows come from #member-row, the bars' widths are set here.
+ * Under PROGRESS_READ_AUTH=token (cfg.token: the token the page was opened with) fetch sends it
+ * as a bearer header, the stream and the members' links as ?token=; a batch's read token reads
+ * no list, so while polling only the batch moves, and at the end the members are read one by one. */
 (function () {
+  "use strict";
   var cfg = JSON.parse(document.getElementById("page-config").textContent);
   var FINISHED = { completed: true, failed: true, canceled: true };
   var ORDER = { failed: 0, canceled: 1, running: 2, pending: 3, completed: 4 };
@@ -17,7 +18,8 @@ import { follow } from "./progress-client.js";
     members: {}, // job_id -> the fields a row shows
     mode: "connecting", // live | polling | done
     first: null, // [time ms, percent] when this page first saw the batch move, for the ETA
-    follower: null // progress-client.js's follow() of the batch
+    source: null,
+    pollTimer: null
   };
   (cfg.members || []).forEach(function (m) { state.members[m.job_id] = m; });
 
@@ -99,7 +101,7 @@ import { follow } from "./progress-client.js";
     row.setAttribute("data-status", status);
     var link = row.querySelector(".member-paper");
     link.textContent = m.paper_id || id;
-    link.href = m.paper_id ? cfg.status_base + encodeURIComponent(m.paper_id) + "/" : "#";
+    link.href = m.paper_id ? withToken(cfg.status_base + encodeURIComponent(m.paper_id) + "/") : "#";
     var badge = row.querySelector(".member-status");
     badge.textContent = status;
     badge.setAttribute("data-status", status);
@@ -111,53 +113,88 @@ import { follow } from "./progress-client.js";
     row.querySelector(".member-id").textContent = id;
   }
 
+  function withToken(url) {
+    return cfg.token ? url + (url.indexOf("?") < 0 ? "?" : "&") + "token=" + encodeURIComponent(cfg.token) : url;
+  }
+
   function getJSON(url) {
-    return fetch(url, { cache: "no-store", headers: { Accept: "application/json" } }).then(function (r) {
+    var headers = { Accept: "application/json" };
+    if (cfg.token) headers.Authorization = "Bearer " + cfg.token;
+    return fetch(url, { cache: "no-store", headers: headers }).then(function (r) {
       if (!r.ok) throw new Error(r.status);
       return r.json();
     });
   }
 
-  function finish() {
+  function finishIfDone() {
+    if (!FINISHED[state.batch.status]) return false;
     state.mode = "done";
-    if (state.follower) { state.follower.close(); state.follower = null; }
+    if (state.source) { state.source.close(); state.source = null; }
+    if (state.pollTimer) { clearInterval(state.pollTimer); state.pollTimer = null; }
     refreshMembers(); // the errors of failed members, which the stream does not carry
+    return true;
   }
 
   function refreshMembers() {
     return getJSON(cfg.members_url).then(function (body) {
       body.jobs.forEach(function (m) { state.members[m.job_id] = m; });
       render();
+    }, readMembersOneByOne);
+  }
+
+  // A batch's read token reads no list (a 401 above), but each member: once the batch has
+  // finished, the members whose end the page has not shown are read one by one.
+  function readMembersOneByOne() {
+    var base = cfg.members_url.split("?")[0] + "/";
+    (state.batch.job_ids || []).forEach(function (id) {
+      var m = state.members[id];
+      if (m && FINISHED[m.status] && (m.status !== "failed" || m.error)) return;
+      getJSON(base + encodeURIComponent(id)).then(function (snap) {
+        state.members[id] = snap;
+        render();
+      }, function () {});
+    });
+  }
+
+  function poll() {
+    var members = getJSON(cfg.members_url).catch(function () { return { jobs: [] }; }); // a read token: 401
+    Promise.all([getJSON(cfg.status_url), members]).then(function (both) {
+      acceptBatch(both[0]);
+      both[1].jobs.forEach(function (m) { state.members[m.job_id] = m; });
+      finishIfDone();
+      render();
     }, function () {});
   }
 
-  // follow()'s fallback while the stream is down: the batch and its members, drawn here
-  function poll() {
-    return Promise.all([getJSON(cfg.status_url), getJSON(cfg.members_url)]).then(function (both) {
-      acceptBatch(both[0]);
-      both[1].jobs.forEach(function (m) { state.members[m.job_id] = m; });
-      if (FINISHED[state.batch.status]) finish();
-      render();
-    });
+  function startPolling() {
+    state.mode = "polling";
+    if (!state.pollTimer) state.pollTimer = setInterval(poll, cfg.poll_ms);
+    poll();
   }
 
-  function start() {
-    state.follower = follow(cfg.status_url, {
-      eventsUrl: cfg.events_url,
-      pollMs: cfg.poll_ms,
-      poll: poll,
-      onUpdate: function (snap, info) {
-        if (info.type === "batch") acceptBatch(snap); else acceptMember(snap);
-        render();
-      },
-      onMode: function (mode) {
-        if (state.mode !== "done") state.mode = mode === "ended" ? "done" : mode;
-        render();
-      },
-      onEnd: function () { finish(); render(); }
+  function openStream() {
+    if (!window.EventSource) { startPolling(); return; }
+    var es = new EventSource(withToken(cfg.events_url));
+    state.source = es;
+    es.onopen = function () { state.mode = "live"; render(); };
+    es.addEventListener("batch", function (ev) {
+      state.mode = "live";
+      acceptBatch(JSON.parse(ev.data));
+      finishIfDone();
+      render();
     });
+    es.addEventListener("progress", function (ev) {
+      acceptMember(JSON.parse(ev.data));
+      render();
+    });
+    es.onerror = function () {
+      if (state.mode === "done") return;
+      es.close();
+      state.source = null;
+      startPolling();
+    };
   }
 
   render();
-  if (FINISHED[state.batch.status]) finish(); else start();
+  if (!finishIfDone()) openStream();
 })();

@@ -26,8 +26,11 @@
   }
 
   // The page of a job: the server names it for the jobs it listed; later ones get the same shape.
+  // Under PROGRESS_READ_AUTH=token (cfg.token: the API token this page was opened with) the
+  // list is read with it and the links carry it on.
   function pageUrl(job) {
-    return job.page_url || statusBase + encodeURIComponent(job.paper_id) + "/";
+    var url = job.page_url || statusBase + encodeURIComponent(job.paper_id) + "/";
+    return cfg.token ? url + "?token=" + encodeURIComponent(cfg.token) : url;
   }
 
   function row(job) {
@@ -64,8 +67,9 @@
   }
 
   function refresh() {
+    var headers = cfg.token ? { Authorization: "Bearer " + cfg.token } : {};
     fetch(cfg.api_jobs_url + "?limit=50" + (cfg.tag ? "&tag=" + encodeURIComponent(cfg.tag) : ""),
-          { cache: "no-store" })
+          { cache: "no-store", headers: headers })
       .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
       .then(function (data) { render(data.jobs); }, function () { /* the next tick tries again */ });
   }
@@ -76,6 +80,7 @@
     var headers = { "Content-Type": "application/json" };
     var token = document.getElementById("token");
     if (token && token.value) headers.Authorization = "Bearer " + token.value;
+    else if (cfg.token) headers.Authorization = "Bearer " + cfg.token; // the API token the page was opened with
     fetch(cfg.api_jobs_url, {
       method: "POST", cache: "no-store", headers: headers,
       body: JSON.stringify({ paper_id: document.getElementById("paper-id").value.trim() })

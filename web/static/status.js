@@ -14,6 +14,10 @@
  *
  * Times come from the Redis server's clock: the page learns its offset from
  * the server_now_ms it was rendered with.
+ *
+ * Under PROGRESS_READ_AUTH=token the page was opened with a token (?token=) and
+ * cfg.token holds it: fetch sends it as a bearer header, EventSource and the
+ * video (which cannot send headers) as ?token=, and only to this origin.
  */
 import { follow } from "./progress-client.js";
 
@@ -62,6 +66,14 @@ import { follow } from "./progress-client.js";
   function now() { return Date.now() + OFFSET; }
   function ms(iso) { var t = iso ? Date.parse(iso) : NaN; return isNaN(t) ? null : t; }
   function jobUrl(id, tail) { return cfg.api_jobs_url + "/" + encodeURIComponent(id) + (tail || ""); }
+  // A URL of this origin with the page's read token as ?token= (a URL elsewhere never gets it).
+  function withToken(url) {
+    if (!cfg.token || !url) return url;
+    var u = new URL(url, window.location.href);
+    if (u.origin !== window.location.origin) return url;
+    u.searchParams.set("token", cfg.token);
+    return u.pathname + u.search + u.hash;
+  }
 
   function duration(seconds) {
     seconds = Math.max(0, seconds);
@@ -146,7 +158,9 @@ import { follow } from "./progress-client.js";
   /* -- fetching ----------------------------------------------------------- */
 
   function getJSON(url) {
-    return fetch(url, { cache: "no-store", headers: { Accept: "application/json" } }).then(function (r) {
+    var headers = { Accept: "application/json" };
+    if (cfg.token) headers.Authorization = "Bearer " + cfg.token;
+    return fetch(url, { cache: "no-store", headers: headers }).then(function (r) {
       if (!r.ok) throw new Error(url + ": HTTP " + r.status);
       return r.json();
     });
@@ -205,6 +219,7 @@ import { follow } from "./progress-client.js";
     var id = state.job.job_id;
     state.follower = follow(jobUrl(id), {
       pollMs: cfg.poll_ms, retryMs: RETRY_MS, retryMaxMs: RETRY_MAX_MS,
+      token: cfg.token || undefined, // PROGRESS_READ_AUTH=token: the stream takes it as ?token=
       poll: fetchStatus,
       onMode: function (m) { if (m === "live" || m === "polling") setMode(m); },
       onUpdate: function (snap) {
@@ -354,7 +369,7 @@ import { follow } from "./progress-client.js";
   }
 
   function renderVideo(job) {
-    var url = state.videoUrl;
+    var url = withToken(state.videoUrl);
     if (job.status !== "completed" || !url) { el.videoBox.hidden = true; return; }
     if (el.video.getAttribute("src") !== url) {
       el.video.setAttribute("src", url);
