@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from helpers import cli_env
 
 from progress_cli import exit_codes
 from progress_service.config import ConfigError, Settings
