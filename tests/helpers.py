@@ -156,3 +156,9 @@ class RestartableRedis:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def subscribed(client, *channels: str) -> bool:
+    """Whether the server counts a subscriber on each of ``channels`` (``PUBSUB NUMSUB``):
+    a ``pubsub.subscribe()`` has taken effect, and a message published now reaches it."""
+    return all(int(count) > 0 for _, count in client.pubsub_numsub(*channels))

@@ -542,7 +542,7 @@ def test_writes_reach_the_hook_with_their_results(store, settings):
 
 
 def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_returns(real_redis, settings,
-                                                                          tmp_path):
+                                                                          tmp_path, caplog):
     proxy = TcpProxy(settings.progress_redis_url)
     proxy.up()
     via_proxy = dataclasses.replace(settings, progress_redis_url=proxy.url)
@@ -568,7 +568,8 @@ def test_a_job_that_ends_while_redis_is_away_is_recorded_when_it_returns(real_re
         assert wait_until(lambda: direct.get("j")["current_step"] == "a", timeout=10)
         proxy.down()
         go.touch()  # the command goes on and ends while its writes fail
-        time.sleep(1.0)
+        wait_until(lambda: "the final write failed" in caplog.text,
+                   what="the runner's final write to fail while Redis is away")
         assert direct.get("j")["status"] == "running"
         proxy.up()
     finally:

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from helpers import wait_until
+from helpers import subscribed, wait_until
 from tcp_proxy import TcpProxy
 
 from progress_service import InvalidInput, JobConflict, JobNotFound, ProgressStore, Status
@@ -24,6 +24,12 @@ STEPS = list(DEFAULT_STEPS)
 def job(store):
     store.create_job("job-1", "31452104", steps=STEPS)
     return "job-1"
+
+
+def clock_passes(store, ms: int, what: str) -> None:
+    """Wait until the Redis server's clock, the one every stamp and snapshot is read on,
+    is past ``ms``."""
+    wait_until(lambda: store.server_time_ms() > ms, what=what)
 
 
 def stored(store, job_id="job-1"):
@@ -197,7 +203,8 @@ def test_an_update_that_changes_nothing_refreshes_the_timestamp_only(store, job)
     before = stored(store)
     events = store.client.pubsub(ignore_subscribe_messages=True)
     events.subscribe(store.keys.events(job))
-    time.sleep(0.01)
+    wait_until(lambda: subscribed(store.client, store.keys.events(job)), what="the subscription")
+    clock_passes(store, ms_from_iso(before["progress_updated_at"]), "a later millisecond")
     r = store.update(job, progress_percent=25, status="running")
     assert (r.accepted, r.reason, r.seq) == (True, "unchanged", before["seq"])
     after = stored(store)
@@ -257,7 +264,7 @@ def test_a_running_job_goes_stale_without_progress(store, job):
 def test_a_pending_job_goes_stale_after_its_own_limit(store, job):
     slow = ProgressStore(store.client, dataclasses.replace(
         store.settings, stale_after=0.05, pending_stale_after=0.4))
-    time.sleep(0.1)
+    clock_passes(slow, ms_from_iso(stored(slow)["created_at"]) + 50, "stale_after to pass")
     assert slow.get(job)["is_stale"] is False  # past stale_after, but pending has its own
     assert wait_until(lambda: slow.get(job)["is_stale"], timeout=3)
 
@@ -265,7 +272,7 @@ def test_a_pending_job_goes_stale_after_its_own_limit(store, job):
 def test_a_finished_job_is_never_stale(store, job):
     fast = ProgressStore(store.client, dataclasses.replace(store.settings, stale_after=0.01))
     fast.update(job, status="failed", error="x")
-    time.sleep(0.05)
+    clock_passes(fast, fast.server_time_ms() + 50, "stale_after to pass")
     assert fast.get(job)["is_stale"] is False
 
 
@@ -280,7 +287,7 @@ def test_heartbeat_stamps_without_seq_or_event(store, job):
 def test_eta_comes_from_the_history(store, job):
     store.update(job, progress_percent=10, status="running")
     assert stored(store)["eta_seconds"] is None or stored(store)["eta_seconds"] >= 0
-    time.sleep(0.2)
+    time.sleep(0.2)  # time must pass between these writes: the ETA is a rate
     store.update(job, progress_percent=50)
     eta = stored(store)["eta_seconds"]
     # 40 points in ~0.2 s: the remaining 50 take ~0.25 s
@@ -300,7 +307,8 @@ def test_history_is_capped(store, job):
 def test_every_accepted_change_is_published_on_both_channels(store, job):
     ps = store.client.pubsub(ignore_subscribe_messages=True)
     ps.subscribe(store.keys.events(job), store.keys.all_events)
-    time.sleep(0.01)
+    wait_until(lambda: subscribed(store.client, store.keys.events(job), store.keys.all_events),
+               what="the subscriptions")
     store.update(job, progress_percent=10, status="running")
     got = []
     deadline = time.monotonic() + 3
@@ -414,19 +422,32 @@ def test_a_subscriber_waits_out_a_redis_outage_and_still_sees_the_end(cut_link, 
     assert all(a["seq"] < b["seq"] for a, b in zip(seen, seen[1:], strict=False))
 
 
-def test_a_subscriber_waits_for_a_job_redis_lost_until_its_runner_recreates_it(cut_link):
+def test_a_subscriber_waits_for_a_job_redis_lost_until_its_runner_recreates_it(cut_link, caplog):
     """Redis came back empty: the job is gone for a moment, then re-created above its old seq
     (as worker.runner does). The iterator does not end with "not found" in between."""
     proxy, watcher, direct = cut_link
+    missing = []  # the watcher's reads that found no job
+    read = watcher.get
+
+    def counted_get(job_id):
+        snap = read(job_id)
+        if snap is None:
+            missing.append(job_id)
+        return snap
+
+    watcher.get = counted_get
     follower = Follower(watcher, idle_check=0.2)
     try:
         assert follower.first.wait(5)
         lost_seq = direct.get("j")["seq"]
         proxy.down()
         direct.client.delete(direct.keys.job("j"), direct.keys.history("j"))  # an empty restart
-        time.sleep(1.0)
+        wait_until(lambda: "connection lost" in caplog.text, what="the watcher to lose Redis")
         proxy.up()
-        time.sleep(1.0)  # the watcher is back and finds no job: it must keep waiting
+        # The watcher is back and finds no job (twice: the first read did not end it);
+        # it must keep waiting.
+        wait_until(lambda: len(missing) >= 2 or not follower.thread.is_alive(),
+                   what="the watcher to find the job missing after Redis is back")
         assert follower.thread.is_alive() and not follower.errors, follower.errors
         direct.create_job("j", "p", steps=["a", "b"], seq_floor=lost_seq)
         direct.update("j", status="running", current_step="b", progress_percent=60)
@@ -451,7 +472,7 @@ def test_a_restored_job_keeps_its_creation_and_start_times(store):
     store.client.delete(store.keys.job("old"), store.keys.history("old"))  # Redis lost it
     created_ms = ms_from_iso(original["created_at"])
     started_ms = ms_from_iso(before["started_at"])
-    time.sleep(0.01)
+    clock_passes(store, started_ms, "a later millisecond")  # a new stamp would differ
     restored = store.create_job("old", "p", steps=STEPS, seq_floor=before["seq"],
                                 created_at_ms=created_ms, started_at_ms=started_ms)
     assert restored["created_at"] == original["created_at"] and restored["seq"] == before["seq"] + 1
@@ -538,7 +559,7 @@ def test_a_restore_of_a_job_that_exists_is_a_conflict(store):
 
 def test_a_new_job_still_gets_its_start_time_when_it_starts(store, job):
     created = stored(store)["created_at"]
-    time.sleep(0.01)
+    clock_passes(store, ms_from_iso(created), "a later millisecond")
     store.update(job, status="running")
     assert stored(store)["started_at"] > created
 
@@ -612,7 +633,7 @@ def test_eta_is_none_until_a_running_job_has_moved_and_once_it_ends(store, job):
     assert stored(store)["eta_seconds"] is None  # pending
     store.update(job, status="running", progress_percent=10)
     assert stored(store)["eta_seconds"] is None  # no rate yet
-    time.sleep(0.2)
+    time.sleep(0.2)  # time must pass between these writes: the ETA is a rate
     store.update(job, progress_percent=20)
     eta = stored(store)["eta_seconds"]
     # 10 points in >= 0.2 s, 80 to go: >= 1.6 s (less than a minute on any machine)
@@ -624,6 +645,7 @@ def test_eta_is_none_until_a_running_job_has_moved_and_once_it_ends(store, job):
 def test_eta_follows_the_recent_rate_and_grows_when_progress_stops(store, job, monkeypatch):
     monkeypatch.setattr("progress_service.store.ETA_WINDOW_MS", 500)
     store.update(job, status="running", progress_percent=10)
+    # Time must pass between these writes: the ETA is a rate.
     time.sleep(1.5)  # slow at first: over the whole run, 50 to go would take ~2 s
     for p in (20, 30, 40, 50):
         time.sleep(0.03)
@@ -631,9 +653,10 @@ def test_eta_follows_the_recent_rate_and_grows_when_progress_stops(store, job, m
     fast = stored(store)["eta_seconds"]
     # Over the last 500 ms it gained at least 30 points: under a second for the last 50.
     assert fast is not None and fast < 1.0, fast
-    time.sleep(0.6)  # now nothing moves: the window is empty
+    last_write = ms_from_iso(stored(store)["progress_updated_at"])
+    clock_passes(store, last_write + 500, "the window to empty")  # now nothing moves
     stalled = stored(store)["eta_seconds"]
-    time.sleep(0.3)
+    time.sleep(0.3)  # time must pass between these reads: a stalled job's ETA grows with it
     later = stored(store)["eta_seconds"]
     assert stalled is not None and later is not None and later > stalled > fast, (fast, stalled, later)
 
@@ -655,10 +678,9 @@ def test_a_subscriber_asking_for_derived_fields_sees_a_stalled_jobs_eta_grow(sto
 
 
 def test_list_jobs_newest_first_and_filtered(store):
-    store.create_job("a1", "p1")
-    time.sleep(0.003)
-    store.create_job("a2", "p2")
-    time.sleep(0.003)
+    for job_id, paper_id in (("a1", "p1"), ("a2", "p2")):
+        created = store.create_job(job_id, paper_id)["created_at"]
+        clock_passes(store, ms_from_iso(created), "a later millisecond")  # newest first
     store.create_job("a3", "p1")
     store.update("a3", status="running")
     assert [s["job_id"] for s in store.list_jobs()] == ["a3", "a2", "a1"]
@@ -757,7 +779,7 @@ def test_the_highest_seq_floor_keeps_seq_exact(store):
     assert store.create_job("job-top", "34265844", seq_floor=top)["seq"] == top + 1
     ps = store.client.pubsub(ignore_subscribe_messages=True)
     ps.subscribe(store.keys.events("job-top"))
-    time.sleep(0.01)
+    wait_until(lambda: subscribed(store.client, store.keys.events("job-top")), what="the subscription")
     assert store.update("job-top", status="running").seq == top + 2
     m = None
     deadline = time.monotonic() + 3
@@ -791,7 +813,7 @@ def test_a_job_recreated_above_a_seq_floor_goes_on_from_there(store):
     """A runner re-creating a job the store lost (Redis restarted empty) continues its seq."""
     ps = store.client.pubsub(ignore_subscribe_messages=True)
     ps.subscribe(store.keys.events("job-r"))
-    time.sleep(0.01)
+    wait_until(lambda: subscribed(store.client, store.keys.events("job-r")), what="the subscription")
     snap = store.create_job("job-r", "34265844", steps=STEPS, seq_floor=41)
     assert snap["seq"] == 42 and snap["status"] == "pending"
     assert [h["seq"] for h in store.history("job-r")] == [42]
