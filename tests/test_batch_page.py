@@ -78,3 +78,21 @@ def test_the_index_page_filters_by_tag(web, store, page):  # noqa: F811
     wait_for_js(page, "document.body.textContent.indexOf('tagged-2') >= 0")  # the refresh keeps the filter
     assert "untagged-1" not in page.locator("#jobs-body").text_content()
     assert page.evaluate("window.__csp") == [] and console == []
+
+
+def test_with_its_stream_blocked_the_batch_page_polls_to_the_end(web, store, page, tmp_path):  # noqa: F811
+    batch_id = f"poll-{tmp_path.name[-10:].replace('_', '-').strip('-') or 'b'}"
+    job_ids = [f"{batch_id}-m{i}" for i in range(3)]
+    store.create_batch(batch_id, job_ids, "video")
+    for i, job_id in enumerate(job_ids):
+        store.create_job(job_id, f"2571967{i}", batch_id=batch_id)
+    page.route("**/events*", lambda route: route.abort())
+    page.goto(f"{web.base}/batches/{batch_id}/")
+    wait_for_js(page, "document.getElementById('conn').textContent.indexOf('every few seconds') >= 0")
+    store.update(job_ids[0], progress_percent=50)
+    for job_id in job_ids:
+        store.update(job_id, status="completed")
+    wait_for_js(page, "document.getElementById('status-badge').textContent === 'completed'")
+    wait_for_js(page, "document.getElementById('conn').textContent === 'Finished.'")
+    assert page.locator(BAR).get_attribute("aria-valuenow") == "100"
+    assert page.locator("tr.member[data-status='completed']").count() == 3
