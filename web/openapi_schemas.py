@@ -1,0 +1,268 @@
+"""The shapes of the OpenAPI document (web/openapi.py): its JSON Schema 2020-12 schemas.
+
+Kept apart from the paths so that each file reads as one thing: what the answers look
+like here, which endpoint answers what there. A nullable field is ``"type": [T, "null"]``.
+The snapshot lists every field of the public snapshot; ``required`` names those the
+service sends today.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+STATUSES = ["pending", "running", "completed", "failed", "canceled"]
+JSON = "application/json"
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(type_: str, **more: Any) -> dict[str, Any]:
+    return {"type": [type_, "null"], **more}
+
+
+TIME = nullable("string", format="date-time", description="ISO-8601 UTC, milliseconds; the Redis server's clock")
+ID = {"type": "string", "pattern": ID_PATTERN}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Id": {**ID, "description": "a job, paper, batch or pipeline id"},
+    "Status": {"type": "string", "enum": STATUSES},
+    "Error": {
+        "type": "object",
+        "description": "every error: 400 bad input, 401 token, 403 a write from another site, "
+                       "404 unknown, 405, 409 conflict, 413 body too large, 415 not JSON, "
+                       "503 a backend down",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": {"type": "string", "description": "what, as a code: invalid_input, not_found, ..."},
+            "detail": {"type": "string", "description": "what went wrong, for a person"},
+        },
+        "additionalProperties": False,
+    },
+    "Snapshot": {
+        "type": "object",
+        "description": "a job's current state",
+        "required": [
+            "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
+            "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at",
+            "started_at", "progress_updated_at", "finished_at", "heartbeat_at", "is_stale",
+            "eta_seconds",
+        ],
+        "properties": {
+            "job_id": ID,
+            "paper_id": ID,
+            "pipeline": {"type": "string"},
+            "status": ref("Status"),
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "current_step": nullable("string"),
+            "steps": {"type": "array", "items": {"type": "string"}},
+            "completed_steps": {"type": "array", "items": {"type": "string"},
+                                "description": "a prefix of steps"},
+            "total_steps": {"type": "integer", "minimum": 0},
+            "message": nullable("string"),
+            "error": nullable("string"),
+            "result": nullable("object", description='e.g. {"video_url": "..."} once completed'),
+            "seq": {"type": "integer", "minimum": 0, "description": "+1 on every accepted change"},
+            "created_at": TIME,
+            "started_at": TIME,
+            "progress_updated_at": TIME,
+            "finished_at": TIME,
+            "heartbeat_at": TIME,
+            "batch_id": nullable("string"),
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "attempt": {"type": "integer", "minimum": 1},
+            "retry_of": nullable("string"),
+            "is_stale": {"type": "boolean", "description": "derived at read time"},
+            "eta_seconds": nullable("number"),
+            "eta_source": {"enum": ["rate", "history", "blend", None]},
+        },
+        "additionalProperties": False,
+    },
+    "BatchSnapshot": {
+        "type": "object",
+        "description": "a batch's current state (the batch routes use it)",
+        "required": ["batch_id", "name", "pipeline", "tags", "job_ids", "total", "pending", "running",
+                     "completed", "failed", "canceled", "progress_percent", "status", "created_at",
+                     "finished_at", "eta_seconds"],
+        "properties": {
+            "batch_id": ID,
+            "name": nullable("string"),
+            "pipeline": {"type": "string"},
+            "tags": {"type": "array", "items": ID},
+            "job_ids": {"type": "array", "items": ID},
+            **{count: {"type": "integer", "minimum": 0}
+               for count in ("total", "pending", "running", "completed", "failed", "canceled")},
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "status": ref("Status"),
+            "created_at": TIME,
+            "finished_at": TIME,
+            "eta_seconds": nullable("number"),
+        },
+        "additionalProperties": False,
+    },
+    "HistoryEntry": {
+        "type": "object",
+        "required": ["seq", "at", "progress_percent", "current_step", "status"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 0},
+            "at": TIME,
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "current_step": nullable("string"),
+            "status": ref("Status"),
+        },
+        "additionalProperties": False,
+    },
+    "SubmitRequest": {
+        "type": "object",
+        "required": ["paper_id"],
+        "properties": {
+            "paper_id": ID,
+            "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "enqueue": {"type": "boolean", "default": True,
+                        "description": "false, with steps: a tracked job that no worker runs"},
+            "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
+                      "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                      "description": "a tracked job's steps, in order (with enqueue false)"},
+        },
+        "additionalProperties": False,
+    },
+    "Submitted": {
+        "type": "object",
+        "required": ["job_id", "status_url", "events_url", "page_url"],
+        "properties": {
+            "job_id": ID,
+            "status_url": {"type": "string", "description": "the snapshot (GET)"},
+            "events_url": {"type": "string", "description": "its event stream"},
+            "page_url": {"type": "string", "description": "the paper's live page"},
+            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
+    "BatchRequest": {
+        "type": "object",
+        "required": ["paper_ids"],
+        "properties": {
+            "paper_ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": 1000},
+            "pipeline": {**ID, "default": "video"},
+            "tags": {"type": "array", "items": ID, "maxItems": 16},
+            "name": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "BatchSubmitted": {
+        "type": "object",
+        "required": ["batch_id", "job_ids", "status_url", "events_url", "page_url"],
+        "properties": {
+            "batch_id": ID,
+            "job_ids": {"type": "array", "items": ID},
+            "status_url": {"type": "string"},
+            "events_url": {"type": "string"},
+            "page_url": {"type": "string"},
+            "read_token": {"type": "string", "description": "under PROGRESS_READ_AUTH=token"},
+        },
+        "additionalProperties": False,
+    },
+    "ProgressUpdate": {
+        "type": "object",
+        "description": "a producer's update; a field left out keeps the stored value",
+        "properties": {
+            "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "current_step": {"type": "string", "description": "one of the job's steps"},
+            "status": ref("Status"),
+            "message": {"type": "string"},
+            "error": {"type": "string"},
+            "result": {"type": "object"},
+            "force": {"type": "boolean", "default": False},
+        },
+        "additionalProperties": False,
+    },
+    "UpdateAnswer": {
+        "type": "object",
+        "required": ["accepted", "reason", "seq"],
+        "properties": {
+            "accepted": {"type": "boolean"},
+            "reason": {"enum": ["ok", "unchanged", "regression", "terminal"]},
+            "seq": {"type": "integer", "minimum": 0},
+        },
+        "additionalProperties": False,
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": ref("Snapshot")}},
+        "additionalProperties": False,
+    },
+    "PaperStatus": {
+        "type": "object",
+        "description": "the paper's latest job in brief; an unknown paper has exists false",
+        "required": ["paper_id", "pmid", "exists", "status", "current_step", "completed_steps",
+                     "progress_percent", "progress_updated_at", "is_stale", "final_video",
+                     "final_video_url", "job_id"],
+        "properties": {
+            "paper_id": ID,
+            "pmid": nullable("string"),
+            "exists": {"type": "boolean"},
+            "status": {"enum": [*STATUSES, None]},
+            "current_step": nullable("string"),
+            "completed_steps": {"type": "array", "items": {"type": "string"}},
+            "progress_percent": nullable("number", minimum=0, maximum=100),
+            "progress_updated_at": TIME,
+            "is_stale": {"type": "boolean"},
+            "final_video": nullable("string"),
+            "final_video_url": nullable("string"),
+            "job_id": nullable("string"),
+            "queue": {
+                "description": "a pending job's RQ queue and how many workers listen there",
+                "type": ["object", "null"],
+                "required": ["name", "workers"],
+                "properties": {"name": {"type": "string"}, "workers": {"type": "integer", "minimum": 0}},
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Health": {
+        "type": "object",
+        "required": ["redis", "postgres"],
+        "properties": {
+            "redis": {"enum": ["ok", "down"]},
+            "postgres": {"enum": ["ok", "down"]},
+            "error": {"type": "string"},
+            "detail": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+}
+
+
+SCHEMAS["TokenRequest"] = {
+    "type": "object",
+    "description": "one of job_id and batch_id",
+    "properties": {"job_id": ID, "batch_id": ID,
+                   "ttl": {"type": "integer", "minimum": 1, "maximum": 366 * 24 * 3600, "default": 604800}},
+    "additionalProperties": False,
+}
+SCHEMAS["ReadToken"] = {
+    "type": "object",
+    "required": ["read_token", "expires_at"],
+    "properties": {"read_token": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}},
+    "additionalProperties": False,
+}
+
+
+# the cancel answer: the job's snapshot after it, and where to read it
+SCHEMAS["Canceled"] = copy.deepcopy(SCHEMAS["Snapshot"])
+SCHEMAS["Canceled"].update(description="the job's snapshot after the cancel, and its status_url")
+SCHEMAS["Canceled"]["required"].append("status_url")
+SCHEMAS["Canceled"]["properties"]["status_url"] = {"type": "string"}
+
+
+# the batch cancel answer: the batch's snapshot after it, and the members it canceled
+SCHEMAS["BatchCanceled"] = copy.deepcopy(SCHEMAS["BatchSnapshot"])
+SCHEMAS["BatchCanceled"].update(description="the batch's snapshot after the cancel, and the "
+                                            "members it canceled")
+SCHEMAS["BatchCanceled"]["required"].append("canceled_job_ids")
+SCHEMAS["BatchCanceled"]["properties"]["canceled_job_ids"] = {"type": "array", "items": ID}
