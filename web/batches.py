@@ -77,7 +77,7 @@ def require_batch(batch_id: str) -> dict[str, Any]:
 
 @bp.post("/api/v1/batches")
 @require_token
-def submit_batch():
+def submit_batch() -> tuple[Response, int, dict[str, str]]:
     body = json_object({"paper_ids", "pipeline", "tags", "name"}, frozenset({"paper_ids"}))
     store = progress_store()
     batch_id, job_ids = queue.submit_batch(
