@@ -180,8 +180,25 @@ def key_prefix() -> str:
 
 
 def _delete_keys(client, key_prefix: str) -> None:
+    """Every key naming ``key_prefix``, and RQ's keys of the jobs queued on this test's
+    queues (``<prefix>-...``): those are named by job id alone, so they are found by their
+    ``origin``; workers of those queues that died without deregistering; and the queues'
+    entries in ``rq:queues``. (RQ's own ``rq:clean_groups`` lock is not a test's: it
+    expires by itself.)"""
     for key in client.scan_iter(match=f"*{key_prefix}*", count=1000):
         client.unlink(key)
+    prefix = key_prefix.encode()
+    for key in client.scan_iter(match="rq:job:*", count=1000, _type="hash"):
+        if (client.hget(key, "origin") or b"").startswith(prefix):
+            job_id = key.split(b":")[2]
+            client.unlink(key, b"rq:results:" + job_id, key + b":dependents", key + b":dependencies")
+    for key in client.scan_iter(match="rq:worker:*", count=1000, _type="hash"):
+        if (client.hget(key, "queues") or b"").startswith(prefix):  # a worker killed mid-test
+            client.unlink(key, key + b":executions")
+            client.srem("rq:workers", key)
+    stale = [q for q in client.smembers("rq:queues") if prefix in q]
+    if stale:
+        client.srem("rq:queues", *stale)
 
 
 @pytest.fixture(scope="module")
