@@ -218,7 +218,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         redacted_url(settings.progress_redis_url), settings.key_prefix, settings.worker_lost_after,
         mirror_state, "burst mode" if args.burst else "waiting for jobs")
     try:
-        worker.work(burst=args.burst, logging_level="DEBUG" if args.verbose else None)
+        # with_scheduler: RQ's scheduler queues an automatic retry when its backoff is over
+        worker.work(burst=args.burst, logging_level="DEBUG" if args.verbose else None, with_scheduler=True)
     finally:
         stop.set()
         for thread in threads:

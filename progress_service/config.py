@@ -103,7 +103,8 @@ def _database_url(url: str) -> str:
 class Settings:
     """Every setting of CONTRACT's configuration table, with its default.
 
-    The five before ``read_auth`` are this implementation's own (README, "Configuration").
+    The five before ``read_auth``, and ``retry_backoff``, are this implementation's own (README,
+    "Configuration").
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -125,6 +126,7 @@ class Settings:
     sse_keepalive: float = DEFAULT_SSE_KEEPALIVE  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
     read_auth: str = READ_AUTH_OPEN  # PROGRESS_READ_AUTH: "open", or "token" (every read needs a token)
     secret_key: str | None = field(default=None, repr=False)  # PROGRESS_SECRET_KEY: signs read tokens
+    retry_backoff: float = 10.0  # PROGRESS_RETRY_BACKOFF: seconds before an automatic retry, doubled each time
 
     @property
     def reads_need_token(self) -> bool:
@@ -175,6 +177,7 @@ class Settings:
             sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", DEFAULT_SSE_KEEPALIVE, minimum=0.1),
             read_auth=read_auth,
             secret_key=secret_key,
+            retry_backoff=_number(env, "PROGRESS_RETRY_BACKOFF", 10.0),
         )
 
 

@@ -69,6 +69,7 @@ def validate_id(value: object, what: str = "job_id") -> str:
 
 
 MAX_TAGS = 16
+MAX_ATTEMPT = 999_999  # create_job-2.lua's bound
 
 
 def validate_tags(tags: object) -> list[str]:
@@ -121,13 +122,16 @@ def ms_from_iso(iso: str | None) -> int | None:
 def history_entry(fields: Mapping[str, str]) -> dict[str, Any]:
     """One entry of a job's history stream (its fields, decoded) -> CONTRACT's history entry."""
     progress = float(fields.get("progress_percent") or 0)
-    return {
+    entry: dict[str, Any] = {
         "seq": int(fields["seq"]),
         "at": iso_ms(int(fields["at"])),
         "progress_percent": int(progress) if progress.is_integer() else progress,
         "current_step": fields.get("current_step") or None,
         "status": fields.get("status"),
     }
+    if fields.get("message"):  # only a resumed retry's first entry has one: the steps it skips
+        entry["message"] = fields["message"]
+    return entry
 
 
 def _int_or_none(raw: str | None) -> int | None:
@@ -181,10 +185,22 @@ def build_snapshot(
         "heartbeat_at": iso_ms(heartbeat),
         "batch_id": fields.get("batch_id") or None,
         "tags": json.loads(fields.get("tags") or "[]"),
+        "attempt": int(fields.get("attempt") or 1),  # a job made before retries existed: 1
+        "retry_of": fields.get("retry_of") or None,
         "is_stale": is_stale(status, now_ms, created, started, updated, stale_after, pending_stale_after),
         "eta_seconds": eta_seconds(status, progress, now_ms, recent or []),
     }
     return snap
+
+
+LINEAGE = ("batch_id", "tags", "attempt", "retry_of")  # what a job keeps when it is re-created
+
+
+def lineage_of(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``snapshot`` that say where the job comes from (its batch, tags, attempt
+    and the job it retries): what ``ProgressStore.restore_job`` takes to re-create it as it was."""
+    return {"batch_id": snapshot.get("batch_id"), "tags": list(snapshot.get("tags") or ()),
+            "attempt": int(snapshot.get("attempt") or 1), "retry_of": snapshot.get("retry_of")}
 
 
 def is_stale(

@@ -40,6 +40,10 @@ class Pipeline:
     description: str = ""
     # seconds RQ lets one job run; None: PROGRESS_JOB_TIMEOUT
     timeout: int | None = None
+    # the command skips the steps whose output its output folder already holds: a retry of a
+    # job of this pipeline starts in a copy of the previous attempt's folder, with the steps
+    # that attempt completed done (progress_service.retries, worker.resume)
+    resumable: bool = False
 
     def __post_init__(self) -> None:
         if not self.steps or len(set(self.steps)) != len(self.steps):
@@ -51,6 +55,16 @@ class Pipeline:
         if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, int)
                                          or self.timeout < 1):
             raise ValueError(f"pipeline {self.name!r}: timeout must be a whole number of seconds >= 1")
+        if not isinstance(self.resumable, bool):
+            raise ValueError(f"pipeline {self.name!r}: resumable must be true or false")
+
+    def start_percent(self, steps_done: int) -> float:
+        """The bar's percent when the first ``steps_done`` steps are done: the same figure,
+        rounded the same way, as the runner's tracker reaches on entering the next step."""
+        weights = [float(w) for w in self.weights] if self.weights is not None else [1.0] * len(self.steps)
+        total = sum(weights)
+        shares = [w * 100.0 / total for w in weights]
+        return round(min(sum(shares[:steps_done]), 99.9), 2)  # 99.9: the tracker's cap
 
 
 def _video_command(paper_id: str, out_dir: str) -> list[str]:
@@ -73,6 +87,7 @@ PIPELINES: dict[str, Pipeline] = {
         weights=(2.0, 2.0, 8.0, 48.0, 40.0),
         command=_video_command,
         description="a bundled PubMed paper -> a narrated slide video (MP4)",
+        resumable=True,  # it skips a step whose output (checked) is there already
     ),
 }
 
