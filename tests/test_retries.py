@@ -145,7 +145,7 @@ def test_retry_of_a_canceled_job_of_a_plain_pipeline_starts_from_the_beginning(
         queue_store, settings, rq_conn, monkeypatch):
     store = queue_store
     monkeypatch.setitem(PIPELINES, "plain", Pipeline(name="plain", steps=("a", "b"),
-                                                     command=lambda p, o: ["true"]))
+                                                     command=lambda *_: ["true"]))
     store.create_job("job-p", "p1", steps=["a", "b"], pipeline="plain")
     store.update("job-p", status="running", current_step="b", progress_percent=50)
     store.update("job-p", status="canceled")

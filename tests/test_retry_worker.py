@@ -44,7 +44,7 @@ def env(monkeypatch, settings, tmp_path):
 
 def script_pipeline(monkeypatch, name: str, source: str, folder: Path) -> None:
     """Register pipeline ``name`` (steps a, b) running ``source`` with ``folder`` as argv[1]."""
-    def command(paper_id: str, out_dir: str) -> list[str]:
+    def command(paper_id: str, out_dir: str, *_job_id: str) -> list[str]:
         return [sys.executable, "-c", textwrap.dedent(source), str(folder)]
 
     monkeypatch.setitem(PIPELINES, name, Pipeline(name=name, steps=("a", "b"), command=command))
