@@ -25,7 +25,7 @@ from progress_service.pipelines import PIPELINES
 pytestmark = pytest.mark.browser
 
 
-def test_a_failed_jobs_page_follows_its_retry_and_lists_the_failed_attempt(web, store, page):
+def test_a_failed_jobs_page_follows_its_retry_and_lists_the_failed_attempt(web, store, page):  # noqa: F811
     paper = new_paper()
     first = start_job(store, paper)
     store.update(first, current_step=STEPS[3], progress_percent=12)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from helpers import wait_until, work_burst, worker_env
 from test_worker_rq import work_beside
 
+from progress_service import retries
 from progress_service.durations import job_duration, step_durations
 from progress_service.pipelines import PIPELINES, Pipeline
 from progress_service.queue import cancel_job, submit_job
-from progress_service import retries
 from progress_service.retries import retry_job
 
 VIDEO_STEPS = list(PIPELINES["video"].steps)
