@@ -141,10 +141,7 @@ def register(subparsers) -> None:
     submit.add_argument("--retries", type=_retries, default=0, metavar="N",
                         help="retry a failure up to N times (0-10), each a new job after a "
                              "doubling backoff (PROGRESS_RETRY_BACKOFF); one job only")
-    submit.add_argument("--wait", action="store_true",
-                        help="follow the job with a live bar; the exit status tells how it ended")
-    submit.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
-                        help="with --wait: give up waiting after this long (exit 124)")
+    _add_wait(submit, "the job")
 
     retry = add_command(
         subparsers, "retry", cmd_retry, help="a new attempt of a failed or canceled job; prints its id",
@@ -152,10 +149,7 @@ def register(subparsers) -> None:
         "retry_of JOB_ID). A resumable pipeline's retry skips the steps JOB_ID completed.",
         epilog=RETRY_EPILOG)
     retry.add_argument("job_id", metavar="JOB_ID", help="a failed or canceled job (Redis or PostgreSQL)")
-    retry.add_argument("--wait", action="store_true",
-                       help="follow the new job with a live bar; the exit status tells how it ended")
-    retry.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
-                       help="with --wait: give up waiting after this long (exit 124)")
+    _add_wait(retry, "the new job")
 
     cancel = add_command(
         subparsers, "cancel", cmd_cancel, help="cancel a job, or every unfinished job of a batch",
@@ -200,6 +194,14 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
+
+
+def _add_wait(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--wait`` and ``--timeout``: follow ``what`` to its end (``_wait_for``)."""
+    parser.add_argument("--wait", action="store_true",
+                        help=f"follow {what} with a live bar; the exit status tells how it ended")
+    parser.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="with --wait: give up waiting after this long (exit 124)")
 
 
 def _retries(text: str) -> int:

@@ -14,7 +14,7 @@ import sys
 import pytest
 from helpers import REPO, cli_env, subscribed, wait_until
 from rq.job import Job, JobStatus
-from test_api import TOKEN, assert_error, build, running_job
+from test_api import TOKEN, assert_error, build, pg_app, running_job  # noqa: F401 - pg_app: a fixture
 
 from progress_service import InvalidInput, JobConflict, JobNotFound
 from progress_service.models import DEFAULT_STEPS
@@ -231,17 +231,7 @@ def test_http_submit_takes_retries_but_not_for_a_tracked_job(app, rq_conn):
     assert "tracked job" in assert_error(r, 400, "invalid_input")["detail"]
 
 
-@pytest.fixture
-def pg_app(settings, real_redis, db_url):
-    app = build(dataclasses.replace(settings, database_url=db_url))
-    yield app
-    mirror = app.extensions.get("progress_mirror")
-    if mirror is not None:
-        mirror.close()
-    app.extensions["progress_events"].close()
-
-
-def test_http_retry_of_a_job_only_postgres_keeps(pg_app, real_redis, rq_conn):
+def test_http_retry_of_a_job_only_postgres_keeps(pg_app, real_redis, rq_conn):  # noqa: F811
     from progress_service.mirror import Mirror
 
     store = pg_app.extensions["progress"]
