@@ -82,8 +82,9 @@ def retry_job(
     ``find`` reads a job Redis has let go (the web's and the CLI's reach PostgreSQL);
     by default only Redis is asked. Raises ``JobNotFound`` for a job neither knows,
     ``JobConflict`` for one that has not failed or been canceled, or that has been retried
-    already (the message names its retry), ``InvalidInput`` for a bad id or a pipeline the
-    service no longer has, ``BackendUnavailable`` when Redis does not answer.
+    already (the message names its retry), or whose pipeline no worker runs (a tracked job,
+    a pipeline since removed), ``InvalidInput`` for a bad id, ``BackendUnavailable`` when
+    Redis does not answer.
     """
     validate_id(job_id, "job_id")
     validate_retries(retries)
@@ -98,7 +99,10 @@ def retry_job(
     number = int(old.get("attempt") or 1) + 1
     if number > MAX_ATTEMPT:
         raise JobConflict(f"job {job_id} is attempt {number - 1}: no more attempts")
-    spec = require_pipeline(old["pipeline"])
+    try:
+        spec = require_pipeline(old["pipeline"])
+    except InvalidInput as exc:  # a tracked job (no worker runs it), or a pipeline since removed
+        raise JobConflict(f"job {job_id} cannot be queued again: {exc}") from None
     steps_done, percent, message = resume_point(spec, old)
     if delay > 0:
         wait = f"starts in {delay:g} s"

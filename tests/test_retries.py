@@ -164,7 +164,12 @@ def test_only_a_failed_or_canceled_job_is_retried(queue_store, settings, rq_conn
             retry_job(settings, job_id, store=store, redis_conn=rq_conn)
     with pytest.raises(JobNotFound):
         retry_job(settings, "no-such-job", store=store, redis_conn=rq_conn)
-    assert store.recent_job_ids(10) == ["job-c", "job-r"]  # nothing made
+    store.create_job("job-t", "p1", steps=["a"], pipeline="tracked")  # a producer elsewhere reports it
+    store.update("job-t", status="failed", error="boom")
+    with pytest.raises(JobConflict, match="cannot be queued again: unknown pipeline 'tracked'"):
+        retry_job(settings, "job-t", store=store, redis_conn=rq_conn)
+    assert store.retried_by("job-t") is None
+    assert store.recent_job_ids(10) == ["job-t", "job-c", "job-r"]  # nothing made
 
 
 def test_backoff_doubles_and_is_capped():

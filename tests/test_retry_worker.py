@@ -197,3 +197,24 @@ def test_a_video_job_failed_at_generate_videos_resumes_on_retry(store, settings,
           f"({', '.join(f'{k} {v:.2f}' for k, v in steps_fresh.items())})"
           f"\nvideo job, retry after a failure at generate-videos: {job_duration(done):.2f} s running "
           f"({', '.join(f'{k} {v:.2f}' for k, v in steps_retry.items())})")
+
+
+def test_a_job_failed_as_worker_lost_is_retried_when_it_has_retries_left(store, settings, rq_conn, env):
+    import dataclasses
+
+    from worker.lost import WORKER_LOST, sweep_lost_jobs
+
+    fast = dataclasses.replace(settings, worker_lost_after=1.0, retry_backoff=0.2)
+    lost = submit_job(fast, "31452104", store=store, redis_conn=rq_conn, retries=1)
+    plain = submit_job(fast, "25719670", store=store, redis_conn=rq_conn)
+    for job_id in (lost, plain):
+        store.update(job_id, status="running", current_step=VIDEO_STEPS[0])  # then its worker is killed
+    swept = wait_until(lambda: sweep_lost_jobs(store, fast, rq_connection=rq_conn,
+                                               queue_names=[fast.queue_name]), timeout=10)
+    assert sorted(swept) == sorted([lost, plain])
+    assert store.get(lost)["error"] == WORKER_LOST
+    retry = store.retried_by(lost)
+    assert retry is not None and store.retried_by(plain) is None
+    snap = store.get(retry)
+    assert (snap["attempt"], snap["retry_of"], snap["status"]) == (2, lost, "pending")
+    assert snap["message"] == "starts in 0.2 s"
