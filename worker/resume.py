@@ -31,6 +31,11 @@ def copy_previous_output(previous: Path, out_dir: Path, job_id: str) -> bool:
         logger.warning("job %s: the previous attempt's folder %s is gone: every step runs again",
                        job_id, previous)
         return False
-    shutil.copytree(previous, out_dir, symlinks=True, copy_function=shutil.copy2, dirs_exist_ok=True)
+    try:
+        shutil.copytree(previous, out_dir, symlinks=True, copy_function=shutil.copy2, dirs_exist_ok=True)
+    except (OSError, shutil.Error) as exc:  # a full disk, a file unreadable: what was copied is checked
+        logger.warning("job %s: could not copy all of %s (%s): the steps whose output is missing "
+                       "run again", job_id, previous, exc)
+        return False
     logger.info("job %s: resumes in a copy of %s", job_id, previous)
     return True
