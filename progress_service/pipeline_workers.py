@@ -61,11 +61,14 @@ def announce(conn: redis.Redis, settings: Settings, worker: str, pipelines: Mapp
     ttl_ms = max(1, int((ttl if ttl is not None else settings.worker_lost_after) * 1000))
     body = json.dumps({"pipelines": {name: list(p.steps) for name, p in pipelines.items()},
                        "host": socket.gethostname(), "pid": os.getpid()})
-    expires = _ms(conn) + ttl_ms
+    now = _ms(conn)
     with conn.pipeline(transaction=True) as pipe:
         pipe.set(keys.worker_pipelines(queue, worker), body, px=ttl_ms)
-        pipe.zadd(keys.queue_workers(queue), {worker: expires})
-        pipe.pexpire(keys.queue_workers(queue), ttl_ms)
+        # The index has no TTL of its own (one worker's would cut short the others'): every
+        # announce and every read drops the members that have expired, and Redis deletes it
+        # once it is empty.
+        pipe.zremrangebyscore(keys.queue_workers(queue), "-inf", now)
+        pipe.zadd(keys.queue_workers(queue), {worker: now + ttl_ms})
         pipe.execute()
 
 
