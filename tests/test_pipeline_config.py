@@ -15,7 +15,13 @@ from helpers import REPO, cli_env
 from progress_cli import exit_codes
 from progress_service.config import ConfigError, Settings
 from progress_service.pipeline_config import ArgvTemplate, read_pipeline_file
-from progress_service.pipelines import PIPELINES, Pipeline, get_pipeline, load_pipelines, require_pipeline
+from progress_service.pipelines import (
+    PIPELINES,
+    Pipeline,
+    get_pipeline,
+    load_pipelines,
+    require_pipeline,
+)
 
 GOOD = """
 [pipelines.transcode]
