@@ -100,7 +100,7 @@ def retry_job(
     if number > MAX_ATTEMPT:
         raise JobConflict(f"job {job_id} is attempt {number - 1}: no more attempts")
     try:
-        spec = require_pipeline(old["pipeline"])
+        spec = require_pipeline(old["pipeline"], settings)
     except InvalidInput as exc:  # a tracked job (no worker runs it), or a pipeline since removed
         raise JobConflict(f"job {job_id} cannot be queued again: {exc}") from None
     steps_done, percent, message = resume_point(spec, old)

@@ -60,7 +60,7 @@ from rq.timeouts import JobTimeoutException
 from progress_service import ProgressStore, Settings, Status
 from progress_service.config import ConfigError
 from progress_service.errors import ProgressError
-from progress_service.pipelines import get_pipeline
+from progress_service.pipelines import Pipeline, get_pipeline
 from progress_service.retries import retry_failed
 from progress_service.scripts import UpdateResult
 from progress_service.store import connect
@@ -93,11 +93,13 @@ class JobCanceled(Exception):
 
 class PipelineFailed(Exception):
     """The pipeline's command failed; the message is the job's error (``markup_free``),
-    ``exit_code`` the command's (None: it was killed, or did not start)."""
+    ``exit_code`` the command's (None: it was killed, or did not start). ``retryable`` False:
+    the job was refused (a pipeline this worker does not run as submitted), no retry will help."""
 
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
+    def __init__(self, message: str, exit_code: int | None = None, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.retryable = retryable
 
 
 NO_TAGS = str.maketrans({"<": "\u2039", ">": "\u203a"})  # ‹ ›
@@ -140,7 +142,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
         raise RuntimeError("run_pipeline runs as an RQ job; use worker.runner.run_command otherwise")
     settings = Settings.from_env()
     store = ProgressStore(connect(settings), settings)
-    spec = get_pipeline(pipeline)
+    spec = _known_pipeline(store, settings, job.id, pipeline)
     out_dir = output_root(settings) / job.id
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = job.timeout if job.timeout and job.timeout > 0 else None
@@ -158,7 +160,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
 
     try:
         outcome = run_command(
-            store, job.id, spec.command(paper_id, str(out_dir)), steps=spec.steps,
+            store, job.id, spec.command(paper_id, str(out_dir), job.id), steps=spec.steps,
             weights=spec.weights, settings=settings, env=env, on_write=meta.on_write,
             on_start=meta.on_start, timeout=runner_timeout, describe_exception=describe, tag=tag,
         )
@@ -184,6 +186,29 @@ def _resume(store: ProgressStore, job_id: str, root: Path, out_dir: Path, env: d
     retry_of = snap.get("retry_of") if snap else None
     if retry_of and copy_previous_output(root / retry_of, out_dir, job_id):
         env[RESUME_FROM_ENV] = str(root / retry_of)
+
+
+def _known_pipeline(store: ProgressStore, settings: Settings, job_id: str, name: str) -> Pipeline:
+    """The pipeline ``name`` as this worker knows it, with the steps the job was created with.
+
+    A submit is refused when the live workers do not know the pipeline
+    (``progress_service.pipeline_workers``), but a job queued while no worker was live
+    may meet one that does not: the job then fails, saying why, instead of running
+    steps the store does not expect.
+    """
+    try:
+        spec = get_pipeline(name, settings)
+        snap = store.get(job_id)
+        if snap is not None and snap["steps"] != list(spec.steps):
+            raise ValueError(f"pipeline {name!r} has steps {list(spec.steps)} on this worker, but the "
+                             f"job was submitted with {snap['steps']}: give the workers and the "
+                             f"submitters the same PROGRESS_PIPELINES")
+    except (ValueError, ConfigError) as exc:  # ConfigError: the worker's PROGRESS_PIPELINES broke
+        error = f"worker {socket.gethostname()}: {exc}"
+        _finish_in_store(job_id, Status.FAILED.value, error=error, store=store)
+        store.close()
+        raise PipelineFailed(markup_free(error), retryable=False) from None
+    return spec
 
 
 def _take_over_rq_alarm(timeout: float | None) -> float | None:
@@ -256,7 +281,8 @@ def on_rq_failure(job: Job, connection, exc_type=None, exc_value=None, tb=None) 
         return  # the runner has written the store already; a cancel is not retried
     if exc_type is None or not issubclass(exc_type, PipelineFailed):  # else the runner has written it
         _fail_in_store(job, exc_type, exc_value)
-    _retry_if_due(job, connection, getattr(exc_value, "exit_code", None))
+    if getattr(exc_value, "retryable", True):
+        _retry_if_due(job, connection, getattr(exc_value, "exit_code", None))
 
 
 def _fail_in_store(job: Job, exc_type, exc_value) -> None:
