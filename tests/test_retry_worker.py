@@ -218,3 +218,15 @@ def test_a_job_failed_as_worker_lost_is_retried_when_it_has_retries_left(store, 
     snap = store.get(retry)
     assert (snap["attempt"], snap["retry_of"], snap["status"]) == (2, lost, "pending")
     assert snap["message"] == "starts in 0.2 s"
+
+
+def test_a_job_its_worker_refuses_is_not_retried(store, settings, rq_conn, env, monkeypatch, tmp_path):
+    """Submitted with steps a, b; the worker's pipeline of that name has other steps: refused."""
+    script_pipeline(monkeypatch, "t-changed", FLAKY, tmp_path)
+    job_id = submit_job(settings, "p-changed", "t-changed", store=store, redis_conn=rq_conn, retries=2)
+    monkeypatch.setitem(PIPELINES, "t-changed", Pipeline(name="t-changed", steps=("a", "b", "c"),
+                                                         command=lambda *_: ["true"]))
+    work_burst(settings, rq_conn, store, with_scheduler=True)
+    jobs = attempts_of(store, "p-changed")
+    assert [(j["attempt"], j["status"]) for j in jobs] == [(1, "failed")]
+    assert "steps" in jobs[0]["error"] and store.retried_by(job_id) is None
