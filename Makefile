@@ -13,7 +13,7 @@ OLDEST := .venv-oldest
 CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	|| { echo "$(PYTHON) is older than Python 3.11: run make PYTHON=python3.11 ..." >&2; exit 1; }
 
-.PHONY: venv test test-oldest demo bench lint
+.PHONY: venv test test-oldest demo bench lint vendor-chartjs
 
 venv: $(STAMP)
 
@@ -58,3 +58,9 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict progress_service/
 	$(BIN)/mypy worker/ web/ progress_cli/
+
+# The charting library of /insights/, vendored: npm pack into a temp dir, copy its UMD build
+# and LICENSE into web/static/vendor/ (committed; the app serves them, CI needs no npm).
+CHARTJS_VERSION ?= 4.6.1
+vendor-chartjs:
+	web/static/vendor/update-chartjs.sh $(CHARTJS_VERSION)
