@@ -20,7 +20,19 @@ from flask.json.provider import DefaultJSONProvider
 from progress_service.config import ConfigError, Settings
 from progress_service.store import ProgressStore
 
-from . import api, auth, batches, dashboard, errors, events, insights, metrics, openapi, pages, security
+from . import (
+    api,
+    auth,
+    batches,
+    dashboard,
+    errors,
+    events,
+    insights,
+    metrics,
+    openapi,
+    pages,
+    security,
+)
 from .fanout import EventHub
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from progress_service import queue
 from progress_service.duration_histograms import read_histograms
-
 from progress_service.errors import BackendUnavailable
 from progress_service.store import ProgressStore
 
@@ -44,6 +43,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("ops", __name__)
 
 ACCEPTED_REASONS = frozenset({"ok", "unchanged"})
+REJECTED_REASONS = frozenset({"regression", "terminal", "not_found"})  # each exported, 0 until one happens
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 POSTGRES_CONNECT_TIMEOUT = 2
 STARTED = "progress.started"  # the WSGI environ key of a request's start time
@@ -72,7 +72,7 @@ class StoreCollector:
             up.add_metric([], 0)
         else:
             up.add_metric([], 1)
-            for reason in ACCEPTED_REASONS:
+            for reason in ACCEPTED_REASONS | REJECTED_REASONS:
                 stats.setdefault(reason, 0)
             for reason, count in sorted(stats.items()):
                 family = accepted if reason in ACCEPTED_REASONS else rejected

@@ -311,7 +311,8 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "staticFile",
             "summary": "the pages' scripts and styles, among them progress-client.js (an ES "
-                       "module any page may import: it is served with Access-Control-Allow-Origin: *)",
+                       "module any page may import: it is served with Access-Control-Allow-Origin: *) "
+                       "and the vendored Chart.js (vendor/chart.umd.js: filename may name a folder)",
             "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}},
         },
