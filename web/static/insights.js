@@ -88,7 +88,10 @@
       datasets.push({label: s.name + " p90", borderColor: s.color, backgroundColor: s.color, pointRadius: 2,
                      borderDash: [5, 4], data: s.points.map(function (x) { return x.p90; })});
     });
-    draw(canvas, {type: "line", data: {labels: labels, datasets: datasets}, options: options("seconds")});
+    draw(canvas, {type: "line", data: {labels: labels, datasets: datasets}, options: options("seconds", function (o) {
+      // several series (steps): one legend entry each, its p50; the caption says p90 is dashed
+      if (series.length > 1) o.plugins.legend.labels.filter = function (item) { return item.datasetIndex % 2 === 0; };
+    })});
   }
 
   report.pipelines.forEach(function (p) {
