@@ -67,7 +67,10 @@ def parse_since(text: str | None, now: datetime) -> datetime:
         return now - DEFAULT_WINDOW
     match = _RELATIVE.match(text)
     if match:
-        since = now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        span = timedelta(**{_UNITS[match[2]]: int(match[1])})
+        if span > MAX_WINDOW:  # checked before the subtraction, which a large span would overflow
+            raise InvalidInput(f"since may go back {MAX_WINDOW.days} days at most, got {text!r}")
+        since = now - span
     else:
         try:
             since = datetime.fromisoformat(text.replace("Z", "+00:00"))
