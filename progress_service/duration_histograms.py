@@ -25,6 +25,7 @@ observations of a new series past that are dropped, and logged.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -76,8 +77,21 @@ def _bucket(kind: str, seconds: float) -> str:
     return bound_text(bounds[i]) if i < len(bounds) else INF
 
 
+@functools.lru_cache(maxsize=4096)  # the same few pipelines and steps, job after job
 def _series(kind: str, *labels: str) -> str:
     return json.dumps([kind, *labels], separators=(",", ":"), ensure_ascii=False)
+
+
+def _grouped(found: Iterable[Observation]) -> list[tuple[str, int, float, dict[str, int]]]:
+    """Observations added up per series: (series, count, seconds, {bucket bound: count})."""
+    groups: dict[str, tuple[list[float], dict[str, int]]] = {}
+    for series, bound, seconds in found:
+        totals, buckets = groups.setdefault(series, ([0, 0.0], {}))
+        totals[0] += 1
+        totals[1] += seconds
+        if bound:
+            buckets[bound] = buckets.get(bound, 0) + 1
+    return [(series, int(totals[0]), totals[1], buckets) for series, (totals, buckets) in groups.items()]
 
 
 def observations(snapshot: Mapping[str, Any], history: Iterable[Mapping[str, Any]]) -> list[Observation]:
@@ -94,22 +108,23 @@ def observations(snapshot: Mapping[str, Any], history: Iterable[Mapping[str, Any
 
 def record_landed(store: ProgressStore, jobs: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]
                   ) -> int:
-    """Add jobs that just landed in PostgreSQL, each ``(snapshot, history)``, to the histograms.
+    """Add jobs that just landed in PostgreSQL, each ``(snapshot, history)``, to the histograms,
+    added up per series first (one script call, a few fields per series).
 
     The mirror's hook: a failure is logged, never raised (the rows have landed;
-    only their share of the metrics is lost). Returns the observations kept.
+    only their share of the metrics is lost). Returns how many series were kept.
     """
-    found = [o for snapshot, history in jobs for o in observations(snapshot, history)]
-    if not found:
+    groups = _grouped(o for snapshot, history in jobs for o in observations(snapshot, history))
+    if not groups:
         return 0
     try:
-        kept = store.add_durations(found, MAX_SERIES)
+        kept = store.add_durations(groups, MAX_SERIES)
     except BackendUnavailable as exc:
         logger.warning("metrics: %d finished jobs left out of the duration histograms: %s", len(jobs), exc)
         return 0
-    if kept < len(found):
-        logger.warning("metrics: the duration histograms hold %d series already; %d observations of "
-                       "new ones dropped", MAX_SERIES, len(found) - kept)
+    if kept < len(groups):
+        logger.warning("metrics: the duration histograms hold %d series already; the observations "
+                       "of %d new ones dropped", MAX_SERIES, len(groups) - kept)
     return kept
 
 

@@ -156,12 +156,11 @@ BATCH_INSERT = (
 
 
 def _job_of(row: JobRow) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A ``job_row``'s snapshot fields and history, as ``job_row`` was given them."""
+    """A ``job_row``'s snapshot fields (its steps decoded, the other lists left as JSON text)
+    and its history: what the duration histograms read."""
     fields = dict(zip(_NAMES, row, strict=True))
-    for name, kind in COLUMNS:
-        if kind == "jsonb" and fields[name] is not None:
-            fields[name] = json.loads(fields[name])
-    return fields, fields.pop("history")
+    fields["steps"] = json.loads(fields["steps"])
+    return fields, json.loads(fields.pop("history"))
 
 
 def _returned(cur: psycopg.Cursor[Any]) -> list[tuple[str, bool]]:

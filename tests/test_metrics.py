@@ -270,7 +270,7 @@ def test_past_the_cap_new_series_are_dropped_and_known_ones_still_count(store, m
     assert dh.record_landed(store, [(snap, history)]) == 3
     other = {**snap, "pipeline": "other"}
     assert dh.record_landed(store, [(other, history), (snap, history)]) == 3  # only video's kept
-    assert "observations of new ones dropped" in caplog.text
+    assert "the observations of 3 new ones dropped" in caplog.text
     found = {(h.kind, h.labels): h.count for h in dh.read_histograms(store)}
     assert found == {("finished", ("video", "completed")): 2, ("job", ("video", "completed")): 2,
                      ("step", ("video", "a")): 2}

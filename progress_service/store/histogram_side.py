@@ -6,7 +6,7 @@ methods use the store's client, keys, scripts and error mapping.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..scripts import as_text as _text
 from .part import StorePart
@@ -15,12 +15,15 @@ from .part import StorePart
 class HistogramSide(StorePart):
     """``ProgressStore``'s methods for the histograms every process shares."""
 
-    def add_durations(self, observations: Sequence[tuple[str, str, float]], max_series: int) -> int:
-        """Add ``(series, bucket bound, seconds)`` observations in one script call
-        (``lua/observe_durations-1.lua``); return how many were kept."""
+    def add_durations(self, series: Sequence[tuple[str, int, float, Mapping[str, int]]],
+                      max_series: int) -> int:
+        """Add ``(series, count, seconds, {bucket bound: count})`` groups in one script call
+        (``lua/observe_durations-1.lua``); return how many series were kept."""
         args: list[str | int | float] = [max_series]
-        for series, bound, seconds in observations:
-            args += [series, bound, repr(float(seconds))]
+        for name, count, seconds, buckets in series:
+            args += [name, count, repr(float(seconds)), len(buckets)]
+            for bound, n in buckets.items():
+                args += [bound, n]
         return int(self._call(self.scripts.observe_durations, [self.keys.durations], args))
 
     def read_durations(self) -> dict[str, str]:
