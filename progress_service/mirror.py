@@ -18,7 +18,8 @@ progress_jobs.seq < EXCLUDED.seq``), so replays, racing sweepers and backfills
 never overwrite a newer row. A due entry is removed only after its row landed;
 when PostgreSQL fails, the batch's entries are re-scored with exponential
 back-off (``retry_base`` doubling up to ``retry_max`` seconds), so nothing is
-lost and a dead database is not hammered.
+lost and a dead database is not hammered. A job whose row is new (``RETURNING``)
+goes to the duration histograms of ``/metrics`` (``duration_histograms``): once.
 
 No finished job leaves Redis unmirrored: ``lua/update_progress-2.lua`` writes
 down when a finished job expires (``PROGRESS_JOB_TTL`` after it finished) but
@@ -153,14 +154,6 @@ BATCH_INSERT = (
     f" VALUES ({', '.join(f'%s::{kind}' for _, kind in BATCH_COLUMNS)})"
     " ON CONFLICT (batch_id) DO NOTHING"
 )
-
-
-def _job_of(row: JobRow) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A ``job_row``'s snapshot fields (its steps decoded, the other lists left as JSON text)
-    and its history: what the duration histograms read."""
-    fields = dict(zip(_NAMES, row, strict=True))
-    fields["steps"] = json.loads(fields["steps"])
-    return fields, json.loads(fields.pop("history"))
 
 
 def _returned(cur: psycopg.Cursor[Any]) -> list[tuple[str, bool]]:
@@ -536,10 +529,12 @@ class Mirror:
         return len(written)
 
     def _landed(self, rows: list[JobRow], new: set[str]) -> None:
-        """The mirror's hook for jobs whose row is new: their durations, to the shared
-        histograms of ``/metrics`` (``progress_service.duration_histograms``)."""
-        if new:
-            duration_histograms.record_landed(self.store, [_job_of(row) for row in rows if row[0] in new])
+        """The mirror's hook for jobs whose row is new: their durations, to the shared histograms
+        of ``/metrics`` (``duration_histograms``; the fields it reads: steps decoded, and history)."""
+        jobs = [dict(zip(_NAMES, row, strict=True)) for row in rows if row[0] in new]
+        if jobs:
+            duration_histograms.record_landed(self.store, [
+                ({**job, "steps": json.loads(job["steps"])}, json.loads(job["history"])) for job in jobs])
 
     def _write_one_by_one(self, conn: psycopg.Connection, rows: list[JobRow],
                           exc: psycopg.Error) -> list[tuple[str, bool]]:
