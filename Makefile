@@ -61,6 +61,12 @@ lint: venv
 
 # The charting library of /insights/, vendored: npm pack into a temp dir, copy its UMD build
 # and LICENSE into web/static/vendor/ (committed; the app serves them, CI needs no npm).
+# Then update the version in web/static/vendor/README.md and run tests/test_insights_browser.py.
 CHARTJS_VERSION ?= 4.6.1
 vendor-chartjs:
-	web/static/vendor/update-chartjs.sh $(CHARTJS_VERSION)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent "chart.js@$(CHARTJS_VERSION)" >/dev/null) && \
+	tar -xzf "$$tmp/chart.js-$(CHARTJS_VERSION).tgz" -C "$$tmp" && \
+	cp "$$tmp/package/dist/chart.umd.js" web/static/vendor/chart.umd.js && \
+	cp "$$tmp/package/LICENSE.md" web/static/vendor/chart.js.LICENSE.md && \
+	echo "vendored chart.js $(CHARTJS_VERSION): web/static/vendor/chart.umd.js"

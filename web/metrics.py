@@ -85,7 +85,6 @@ class StoreCollector:
         yield GaugeMetricFamily("progress_sse_clients", "Server-Sent Events streams open in this process.",
                                 value=hub.client_count)
 
-
     def durations(self, store: ProgressStore):
         """The shared duration histograms and the finished jobs' count, from Redis."""
         jobs = HistogramMetricFamily(
@@ -113,6 +112,7 @@ class StoreCollector:
         yield finished
 
     def queue_depth(self, store: ProgressStore):
+        """How many jobs wait in the RQ queue (RQ's connection, ``web.api.rq_connection``)."""
         depth = GaugeMetricFamily("progress_queue_depth", "Jobs waiting in the RQ queue for a worker.",
                                   labels=["queue"])
         try:
