@@ -58,7 +58,7 @@ def env(monkeypatch, settings, tmp_path):
         monkeypatch.delenv(name, raising=False)
     source = textwrap.dedent(SOURCE)
     monkeypatch.setitem(PIPELINES, PIPELINE, Pipeline(
-        name=PIPELINE, steps=("a", "b"), command=lambda paper_id, out_dir: [sys.executable, "-c", source]))
+        name=PIPELINE, steps=("a", "b"), command=lambda paper_id, out_dir, job_id: [sys.executable, "-c", source]))
 
 
 @pytest.fixture
