@@ -137,6 +137,13 @@ def test_after_one_job_metrics_holds_its_histograms_by_pipeline_and_step(env, se
     assert value(found, "progress_jobs_finished", "progress_jobs_finished_total", **job) == 1
     assert value(found, "progress_updates_accepted", "progress_updates_accepted_total", reason="ok") > 0
     assert value(found, "progress_queue_depth", "progress_queue_depth", queue=settings.queue_name) == 0
+    # another web process (its own registry and clients, as each gunicorn worker has) sees the same
+    other = build(dataclasses.replace(settings, database_url=db_url))
+    try:
+        assert value(families(other), "progress_step_duration_seconds", "progress_step_duration_seconds_count",
+                     pipeline=PIPELINE, step="b") == 1
+    finally:
+        other.extensions["progress_events"].close()
 
     # written again (a forced change after it landed, and the mirror copies it anew): counted once
     assert store.update(job_id, message="note added later", force=True).accepted
