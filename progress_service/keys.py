@@ -18,6 +18,8 @@ class Keys:
         """Sorted set of finished job ids waiting for PostgreSQL, scored by next try (ms)."""
         self.stats = f"{prefix}:stats"
         """Hash of update counts by reason, summed over every process."""
+        self.durations = f"{prefix}:metrics:durations"
+        """Hash of the job and step duration histograms, summed over every process."""
         self.batches_index = f"{prefix}:batches"
         """Sorted set of the batches not yet kept in PostgreSQL, scored by creation time (ms)."""
 

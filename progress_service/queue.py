@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["FAILURE_CALLBACK", "JOB_FUNCTION", "STOPPED_CALLBACK", "cancel_batch", "cancel_job",
-           "rq_connection", "submit_batch", "submit_job", "waiting_queue"]
+           "queue_depth", "rq_connection", "submit_batch", "submit_job", "waiting_queue"]
 
 # What the worker runs, by name (worker/jobs.py).
 JOB_FUNCTION = "worker.jobs.run_pipeline"
@@ -276,3 +276,10 @@ def waiting_queue(job_id: str, redis_conn: redis.Redis) -> dict[str, Any] | None
         return None
     queue = Queue(rq_job.origin, connection=redis_conn)
     return {"name": rq_job.origin, "workers": len(Worker.all(queue=queue))}
+
+
+def queue_depth(settings: Settings, redis_conn: redis.Redis) -> int:
+    """How many jobs wait in the RQ queue (``settings.queue_name``) for a worker."""
+    from rq import Queue
+
+    return int(Queue(settings.queue_name, connection=redis_conn).count)

@@ -21,7 +21,19 @@ from progress_service.config import ConfigError, Settings
 from progress_service.pipelines import load_pipelines
 from progress_service.store import ProgressStore
 
-from . import api, auth, batches, dashboard, errors, events, metrics, openapi, pages, security
+from . import (
+    api,
+    auth,
+    batches,
+    dashboard,
+    errors,
+    events,
+    insights,
+    metrics,
+    openapi,
+    pages,
+    security,
+)
 from .fanout import EventHub
 
 logger = logging.getLogger(__name__)
@@ -93,6 +105,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(insights.bp)
     dashboard.init_app(app, settings.redis_url)
     app.before_request(security.guard_writes)
     app.before_request(auth.guard_reads)

@@ -48,6 +48,7 @@ from .arguments import text_arg as _text_arg
 from .arguments import whole as _whole
 from .batch_side import BatchSide
 from .events import EventFeed, Subscription, parse_event
+from .histogram_side import HistogramSide
 from .mirror_side import MirrorSide
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def connect(settings: Settings) -> RedisClient:
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-class ProgressStore(MirrorSide, BatchSide):
+class ProgressStore(MirrorSide, BatchSide, HistogramSide):
     def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
