@@ -52,6 +52,7 @@ from .batches import is_finished, member_entry
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
 from .models import TERMINAL_VALUES, is_valid_id, iso_ms, validate_id
 from .postgres import PostgresPool, one_line
+from .step_stats import refresh as refresh_step_stats
 from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("history", "jsonb"),
 )
 _NAMES = [name for name, _ in COLUMNS]
+_PIPELINE, _STATUS = _NAMES.index("pipeline"), _NAMES.index("status")
 UPSERT = (
     f"INSERT INTO {TABLE} ({', '.join(_NAMES)}, mirrored_at)"
     f" VALUES ({', '.join(f'%s::{kind}' for _, kind in COLUMNS)}, now())"
@@ -207,6 +209,7 @@ class Mirror:
             return False
         self._write(rows)
         self._settle(handled)
+        self._refresh_step_stats(rows)
         return True
 
     def sweep(self, limit: int | None = 500) -> int:
@@ -317,7 +320,7 @@ class Mirror:
     def fetch(self, job_id: str) -> dict[str, Any] | None:
         """The snapshot PostgreSQL keeps of a finished job, or None (for a job Redis expired).
 
-        Besides CONTRACT's snapshot fields (``is_stale`` False, ``eta_seconds`` None)
+        Besides CONTRACT's snapshot fields (``is_stale`` False, ``eta_seconds`` and ``eta_source`` None)
         it carries the row's ``history`` (a list) and ``mirrored_at`` (ISO-8601).
         """
         validate_id(job_id)
@@ -476,7 +479,19 @@ class Mirror:
         rows, handled = self._load(ids)
         written = self._write(rows) if rows else 0
         self._settle(handled)
+        self._refresh_step_stats(rows)
         return written
+
+    def _refresh_step_stats(self, rows: list[JobRow]) -> None:
+        """The ETA's step statistics of the pipelines whose completed jobs just landed
+        (``progress_service.step_stats``); a failure is logged, never the mirror's."""
+        pipelines = {row[_PIPELINE] for row in rows if row[_STATUS] == "completed"}
+        if not pipelines:
+            return
+        try:
+            self._run(lambda conn: refresh_step_stats(conn, self.store, pipelines))
+        except Exception as exc:  # noqa: BLE001 - the rows have landed; the ETA waits for the next batch
+            logger.warning("mirror: step statistics of %s not refreshed: %s", ", ".join(sorted(pipelines)), exc)
 
     # -- internals: PostgreSQL --------------------------------------------
 
@@ -554,5 +569,5 @@ class Mirror:
         for name in ("created_at", "started_at", "progress_updated_at", "finished_at", "heartbeat_at"):
             snap[name] = _iso(snap[name])
         snap["is_stale"] = False
-        snap["eta_seconds"] = None
+        snap["eta_seconds"] = snap["eta_source"] = None
         return snap

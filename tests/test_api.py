@@ -27,11 +27,13 @@ SNAPSHOT_KEYS = {
     "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
     "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at", "started_at",
     "progress_updated_at", "finished_at", "heartbeat_at", "batch_id", "tags", "is_stale", "eta_seconds",
+    "eta_source",
 }
 STATUS_KEYS = {
     "paper_id", "pmid", "exists", "status", "current_step", "completed_steps", "progress_percent",
     "progress_updated_at", "is_stale", "final_video", "final_video_url", "job_id",
     "queue",  # beyond CONTRACT: a pending job's RQ queue and how many workers listen there
+    "typical_seconds",  # beyond CONTRACT: how long a job of its pipeline typically takes
 }
 TOKEN = "s3cret-token"
 BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9"]
