@@ -31,9 +31,10 @@ known: ``ahead * typical / workers`` (None if no worker listens).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -112,7 +113,7 @@ def _bounds(stats: StepStats, steps: Sequence[str], index: int) -> tuple[float, 
 
 def _position(job: JobState) -> int | None:
     """The index of the step the job is in (None: past the last one)."""
-    if job.current_step in job.steps:
+    if job.current_step is not None and job.current_step in job.steps:
         return list(job.steps).index(job.current_step)
     return job.completed if job.completed < len(job.steps) else None
 
@@ -210,8 +211,6 @@ def pending_estimate(stats: StepStats | None, place: QueuePlace | None = None) -
 def estimate_fields(fields: Mapping[str, str], now_ms: int, stats: StepStats | None,
                     recent: Sequence[tuple[int, float]] = (), steps: Sequence[str] | None = None) -> Estimate:
     """:func:`estimate` of a job hash (decoded field -> value); ``steps`` when already parsed."""
-    import json
-
     started = fields.get("step_started_ms")
     job = JobState(
         status=fields.get("status") or Status.PENDING.value,
@@ -254,7 +253,7 @@ class LiveEta:
     ``ProgressStore.step_stats``; None: the rate alone).
     """
 
-    def __init__(self, stats_for: Any = None) -> None:
+    def __init__(self, stats_for: Callable[[str], StepStats | None] | None = None) -> None:
         self.points: deque[tuple[int, float]] = deque(maxlen=ETA_POINTS)
         self.stats_for = stats_for
         self.step_started_ms: int | None = None
@@ -282,7 +281,8 @@ class LiveEta:
             self.step_started_ms = at_ms
         progress = float(snapshot["progress_percent"])
         self.points.append((at_ms, progress))
-        stats = self.stats_for(snapshot.get("pipeline")) if self.stats_for and snapshot.get("pipeline") else None
+        pipeline = snapshot.get("pipeline")
+        stats = self.stats_for(pipeline) if self.stats_for is not None and pipeline else None
         job = JobState(Status.RUNNING.value, progress, snapshot.get("steps") or [], snapshot.get("current_step"),
                        len(snapshot.get("completed_steps") or []), self.step_started_ms)
         est = estimate(job, at_ms, stats, list(self.points))

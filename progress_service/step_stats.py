@@ -22,9 +22,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .durations import job_duration, step_durations
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .store import ProgressStore
 
 __all__ = ["CompletedJob", "StepStats", "StepTimes", "compute_stats", "from_hash", "percentile",
            "refresh", "to_hash"]
@@ -97,7 +102,7 @@ def _start_percents(history: Iterable[Mapping[str, Any]], steps: Sequence[str]) 
     out: dict[str, float] = {}
     for entry in history:
         step = entry.get("current_step")
-        if step in steps and step not in out:
+        if isinstance(step, str) and step in steps and step not in out:
             out[step] = float(entry.get("progress_percent") or 0)
     return out
 
@@ -176,7 +181,7 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def refresh(conn: Any, store: Any, pipelines: Iterable[str]) -> list[StepStats]:
+def refresh(conn: psycopg.Connection[Any], store: ProgressStore, pipelines: Iterable[str]) -> list[StepStats]:
     """Recompute the statistics of ``pipelines`` from the latest completed jobs PostgreSQL keeps
     (``conn``, a psycopg connection; ``store.settings.eta_history_jobs`` of them) and save each
     in Redis (``store.save_step_stats``). Returns them."""

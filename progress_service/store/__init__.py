@@ -22,8 +22,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from ..config import Settings
-from ..eta import estimate_fields
 from ..errors import BackendUnavailable, InvalidInput, JobConflict
+from ..eta import estimate_fields
 from ..keys import Keys
 from ..models import (
     DEFAULT_STEPS,
