@@ -46,6 +46,7 @@ __all__ = ["ETA_POINTS", "Estimate", "JobState", "LiveEta", "QueuePlace", "batch
 
 ETA_POINTS = 20  # running events a LiveEta keeps
 RATE, HISTORY, BLEND = "rate", "history", "blend"
+PENDING, RUNNING = Status.PENDING.value, Status.RUNNING.value
 
 
 class Estimate(NamedTuple):
@@ -87,7 +88,7 @@ def rate_eta(status: str, progress: float, now_ms: int, recent: Sequence[tuple[i
     The rate is measured from the oldest running entry in ``recent`` to now, so
     a job that has stopped moving sees its ETA grow instead of freezing.
     """
-    if status != Status.RUNNING.value or progress >= 100 or not recent:
+    if status != RUNNING or progress >= 100 or not recent:
         return None
     first_at, first_progress = recent[0]
     elapsed = (now_ms - first_at) / 1000
@@ -100,15 +101,31 @@ def rate_eta(status: str, progress: float, now_ms: int, recent: Sequence[tuple[i
 # -- history -----------------------------------------------------------------------------
 
 
-def _bounds(stats: StepStats, steps: Sequence[str], index: int) -> tuple[float, float]:
-    """Where step ``index`` typically starts and ends on the bar (percent)."""
-    def start(i: int) -> float:
-        times = stats.step_times.get(steps[i])
-        return times.start_percent if times is not None else 100.0 * i / len(steps)
+class Layout(NamedTuple):
+    """A job's steps as its pipeline's statistics know them: each one's typical seconds (None:
+    no job timed it), and where the bar typically starts and ends it (percent)."""
 
-    low = start(index)
-    high = start(index + 1) if index + 1 < len(steps) else 100.0
-    return low, max(high, low)
+    typical: tuple[float | None, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    total: float | None  # the whole job's typical work (None: a step is untimed)
+
+
+def layout(stats: StepStats, steps: Sequence[str]) -> Layout:
+    """:class:`Layout` of ``steps``, computed once per statistics and steps (``stats.memo``)."""
+    key = ("layout", tuple(steps))
+    found = stats.memo.get(key)
+    if found is None:
+        n = len(steps)
+        times = [stats.step_times.get(s) for s in steps]
+        low = tuple(t.start_percent if t is not None else 100.0 * i / n for i, t in enumerate(times))
+        high = tuple(max(low[i + 1] if i + 1 < n else 100.0, low[i]) for i in range(n))
+        typical = tuple(None if t is None else t.p50 for t in times)
+        total = None if None in typical else sum(t or 0.0 for t in typical)
+        found = Layout(typical, low, high, total)
+        if len(stats.memo) < 16:  # a pipeline's jobs share their steps: one or two entries
+            stats.memo[key] = found
+    return found
 
 
 def _position(job: JobState) -> int | None:
@@ -118,42 +135,41 @@ def _position(job: JobState) -> int | None:
     return job.completed if job.completed < len(job.steps) else None
 
 
-def _fraction(stats: StepStats, steps: Sequence[str], index: int, progress: float) -> float:
-    low, high = _bounds(stats, steps, index)
+def _fraction(lay: Layout, index: int, progress: float) -> float:
+    low, high = lay.low[index], lay.high[index]
     if high <= low:
         return 0.0
     return min(max((progress - low) / (high - low), 0.0), 1.0)
 
 
-def work_done(stats: StepStats, steps: Sequence[str], progress: float) -> float | None:
+def work_done(lay: Layout, progress: float) -> float | None:
     """Typical seconds of work behind a bar at ``progress``: the typical durations of the
     steps the bar has passed, and the share of the one it is in."""
     done = 0.0
-    for i, step in enumerate(steps):
-        typical = stats.typical(step)
+    last = len(lay.typical) - 1
+    for i, typical in enumerate(lay.typical):
         if typical is None:
             return None
-        low, high = _bounds(stats, steps, i)
-        if progress >= high and i + 1 < len(steps):
+        if progress >= lay.high[i] and i < last:
             done += typical
             continue
-        return done + typical * _fraction(stats, steps, i, progress)
+        return done + typical * _fraction(lay, i, progress)
     return done
 
 
 def history_remaining(job: JobState, now_ms: int, stats: StepStats) -> float | None:
     """Seconds left by the statistics (see the module docstring), or None if a step left
     to run has no typical duration."""
-    steps = list(job.steps)
     index = _position(job)
     if index is None:
         return 0.0
-    typical = [stats.typical(s) for s in steps[index:]]
+    lay = layout(stats, job.steps)
+    typical = lay.typical[index:]
     if None in typical:
         return None
     current = typical[0] or 0.0
     later = sum(t or 0.0 for t in typical[1:])
-    f = _fraction(stats, steps, index, job.progress) if job.current_step == steps[index] else 0.0
+    f = _fraction(lay, index, job.progress) if job.current_step == job.steps[index] else 0.0
     in_step = None if job.step_started_ms is None else max((now_ms - job.step_started_ms) / 1000, 0.0)
     if f > 0 and in_step:
         own_pace = in_step * (1 - f) / f
@@ -167,30 +183,37 @@ def history_remaining(job: JobState, now_ms: int, stats: StepStats) -> float | N
     return left + later
 
 
+def _by_rate(job: JobState, now_ms: int, lay: Layout, history: float,
+             recent: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
+    """(typical work done, seconds left at the job's live rate in typical work per second)."""
+    if not recent:
+        return None
+    at, then = recent[0]
+    now_work, then_work = work_done(lay, job.progress), work_done(lay, then)
+    elapsed = (now_ms - at) / 1000
+    if now_work is None or then_work is None or elapsed <= 0 or now_work <= then_work:
+        return None
+    return now_work, history * elapsed / (now_work - then_work)
+
+
 def estimate(job: JobState, now_ms: int, stats: StepStats | None,
              recent: Sequence[tuple[int, float]] = ()) -> Estimate:
     """The ETA of a running job (see the module docstring); a job in any other state gets
     :func:`pending_estimate` (pending) or nothing (finished)."""
-    if job.status == Status.PENDING.value:
+    if job.status == PENDING:
         return pending_estimate(stats)
-    if job.status != Status.RUNNING.value:
+    if job.status != RUNNING:
         return NOTHING
     rate = rate_eta(job.status, job.progress, now_ms, recent)
     history = None if stats is None or not stats.steps else history_remaining(job, now_ms, stats)
-    if history is None:
+    if history is None or stats is None:
         return Estimate(rate, RATE) if rate is not None else NOTHING
-    live = None
-    total = work_done(stats, job.steps, 100.0) if stats is not None else None
-    if recent and stats is not None and total:
-        at, then = recent[0]
-        now_work, then_work = work_done(stats, job.steps, job.progress), work_done(stats, job.steps, then)
-        elapsed = (now_ms - at) / 1000
-        if now_work is not None and then_work is not None and elapsed > 0 and now_work > then_work:
-            live = (now_work, history * elapsed / (now_work - then_work))
-    if live is None:
+    lay = layout(stats, job.steps)
+    total = lay.total
+    live = _by_rate(job, now_ms, lay, history, recent) if total else None
+    if live is None or not total:
         return Estimate(_rounded(history), HISTORY)
     done, by_rate = live
-    assert total is not None
     weight = min(max(done / total, 0.0), 1.0)
     return Estimate(_rounded((1 - weight) * history + weight * by_rate), BLEND)
 
@@ -213,7 +236,7 @@ def estimate_fields(fields: Mapping[str, str], now_ms: int, stats: StepStats | N
     """:func:`estimate` of a job hash (decoded field -> value); ``steps`` when already parsed."""
     started = fields.get("step_started_ms")
     job = JobState(
-        status=fields.get("status") or Status.PENDING.value,
+        status=fields.get("status") or PENDING,
         progress=float(fields.get("progress_percent") or 0),
         steps=steps if steps is not None else json.loads(fields.get("steps") or "[]"),
         current_step=fields.get("current_step") or None,
@@ -260,7 +283,7 @@ class LiveEta:
 
     def seed(self, snapshot: dict[str, Any]) -> None:
         """Take a point from a snapshot read from the store (its last progress)."""
-        if snapshot["status"] != Status.RUNNING.value:
+        if snapshot["status"] != RUNNING:
             return
         try:
             at_ms = ms_from_iso(snapshot.get("progress_updated_at"))
@@ -274,7 +297,7 @@ class LiveEta:
         where it gives none yet)."""
         snapshot = event_to_snapshot(previous, event)
         at_ms = event.get("progress_updated_at_ms")
-        if snapshot["status"] != Status.RUNNING.value or at_ms is None:
+        if snapshot["status"] != RUNNING or at_ms is None:
             return snapshot
         at_ms = int(at_ms)
         if snapshot.get("current_step") != previous.get("current_step"):
@@ -283,7 +306,7 @@ class LiveEta:
         self.points.append((at_ms, progress))
         pipeline = snapshot.get("pipeline")
         stats = self.stats_for(pipeline) if self.stats_for is not None and pipeline else None
-        job = JobState(Status.RUNNING.value, progress, snapshot.get("steps") or [], snapshot.get("current_step"),
+        job = JobState(RUNNING, progress, snapshot.get("steps") or [], snapshot.get("current_step"),
                        len(snapshot.get("completed_steps") or []), self.step_started_ms)
         est = estimate(job, at_ms, stats, list(self.points))
         if est.seconds is not None:

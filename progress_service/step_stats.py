@@ -71,6 +71,8 @@ class StepStats:
     job_p50: float | None
     job_p90: float | None
     step_times: Mapping[str, StepTimes] = field(default_factory=dict)
+    # what its users derive from it once (progress_service.eta's step layouts); not compared
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def typical(self, step: str) -> float | None:
         """The step's p50 duration in seconds, or None if no job timed it."""
