@@ -17,9 +17,10 @@ A running job, with statistics of its pipeline:
   timed from its start (``step_started_ms``): ``typical - time in step``, at least 0.
 - **rate**: the job's live rate, measured in typical seconds of work per second over its
   recent progress (the same window as the rate-only ETA), so that steps of very different
-  speeds do not fool it: ``history / rate``.
-- **blend**: ``(1 - w) * history + w * history / rate``, where ``w`` is the share of the
-  job's typical work done: early on the past decides, late the job's own pace.
+  speeds do not fool it: the typical work left (the statistics' p50 of what the bar has
+  not passed) over that rate.
+- **blend**: ``(1 - w) * history + w * by rate``, where ``w`` is the share of the job's
+  typical work done: early on the past decides, late the job's own pace.
 
 ``source`` says what the number rests on: ``"blend"`` (both), ``"history"`` (no usable rate
 yet: the job has not moved), ``"rate"`` (no statistics: the bar's own rate, as before
@@ -183,9 +184,10 @@ def history_remaining(job: JobState, now_ms: int, stats: StepStats) -> float | N
     return left + later
 
 
-def _by_rate(job: JobState, now_ms: int, lay: Layout, history: float,
+def _by_rate(job: JobState, now_ms: int, lay: Layout, total: float,
              recent: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
-    """(typical work done, seconds left at the job's live rate in typical work per second)."""
+    """(typical work done, the typical work left over the job's live rate in typical work per
+    second: seconds left at that rate)."""
     if not recent:
         return None
     at, then = recent[0]
@@ -193,7 +195,7 @@ def _by_rate(job: JobState, now_ms: int, lay: Layout, history: float,
     elapsed = (now_ms - at) / 1000
     if now_work is None or then_work is None or elapsed <= 0 or now_work <= then_work:
         return None
-    return now_work, history * elapsed / (now_work - then_work)
+    return now_work, max(total - now_work, 0.0) * elapsed / (now_work - then_work)
 
 
 def estimate(job: JobState, now_ms: int, stats: StepStats | None,
@@ -210,7 +212,7 @@ def estimate(job: JobState, now_ms: int, stats: StepStats | None,
         return Estimate(rate, RATE) if rate is not None else NOTHING
     lay = layout(stats, job.steps)
     total = lay.total
-    live = _by_rate(job, now_ms, lay, history, recent) if total else None
+    live = _by_rate(job, now_ms, lay, total, recent) if total else None
     if live is None or not total:
         return Estimate(_rounded(history), HISTORY)
     done, by_rate = live

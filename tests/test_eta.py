@@ -73,12 +73,14 @@ def test_a_step_that_shows_no_progress_of_its_own_is_timed_from_its_start():
 def test_the_live_rate_is_blended_in_by_the_share_of_typical_work_done():
     # 20 s ago the bar was at 20 % (b's start: 10 typical seconds of work done), now at 40 %
     # (20 done): 10 typical seconds of work in 20 s, half the typical speed, so the rate says
-    # 2 * history. History (20 s into b at half its bar) says 45 s; a third of the typical 60 s
-    # of work is done, so the rate weighs a third: 2/3 * 45 + 1/3 * 90 = 60.
-    job = running(40, "b", step_started_s_ago=20)
-    assert estimate(job, NOW, STATS, [(NOW - 20_000, 20.0)]) == Estimate(60.0, "blend")
+    # the 40 typical seconds left take 80 s. History (20 s into b at half its bar) says 45 s;
+    # a third of the typical 60 s of work is done, so the rate weighs a third:
+    # 2/3 * 45 + 1/3 * 80 = 56.7.
+    slow = running(40, "b", step_started_s_ago=20)
+    assert estimate(slow, NOW, STATS, [(NOW - 20_000, 20.0)]) == Estimate(56.7, "blend")
     # at the typical speed (10 s for the same 10 s of work) the rate agrees with history
-    assert estimate(job, NOW, STATS, [(NOW - 10_000, 20.0)]) == Estimate(45.0, "blend")
+    typical = running(40, "b", step_started_s_ago=10)
+    assert estimate(typical, NOW, STATS, [(NOW - 10_000, 20.0)]) == Estimate(40.0, "blend")
 
 
 def test_the_rate_weighs_more_as_the_job_advances():
