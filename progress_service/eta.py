@@ -80,7 +80,7 @@ class JobState:
 def _rounded(seconds: float | None) -> float | None:
     if seconds is None or not math.isfinite(seconds):
         return None
-    return round(max(seconds, 0.0), 1)
+    return round(max(seconds, 0.0), 2)
 
 
 def rate_eta(status: str, progress: float, now_ms: int, recent: Sequence[tuple[int, float]]) -> float | None:

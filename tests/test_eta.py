@@ -75,9 +75,9 @@ def test_the_live_rate_is_blended_in_by_the_share_of_typical_work_done():
     # (20 done): 10 typical seconds of work in 20 s, half the typical speed, so the rate says
     # the 40 typical seconds left take 80 s. History (20 s into b at half its bar) says 45 s;
     # a third of the typical 60 s of work is done, so the rate weighs a third:
-    # 2/3 * 45 + 1/3 * 80 = 56.7.
+    # 2/3 * 45 + 1/3 * 80 = 56.67 (ETAs are rounded to 10 ms).
     slow = running(40, "b", step_started_s_ago=20)
-    assert estimate(slow, NOW, STATS, [(NOW - 20_000, 20.0)]) == Estimate(56.7, "blend")
+    assert estimate(slow, NOW, STATS, [(NOW - 20_000, 20.0)]) == Estimate(56.67, "blend")
     # at the typical speed (10 s for the same 10 s of work) the rate agrees with history
     typical = running(40, "b", step_started_s_ago=10)
     assert estimate(typical, NOW, STATS, [(NOW - 10_000, 20.0)]) == Estimate(40.0, "blend")
@@ -91,10 +91,10 @@ def test_the_rate_weighs_more_as_the_job_advances():
     # 12.5 of 60 typical seconds done: 47.5 * (1 + 12.5 / 60)
     assert estimate(early, NOW, STATS, [(NOW - 5_000, 20.0)]) == Estimate(57.4, "blend")
     late = running(95, "c", step_started_s_ago=26.25)  # 7/8 into c, as typical: 3.75 s left
-    assert estimate(late, NOW, STATS) == Estimate(3.8, "history")
+    assert estimate(late, NOW, STATS) == Estimate(3.75, "history")
     # 56.25 of 60 done, 3.75 typical seconds of work in the last 5 s: the rate says 5 s;
     # 1/16 * 3.75 + 15/16 * 5
-    assert estimate(late, NOW, STATS, [(NOW - 5_000, 90.0)]) == Estimate(4.9, "blend")
+    assert estimate(late, NOW, STATS, [(NOW - 5_000, 90.0)]) == Estimate(4.92, "blend")
 
 
 def test_without_history_the_rate_alone_as_before():
