@@ -143,6 +143,9 @@ class Settings:
     read_auth: str = READ_AUTH_OPEN  # PROGRESS_READ_AUTH: "open", or "token" (every read needs a token)
     secret_key: str | None = field(default=None, repr=False)  # PROGRESS_SECRET_KEY: signs read tokens
     eta_history_jobs: int = DEFAULT_ETA_HISTORY_JOBS  # PROGRESS_ETA_HISTORY_JOBS: completed jobs the ETA learns from
+    # PROGRESS_PIPELINES: a TOML file of the user's own pipelines, read where the registry is
+    # first asked for (progress_service.pipelines.load_pipelines), not here
+    pipelines_file: str | None = None
 
     @property
     def reads_need_token(self) -> bool:
@@ -195,6 +198,7 @@ class Settings:
             secret_key=secret_key,
             eta_history_jobs=_whole_number(env, "PROGRESS_ETA_HISTORY_JOBS", DEFAULT_ETA_HISTORY_JOBS,
                                            minimum=1, maximum=MAX_ETA_HISTORY_JOBS),
+            pipelines_file=(env.get("PROGRESS_PIPELINES") or "").strip() or None,
         )
 
 
