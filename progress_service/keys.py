@@ -46,6 +46,11 @@ class Keys:
         """
         return f"{self.prefix}:batch:{{{batch_id}}}"
 
+    def step_stats(self, pipeline: str) -> str:
+        """The pipeline's step-duration statistics (``progress_service.step_stats``): one small hash,
+        its own hash tag, so a cluster keeps it whole in one slot."""
+        return f"{self.prefix}:stepstats:{{{pipeline}}}"
+
     def job_pattern(self) -> str:
         """SCAN pattern matching every job hash (and, filtered by caller, only those)."""
         return f"{self.prefix}:{{*}}"

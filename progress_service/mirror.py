@@ -54,6 +54,7 @@ from .batches import is_finished, member_entry
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
 from .models import TERMINAL_VALUES, is_valid_id, iso_ms, validate_id
 from .postgres import PostgresPool, one_line
+from .step_stats import refresh as refresh_step_stats
 from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("history", "jsonb"),
 )
 _NAMES = [name for name, _ in COLUMNS]
+_PIPELINE, _STATUS = _NAMES.index("pipeline"), _NAMES.index("status")
 UPSERT = (
     f"INSERT INTO {TABLE} ({', '.join(_NAMES)}, mirrored_at)"
     f" VALUES ({', '.join(f'%s::{kind}' for _, kind in COLUMNS)}, now())"
@@ -330,7 +332,7 @@ class Mirror:
     def fetch(self, job_id: str) -> dict[str, Any] | None:
         """The snapshot PostgreSQL keeps of a finished job, or None (for a job Redis expired).
 
-        Besides CONTRACT's snapshot fields (``is_stale`` False, ``eta_seconds`` None)
+        Besides CONTRACT's snapshot fields (``is_stale`` False, ``eta_seconds`` and ``eta_source`` None)
         it carries the row's ``history`` (a list) and ``mirrored_at`` (ISO-8601).
         """
         validate_id(job_id)
@@ -530,11 +532,18 @@ class Mirror:
 
     def _landed(self, rows: list[JobRow], new: set[str]) -> None:
         """The mirror's hook for jobs whose row is new: their durations, to the shared histograms
-        of ``/metrics`` (``duration_histograms``; the fields it reads: steps decoded, and history)."""
+        of ``/metrics`` (``duration_histograms``; the fields it reads: steps decoded, and history),
+        and the ETA's step statistics of their pipelines (``step_stats``) refreshed."""
         jobs = [dict(zip(_NAMES, row, strict=True)) for row in rows if row[0] in new]
         if jobs:
             duration_histograms.record_landed(self.store, [
                 ({**job, "steps": json.loads(job["steps"])}, json.loads(job["history"])) for job in jobs])
+        pipelines = {job["pipeline"] for job in jobs if job["status"] == "completed"}
+        if pipelines:
+            try:
+                self._run(lambda conn: refresh_step_stats(conn, self.store, pipelines))
+            except Exception as exc:  # noqa: BLE001 - the rows have landed; the ETA waits for the next batch
+                logger.warning("mirror: step statistics of %s not refreshed: %s", ", ".join(sorted(pipelines)), exc)
 
     def _write_one_by_one(self, conn: psycopg.Connection, rows: list[JobRow],
                           exc: psycopg.Error) -> list[tuple[str, bool]]:
@@ -584,5 +593,5 @@ class Mirror:
         for name in ("created_at", "started_at", "progress_updated_at", "finished_at", "heartbeat_at"):
             snap[name] = _iso(snap[name])
         snap["is_stale"] = False
-        snap["eta_seconds"] = None
+        snap["eta_seconds"] = snap["eta_source"] = None
         return snap

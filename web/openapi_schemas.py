@@ -49,7 +49,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
             "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at",
             "started_at", "progress_updated_at", "finished_at", "heartbeat_at", "is_stale",
-            "eta_seconds",
+            "eta_seconds", "eta_source",
         ],
         "properties": {
             "job_id": ID,
@@ -76,8 +76,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "attempt": {"type": "integer", "minimum": 1},
             "retry_of": nullable("string"),
             "is_stale": {"type": "boolean", "description": "derived at read time"},
-            "eta_seconds": nullable("number"),
-            "eta_source": {"enum": ["rate", "history", "blend", None]},
+            "eta_seconds": nullable("number", description="seconds left (a pending job: until it "
+                                    "finishes, its wait in the queue included): its own rate and "
+                                    "past jobs' step durations"),
+            "eta_source": {"enum": ["rate", "history", "blend", None],
+                           "description": "what eta_seconds rests on: the job's rate alone, past jobs "
+                                          "alone (no rate yet), both, or nothing (null)"},
         },
         "additionalProperties": False,
     },
@@ -223,6 +227,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "required": ["name", "workers"],
                 "properties": {"name": {"type": "string"}, "workers": {"type": "integer", "minimum": 0}},
             },
+            "typical_seconds": nullable("number", minimum=0,
+                                        description="how long a job of its pipeline typically takes: the "
+                                                    "median of its latest completed jobs"),
         },
         "additionalProperties": False,
     },
