@@ -11,8 +11,17 @@
 -- A percent is rounded to 6 decimals before anything else sees it (one precision, here
 -- only): 0.1 + 0.2 is 0.3, and a percent within 0.0000005 of 100 is 100.
 -- A result may nest objects and arrays at most 64 deep.
--- returns {accepted 0|1, reason, seq, status after the update}
---   reason: ok | unchanged | regression | terminal | not_found
+-- returns "<reason> <seq> <status after the update>" (one string: a table reply costs the
+--   server more than the rest of a percent-only update's Lua), "not_found 0" for a missing job
+--   reason: ok | unchanged (both accepted) | regression | terminal | not_found
+-- The time of an accepted change is its history entry's id (XADD '*': the server's clock
+--   in ms, and never behind the stream's last entry), so no entry holds an `at` field
+--   of its own and no TIME is read; only an unchanged update (rule 8) reads TIME.
+-- The job hash's `event_tail` holds the event's fields that only a full update changes
+-- (ids, step, steps done, message, error, result, start and finish), JSON-encoded; this
+-- script alone writes it, on every full update of a job not finished. A percent-only
+-- update of a running job, the common case, then reads five fields and builds the event
+-- around that one, reading and encoding nothing else (issue 14).
 -- raises "INVALID <what>" on invalid input (rule 5), and on arguments that break this
 -- header (a caller other than ProgressStore); nothing is written then. Redis does not
 -- undo the writes of a script that fails halfway, so every argument is checked
@@ -48,16 +57,6 @@ end
 
 local RANK = {pending = 0, running = 1, completed = 2, failed = 2, canceled = 2}
 
--- Not the steps: a percent-only update, the common case, needs none of them; steps()
--- reads them when a step is named or the job completes.
-local cur = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'current_step',
-  'completed_count', 'total_steps', 'message', 'error', 'result', 'seq', 'started_at_ms', 'job_id',
-  'paper_id', 'finished_at_ms', 'completed_json')
--- rule 1: only an existing job (create_job always sets job_id)
-if not cur[11] then
-  return {0, 'not_found', 0}
-end
-local cur_status, cur_step = cur[1], cur[3] or ''
 -- CONTRACT's percent precision: 6 decimals. Every percent is rounded here, the stored one
 -- too (one written before this rule), so that comparing, completing at 100, storing and
 -- publishing all see the same number. A whole number comes back as one (Lua >= 5.3
@@ -67,6 +66,63 @@ local function rounded(p)
   if r == math.floor(r) then return math.floor(r) end
   return r
 end
+-- the server's clock in ms, as text (the microseconds' first 3 digits, no number formatted)
+local function now_ms()
+  local t = rcall('TIME')
+  return t[1] .. string.sub('00000' .. t[2], -6, -4)
+end
+-- the ms of a stream entry id "<ms>-<n>"
+local function entry_ms(id)
+  return string.sub(id, 1, string.find(id, '-', 1, true) - 1)
+end
+local function invalid_percent()
+  return redis.error_reply('INVALID progress_percent must be a number from 0 to 100, got ' .. ARGV[1])
+end
+
+-- The fast path: a percent-only update (no step, message, error or result; no status, or
+-- `running` again) of a running job whose event_tail is written. Five fields read, no
+-- steps, no JSON; the same rules as the full path below, which takes every other case
+-- (completing at 100, a job not yet started, a finished one, a job without event_tail).
+local hot = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'seq', 'current_step', 'event_tail')
+if hot[1] == 'running' and hot[5] and ARGV[1] ~= '' and ARGV[2] == '' and ARGV[4] == ''
+    and ARGV[5] == '' and ARGV[6] == '' and (ARGV[3] == '' or ARGV[3] == 'running') then
+  local progress = tonumber(ARGV[1])
+  if progress == nil or progress ~= progress or progress < 0 or progress > 100 then
+    return invalid_percent()
+  end
+  progress = rounded(progress)
+  if progress < 100 then
+    local cur_progress = rounded(tonumber(hot[2]) or 0)
+    local seq = tonumber(hot[3]) or 0
+    -- rule 3 (rule 2 cannot apply: the job is running)
+    if progress < cur_progress and ARGV[7] == '0' then return 'regression ' .. seq .. ' running' end
+    if progress == cur_progress then -- rule 8
+      rcall('HSET', KEYS[1], 'progress_updated_at_ms', now_ms())
+      return 'unchanged ' .. seq .. ' running'
+    end
+    seq = seq + 1
+    local percent, seq_s = tostring(progress), tostring(seq)
+    local now_s = entry_ms(rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq_s,
+      'progress_percent', percent, 'current_step', hot[4] or '', 'status', 'running'))
+    rcall('HSET', KEYS[1], 'progress_percent', percent, 'seq', seq_s, 'progress_updated_at_ms', now_s)
+    local payload = '{"seq":' .. seq_s .. ',"status":"running","progress_percent":' .. percent
+      .. ',"progress_updated_at_ms":' .. now_s .. ',' .. hot[5] .. '}'
+    rcall('PUBLISH', ARGV[8], payload)
+    rcall('PUBLISH', ARGV[9], payload)
+    return 'ok ' .. seq_s .. ' running'
+  end
+end
+
+-- The full path. Not the steps: a percent-only update needs none of them; steps() reads
+-- them when a step is named or the job completes.
+local cur = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'current_step',
+  'completed_count', 'total_steps', 'message', 'error', 'result', 'seq', 'started_at_ms', 'job_id',
+  'paper_id', 'finished_at_ms', 'completed_json', 'event_tail')
+-- rule 1: only an existing job (create_job always sets job_id)
+if not cur[11] then
+  return 'not_found 0'
+end
+local cur_status, cur_step = cur[1], cur[3] or ''
 local cur_progress = rounded(tonumber(cur[2]) or 0)
 local cur_done = tonumber(cur[4]) or 0
 local seq = tonumber(cur[9]) or 0
@@ -83,7 +139,7 @@ local progress = nil
 if ARGV[1] ~= '' then
   progress = tonumber(ARGV[1])
   if progress == nil or progress ~= progress or progress < 0 or progress > 100 then
-    return redis.error_reply('INVALID progress_percent must be a number from 0 to 100, got ' .. ARGV[1])
+    return invalid_percent()
   end
   progress = rounded(progress)
 end
@@ -134,14 +190,14 @@ end
 
 -- rule 2: a finished job is final (unless forced)
 if RANK[cur_status] == 2 and not force then
-  return {0, 'terminal', seq, cur_status}
+  return 'terminal ' .. seq .. ' ' .. cur_status
 end
 
 -- rule 3: nothing moves back (unless forced)
 if not force then
-  if progress ~= nil and progress < cur_progress then return {0, 'regression', seq, cur_status} end
-  if step_index ~= nil and step_index <= cur_done then return {0, 'regression', seq, cur_status} end
-  if status ~= nil and RANK[status] < RANK[cur_status] then return {0, 'regression', seq, cur_status} end
+  if progress ~= nil and progress < cur_progress then return 'regression ' .. seq .. ' ' .. cur_status end
+  if step_index ~= nil and step_index <= cur_done then return 'regression ' .. seq .. ' ' .. cur_status end
+  if status ~= nil and RANK[status] < RANK[cur_status] then return 'regression ' .. seq .. ' ' .. cur_status end
 end
 
 -- the new state
@@ -161,22 +217,22 @@ if new_status == 'completed' then
   new_progress, new_step, new_done = 100, '', #steps()
 end
 
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
 -- rule 8: nothing changed
 if new_status == cur_status and new_progress == cur_progress and new_step == cur_step
     and new_done == cur_done and message == (cur[6] or '') and err == (cur[7] or '')
     and result == (cur[8] or '') then
-  rcall('HSET', KEYS[1], 'progress_updated_at_ms', now)
-  return {1, 'unchanged', seq, cur_status}
+  rcall('HSET', KEYS[1], 'progress_updated_at_ms', now_ms())
+  return 'unchanged ' .. seq .. ' ' .. cur_status
 end
 
 -- rules 7 and 9
 seq = seq + 1
 -- Each number turned into text once, for the hash, the history and the event (a number
 -- given to redis.call, or joined with .., is formatted again every time).
-local percent, seq_s, now_s, total_s = tostring(new_progress), tostring(seq), tostring(now), cur[5]
+local percent, seq_s, total_s = tostring(new_progress), tostring(seq), cur[5]
+-- the history entry first: its id is the change's time (the first write; every check is done)
+local now_s = entry_ms(rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq_s,
+  'progress_percent', percent, 'current_step', new_step, 'status', new_status))
 local fields = {'progress_percent', percent, 'seq', seq_s, 'progress_updated_at_ms', now_s}
 local function set(name, value) fields[#fields + 1] = name; fields[#fields + 1] = value end
 if new_status ~= cur_status then set('status', new_status) end
@@ -210,10 +266,6 @@ elseif not terminal and RANK[cur_status] == 2 then
   finished = '' -- forced back to life
   set('finished_at_ms', '')
 end
-rcall('HSET', KEYS[1], unpack(fields))
-rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq_s, 'at', now_s,
-  'progress_percent', percent, 'current_step', new_step, 'status', new_status)
-
 local function jstr(s)
   if s == nil or s == '' then return 'null' end
   return cjson.encode(s)
@@ -224,15 +276,18 @@ local function jnum(s)
 end
 -- job_id and paper_id were checked against the id pattern by create_job, and
 -- the status is one of five words: none needs JSON escaping.
-local payload = '{"job_id":"' .. cur[11] .. '","paper_id":"' .. cur[12]
-  .. '","seq":' .. seq_s .. ',"status":"' .. new_status .. '"'
-  .. ',"progress_percent":' .. percent
-  .. ',"current_step":' .. jstr(new_step) .. ',"completed_steps":' .. done_json
+local tail = '"job_id":"' .. cur[11] .. '","paper_id":"' .. cur[12]
+  .. '","current_step":' .. jstr(new_step) .. ',"completed_steps":' .. done_json
   .. ',"total_steps":' .. total_s
   .. ',"message":' .. jstr(message) .. ',"error":' .. jstr(err)
   .. ',"result":' .. (result ~= '' and result or 'null')
-  .. ',"progress_updated_at_ms":' .. now_s
-  .. ',"started_at_ms":' .. jnum(started) .. ',"finished_at_ms":' .. jnum(finished) .. '}'
+  .. ',"started_at_ms":' .. jnum(started) .. ',"finished_at_ms":' .. jnum(finished)
+local payload = '{"seq":' .. seq_s .. ',"status":"' .. new_status .. '","progress_percent":' .. percent
+  .. ',"progress_updated_at_ms":' .. now_s .. ',' .. tail .. '}'
+-- A finished job takes no fast update: it keeps no copy (its result may be large).
+if not terminal and tail ~= cur[15] then set('event_tail', tail) end
+rcall('HSET', KEYS[1], unpack(fields))
+if terminal and cur[15] then rcall('HDEL', KEYS[1], 'event_tail') end
 rcall('PUBLISH', ARGV[8], payload)
 rcall('PUBLISH', ARGV[9], payload)
 
@@ -241,10 +296,10 @@ rcall('PUBLISH', ARGV[9], payload)
 -- are made persistent; expire_mirrored sets the expiry once the job's row has landed.
 -- (A job forced back to life, or to another ending, waits again the same way.)
 if terminal then
-  rcall('HSET', KEYS[1], 'expires_at_ms', now + tonumber(ARGV[11]) * 1000)
+  rcall('HSET', KEYS[1], 'expires_at_ms', tonumber(now_s) + tonumber(ARGV[11]) * 1000)
 end
 if terminal or RANK[cur_status] == 2 then
   rcall('PERSIST', KEYS[1])
   rcall('PERSIST', KEYS[2])
 end
-return {1, 'ok', seq, new_status}
+return 'ok ' .. seq_s .. ' ' .. new_status

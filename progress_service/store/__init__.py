@@ -350,7 +350,8 @@ class ProgressStore(MirrorSide, BatchSide):
             entries = self.client.xrange(self.keys.history(job_id)) or []
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        return [history_entry({_text(a): _text(b) for a, b in (raw or {}).items()}) for _, raw in entries]
+        return [history_entry({_text(a): _text(b) for a, b in (raw or {}).items()}, _text(entry_id))
+                for entry_id, raw in entries]
 
     def recent_job_ids(self, limit: int = 50, paper_id: str | None = None) -> list[str]:
         """Job ids, newest first, from the recent-jobs index (or one paper's)."""
