@@ -80,7 +80,9 @@ class ProgressStore(MirrorSide, BatchSide):
         self.scripts = Scripts(client)
         self.stats: Counter[str] = Counter()
         self._key_cache: dict[str, tuple[str, str, str]] = {}
-        self._all_events = self.keys.all_events
+        # update_progress-2.lua's last three arguments, the same for every update: as text once
+        self._update_tail = (self.keys.all_events, str(self.settings.history_maxlen),
+                             str(self.settings.job_ttl))
         # redis-py blocks scripts in cluster pipelines: there, batches go one call each.
         self.is_cluster = isinstance(client, redis.RedisCluster)
 
@@ -466,6 +468,10 @@ class ProgressStore(MirrorSide, BatchSide):
         """update_progress-2.lua's KEYS and ARGV for one update: ``update``'s arguments, or an
         ``update_many`` mapping's, each checked here whatever its type (``InvalidInput``)."""
         job_key, history_key, channel = self._job_keys(job_id)
+        if (current_step is None and status is None and message is None and error is None
+                and result is None and not force):  # a percent-only update, the common case
+            return [job_key, history_key], [_progress_arg(progress_percent), "", "", "", "", "", "0",
+                                            channel, *self._update_tail]
         args: list[EncodableT] = [
             _progress_arg(progress_percent),
             "" if current_step is None else _step_arg(current_step),
@@ -475,9 +481,7 @@ class ProgressStore(MirrorSide, BatchSide):
             "" if result is None else _result_arg(result),
             "1" if force else "0",
             channel,
-            self._all_events,
-            self.settings.history_maxlen,
-            self.settings.job_ttl,
+            *self._update_tail,
         ]
         return [job_key, history_key], args
 
