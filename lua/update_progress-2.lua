@@ -27,13 +27,14 @@
 -- undo the writes of a script that fails halfway, so every argument is checked
 -- before the first write.
 local rcall = redis.call
+local byte, find, sub = string.byte, string.find, string.sub -- locals: a global's lookup each time
 
 if #KEYS ~= 2 or #ARGV ~= 11 then
   return redis.error_reply('INVALID update_progress takes 2 keys and 11 arguments, got '
     .. #KEYS .. ' and ' .. #ARGV)
 end
 for i = 4, 6 do
-  if ARGV[i] ~= '' and string.byte(ARGV[i]) ~= 61 then -- 61: '='
+  if ARGV[i] ~= '' and byte(ARGV[i]) ~= 61 then -- 61: '='
     return redis.error_reply('INVALID ARGV[' .. i .. '] must be "" (keep) or "=" followed by the value')
   end
 end
@@ -45,9 +46,9 @@ if ARGV[8] == '' or ARGV[9] == '' then
 end
 for i = 10, 11 do
   -- digits only: XADD and EXPIRE, after the first write, refuse "1e3", " 5" or "0x10";
-  -- and at most 15 of them, exact in a double.
+  -- and at most 15 of them, exact in a double; not all zeros.
   local raw = ARGV[i]
-  if #raw > 15 or not string.find(raw, '^%d+$') or tonumber(raw) < 1 then
+  if #raw > 15 or not find(raw, '^0*[1-9]%d*$') then
     return redis.error_reply('INVALID ' .. (i == 10 and 'history MAXLEN' or 'TTL') ..
       ' must be a whole number from 1 to 10^15 - 1, got ' .. raw)
   end
@@ -69,11 +70,11 @@ end
 -- the server's clock in ms, as text (the microseconds' first 3 digits, no number formatted)
 local function now_ms()
   local t = rcall('TIME')
-  return t[1] .. string.sub('00000' .. t[2], -6, -4)
+  return t[1] .. sub('00000' .. t[2], -6, -4)
 end
 -- the ms of a stream entry id "<ms>-<n>"
 local function entry_ms(id)
-  return string.sub(id, 1, string.find(id, '-', 1, true) - 1)
+  return sub(id, 1, find(id, '-', 1, true) - 1)
 end
 local function invalid_percent()
   return redis.error_reply('INVALID progress_percent must be a number from 0 to 100, got ' .. ARGV[1])
