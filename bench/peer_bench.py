@@ -49,8 +49,8 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -174,13 +174,13 @@ def measure_rounds(client: redis.Redis, writers: list[Writer], jobs: int, rounds
 _HMGET = ("local rcall = redis.call\n"
           "local hot = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'seq', 'current_step', "
           "'event_tail')\nlocal seq = tostring(tonumber(hot[3]) + 1)\n")
-_XADD = ("local id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq, "
-         "'progress_percent', ARGV[1], 'current_step', hot[4], 'status', hot[1])\n"
+_XADD = ("local id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, "
+         "'progress_percent', ARGV[5], 'current_step', hot[4], 'status', hot[1])\n"
          "local now = string.sub(id, 1, string.find(id, '-', 1, true) - 1)\n")
-_HSET = "rcall('HSET', KEYS[1], 'progress_percent', ARGV[1], 'seq', seq, 'progress_updated_at_ms', now)\n"
+_HSET = "rcall('HSET', KEYS[1], 'progress_percent', ARGV[5], 'seq', seq, 'progress_updated_at_ms', now)\n"
 _PUBLISH = ("local payload = '{\"seq\":' .. seq .. ',\"status\":\"' .. hot[1] .. '\",\"progress_percent\":' "
-            ".. ARGV[1] .. ',\"progress_updated_at_ms\":' .. now .. ',' .. hot[5] .. '}'\n"
-            "rcall('PUBLISH', ARGV[8], payload)\nrcall('PUBLISH', ARGV[9], payload)\n")
+            ".. ARGV[5] .. ',\"progress_updated_at_ms\":' .. now .. ',' .. hot[5] .. '}'\n"
+            "rcall('PUBLISH', ARGV[1], payload)\nrcall('PUBLISH', ARGV[2], payload)\n")
 _RETURN = "return 'ok ' .. seq .. ' running'"
 PARTS = [
     ("HMGET of 5 fields", _HMGET),
@@ -365,16 +365,26 @@ def main() -> int:
         writers.append(Writer("floor", "evalsha", floor))
         base_sha = None
         if args.baseline is not None:
-            base_sha = raw.script_load(args.baseline.read_text())
+            base_source = args.baseline.read_text()
+            base_sha = raw.script_load(base_source)
+            # before issue 14 the script took the percent first and the channels at ARGV[8..11]
+            old_layout = "ARGV[1] progress percent" in base_source
             base_jobs = [f"b{i}" for i in range(len(jobs))]
             for j in base_jobs:
                 store.create_job(j, "31452104", steps=DEFAULT_STEPS)
+
+            def baseline_call(job_id: str, **update: Any) -> tuple[list[str], list[Any]]:
+                keys, call_args = store._update_call(job_id, **update)
+                if old_layout:
+                    full = [*call_args, *["", "", "", "", "", "0"][len(call_args) - 5:]]
+                    call_args = full[4:] + full[:4]
+                return keys, call_args
 
             def base_calls(n: int, **update: Any) -> None:
                 for start in range(0, n, CHUNK):
                     pipe = raw.pipeline(transaction=False)
                     for j in base_jobs[start:min(n, start + CHUNK)]:
-                        keys, call_args = store._update_call(j, **update)
+                        keys, call_args = baseline_call(j, **update)
                         pipe.evalsha(base_sha, len(keys), *keys, *call_args)
                     pipe.execute()
 
@@ -408,7 +418,7 @@ def main() -> int:
         if base_sha is not None:  # the same job through the baseline script
             store.create_job("membase", "31452104", steps=DEFAULT_STEPS)
             for i in range(1, args.updates + 1):
-                keys, call_args = store._update_call("membase", progress_percent=i * 0.9, status="running")
+                keys, call_args = baseline_call("membase", progress_percent=i * 0.9, status="running")
                 raw.evalsha(base_sha, len(keys), *keys, *call_args)
             base_mem = (memory_of(client, store.keys.job("membase")),
                         memory_of(client, store.keys.history("membase")))

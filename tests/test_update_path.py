@@ -92,8 +92,7 @@ def test_the_fast_path_keeps_every_rule(store, events):
     events.next()
     with pytest.raises(Exception, match="INVALID progress_percent must be a number from 0 to 100, got 101"):
         store.scripts.update(keys=[store.keys.job("job-f"), store.keys.history("job-f")],
-                             args=["101", "", "", "", "", "", "0", store.keys.events("job-f"),
-                                   store.keys.all_events, 100, 60])
+                             args=[store.keys.events("job-f"), store.keys.all_events, 100, 60, "101"])
     low = store.update("job-f", progress_percent=49.9)
     assert (low.accepted, low.reason, low.seq, low.status) == (False, "regression", 2, "running")
     same = store.update("job-f", progress_percent=50.0000001)  # the same at 6 decimals

@@ -80,9 +80,9 @@ class ProgressStore(MirrorSide, BatchSide):
         self.scripts = Scripts(client)
         self.stats: Counter[str] = Counter()
         self._key_cache: dict[str, tuple[str, str, str]] = {}
-        # update_progress-2.lua's last three arguments, the same for every update: as text once
-        self._update_tail = (self.keys.all_events, str(self.settings.history_maxlen),
-                             str(self.settings.job_ttl))
+        # update_progress-2.lua's ARGV[2..4], the same for every update: as text once
+        self._update_common = (self.keys.all_events, str(self.settings.history_maxlen),
+                               str(self.settings.job_ttl))
         # redis-py blocks scripts in cluster pipelines: there, batches go one call each.
         self.is_cluster = isinstance(client, redis.RedisCluster)
 
@@ -469,10 +469,13 @@ class ProgressStore(MirrorSide, BatchSide):
         ``update_many`` mapping's, each checked here whatever its type (``InvalidInput``)."""
         job_key, history_key, channel = self._job_keys(job_id)
         if (current_step is None and status is None and message is None and error is None
-                and result is None and not force):  # a percent-only update, the common case
-            return [job_key, history_key], [_progress_arg(progress_percent), "", "", "", "", "", "0",
-                                            channel, *self._update_tail]
+                and result is None and not force):
+            # a percent-only update, the common case: the arguments after the percent left off
+            # (each costs the client's packing and the script's ARGV; bench/update_bench.py)
+            return [job_key, history_key], [channel, *self._update_common, _progress_arg(progress_percent)]
         args: list[EncodableT] = [
+            channel,
+            *self._update_common,
             _progress_arg(progress_percent),
             "" if current_step is None else _step_arg(current_step),
             "" if status is None else _status_arg(status),
@@ -480,8 +483,6 @@ class ProgressStore(MirrorSide, BatchSide):
             "" if error is None else _text_arg(error, "error"),
             "" if result is None else _result_arg(result),
             "1" if force else "0",
-            channel,
-            *self._update_tail,
         ]
         return [job_key, history_key], args
 
