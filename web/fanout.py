@@ -7,7 +7,7 @@ thousand.
 
 Per job with watchers the hub keeps the last full snapshot it knows (its
 *base*). An event whose ``seq`` is the base's + 1 becomes the next snapshot
-(``models.LiveEta``: ``event_to_snapshot`` and a fresh ETA), encoded as an SSE
+(``eta.LiveEta``: ``event_to_snapshot`` and a fresh ETA), encoded as an SSE
 frame once and shared by every watcher. Without a base, or after a gap, the
 raw event goes out and each stream fills the gap from the store itself
 (``web.events``).
@@ -33,7 +33,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from progress_service.errors import BackendUnavailable
-from progress_service.models import TERMINAL_VALUES, LiveEta
+from progress_service.eta import LiveEta
+from progress_service.models import TERMINAL_VALUES
 from progress_service.store import parse_event
 
 logger = logging.getLogger(__name__)
@@ -136,9 +137,11 @@ class EventHub:
     subscription, so nothing connects at import or in the gunicorn master.
     """
 
-    def __init__(self, client_factory: Callable[[], Any], channel: str) -> None:
+    def __init__(self, client_factory: Callable[[], Any], channel: str, *,
+                 step_stats: Callable[[str], Any] | None = None) -> None:
         self._client_factory = client_factory
         self.channel = channel
+        self.step_stats = step_stats  # pipeline -> its step statistics, for each event's ETA
         self._jobs: dict[str, _JobFeed] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -170,7 +173,10 @@ class EventHub:
         sub = Subscription(self, name, tuple(job_ids))
         with self._lock:
             for job_id in sub.members:
-                self._jobs.setdefault(job_id, _JobFeed()).watchers.add(sub)
+                feed = self._jobs.get(job_id)
+                if feed is None:
+                    feed = self._jobs[job_id] = _JobFeed(eta=LiveEta(self.step_stats))
+                feed.watchers.add(sub)
             self.client_count += 1
         return sub
 
