@@ -20,7 +20,7 @@ from flask.json.provider import DefaultJSONProvider
 from progress_service.config import ConfigError, Settings
 from progress_service.store import ProgressStore
 
-from . import api, auth, batches, dashboard, errors, events, metrics, openapi, pages, security
+from . import api, auth, batches, dashboard, errors, events, live, metrics, openapi, pages, security
 from .fanout import EventHub
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(batches.bp)
+    live.init_app(app)  # the dashboard's stream of every job, fed from the hub above
     dashboard.init_app(app, settings.redis_url)
     app.before_request(security.guard_writes)
     app.before_request(auth.guard_reads)

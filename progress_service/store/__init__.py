@@ -49,6 +49,7 @@ from .arguments import whole as _whole
 from .batch_side import BatchSide
 from .events import EventFeed, Subscription, parse_event
 from .mirror_side import MirrorSide
+from .summary_side import SummarySide
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def connect(settings: Settings) -> RedisClient:
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-class ProgressStore(MirrorSide, BatchSide):
+class ProgressStore(MirrorSide, BatchSide, SummarySide):
     def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
