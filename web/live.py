@@ -179,9 +179,11 @@ class Board:
             self._ensure_feeder()
         self._wait_ready()
 
-    def view(self, filters: Filters) -> tuple[dict[str, int], int, list[str], list[str], list[dict[str, Any]]]:
+    def view(self, filters: Filters) -> tuple[dict[str, int], int, list[str], list[str], list[dict[str, Any]],
+                                              list[str]]:
         """The counts, their version, the ids of the active and finished jobs ``filters`` admit
-        (newest first, as the board last knew their states) and the admitted batches."""
+        (newest first, as the board last knew their states), the admitted batches and the
+        pipelines of the jobs counted."""
         active: list[str] = []
         finished: list[str] = []
         with self._lock:
@@ -194,9 +196,10 @@ class Board:
                 bucket = active if entry["status"] in ACTIVE else finished
                 bucket.append(entry["job_id"])
             batches = [b for b in self._batches.values() if filters.admits(b["pipeline"], b["tags"])]
+            pipelines = sorted({e["pipeline"] for e in self._jobs.values() if e["pipeline"]})
             version = self.version
         batches.sort(key=lambda b: b.get("created_at") or "", reverse=True)
-        return counts, version, active[:ACTIVE_MAX], finished[:filters.limit], batches
+        return counts, version, active[:ACTIVE_MAX], finished[:filters.limit], batches, pipelines
 
     # -- the feeder ---------------------------------------------------------
 
@@ -404,7 +407,7 @@ def board() -> Board:
 
 def overview(filters: Filters) -> tuple[dict[str, Any], int]:
     """The dashboard's snapshot for ``filters``, and the counts' version it shows."""
-    counts, version, active_ids, finished_ids, batches = board().view(filters)
+    counts, version, active_ids, finished_ids, batches, pipelines = board().view(filters)
     store = board().store
     snaps = store.get_many(active_ids + finished_ids)  # the jobs' states now
     if filters.status is not None:
@@ -419,6 +422,7 @@ def overview(filters: Filters) -> tuple[dict[str, Any], int]:
         "active": active,
         "finished": finished[:filters.limit],
         "batches": batches,
+        "pipelines": pipelines,
         "server_now_ms": store.server_time_ms(),
     }, version
 
