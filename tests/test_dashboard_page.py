@@ -45,11 +45,11 @@ def row(list_id: str, job_id: str) -> str:
     return f"#{list_id} [data-job='{job_id}']"
 
 
-def count_of(page, state: str) -> int:
+def count_of(page, state: str) -> int:  # noqa: F811
     return int(page.locator(f".state-count[data-state='{state}'] .state-n").text_content())
 
 
-def wait_count(page, state: str, n: int) -> None:
+def wait_count(page, state: str, n: int) -> None:  # noqa: F811
     wait_for_js(page, f"document.querySelector(\".state-count[data-state='{state}'] .state-n\").textContent === '{n}'")
 
 
@@ -92,7 +92,7 @@ def test_the_dashboard_fits_a_390_px_phone(web, store, page, tmp_path):  # noqa:
     job_ids = [f"{batch_id}-m{i}" for i in range(3)]
     store.create_batch(batch_id, job_ids, "video", name="A batch with a rather long name for a phone",
                        tags=["phone-test"])
-    for i, job_id in enumerate(job_ids):
+    for job_id in job_ids:
         store.create_job(job_id, new_paper(), steps=STEPS, batch_id=batch_id,
                          tags=["phone-test", "a-long-tag-name-for-a-narrow-screen"])
     store.update(job_ids[0], status="running", current_step=STEPS[3], progress_percent=64,
@@ -112,7 +112,7 @@ def test_the_dashboard_fits_a_390_px_phone(web, store, page, tmp_path):  # noqa:
     assert (tmp_path / "dashboard-390.png").stat().st_size > 0
 
 
-def shown_ids(page, list_id: str) -> list[str]:
+def shown_ids(page, list_id: str) -> list[str]:  # noqa: F811
     return page.evaluate(f"[...document.querySelectorAll('#{list_id} [data-job]')].map(li => li.getAttribute('data-job'))")
 
 

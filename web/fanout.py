@@ -318,9 +318,9 @@ class EventHub:
             for sub in watchers:
                 sub.push(delivery)
         if every:
-            raw = Delivery(int(event["seq"]), event)
+            plain = Delivery(int(event["seq"]), event)
             for sub in every:
-                sub.push(raw)
+                sub.push(plain)
 
     def _broadcast(self, item: str) -> None:
         with self._lock:

@@ -258,7 +258,7 @@ class Board:
     def _feed(self, sub: Subscription) -> None:
         """Take the hub's events until nobody watches or the process stops."""
         while self._wanted():
-            items = []
+            items: list[Any] = []
             item = sub.get(self._next_wait())
             while item is not None and len(items) < DRAIN_MAX:
                 items.append(item)
@@ -332,9 +332,10 @@ class Board:
         status = str(event.get("status"))
         moved = False
         entry = self._jobs.get(job_id)
-        if entry is None and found.get(job_id) is not None:
-            entry = self._jobs[job_id] = found.pop(job_id)  # type: ignore[assignment]
-            self._counts[entry["status"]] += 1
+        summary = found.pop(job_id, None) if entry is None else None
+        if summary is not None:  # a job the board had not seen: it joins the counts
+            entry = self._jobs[job_id] = summary
+            self._counts[summary["status"]] += 1
             moved = True
         if entry is not None and d.seq > entry["seq"]:
             if status != entry["status"] and status in STATES:
