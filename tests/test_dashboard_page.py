@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from test_page_browser import (  # noqa: F401 - fixtures
+    ROOT,
     STEPS,
     browser,
     csp_page,
@@ -54,6 +55,8 @@ def wait_count(page, state: str, n: int) -> None:  # noqa: F811
 
 
 def test_the_dashboard_moves_bars_live_counts_and_moves_a_finished_job(web, store, page, tmp_path):  # noqa: F811
+    source = (ROOT / "web" / "static" / "index.js").read_text()  # one copy of the stream logic
+    assert "EventSource" not in source and 'import { followAll } from "./progress-client.js";' in source
     console = csp_page(page)
     page.add_init_script(RECORD_WIDTHS)
     job_id = unique("dash")
@@ -167,3 +170,15 @@ def test_with_its_stream_blocked_the_dashboard_polls_the_overview(web, store, pa
     store.update(job_id, status="failed", error="no PDF")
     page.wait_for_selector(row("finished-list", job_id), timeout=10_000)
     assert "no PDF" in page.text_content(row("finished-list", job_id))
+
+
+def test_a_quiet_running_job_turns_stale_and_its_next_update_clears_it(web, store, page):  # noqa: F811
+    job_id = unique("quiet")
+    store.create_job(job_id, new_paper(), steps=STEPS)
+    store.update(job_id, status="running", progress_percent=10)
+    page.goto(f"{web.base}/")
+    page.wait_for_selector(row("active-list", job_id), timeout=10_000)
+    stale = f"{row('active-list', job_id)} .job-stale"
+    page.wait_for_selector(stale, state="visible", timeout=12_000)  # PROGRESS_STALE_AFTER=2, no event
+    store.update(job_id, progress_percent=20)
+    page.wait_for_selector(stale, state="hidden", timeout=10_000)

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from helpers import wait_until
+from tcp_proxy import TcpProxy
 from test_api import build
 from test_sse import GunicornServer, server_env, web_connections
 
@@ -261,3 +262,40 @@ def test_twenty_dashboards_share_the_processs_one_redis_connection(server, modul
         for conn, _ in conns:
             conn.close()
     wait_until(lambda: server.metric("progress_sse_clients") == 0, what="the dashboards to be counted closed")
+
+
+def test_after_the_listener_loses_redis_a_dashboard_starts_afresh_with_what_it_missed(
+        real_redis_url, module_store, module_key_prefix, tmp_path):
+    proxy = TcpProxy(real_redis_url)
+    proxy.up()
+    srv = GunicornServer(server_env(proxy.url, module_key_prefix), log_path=tmp_path / "gunicorn.log")
+    conn = None
+    try:
+        module_store.create_job("outage", "31452104")
+        host, port = srv.base.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=20)
+        conn.request("GET", "/api/v1/events", headers={"Accept": "text/event-stream"})
+        response = conn.getresponse()
+        kind, first = read_event(response)
+        assert kind == "overview" and "outage" in [j["job_id"] for j in first["active"]]
+
+        proxy.down()  # the web process loses Redis: pub/sub and pool alike
+        module_store.update("outage", status="running", progress_percent=70)  # an event nobody there gets
+        proxy.up()
+        while True:  # a fresh overview, with the change it missed
+            kind, data = read_event(response)
+            if kind == "overview":
+                (job,) = [j for j in data["active"] if j["job_id"] == "outage"]
+                assert (job["status"], job["progress_percent"]) == ("running", 70)
+                assert data["counts"]["running"] >= 1
+                break
+        module_store.update("outage", progress_percent=80)  # and it goes on live
+        kind, data = read_event(response)
+        while kind != "job":
+            kind, data = read_event(response)
+        assert (data["job_id"], data["progress_percent"]) == ("outage", 80)
+    finally:
+        if conn is not None:
+            conn.close()
+        srv.stop()
+        proxy.down()

@@ -54,11 +54,14 @@ function ago(iso) {
   return Math.floor(s / 86400) + " d ago";
 }
 
+// As the server says it (models.is_stale), on the server's clock: a running job with no progress
+// for stale_after seconds, or one pending for pending_stale_after since it was created.
 function isStale(job) {
   if (job.status !== "running" && job.status !== "pending") return false;
-  const limit = (job.status === "running" ? cfg.stale_after : cfg.pending_stale_after) * 1000;
-  const t = Date.parse(job.progress_updated_at);
-  return !!job.is_stale || (!isNaN(t) && Date.now() + state.offset - t > limit);
+  const running = job.status === "running";
+  const since = Date.parse(running ? job.progress_updated_at : job.created_at);
+  const limit = (running ? cfg.stale_after : cfg.pending_stale_after) * 1000;
+  return !isNaN(since) && Date.now() + state.offset - since > limit;
 }
 
 function admits(item) {
