@@ -2,8 +2,9 @@
 
 The hub subscribes once to ``<prefix>:events`` (the all-jobs channel) from one
 background listener and hands each event to the queues of the clients that
-watch that job. A thousand open streams cost one Redis connection, not a
-thousand.
+watch that job, and to each ``subscribe_all`` queue (the live dashboard's
+feeder, ``web.live``, which fans it out to every dashboard). A thousand open
+streams cost one Redis connection, not a thousand.
 
 Per job with watchers the hub keeps the last full snapshot it knows (its
 *base*). An event whose ``seq`` is the base's + 1 becomes the next snapshot
