@@ -7,6 +7,7 @@ registers its own subcommands from its own module here:
 - ``worker_commands``: worker, submit, run, papers
 - ``web_commands``: web
 - ``data_commands``: watch, mirror, db, demo
+- ``pipeline_commands``: pipelines
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from progress_service.errors import (
     SchemaMissing,
 )
 
-AREAS = ("worker_commands", "web_commands", "data_commands")
+AREAS = ("worker_commands", "web_commands", "data_commands", "pipeline_commands")
 
 
 class Parser(argparse.ArgumentParser):

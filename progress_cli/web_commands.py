@@ -22,6 +22,7 @@ from pathlib import Path
 from progress_cli import exit_codes
 from progress_service import Settings
 from progress_service.config import WebSettings, positive_int, tcp_port
+from progress_service.pipelines import load_pipelines
 
 APP = "web:create_app()"
 BACKLOG = 2048  # as web/gunicorn_conf.py
@@ -96,7 +97,8 @@ def run_web(args: argparse.Namespace) -> int:
     from progress_cli.extras import require
 
     require("web")  # checked here: gunicorn imports the app in a process of its own
-    Settings.from_env()  # a malformed URL: one line and 78 here, not a traceback per gunicorn worker
+    settings = Settings.from_env()  # a malformed URL: one line and 78 here, not a traceback per gunicorn worker
+    load_pipelines(settings)  # so is a broken PROGRESS_PIPELINES file or pipeline entry point
     web = WebSettings()  # PROGRESS_WEB_*, each read only where the command line did not give it
     if args.host is None:
         args.host = web.host

@@ -35,12 +35,16 @@ forked work horse, its pipeline in a process group of its own. Beside it, in thr
     failed with the error "worker lost", in RQ too;
   - the mirror (unless --no-mirror): finished jobs copied to PostgreSQL at DATABASE_URL;
     skipped with a log line when progress_service.mirror is missing, retried with
-    back-off while PostgreSQL is down.
+    back-off while PostgreSQL is down;
+  - the pipelines it knows (bundled, PROGRESS_PIPELINES, entry points; see
+    `progress-service pipelines`) announced in Redis while it lives: a submit of a
+    pipeline that a live worker of the queue does not know is refused.
 Stop it with Ctrl-C or SIGTERM (a warm shutdown: the running job is finished first);
 a second Ctrl-C kills the job's process tree and the job ends failed.
 
 exit status: 0 stopped (Ctrl-C, SIGTERM) or, with --burst, the queue emptied; 69 Redis
-does not answer; 78 the configuration is not usable (a malformed REDIS_URL, ...).
+does not answer; 78 the configuration is not usable (a malformed REDIS_URL, a broken
+PROGRESS_PIPELINES file or pipeline entry point, ...).
 
 examples:
   progress-service worker                         # run until stopped
@@ -52,8 +56,10 @@ Prints the job id on stdout (several PAPER_IDs: one batch, and its id). With --w
 draws a live bar on stderr until the job (or every job of the batch) ends.
 
 exit status (with --wait): 0 completed, 1 failed, 2 canceled; 124 --timeout passed;
-130 interrupted. 64 for bad input or a job id already taken, 69 when Redis does not
-answer, 78 when the configuration is not usable (a malformed REDIS_URL, ...).
+130 interrupted. 64 for bad input, a job id already taken, or a pipeline that this
+process or a live worker of the queue does not know (see `progress-service pipelines`);
+69 when Redis does not answer, 78 when the configuration is not usable (a malformed
+REDIS_URL, a broken PROGRESS_PIPELINES file, ...).
 While the job waits in its queue with no worker listening there, --wait says so once.
 
 examples:
@@ -120,7 +126,8 @@ def register(subparsers) -> None:
     submit.add_argument("--tag", dest="tags", action="append", default=[], metavar="T",
                         help="a label for the job(s), filterable in the list (repeatable, at most 16)")
     submit.add_argument("--pipeline", default="video", metavar="NAME",
-                        help="the pipeline to run (default: video)")
+                        help="the pipeline to run (default: video; `progress-service pipelines` "
+                             "lists them)")
     submit.add_argument("--job-id", default=None, metavar="ID",
                         help="the job's id (default: a random one)")
     submit.add_argument("--wait", action="store_true",
@@ -188,11 +195,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     require("worker")
 
+    from progress_service.pipeline_workers import PipelineAnnouncer
+    from progress_service.pipelines import load_pipelines
     from progress_service.queue import rq_connection
     from worker.jobs import ProgressSimpleWorker, ProgressWorker
     from worker.lost import LostJobSweeper
 
     settings = Settings.from_env()
+    pipelines = load_pipelines(settings)  # a broken PROGRESS_PIPELINES or entry point: 78, now
     conn = rq_connection(settings)
     try:
         conn.ping()
@@ -211,6 +221,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             threads.append(mirror_thread)
     worker_class = ProgressSimpleWorker if args.simple else ProgressWorker
     worker = worker_class([settings.queue_name], connection=conn, store=store, name=args.name)
+    announcer = PipelineAnnouncer(conn, settings, worker.name, pipelines)
     logger.info(
         "worker %s: queue %r on %s; progress store %s (prefix %r); jobs failed as worker lost "
         "after %gs without a heartbeat; mirror %s; %s",
@@ -218,9 +229,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         redacted_url(settings.progress_redis_url), settings.key_prefix, settings.worker_lost_after,
         mirror_state, "burst mode" if args.burst else "waiting for jobs")
     try:
+        announcer.start(stop)  # withdrawn in the finally below
         worker.work(burst=args.burst, logging_level="DEBUG" if args.verbose else None)
     finally:
         stop.set()
+        announcer.stop()
         for thread in threads:
             thread.join(timeout=5)
     logger.info("worker %s: stopped", worker.name)
@@ -393,7 +406,7 @@ def _run_steps(args: argparse.Namespace):
     if args.pipeline is not None:
         from progress_service.pipelines import require_pipeline
 
-        spec = require_pipeline(args.pipeline)
+        spec = require_pipeline(args.pipeline, Settings.from_env())
         return list(spec.steps), spec.weights, spec.name
     if args.steps is not None:
         return validate_steps([s.strip() for s in args.steps.split(",")]), None, "command"

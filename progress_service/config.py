@@ -125,6 +125,9 @@ class Settings:
     sse_keepalive: float = DEFAULT_SSE_KEEPALIVE  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
     read_auth: str = READ_AUTH_OPEN  # PROGRESS_READ_AUTH: "open", or "token" (every read needs a token)
     secret_key: str | None = field(default=None, repr=False)  # PROGRESS_SECRET_KEY: signs read tokens
+    # PROGRESS_PIPELINES: a TOML file of the user's own pipelines, read where the registry is
+    # first asked for (progress_service.pipelines.load_pipelines), not here
+    pipelines_file: str | None = None
 
     @property
     def reads_need_token(self) -> bool:
@@ -175,6 +178,7 @@ class Settings:
             sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", DEFAULT_SSE_KEEPALIVE, minimum=0.1),
             read_auth=read_auth,
             secret_key=secret_key,
+            pipelines_file=(env.get("PROGRESS_PIPELINES") or "").strip() or None,
         )
 
 

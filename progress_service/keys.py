@@ -47,3 +47,12 @@ class Keys:
     def job_pattern(self) -> str:
         """SCAN pattern matching every job hash (and, filtered by caller, only those)."""
         return f"{self.prefix}:{{*}}"
+
+    def queue_workers(self, queue: str) -> str:
+        """Sorted set of the workers of RQ queue ``queue`` that announce their pipelines,
+        scored by when their announcement expires (ms, Redis clock). On RQ's Redis."""
+        return f"{self.prefix}:queue:{queue}:workers"
+
+    def worker_pipelines(self, queue: str, worker: str) -> str:
+        """One worker's announcement (JSON: its pipelines' steps), expiring unless refreshed."""
+        return f"{self.prefix}:queue:{queue}:worker:{worker}"

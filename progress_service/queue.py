@@ -27,7 +27,8 @@ from .batches import unfinished_members, validate_batch
 from .config import Settings
 from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
 from .models import TERMINAL_VALUES, Status, validate_id
-from .pipelines import require_pipeline
+from .pipeline_workers import check_workers_know
+from .pipelines import Pipeline, require_pipeline
 from .store import ProgressStore
 
 if TYPE_CHECKING:
@@ -64,27 +65,39 @@ def submit_job(
     """Create the job (``pending``, with the pipeline's steps) and queue it; return its id.
 
     The store's job exists before RQ's, so a status read never misses it. Raises
-    ``InvalidInput`` for a bad id or an unknown pipeline, ``JobConflict`` if
-    ``job_id`` is taken, ``BackendUnavailable`` if Redis does not answer (the job
-    is then marked failed, if it was created). ``job_timeout`` defaults to the
-    pipeline's own, else ``PROGRESS_JOB_TIMEOUT`` (3600 s); RQ keeps the job's
+    ``InvalidInput`` for a bad id, a pipeline this process does not know, or one the
+    live workers of the queue do not all know with the same steps
+    (``pipeline_workers.check_workers_know``; with no live worker the job waits in the
+    queue); ``JobConflict`` if ``job_id`` is taken, ``BackendUnavailable`` if Redis
+    does not answer (the job is then marked failed, if it was created), ``ConfigError``
+    if ``PROGRESS_PIPELINES`` or an entry point is broken. ``job_timeout`` defaults to
+    the pipeline's own, else ``PROGRESS_JOB_TIMEOUT`` (3600 s); RQ keeps the job's
     result and failure as long as the store keeps the job (``settings.job_ttl``)
     unless ``result_ttl``.
     """
-    from rq import Callback, Queue
-
     validate_id(paper_id, "paper_id")
-    spec = require_pipeline(pipeline)
+    spec = require_pipeline(pipeline, settings)
     job_id = job_id if job_id is not None else uuid.uuid4().hex
     validate_id(job_id, "job_id")
     timeout = job_timeout if job_timeout is not None else spec.timeout or settings.job_timeout
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 1:
         raise InvalidInput(f"job_timeout must be a whole number of seconds >= 1, got {timeout!r}")
-    ttl = result_ttl if result_ttl is not None else settings.job_ttl
+    conn = redis_conn if redis_conn is not None else rq_connection(settings)
+    check_workers_know(conn, settings, spec)
     store = store if store is not None else ProgressStore.from_settings(settings)
+    ttl = result_ttl if result_ttl is not None else settings.job_ttl
+    return _create_and_queue(settings, spec, paper_id, job_id, store=store, conn=conn, timeout=timeout,
+                             ttl=ttl, tags=tags, batch_id=batch_id)
+
+
+def _create_and_queue(settings: Settings, spec: Pipeline, paper_id: str, job_id: str, *,
+                      store: ProgressStore, conn: redis.Redis, timeout: int, ttl: int,
+                      tags: Sequence[str], batch_id: str | None) -> str:
+    """``submit_job``'s writes, its arguments checked."""
+    from rq import Callback, Queue
+
     store.create_job(job_id, paper_id, steps=list(spec.steps), pipeline=spec.name,
                      tags=tags, batch_id=batch_id)
-    conn = redis_conn if redis_conn is not None else rq_connection(settings)
     queue = Queue(settings.queue_name, connection=conn)
     try:
         queue.enqueue_call(
@@ -128,17 +141,19 @@ def submit_batch(
     so far are canceled and the batch removed before ``BackendUnavailable`` is raised.
     """
     paper_ids, pipeline, tags, name = validate_batch(paper_ids, pipeline, tags, name)
-    spec = require_pipeline(pipeline)
-    store = store if store is not None else ProgressStore.from_settings(settings)
+    spec = require_pipeline(pipeline, settings)
     conn = redis_conn if redis_conn is not None else rq_connection(settings)
+    check_workers_know(conn, settings, spec)  # once for the batch
+    store = store if store is not None else ProgressStore.from_settings(settings)
+    timeout = spec.timeout or settings.job_timeout
     batch_id = uuid.uuid4().hex
     job_ids = [uuid.uuid4().hex for _ in paper_ids]
     store.create_batch(batch_id, job_ids, spec.name, name=name, tags=tags)
     made: list[str] = []
     try:
         for job_id, paper_id in zip(job_ids, paper_ids, strict=True):
-            submit_job(settings, paper_id, spec.name, job_id=job_id, store=store, redis_conn=conn,
-                       tags=tags, batch_id=batch_id)
+            _create_and_queue(settings, spec, paper_id, job_id, store=store, conn=conn,
+                              timeout=timeout, ttl=settings.job_ttl, tags=tags, batch_id=batch_id)
             made.append(job_id)
     except BaseException:
         logger.warning("batch %s: submit failed after %d of %d jobs; undoing it", batch_id,

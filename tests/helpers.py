@@ -120,7 +120,7 @@ from progress_service.pipelines import PIPELINES, Pipeline
 SOURCES = {sources!r}
 
 def command_for(source):
-    return lambda paper_id, out_dir: [sys.executable, "-c", source, out_dir + "/pids"]
+    return lambda paper_id, out_dir, job_id: [sys.executable, "-c", source, out_dir + "/pids"]
 
 for name, source in SOURCES.items():
     PIPELINES[name] = Pipeline(name=name, steps=("a", "b"), command=command_for(source))

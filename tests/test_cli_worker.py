@@ -362,7 +362,7 @@ def test_worker_without_redis_says_so_and_exits_unavailable(env):
 def test_cancel_a_job_in_a_forking_worker_kills_its_tree_and_the_worker_goes_on(
         env, settings, store, rq_conn, tmp_path, monkeypatch):
     monkeypatch.setitem(PIPELINES, "t-tree",
-                        Pipeline(name="t-tree", steps=("a", "b"), command=lambda p, o: []))
+                        Pipeline(name="t-tree", steps=("a", "b"), command=lambda p, o, j: []))
     worker = start_worker(tmp_path, env, "--no-mirror", sources={"t-tree": TREE})
     try:
         job_id, pids = start_tree_job(settings, store, rq_conn, env, tmp_path, "fork")
@@ -508,7 +508,7 @@ def test_rq_stop_command_alone_cancels_the_job_and_kills_its_tree(env, settings,
     from rq.command import send_stop_job_command
 
     monkeypatch.setitem(PIPELINES, "t-tree",
-                        Pipeline(name="t-tree", steps=("a", "b"), command=lambda p, o: []))
+                        Pipeline(name="t-tree", steps=("a", "b"), command=lambda p, o, j: []))
     worker = start_worker(tmp_path, env, "--no-mirror", sources={"t-tree": TREE})
     try:
         job_id, pids = start_tree_job(settings, store, rq_conn, env, tmp_path, "stop")

@@ -167,7 +167,7 @@ def test_the_registry():
     video = get_pipeline("video")
     assert list(video.steps) == FIVE and list(PIPELINES) == ["video"]
     assert len(video.weights) == 5 and all(w > 0 for w in video.weights)
-    argv = video.command("34265844", "/tmp/out")
+    argv = video.command("34265844", "/tmp/out", "job-1")
     assert argv == [sys.executable, "-m", "worker.pipelines.video", "34265844", "--out", "/tmp/out"]
     with pytest.raises(ValueError, match="unknown pipeline 'audio': known pipelines are video"):
         get_pipeline("audio")

@@ -222,7 +222,7 @@ def logs(tmp_path: Path) -> str:
 def test_a_sigkilled_worker_leaves_a_stale_job_that_the_next_worker_fails_as_lost(
         settings, worker_env, store, rq_conn, tmp_path, monkeypatch):
     monkeypatch.setitem(PIPELINES, "t-slow",
-                        Pipeline(name="t-slow", steps=("a", "b"), command=lambda p, o: []))
+                        Pipeline(name="t-slow", steps=("a", "b"), command=lambda p, o, j: []))
     first = start_worker(tmp_path, worker_env, "--no-mirror")
     second = None
     try:
@@ -292,7 +292,7 @@ def test_a_redis_crash_mid_run_with_aof_loses_no_job(aof, redis_server_bin, sett
 
         unavailable("no redis-server binary to start a throwaway Redis")
     monkeypatch.setitem(PIPELINES, "t-steady",
-                        Pipeline(name="t-steady", steps=("a", "b"), command=lambda p, o: []))
+                        Pipeline(name="t-steady", steps=("a", "b"), command=lambda p, o, j: []))
     aof_dir = tmp_path / "redis-data" if aof else None
     if aof_dir is not None:
         aof_dir.mkdir()

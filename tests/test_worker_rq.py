@@ -76,7 +76,7 @@ def env(monkeypatch, settings, tmp_path):
 
 def command_pipeline(monkeypatch, name: str, source: str, steps=("a", "b")) -> None:
     """Register a pipeline running ``source`` with the output folder as argv[1]."""
-    def command(paper_id: str, out_dir: str) -> list[str]:
+    def command(paper_id: str, out_dir: str, job_id: str) -> list[str]:
         return [sys.executable, "-c", textwrap.dedent(source), str(Path(out_dir) / "pids")]
 
     monkeypatch.setitem(PIPELINES, name, Pipeline(name=name, steps=tuple(steps), command=command))
@@ -232,12 +232,12 @@ def test_submit_queues_one_rq_job_with_the_same_id_and_its_timeout(settings, sto
 
 def test_a_pipelines_own_timeout_is_its_jobs_default(settings, store, rq_conn, monkeypatch):
     monkeypatch.setitem(PIPELINES, "t-own", Pipeline(name="t-own", steps=("a", "b"),
-                                                     command=lambda p, o: [], timeout=5))
+                                                     command=lambda p, o, j: [], timeout=5))
     job_id = f"{settings.key_prefix}-own"
     submit_job(settings, "31452104", "t-own", store=store, redis_conn=rq_conn, job_id=job_id)
     assert Job.fetch(job_id, connection=rq_conn).timeout == 5
     with pytest.raises(ValueError, match="timeout"):
-        Pipeline(name="t-bad", steps=("a",), command=lambda p, o: [], timeout=0)
+        Pipeline(name="t-bad", steps=("a",), command=lambda p, o, j: [], timeout=0)
 
 
 def test_a_redis_that_does_not_answer_is_backend_unavailable(settings, store):
@@ -245,8 +245,23 @@ def test_a_redis_that_does_not_answer_is_backend_unavailable(settings, store):
 
     dead = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     job_id = f"{settings.key_prefix}-dead"
-    with pytest.raises(BackendUnavailable):
+    with pytest.raises(BackendUnavailable):  # the workers' pipelines cannot be read: nothing is made
         submit_job(settings, "31452104", store=store, redis_conn=dead, job_id=job_id)
+    assert store.get(job_id) is None
+
+
+def test_a_queue_that_fails_after_the_job_is_made_marks_it_failed(settings, store, rq_conn, monkeypatch):
+    from rq import Queue
+
+    from progress_service import BackendUnavailable
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(Queue, "enqueue_call", down)  # RQ's Redis goes away between check and enqueue
+    job_id = f"{settings.key_prefix}-dead"
+    with pytest.raises(BackendUnavailable):
+        submit_job(settings, "31452104", store=store, redis_conn=rq_conn, job_id=job_id)
     snap = store.get(job_id)
     assert snap["status"] == "failed" and "could not queue" in snap["error"]
 

@@ -18,6 +18,7 @@ from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 
 from progress_service.config import ConfigError, Settings
+from progress_service.pipelines import load_pipelines
 from progress_service.store import ProgressStore
 
 from . import api, auth, batches, dashboard, errors, events, live, metrics, openapi, pages, security
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     if settings.reads_need_token and not settings.api_token:
         logger.warning("PROGRESS_READ_AUTH=token without PROGRESS_API_TOKEN: nobody can list jobs or mint "
                        "read tokens; only a submit's answer gives one (for its own job)")
+    load_pipelines(settings)  # a broken PROGRESS_PIPELINES or entry point stops the app here
     if redis_pool is None:
         redis_pool = settings.web_redis_pool
     app = Flask(__name__)

@@ -1,5 +1,5 @@
 """The JSON API (``/api/v1``): submit, read, list and cancel jobs, take a producer's progress,
-and serve a job's video.
+serve a job's video, and list the pipelines.
 
 Reading is open unless ``PROGRESS_READ_AUTH=token`` (then each reading view
 declares what it needs with ``read_access``); writing needs the bearer token
@@ -20,6 +20,8 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file,
 from progress_service import queue
 from progress_service.errors import InvalidInput, JobNotFound, Unauthorized
 from progress_service.models import Status, validate_id, validate_steps, validate_tags
+from progress_service.pipeline_workers import worker_support
+from progress_service.pipelines import describe_pipeline, load_pipelines
 from progress_service.tracking import TRACKED_PIPELINE
 
 from . import read_tokens
@@ -176,6 +178,20 @@ def list_jobs():
     jobs, missing = recent_jobs(paper_id, status, limit, tag=tag, batch_id=batch_id)
     headers = {"Warning": f'199 - "{missing}"'} if missing else {}
     return jsonify(jobs=jobs), 200, headers
+
+
+@bp.get("/pipelines")
+def list_pipelines():
+    """Every pipeline this web process can submit, and whether the queue's live workers know it
+    (with the same steps): a submit is refused when one of them does not (``workers.knowing`` <
+    ``workers.live``); with no live worker it is queued."""
+    store = progress_store()
+    registry = load_pipelines(store.settings)
+    live, knowing = worker_support(rq_connection(), store.settings, registry)
+    pipelines = [{**describe_pipeline(p), "workers": {"live": live, "knowing": knowing[name]},
+                  "known_to_workers": knowing[name] == live if live else None}
+                 for name, p in registry.items()]
+    return jsonify(pipelines=pipelines, queue=store.settings.queue_name, live_workers=live)
 
 
 @bp.get("/jobs/<job_id>")

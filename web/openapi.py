@@ -28,7 +28,8 @@ def error(description: str) -> dict[str, Any]:
 
 
 RESPONSES: dict[str, dict[str, Any]] = {
-    "BadInput": error("bad input: an id that does not match the pattern, an unknown field or parameter"),
+    "BadInput": error("bad input: an id that does not match the pattern, an unknown field or parameter, "
+                      "a pipeline that this server or a live worker does not know"),
     "Unauthorized": error("the API token is missing or wrong (PROGRESS_API_TOKEN is set)"),
     "ReadUnauthorized": error("PROGRESS_READ_AUTH=token: no token, or one that is wrong, expired, or a "
                               "read token of another job or batch (a list needs the API token)"),
@@ -124,6 +125,18 @@ PATHS: dict[str, dict[str, Any]] = {
                         "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                 **READS,
             },
+        },
+    },
+    "/api/v1/pipelines": {
+        "get": {
+            "operationId": "listPipelines",
+            "summary": "every pipeline this server can submit, and whether the queue's live workers "
+                       "know it",
+            "description": "Bundled, from PROGRESS_PIPELINES, and from entry points. A submit is "
+                           "refused (400) for a pipeline that a live worker of the queue does not "
+                           "know with the same steps; with no live worker it waits in the queue.",
+            "responses": {"200": json_answer("the pipelines", ref("PipelineList")),
+                          "401": respond("ReadUnauthorized"), "503": respond("BackendDown")},
         },
     },
     "/api/v1/jobs/{job_id}": {

@@ -120,7 +120,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["paper_id"],
         "properties": {
             "paper_id": ID,
-            "pipeline": {**ID, "default": "video"},
+            "pipeline": {**ID, "default": "video",
+                         "description": "one of GET /api/v1/pipelines; refused (400) when this server "
+                                        "or a live worker of the queue does not know it"},
             "tags": {"type": "array", "items": ID, "maxItems": 16},
             "enqueue": {"type": "boolean", "default": True,
                         "description": "false, with steps: a tracked job that no worker runs"},
@@ -296,6 +298,46 @@ SCHEMAS["Overview"] = {
         "pipelines": {"type": "array", "items": {"type": "string"},
                       "description": "the pipelines of the jobs counted"},
         "server_now_ms": {"type": "integer", "description": "the Redis server's clock"},
+    },
+    "additionalProperties": False,
+}
+# GET /api/v1/pipelines
+SCHEMAS["Pipeline"] = {
+    "type": "object",
+    "required": ["name", "steps", "weights", "timeout", "resumable", "description", "source",
+                 "workers", "known_to_workers"],
+    "properties": {
+        "name": ID,
+        "steps": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "weights": nullable("array", items={"type": "number", "exclusiveMinimum": 0},
+                            description="each step's share of the bar; null: equal shares"),
+        "timeout": nullable("integer", minimum=1, description="seconds; null: PROGRESS_JOB_TIMEOUT"),
+        "resumable": {"type": "boolean"},
+        "description": {"type": "string"},
+        "source": {"type": "string",
+                   "description": "bundled, the path of the PROGRESS_PIPELINES file, or entry point <name>"},
+        "workers": {
+            "type": "object",
+            "required": ["live", "knowing"],
+            "properties": {"live": {"type": "integer", "minimum": 0},
+                           "knowing": {"type": "integer", "minimum": 0,
+                                       "description": "live workers that know it with the same steps"}},
+            "additionalProperties": False,
+        },
+        "known_to_workers": nullable("boolean", description="every live worker knows it (a submit is "
+                                                            "accepted); null: no worker is live (a "
+                                                            "submit waits in the queue)"),
+    },
+    "additionalProperties": False,
+}
+SCHEMAS["PipelineList"] = {
+    "type": "object",
+    "required": ["pipelines", "queue", "live_workers"],
+    "properties": {
+        "pipelines": {"type": "array", "items": ref("Pipeline")},
+        "queue": {"type": "string", "description": "the RQ queue (PROGRESS_QUEUE)"},
+        "live_workers": {"type": "integer", "minimum": 0,
+                         "description": "workers of the queue that have announced their pipelines"},
     },
     "additionalProperties": False,
 }

@@ -54,7 +54,7 @@ from rq.timeouts import JobTimeoutException
 from progress_service import ProgressStore, Settings, Status
 from progress_service.config import ConfigError
 from progress_service.errors import ProgressError
-from progress_service.pipelines import get_pipeline
+from progress_service.pipelines import Pipeline, get_pipeline
 from progress_service.scripts import UpdateResult
 from progress_service.store import connect
 from worker.lost import WORKER_LOST, command_tag, kill_orphaned_tree
@@ -127,7 +127,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
         raise RuntimeError("run_pipeline runs as an RQ job; use worker.runner.run_command otherwise")
     settings = Settings.from_env()
     store = ProgressStore(connect(settings), settings)
-    spec = get_pipeline(pipeline)
+    spec = _known_pipeline(store, settings, job.id, pipeline)
     out_dir = output_root(settings) / job.id
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = job.timeout if job.timeout and job.timeout > 0 else None
@@ -142,7 +142,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
 
     try:
         outcome = run_command(
-            store, job.id, spec.command(paper_id, str(out_dir)), steps=spec.steps,
+            store, job.id, spec.command(paper_id, str(out_dir), job.id), steps=spec.steps,
             weights=spec.weights, settings=settings, env=_child_env(), on_write=meta.on_write,
             on_start=meta.on_start, timeout=runner_timeout, describe_exception=describe, tag=tag,
         )
@@ -155,6 +155,29 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
     if outcome.status == Status.CANCELED.value:
         raise JobCanceled(f"job {job.id} was canceled")
     raise PipelineFailed(markup_free(outcome.error or f"job {job.id} {outcome.status}"))
+
+
+def _known_pipeline(store: ProgressStore, settings: Settings, job_id: str, name: str) -> Pipeline:
+    """The pipeline ``name`` as this worker knows it, with the steps the job was created with.
+
+    A submit is refused when the live workers do not know the pipeline
+    (``progress_service.pipeline_workers``), but a job queued while no worker was live
+    may meet one that does not: the job then fails, saying why, instead of running
+    steps the store does not expect.
+    """
+    try:
+        spec = get_pipeline(name, settings)
+        snap = store.get(job_id)
+        if snap is not None and snap["steps"] != list(spec.steps):
+            raise ValueError(f"pipeline {name!r} has steps {list(spec.steps)} on this worker, but the "
+                             f"job was submitted with {snap['steps']}: give the workers and the "
+                             f"submitters the same PROGRESS_PIPELINES")
+    except (ValueError, ConfigError) as exc:  # ConfigError: the worker's PROGRESS_PIPELINES broke
+        error = f"worker {socket.gethostname()}: {exc}"
+        _finish_in_store(job_id, Status.FAILED.value, error=error, store=store)
+        store.close()
+        raise PipelineFailed(markup_free(error)) from None
+    return spec
 
 
 def _take_over_rq_alarm(timeout: float | None) -> float | None:
