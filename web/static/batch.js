@@ -2,9 +2,9 @@
  * per member, from the page's config and then the batch's event stream
  * (GET /api/v1/batches/<id>/events: "batch" events carry the batch, "progress" events a member),
  * followed by progress-client.js's follow(), the one copy of the stream, resume, poll and
- * back-off logic: when the stream fails it polls the batch (status_url), and this page reads
- * the members (members_url) with each poll; it ends once the batch has finished, and then
- * failures come first.
+ * back-off logic: when the stream fails, follow() runs this page's poll (the batch, status_url,
+ * and its members, members_url) until the stream answers again; the page ends both once the
+ * batch has finished, and then failures come first.
  * Everything the page shows is drawn by render() from one `state` object. No inline script
  * or style (the page's CSP): rows come from #member-row, the bars' widths are set here.
  * Under PROGRESS_READ_AUTH=token (cfg.token: the token the page was opened with) this page's
@@ -158,12 +158,18 @@ import { follow } from "./progress-client.js";
     });
   }
 
-  // While polling, each poll of the batch (follow() reads status_url) brings its members too.
-  function pollMembers() {
-    getJSON(cfg.members_url).then(function (body) {
-      body.jobs.forEach(function (m) { state.members[m.job_id] = m; });
-      render();
-    }, function () {}); // a batch's read token reads no list: only the batch moves
+  // While the stream is down, follow() calls this every cfg.poll_ms: the batch, then its members
+  // (read after it, so that when the batch has finished every row shows its member's end).
+  function poll() {
+    return getJSON(cfg.status_url).then(function (batch) {
+      var members = getJSON(cfg.members_url).catch(function () { return { jobs: [] }; }); // a read token: 401
+      return members.then(function (body) {
+        body.jobs.forEach(function (m) { acceptMember(m); });
+        acceptBatch(batch);
+        finishIfDone(); // a poll is ours: its end is ours to see
+        render();
+      });
+    });
   }
 
   function follower() {
@@ -171,20 +177,17 @@ import { follow } from "./progress-client.js";
       eventsUrl: cfg.events_url,
       token: cfg.token,
       pollMs: cfg.poll_ms,
+      poll: poll,
       onMode: function (mode) {
         if (state.mode !== "done") state.mode = mode === "ended" ? "done" : mode;
         render();
       },
       onUpdate: function (snap, info) {
-        if (info.type === "batch") {
-          acceptBatch(snap);
-          if (info.source === "poll" && !FINISHED[snap.status]) pollMembers();
-        } else {
-          acceptMember(snap);
-        }
+        if (info.type === "batch") acceptBatch(snap);
+        else acceptMember(snap);
         render();
       },
-      onEnd: function () { finishIfDone(); render(); }
+      onEnd: function () { finishIfDone(); render(); } // the stream's terminal "batch" event
     });
   }
 
