@@ -31,3 +31,8 @@ def test_peer_bench_runs_and_says_why_bullmq_is_skipped(tmp_path, redis_server_b
 def test_scale_bench_runs(redis_server_bin):
     out = run_bench("scale_bench.py", "--jobs", "50", "--seconds", "2", "--sample", "2", "--no-cluster")
     assert "updates/s" in out and "SSE delay ms" in out and "missing 0" in out
+
+
+def test_dashboard_bench_runs():
+    out = run_bench("dashboard_bench.py", "--jobs", "60", "--dashboards", "5", "--updates", "100")
+    assert "counts' read of 60 jobs" in out and "100 of 100 each" in out and "dashboard: goal met" in out

@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("live", __name__, url_prefix="/api/v1")
 
 COUNT_WINDOW = INDEX_MAX  # jobs counted: the newest of the recent-jobs index
-RESEED_EVERY = 60.0  # seconds between two fresh reads of the counts
+RESEED_EVERY = 300.0  # seconds between two fresh reads of the counts (finished jobs expire)
 BATCH_EVERY = 1.0  # a batch is re-read at most this often while its members move
 LINGER = 30.0  # seconds the feeder keeps going after an overview, for the next poll
 ACTIVE_MAX = 200  # pending and running jobs an overview lists
