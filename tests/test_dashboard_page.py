@@ -11,13 +11,16 @@ import uuid
 
 import pytest
 from test_page_browser import (  # noqa: F401 - fixtures
+    READ_API_TOKEN,
     ROOT,
     STEPS,
     browser,
     csp_page,
     new_paper,
     page,
+    read_token_of,
     store,
+    token_web,
     wait_for_js,
     web,
 )
@@ -182,3 +185,20 @@ def test_a_quiet_running_job_turns_stale_and_its_next_update_clears_it(web, stor
     page.wait_for_selector(stale, state="visible", timeout=12_000)  # PROGRESS_STALE_AFTER=2, no event
     store.update(job_id, progress_percent=20)
     page.wait_for_selector(stale, state="hidden", timeout=10_000)
+
+
+def test_under_read_auth_the_dashboard_needs_the_api_token_and_carries_it_on(token_web, store, page):  # noqa: F811
+    job_id = unique("guarded")
+    paper = new_paper()
+    store.create_job(job_id, paper, steps=STEPS)
+    assert token_web.get("/")[0] == 401
+    assert token_web.get(f"/?token={read_token_of(job_id)}")[0] == 401  # a job's token reads no list
+    page.goto(f"{token_web.base}/?token={READ_API_TOKEN}")
+    wait_for_js(page, "document.getElementById('conn').textContent === 'Live.'")  # the stream took ?token=
+    page.wait_for_selector(row("active-list", job_id), timeout=10_000)
+    store.update(job_id, status="running", progress_percent=35)
+    page.wait_for_selector(f"{row('active-list', job_id)} .mini-pct:text-is('35%')", timeout=10_000)
+    link = page.get_attribute(f"{row('active-list', job_id)} .job-paper", "href")
+    assert link == f"/status/{paper}/?token={READ_API_TOKEN}"
+    log = token_web.log_path.read_text(errors="replace")
+    assert "GET /?token=***" in log and READ_API_TOKEN not in log  # the page logged, its token not
