@@ -210,9 +210,10 @@ function render() {
   const jobs = [...state.jobs.values()].filter(admits);
   const active = jobs.filter((j) => ACTIVE.has(j.status)).sort(newest("created_at"));
   const finished = jobs.filter((j) => !ACTIVE.has(j.status)).sort(newest("finished_at")).slice(0, cfg.finished_limit);
-  // what drops off the end of the finished list is let go of
+  // a finished job the page does not show is let go of (a changed filter reopens the stream,
+  // whose overview brings what the new filter shows)
   const keep = new Set([...active, ...finished].map((j) => j.job_id));
-  for (const [id, job] of state.jobs) if (!ACTIVE.has(job.status) && !keep.has(id) && admits(job)) state.jobs.delete(id);
+  for (const [id, job] of state.jobs) if (!ACTIVE.has(job.status) && !keep.has(id)) state.jobs.delete(id);
   const batches = [...state.batches.values()].filter(admits).sort(newest("created_at"));
   const shown = { active: active.map(jobRow), finished: finished.map(jobRow), batches: batches.map(batchRow) };
   for (const name of ["active", "finished", "batches"]) {
