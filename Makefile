@@ -13,7 +13,7 @@ OLDEST := .venv-oldest
 CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	|| { echo "$(PYTHON) is older than Python 3.11: run make PYTHON=python3.11 ..." >&2; exit 1; }
 
-.PHONY: venv test test-oldest demo bench lint
+.PHONY: venv test test-oldest demo bench lint vendor-chartjs
 
 venv: $(STAMP)
 
@@ -58,3 +58,15 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict progress_service/
 	$(BIN)/mypy worker/ web/ progress_cli/
+
+# The charting library of /insights/, vendored: npm pack into a temp dir, copy its UMD build
+# and LICENSE into web/static/vendor/ (committed; the app serves them, CI needs no npm).
+# Then update the version in web/static/vendor/README.md and run tests/test_insights_browser.py.
+CHARTJS_VERSION ?= 4.6.1
+vendor-chartjs:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent "chart.js@$(CHARTJS_VERSION)" >/dev/null) && \
+	tar -xzf "$$tmp/chart.js-$(CHARTJS_VERSION).tgz" -C "$$tmp" && \
+	cp "$$tmp/package/dist/chart.umd.js" web/static/vendor/chart.umd.js && \
+	cp "$$tmp/package/LICENSE.md" web/static/vendor/chart.js.LICENSE.md && \
+	echo "vendored chart.js $(CHARTJS_VERSION): web/static/vendor/chart.umd.js"

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import urllib.parse
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -50,3 +53,34 @@ def verdict(label: str, met: bool, ok: str, missed: str) -> int:
     """Print ``label: ok`` or ``label: missed``; the script's exit status (0 met, 1 missed)."""
     print(f"{label}: {ok if met else missed}")
     return 0 if met else 1
+
+
+def database_url() -> str:
+    return os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` with ``options=-c search_path=<schema>``: the tables go into that schema."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + [("options", f"-c search_path={schema}")]
+    return urllib.parse.urlunsplit(
+        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL of the PostgreSQL at DATABASE_URL whose tables go into a fresh schema of the
+    bench's own, upgraded (``progress_service.migrations``); the schema is dropped afterwards."""
+    import psycopg
+
+    from progress_service import migrations
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            url = with_search_path(database_url(), schema)
+            migrations.upgrade(url)
+            yield url
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

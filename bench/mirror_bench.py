@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -35,13 +34,6 @@ from progress_service.mirror import COLUMNS, Mirror  # noqa: E402
 from progress_service.models import DEFAULT_STEPS  # noqa: E402
 
 TARGET = 5000.0
-
-
-def with_search_path(url: str, schema: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query) + [("options", f"-c search_path={schema}")]
-    return urllib.parse.urlunsplit(
-        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
 
 
 def make_jobs(store: ProgressStore, n: int) -> list[str]:
@@ -73,7 +65,7 @@ def main() -> int:
     _, prefix, client, store = _common.redis_store()
     admin = psycopg.connect(database_url, autocommit=True)
     admin.execute(f'CREATE SCHEMA "{schema}"')
-    url = with_search_path(database_url, schema)
+    url = _common.with_search_path(database_url, schema)
     try:
         migrations.upgrade(url)
         print(f"preparing {args.jobs} finished jobs (6 history entries each) in Redis ...")

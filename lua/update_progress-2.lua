@@ -180,7 +180,10 @@ local percent, seq_s, now_s, total_s = tostring(new_progress), tostring(seq), to
 local fields = {'progress_percent', percent, 'seq', seq_s, 'progress_updated_at_ms', now_s}
 local function set(name, value) fields[#fields + 1] = name; fields[#fields + 1] = value end
 if new_status ~= cur_status then set('status', new_status) end
-if new_step ~= cur_step then set('current_step', new_step) end
+if new_step ~= cur_step then
+  set('current_step', new_step)
+  set('step_started_ms', now_s) -- when the current step began: the ETA's time in the step
+end
 if message ~= (cur[6] or '') then set('message', message) end
 if err ~= (cur[7] or '') then set('error', err) end
 if result ~= (cur[8] or '') then set('result', result) end

@@ -33,7 +33,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidInput
-from .models import Status, eta_seconds, iso_ms, ms_from_iso, validate_id, validate_tags
+from .eta import JobState, batch_eta, rate_eta
+from .models import Status, iso_ms, ms_from_iso, validate_id, validate_tags
+from .step_stats import StepStats
 
 MAX_MEMBERS = 1000
 MAX_NAME = 200
@@ -78,19 +80,22 @@ def batch_status(counts: Mapping[str, int], canceled: bool) -> str:
 
 
 def build_batch_snapshot(fields: Mapping[str, str], members: Sequence[Mapping[str, Any] | None],
-                         now_ms: int) -> dict[str, Any]:
+                         now_ms: int, stats: StepStats | None = None) -> dict[str, Any]:
     """The batch snapshot from its hash and one entry per member, in submit order.
 
     A member entry holds ``status``, ``progress_percent``, ``started_at_ms`` and
-    ``finished_at_ms``; None is a member neither Redis nor PostgreSQL holds (a job
+    ``finished_at_ms`` (and, for the ETA, ``current_step``, ``completed_count`` and
+    ``step_started_ms``); None is a member neither Redis nor PostgreSQL holds (a job
     an empty Redis lost, until its runner re-creates it): it counts as pending at 0 %.
     ``progress_percent`` is the mean computed now; the store raises the batch's
-    high-water mark with it and shows the mark.
+    high-water mark with it and shows the mark. ``eta_seconds`` follows from the members'
+    (``eta.batch_eta``, with the pipeline's ``stats``), else from the batch's rate so far.
     """
     counts = dict.fromkeys(COUNTED, 0)
     total_percent = 0.0
     started: list[int] = []
     finished: list[int] = []
+    running: list[JobState] = []
     for member in members:
         status = Status.PENDING.value if member is None else str(member["status"])
         counts[status if status in counts else Status.PENDING.value] += 1
@@ -101,6 +106,8 @@ def build_batch_snapshot(fields: Mapping[str, str], members: Sequence[Mapping[st
             started.append(int(member["started_at_ms"]))
         if member.get("finished_at_ms"):
             finished.append(int(member["finished_at_ms"]))
+        if status == Status.RUNNING.value and stats is not None:
+            running.append(_member_state(member, stats))
     total = len(members)
     counts["total"] = total
     canceled = fields.get("canceled") == "1"
@@ -108,8 +115,10 @@ def build_batch_snapshot(fields: Mapping[str, str], members: Sequence[Mapping[st
     percent = round(total_percent / total, 6) if total else 0.0
     done = not (counts[Status.PENDING.value] + counts[Status.RUNNING.value])
     eta = None
-    if status == Status.RUNNING.value and started:
-        eta = eta_seconds(status, percent, now_ms, [(min(started), 0.0)])
+    if status == Status.RUNNING.value:
+        eta = batch_eta(running, counts[Status.PENDING.value], now_ms, stats)
+        if eta is None and started:
+            eta = rate_eta(status, percent, now_ms, [(min(started), 0.0)])
     return {
         "batch_id": fields.get("batch_id"),
         "name": fields.get("name") or None,
@@ -124,6 +133,13 @@ def build_batch_snapshot(fields: Mapping[str, str], members: Sequence[Mapping[st
         "finished_at": iso_ms(max(finished)) if done and finished else None,
         "eta_seconds": eta,
     }
+
+
+def _member_state(member: Mapping[str, Any], stats: StepStats) -> JobState:
+    started = member.get("step_started_ms")
+    return JobState(Status.RUNNING.value, float(member.get("progress_percent") or 0), stats.steps,
+                    member.get("current_step") or None, int(member.get("completed_count") or 0),
+                    int(started) if started else None)
 
 
 def member_entry(snapshot: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -17,6 +17,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_WEB_REDIS_POOL = 3
 DEFAULT_SSE_KEEPALIVE = 15.0
+DEFAULT_ETA_HISTORY_JOBS = 50
+MAX_ETA_HISTORY_JOBS = 10_000
 T = TypeVar("T")
 
 
@@ -48,6 +50,20 @@ def _number(environ: Mapping[str, str], name: str, default: float, *, minimum: f
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     if value != value or value < minimum or value == float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a finite number >= {minimum:g}")
+    return value
+
+
+def _whole_number(environ: Mapping[str, str], name: str, default: int, *, minimum: int,
+                  maximum: int) -> int:
+    raw = environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}={raw!r} must be a whole number from {minimum} to {maximum}")
     return value
 
 
@@ -103,7 +119,8 @@ def _database_url(url: str) -> str:
 class Settings:
     """Every setting of CONTRACT's configuration table, with its default.
 
-    The five before ``read_auth`` are this implementation's own (README, "Configuration").
+    The five before ``read_auth`` and ``eta_history_jobs`` are this implementation's own
+    (README, "Configuration").
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -125,6 +142,7 @@ class Settings:
     sse_keepalive: float = DEFAULT_SSE_KEEPALIVE  # PROGRESS_WEB_SSE_KEEPALIVE: seconds of quiet before a comment
     read_auth: str = READ_AUTH_OPEN  # PROGRESS_READ_AUTH: "open", or "token" (every read needs a token)
     secret_key: str | None = field(default=None, repr=False)  # PROGRESS_SECRET_KEY: signs read tokens
+    eta_history_jobs: int = DEFAULT_ETA_HISTORY_JOBS  # PROGRESS_ETA_HISTORY_JOBS: completed jobs the ETA learns from
     # PROGRESS_PIPELINES: a TOML file of the user's own pipelines, read where the registry is
     # first asked for (progress_service.pipelines.load_pipelines), not here
     pipelines_file: str | None = None
@@ -178,6 +196,8 @@ class Settings:
             sse_keepalive=_number(env, "PROGRESS_WEB_SSE_KEEPALIVE", DEFAULT_SSE_KEEPALIVE, minimum=0.1),
             read_auth=read_auth,
             secret_key=secret_key,
+            eta_history_jobs=_whole_number(env, "PROGRESS_ETA_HISTORY_JOBS", DEFAULT_ETA_HISTORY_JOBS,
+                                           minimum=1, maximum=MAX_ETA_HISTORY_JOBS),
             pipelines_file=(env.get("PROGRESS_PIPELINES") or "").strip() or None,
         )
 

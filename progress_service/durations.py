@@ -18,7 +18,7 @@ from typing import Any
 
 from .models import TERMINAL_VALUES, ms_from_iso
 
-__all__ = ["job_duration", "step_durations"]
+__all__ = ["job_duration", "percentile", "step_durations"]
 
 
 def _at_ms(entry: Mapping[str, Any]) -> int | None:
@@ -70,3 +70,15 @@ def job_duration(snapshot: Mapping[str, Any]) -> float | None:
     if started is None or finished is None:
         return None
     return max(0.0, (finished - started) / 1000)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0 to 100) of ``values``, interpolated between the two nearest
+    (PostgreSQL's ``percentile_cont``); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * q / 100
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)

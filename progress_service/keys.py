@@ -18,6 +18,8 @@ class Keys:
         """Sorted set of finished job ids waiting for PostgreSQL, scored by next try (ms)."""
         self.stats = f"{prefix}:stats"
         """Hash of update counts by reason, summed over every process."""
+        self.durations = f"{prefix}:metrics:durations"
+        """Hash of the job and step duration histograms, summed over every process."""
         self.batches_index = f"{prefix}:batches"
         """Sorted set of the batches not yet kept in PostgreSQL, scored by creation time (ms)."""
 
@@ -43,6 +45,11 @@ class Keys:
         Its own hash tag: on a cluster it sits in another slot than its members.
         """
         return f"{self.prefix}:batch:{{{batch_id}}}"
+
+    def step_stats(self, pipeline: str) -> str:
+        """The pipeline's step-duration statistics (``progress_service.step_stats``): one small hash,
+        its own hash tag, so a cluster keeps it whole in one slot."""
+        return f"{self.prefix}:stepstats:{{{pipeline}}}"
 
     def job_pattern(self) -> str:
         """SCAN pattern matching every job hash (and, filtered by caller, only those)."""

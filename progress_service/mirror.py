@@ -18,7 +18,8 @@ progress_jobs.seq < EXCLUDED.seq``), so replays, racing sweepers and backfills
 never overwrite a newer row. A due entry is removed only after its row landed;
 when PostgreSQL fails, the batch's entries are re-scored with exponential
 back-off (``retry_base`` doubling up to ``retry_max`` seconds), so nothing is
-lost and a dead database is not hammered.
+lost and a dead database is not hammered. A job whose row is new (``RETURNING``)
+goes to the duration histograms of ``/metrics`` (``duration_histograms``): once.
 
 No finished job leaves Redis unmirrored: ``lua/update_progress-2.lua`` writes
 down when a finished job expires (``PROGRESS_JOB_TTL`` after it finished) but
@@ -48,10 +49,12 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from . import duration_histograms
 from .batches import is_finished, member_entry
 from .errors import BackendUnavailable, InvalidInput, PostgresUnavailable, SchemaMissing
 from .models import TERMINAL_VALUES, is_valid_id, iso_ms, validate_id
 from .postgres import PostgresPool, one_line
+from .step_stats import refresh as refresh_step_stats
 from .store import ProgressStore
 
 logger = logging.getLogger(__name__)
@@ -84,12 +87,15 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("history", "jsonb"),
 )
 _NAMES = [name for name, _ in COLUMNS]
+_PIPELINE, _STATUS = _NAMES.index("pipeline"), _NAMES.index("status")
 UPSERT = (
     f"INSERT INTO {TABLE} ({', '.join(_NAMES)}, mirrored_at)"
     f" VALUES ({', '.join(f'%s::{kind}' for _, kind in COLUMNS)}, now())"
     f" ON CONFLICT (job_id) DO UPDATE SET "
     + ", ".join(f"{name} = EXCLUDED.{name}" for name in _NAMES[1:])
     + f", mirrored_at = now() WHERE {TABLE}.seq < EXCLUDED.seq"
+    # each row written, and whether it is new (xmax is 0 on a row this statement inserted)
+    + f" RETURNING job_id, {TABLE}.xmax = 0"
 )
 _SNAPSHOT_FIELDS = _NAMES[:-1]  # without history
 SELECT = f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM {TABLE}"
@@ -150,6 +156,15 @@ BATCH_INSERT = (
     f" VALUES ({', '.join(f'%s::{kind}' for _, kind in BATCH_COLUMNS)})"
     " ON CONFLICT (batch_id) DO NOTHING"
 )
+
+
+def _returned(cur: psycopg.Cursor[Any]) -> list[tuple[str, bool]]:
+    """What an ``executemany(..., returning=True)`` of UPSERT returned, over every row."""
+    out: list[tuple[str, bool]] = []
+    while True:
+        out += cur.fetchall()
+        if not cur.nextset():
+            return out
 
 
 def batch_row(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -317,7 +332,7 @@ class Mirror:
     def fetch(self, job_id: str) -> dict[str, Any] | None:
         """The snapshot PostgreSQL keeps of a finished job, or None (for a job Redis expired).
 
-        Besides CONTRACT's snapshot fields (``is_stale`` False, ``eta_seconds`` None)
+        Besides CONTRACT's snapshot fields (``is_stale`` False, ``eta_seconds`` and ``eta_source`` None)
         it carries the row's ``history`` (a list) and ``mirrored_at`` (ISO-8601).
         """
         validate_id(job_id)
@@ -378,6 +393,10 @@ class Mirror:
         snap["created_at"], snap["finished_at"] = _iso(snap["created_at"]), _iso(snap["finished_at"])
         snap["eta_seconds"] = None
         return snap
+
+    def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of a read-only query, within the same deadline as every access."""
+        return self._query(sql, params)
 
     def count(self) -> int:
         """How many rows ``progress_jobs`` holds."""
@@ -494,31 +513,51 @@ class Mirror:
         return result
 
     def _write(self, rows: list[JobRow]) -> int:
-        """Upsert ``rows`` in one transaction; return how many were written."""
+        """Upsert ``rows`` in one transaction; return how many were written.
 
-        def upsert(conn: psycopg.Connection) -> int:
+        The jobs whose row is new go to the duration histograms (``_landed``): each
+        finished job is counted once, however often it is written again."""
+
+        def upsert(conn: psycopg.Connection) -> list[tuple[str, bool]]:
             try:
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(UPSERT, rows)
-                    return cur.rowcount
+                    cur.executemany(UPSERT, rows, returning=True)
+                    return _returned(cur)
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 return self._write_one_by_one(conn, rows, exc)
 
-        return max(self._run(upsert), 0)
+        written = self._run(upsert)
+        self._landed(rows, {job_id for job_id, new in written if new})
+        return len(written)
+
+    def _landed(self, rows: list[JobRow], new: set[str]) -> None:
+        """The mirror's hook for jobs whose row is new: their durations, to the shared histograms
+        of ``/metrics`` (``duration_histograms``; the fields it reads: steps decoded, and history),
+        and the ETA's step statistics of their pipelines (``step_stats``) refreshed."""
+        jobs = [dict(zip(_NAMES, row, strict=True)) for row in rows if row[0] in new]
+        if jobs:
+            duration_histograms.record_landed(self.store, [
+                ({**job, "steps": json.loads(job["steps"])}, json.loads(job["history"])) for job in jobs])
+        pipelines = {job["pipeline"] for job in jobs if job["status"] == "completed"}
+        if pipelines:
+            try:
+                self._run(lambda conn: refresh_step_stats(conn, self.store, pipelines))
+            except Exception as exc:  # noqa: BLE001 - the rows have landed; the ETA waits for the next batch
+                logger.warning("mirror: step statistics of %s not refreshed: %s", ", ".join(sorted(pipelines)), exc)
 
     def _write_one_by_one(self, conn: psycopg.Connection, rows: list[JobRow],
-                          exc: psycopg.Error) -> int:
+                          exc: psycopg.Error) -> list[tuple[str, bool]]:
         """A row PostgreSQL refuses must not hold back its batch: write the rows one by one,
         retry a refused one with NUL characters replaced, and give up only on that row."""
         logger.warning("mirror: a batch of %d was refused (%s); writing row by row",
                        len(rows), one_line(exc))
-        written = 0
+        written: list[tuple[str, bool]] = []
         for row in rows:
             for attempt in (row, tuple(_strip_nul(v) for v in row)):
                 try:
                     with conn.transaction(), conn.cursor() as cur:
                         cur.execute(UPSERT, attempt)
-                        written += cur.rowcount
+                        written += cur.fetchall()
                     break
                 except (psycopg.DataError, psycopg.IntegrityError) as row_exc:
                     if attempt is not row:
@@ -554,5 +593,5 @@ class Mirror:
         for name in ("created_at", "started_at", "progress_updated_at", "finished_at", "heartbeat_at"):
             snap[name] = _iso(snap[name])
         snap["is_stale"] = False
-        snap["eta_seconds"] = None
+        snap["eta_seconds"] = snap["eta_source"] = None
         return snap

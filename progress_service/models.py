@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import calendar
 import json
-import math
 import re
 import time
-from collections import deque
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
@@ -15,7 +13,6 @@ from typing import Any, TypeGuard
 
 from .errors import InvalidInput
 
-ETA_POINTS = 20  # running events a LiveEta keeps
 # CONTRACT spells the id pattern with ``$``; in Python ``$`` also matches before a
 # trailing newline ("abc\n"), so the compiled pattern ends in ``\Z``: its ``match``,
 # ``fullmatch`` and ``search`` all refuse what CONTRACT refuses.
@@ -144,12 +141,11 @@ def build_snapshot(
     *,
     stale_after: float,
     pending_stale_after: float,
-    recent: list[tuple[int, float]] | None = None,
 ) -> dict[str, Any]:
     """Turn a job hash (decoded str -> str) into CONTRACT's snapshot.
 
-    ``now_ms`` is the Redis server's clock; ``recent`` is the job's latest
-    history as (at_ms, progress_percent), oldest first, for the ETA.
+    ``now_ms`` is the Redis server's clock. ``eta_seconds`` and ``eta_source`` are left
+    None: the store fills them in (``progress_service.eta``), which needs more than the hash.
     """
     steps = json.loads(fields.get("steps") or "[]")
     done = int(fields.get("completed_count") or 0)
@@ -182,7 +178,8 @@ def build_snapshot(
         "batch_id": fields.get("batch_id") or None,
         "tags": json.loads(fields.get("tags") or "[]"),
         "is_stale": is_stale(status, now_ms, created, started, updated, stale_after, pending_stale_after),
-        "eta_seconds": eta_seconds(status, progress, now_ms, recent or []),
+        "eta_seconds": None,
+        "eta_source": None,
     }
     return snap
 
@@ -205,58 +202,6 @@ def is_stale(
     return False
 
 
-def eta_seconds(status: str, progress: float, now_ms: int, recent: list[tuple[int, float]]) -> float | None:
-    """Seconds left at the rate seen over the job's recent history, or None if unknown.
-
-    The rate is measured from the oldest running entry in ``recent`` to now, so
-    a job that has stopped moving sees its ETA grow instead of freezing.
-    """
-    if status != Status.RUNNING.value or progress >= 100 or not recent:
-        return None
-    first_at, first_progress = recent[0]
-    elapsed = (now_ms - first_at) / 1000
-    gained = progress - first_progress
-    if elapsed <= 0 or gained <= 0:
-        return None
-    eta = (100 - progress) * elapsed / gained
-    return round(eta, 1) if math.isfinite(eta) else None
-
-
-class LiveEta:
-    """``eta_seconds`` kept up to date from a job's events, for whoever follows them
-    (``ProgressStore.subscribe``, ``web.fanout``): an event carries no ETA, so the rate is
-    taken over the last ``ETA_POINTS`` running points seen (:func:`eta_seconds`, as a read
-    does over the job's history).
-    """
-
-    def __init__(self) -> None:
-        self.points: deque[tuple[int, float]] = deque(maxlen=ETA_POINTS)
-
-    def seed(self, snapshot: dict[str, Any]) -> None:
-        """Take a point from a snapshot read from the store (its last progress)."""
-        if snapshot["status"] != Status.RUNNING.value:
-            return
-        try:
-            at_ms = ms_from_iso(snapshot.get("progress_updated_at"))
-        except ValueError:
-            return
-        if at_ms is not None:
-            self.points.append((at_ms, float(snapshot["progress_percent"])))
-
-    def advance(self, previous: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
-        """:func:`event_to_snapshot`, with ``eta_seconds`` from the points up to this event
-        (the previous estimate where they give none yet)."""
-        snapshot = event_to_snapshot(previous, event)
-        at_ms = event.get("progress_updated_at_ms")
-        if snapshot["status"] == Status.RUNNING.value and at_ms is not None:
-            progress = float(snapshot["progress_percent"])
-            self.points.append((int(at_ms), progress))
-            eta = eta_seconds(snapshot["status"], progress, int(at_ms), list(self.points))
-            if eta is not None:
-                snapshot["eta_seconds"] = eta
-        return snapshot
-
-
 def event_to_snapshot(previous: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     """Apply one pub/sub event payload to the last snapshot a subscriber holds."""
     snap = dict(previous)
@@ -273,5 +218,5 @@ def event_to_snapshot(previous: dict[str, Any], event: dict[str, Any]) -> dict[s
             snap[name] = iso_ms(int(ms))
     snap["is_stale"] = False
     if snap["status"] != Status.RUNNING.value:
-        snap["eta_seconds"] = None
+        snap["eta_seconds"] = snap["eta_source"] = None
     return snap

@@ -26,6 +26,7 @@ import redis
 from .batches import unfinished_members, validate_batch
 from .config import Settings
 from .errors import BackendUnavailable, InvalidInput, JobConflict, JobNotFound
+from .eta import QueuePlace
 from .models import TERMINAL_VALUES, Status, validate_id
 from .pipeline_workers import check_workers_know
 from .pipelines import Pipeline, require_pipeline
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FAILURE_CALLBACK", "JOB_FUNCTION", "STOPPED_CALLBACK", "cancel_batch", "cancel_job",
-           "rq_connection", "submit_batch", "submit_job", "waiting_queue"]
+__all__ = ["FAILURE_CALLBACK", "JOB_FUNCTION", "STOPPED_CALLBACK", "RQQueueProbe", "cancel_batch", "cancel_job",
+           "queue_depth", "queue_probe", "rq_connection", "submit_batch", "submit_job", "waiting_queue"]
 
 # What the worker runs, by name (worker/jobs.py).
 JOB_FUNCTION = "worker.jobs.run_pipeline"
@@ -276,3 +277,47 @@ def waiting_queue(job_id: str, redis_conn: redis.Redis) -> dict[str, Any] | None
         return None
     queue = Queue(rq_job.origin, connection=redis_conn)
     return {"name": rq_job.origin, "workers": len(Worker.all(queue=queue))}
+
+
+def queue_depth(settings: Settings, redis_conn: redis.Redis) -> int:
+    """How many jobs wait in the RQ queue (``settings.queue_name``) for a worker."""
+    from rq import Queue
+
+    return int(Queue(settings.queue_name, connection=redis_conn).count)
+
+
+class RQQueueProbe:
+    """Where pending jobs wait in the RQ queue ``settings.queue_name`` (the store's
+    ``queue_probe``, for a pending job's ETA): how many jobs are ahead of each
+    (``Queue.get_job_position``, LPOS) and how many workers listen (``Worker.count``).
+    A job the queue does not hold (taken by a worker, or never RQ's) is left out."""
+
+    def __init__(self, settings: Settings, redis_conn: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self._conn = redis_conn
+        self._queue: Any = None
+
+    def places(self, job_ids: Sequence[str]) -> dict[str, QueuePlace]:
+        from rq import Queue, Worker
+
+        if self._queue is None:
+            conn = self._conn if self._conn is not None else rq_connection(self.settings)
+            self._queue = Queue(self.settings.queue_name, connection=conn)
+        out = {}
+        for job_id in job_ids:
+            ahead = self._queue.get_job_position(job_id)
+            if ahead is not None:
+                out[job_id] = ahead
+        if not out:
+            return {}
+        workers = Worker.count(queue=self._queue)
+        return {job_id: QueuePlace(ahead, workers) for job_id, ahead in out.items()}
+
+
+def queue_probe(settings: Settings, redis_conn: redis.Redis | None = None) -> RQQueueProbe | None:
+    """An :class:`RQQueueProbe`, or None where RQ is not installed (a producer's install)."""
+    try:
+        import rq  # noqa: F401
+    except ImportError:
+        return None
+    return RQQueueProbe(settings, redis_conn)

@@ -86,3 +86,4 @@ class Scripts:
         self.expire_mirrored = client.register_script(script_source("expire_mirrored"))
         self.batch_percent = client.register_script(script_source("batch_percent"))
         self.read_members = client.register_script(script_source("read_members"))
+        self.observe_durations = client.register_script(script_source("observe_durations"))

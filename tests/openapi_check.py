@@ -29,10 +29,15 @@ DOC = document()
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
+# Parameters that are Flask ``path`` converters: they may hold slashes (``vendor/chart.umd.js``).
+PATH_PARAMETERS = frozenset({"{filename}"})
+
+
 def path_pattern(template: str) -> re.Pattern[str]:
     """``/api/v1/jobs/{job_id}`` -> a regex matching a concrete path."""
     parts = re.split(r"(\{[^}]+\})", template)
-    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts) + "$")
+    return re.compile("".join((".+" if p in PATH_PARAMETERS else "[^/]+") if p.startswith("{") else re.escape(p)
+                              for p in parts) + "$")
 
 
 PATTERNS = [(path_pattern(template), template) for template in DOC["paths"]]

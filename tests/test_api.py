@@ -27,11 +27,13 @@ SNAPSHOT_KEYS = {
     "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
     "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at", "started_at",
     "progress_updated_at", "finished_at", "heartbeat_at", "batch_id", "tags", "is_stale", "eta_seconds",
+    "eta_source",
 }
 STATUS_KEYS = {
     "paper_id", "pmid", "exists", "status", "current_step", "completed_steps", "progress_percent",
     "progress_updated_at", "is_stale", "final_video", "final_video_url", "job_id",
     "queue",  # beyond CONTRACT: a pending job's RQ queue and how many workers listen there
+    "typical_seconds",  # beyond CONTRACT: how long a job of its pipeline typically takes
 }
 TOKEN = "s3cret-token"
 BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9"]
@@ -215,9 +217,25 @@ def test_status_json_of_a_running_job(client, jobs):
         "current_step": "generate-audio", "completed_steps": ["fetch-paper", "generate-script"],
         "progress_percent": 40, "progress_updated_at": status["progress_updated_at"],
         "is_stale": False, "final_video": None, "final_video_url": None, "job_id": "job-1",
-        "queue": None,
+        "queue": None, "typical_seconds": None,
     }
     assert status["progress_updated_at"].endswith("Z")
+
+
+def test_a_pending_jobs_eta_and_typical_duration_come_from_its_pipelines_past(client, jobs):
+    from progress_service.step_stats import StepStats, StepTimes
+
+    jobs.create_job("job-p", "31452104", steps=STEPS)
+    assert client.get("/api/v1/jobs/job-p").get_json()["eta_source"] is None  # nothing learned yet
+    jobs.save_step_stats(StepStats("video", tuple(STEPS), 20, 90.0, 120.0,
+                                   {s: StepTimes(18.0, 24.0, 20, i * 20.0) for i, s in enumerate(STEPS)}))
+    snap = client.get("/api/v1/jobs/job-p").get_json()
+    assert (snap["eta_seconds"], snap["eta_source"]) == (90.0, "history")  # not in RQ's queue: no wait
+    assert client.get("/status/31452104/?_json=1").get_json()["typical_seconds"] == 90.0
+    jobs.update("job-p", status="running", current_step=STEPS[1], progress_percent=20)
+    snap = client.get("/api/v1/jobs/job-p").get_json()
+    # generate-script has just begun: about four typical steps of 18 s are left
+    assert snap["eta_source"] in ("history", "blend") and 70 <= snap["eta_seconds"] <= 72, snap
 
 
 def test_status_json_follows_the_papers_latest_job(client, jobs):

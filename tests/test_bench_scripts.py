@@ -1,7 +1,8 @@
-"""The issue-14 benches still run, at tiny sizes (they are not part of the test run otherwise)."""
+"""The benches still run, at tiny sizes (they are not part of the test run otherwise)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 pytestmark = [pytest.mark.backend, pytest.mark.slow]
 
 
-def run_bench(script: str, *args: str) -> str:
+def run_bench(script: str, *args: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=None if env is None else {**os.environ, **env})
     assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: a target missed, at these sizes
     return proc.stdout
 
@@ -36,3 +37,11 @@ def test_scale_bench_runs(redis_server_bin):
 def test_dashboard_bench_runs():
     out = run_bench("dashboard_bench.py", "--jobs", "60", "--dashboards", "5", "--updates", "100")
     assert "counts' read of 60 jobs" in out and "100 of 100 each" in out and "dashboard: goal met" in out
+
+
+def test_eta_bench_runs_and_prints_its_table(postgres_url, real_redis_url):
+    out = run_bench("eta_bench.py", "--history", "4", "--jobs", "2", "--job-seconds", "0.3",
+                    env={"REDIS_URL": real_redis_url, "DATABASE_URL": postgres_url})
+    assert "new: history + rate" in out and "old: rate only" in out and "new / old" in out
+    assert all(f"{mark}%" in out for mark in (10, 50, 90)), out
+    assert "target: new error <= half the old at 10 % and 50 %" in out

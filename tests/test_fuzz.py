@@ -41,7 +41,8 @@ MAX_EXAMPLES = 1500
 TOKEN = "fuzz-token"
 STEPS = list(DEFAULT_STEPS)
 KNOWN_IDS = ["job-run", "job-done", "job-new", "31452104", "no-such-job"]
-QUERY_NAMES = ["last_event_id", "status", "limit", "paper_id", "_json", "tag", "batch_id", "token"]
+QUERY_NAMES = ["last_event_id", "status", "limit", "paper_id", "_json", "tag", "batch_id", "token",
+               "pipeline", "since"]
 BODY_FIELDS = ["paper_id", "pipeline", "tags", "retries", "enqueue", "steps", "name", "paper_ids",
                "job_id", "batch_id", "ttl", "progress_percent", "status", "result", "force"]
 ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -77,7 +78,8 @@ raw_segment = st.binary(min_size=1, max_size=12).map(lambda b: urllib.parse.quot
 
 query_value = st.one_of(
     st.sampled_from(["", "1", "0", "-1", "999999999999999999999", "9" * 5000, "²", "running",
-                     "completed", "bogus", "job-run", "abc\n", "1e3", "NaN"]),
+                     "completed", "bogus", "job-run", "abc\n", "1e3", "NaN", "24h", "7d", "999999w",
+                     "2026-11-30T00:00:00Z", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.text(printable, max_size=30),
 )

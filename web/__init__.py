@@ -19,9 +19,23 @@ from flask.json.provider import DefaultJSONProvider
 
 from progress_service.config import ConfigError, Settings
 from progress_service.pipelines import load_pipelines
+from progress_service.queue import queue_probe
 from progress_service.store import ProgressStore
 
-from . import api, auth, batches, dashboard, errors, events, live, metrics, openapi, pages, security
+from . import (
+    api,
+    auth,
+    batches,
+    dashboard,
+    errors,
+    events,
+    insights,
+    live,
+    metrics,
+    openapi,
+    pages,
+    security,
+)
 from .fanout import EventHub
 
 logger = logging.getLogger(__name__)
@@ -83,8 +97,10 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
 
     store = ProgressStore(redis_client(settings, pool_size=redis_pool, role="store"), settings)
     app.extensions["progress"] = store
+    store.queue_probe = queue_probe(settings)  # a pending job's ETA counts its wait in RQ's queue
     app.extensions["progress_events"] = EventHub(
-        lambda: redis_client(settings, pool_size=1, role="events"), store.keys.all_events)
+        lambda: redis_client(settings, pool_size=1, role="events"), store.keys.all_events,
+        step_stats=store.step_stats)
 
     errors.register(app)
     metrics.init_app(app)
@@ -93,6 +109,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(insights.bp)
     live.init_app(app)  # the dashboard's stream of every job, fed from the hub above
     dashboard.init_app(app, settings.redis_url)
     app.before_request(security.guard_writes)

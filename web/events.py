@@ -25,7 +25,7 @@ as well for a job served from PostgreSQL once Redis has expired it.
 resumes a stream: the client gets one event for each seq it missed, in order,
 from the job's history. History entries hold only the progress fields, so the
 replayed events are snapshots with those fields set from the history (and
-``message``, ``error``, ``result``, ``eta_seconds`` null); the newest missed
+``message``, ``error``, ``result``, ``eta_seconds``, ``eta_source`` null); the newest missed
 seq is the full current snapshot. A seq the capped history no longer holds
 cannot be replayed.
 
@@ -119,6 +119,7 @@ def snapshot_at(entry: dict[str, Any], current: dict[str, Any]) -> dict[str, Any
         "finished_at": entry["at"] if status in TERMINAL_VALUES else None,
         "is_stale": False,
         "eta_seconds": None,
+        "eta_source": None,
     }
 
 

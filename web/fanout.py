@@ -8,7 +8,7 @@ streams cost one Redis connection, not a thousand.
 
 Per job with watchers the hub keeps the last full snapshot it knows (its
 *base*). An event whose ``seq`` is the base's + 1 becomes the next snapshot
-(``models.LiveEta``: ``event_to_snapshot`` and a fresh ETA), encoded as an SSE
+(``eta.LiveEta``: ``event_to_snapshot`` and a fresh ETA), encoded as an SSE
 frame once and shared by every watcher. Without a base, or after a gap, the
 raw event goes out and each stream fills the gap from the store itself
 (``web.events``).
@@ -34,7 +34,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from progress_service.errors import BackendUnavailable
-from progress_service.models import TERMINAL_VALUES, LiveEta
+from progress_service.eta import LiveEta
+from progress_service.models import TERMINAL_VALUES
 from progress_service.store import parse_event
 
 logger = logging.getLogger(__name__)
@@ -150,9 +151,11 @@ class EventHub:
     subscription, so nothing connects at import or in the gunicorn master.
     """
 
-    def __init__(self, client_factory: Callable[[], Any], channel: str) -> None:
+    def __init__(self, client_factory: Callable[[], Any], channel: str, *,
+                 step_stats: Callable[[str], Any] | None = None) -> None:
         self._client_factory = client_factory
         self.channel = channel
+        self.step_stats = step_stats  # pipeline -> its step statistics, for each event's ETA
         self._jobs: dict[str, _JobFeed] = {}
         self._every: set[Subscription] = set()  # subscribe_all's
         self._lock = threading.Lock()
@@ -196,7 +199,10 @@ class EventHub:
             else:
                 self.client_count += 1  # a feeder of other streams (web.live) is none itself
             for job_id in sub.members:
-                self._jobs.setdefault(job_id, _JobFeed()).watchers.add(sub)
+                feed = self._jobs.get(job_id)
+                if feed is None:
+                    feed = self._jobs[job_id] = _JobFeed(eta=LiveEta(self.step_stats))
+                feed.watchers.add(sub)
         return sub
 
     def stopping(self) -> bool:

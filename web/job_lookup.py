@@ -67,6 +67,7 @@ def find_job(job_id: str) -> dict[str, Any] | None:
     snap = {k: v for k, v in record.items() if k not in ("history", "mirrored_at")}
     snap.setdefault("is_stale", False)  # a finished job is never stale
     snap.setdefault("eta_seconds", None)
+    snap.setdefault("eta_source", None)
     return snap
 
 
@@ -157,13 +158,27 @@ def waiting_queue(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
 
 
+def typical_seconds(snapshot: dict[str, Any] | None) -> float | None:
+    """How long a job of the snapshot's pipeline typically takes (the p50 of its latest completed
+    jobs, ``progress_service.step_stats``), or None where none is known."""
+    if snapshot is None:
+        return None
+    try:
+        stats = progress_store().step_stats(snapshot.get("pipeline"))
+    except BackendUnavailable:
+        return None
+    typical = None if stats is None else stats.typical_job
+    return None if typical is None else round(typical, 1)
+
+
 def paper_status(paper_id: str) -> dict[str, Any]:
     """CONTRACT's ``/status/<paper_id>/?_json=1`` answer for the paper's latest job.
 
     An unknown paper is not an error: ``exists`` is false and the rest null (or
     empty), so a page opened before the job was submitted can keep polling. One
     field beyond CONTRACT's: ``queue``, :func:`waiting_queue` (null unless the job
-    waits in an RQ queue), so the page can say that no worker listens there.
+    waits in an RQ queue), so the page can say that no worker listens there; and
+    ``typical_seconds`` (:func:`typical_seconds`), so a page can say how long a job takes.
     """
     validate_id(paper_id, "paper_id")
     snap = latest_job(paper_id)
@@ -181,6 +196,7 @@ def paper_status(paper_id: str) -> dict[str, Any]:
         "final_video_url": None,
         "job_id": None,
         "queue": None,
+        "typical_seconds": None,
     }
     if snap is None:
         return out
@@ -196,6 +212,7 @@ def paper_status(paper_id: str) -> dict[str, Any]:
         final_video_url=video_url(snap),
         job_id=snap["job_id"],
         queue=waiting_queue(snap),
+        typical_seconds=typical_seconds(snap),
     )
     return out
 

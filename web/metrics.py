@@ -7,6 +7,12 @@ many apps). What it exports:
   the store's update counts by reason, read from Redis at scrape time
   (``ProgressStore.read_stats``: a hash summed over every process);
 - ``progress_redis_up``: whether that read worked;
+- ``progress_job_duration_seconds{pipeline,outcome}`` and
+  ``progress_step_duration_seconds{pipeline,step}`` (histograms) and
+  ``progress_jobs_finished_total{pipeline,outcome}``: every finished job, counted once
+  when the mirror lands it in PostgreSQL (``progress_service.duration_histograms``:
+  a Redis hash, so global too);
+- ``progress_queue_depth{queue}``: the jobs waiting in the RQ queue;
 - ``progress_sse_clients``: event streams open in *this* process;
 - ``progress_http_request_duration_seconds{method,endpoint,status}``: request
   latency in this process (for an event stream, the time to open it).
@@ -23,8 +29,10 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from progress_service import queue
+from progress_service.duration_histograms import read_histograms
 from progress_service.errors import BackendUnavailable
 from progress_service.store import ProgressStore
 
@@ -35,6 +43,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("ops", __name__)
 
 ACCEPTED_REASONS = frozenset({"ok", "unchanged"})
+REJECTED_REASONS = frozenset({"regression", "terminal", "not_found"})  # each exported, 0 until one happens
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 POSTGRES_CONNECT_TIMEOUT = 2
 STARTED = "progress.started"  # the WSGI environ key of a request's start time
@@ -63,7 +72,7 @@ class StoreCollector:
             up.add_metric([], 0)
         else:
             up.add_metric([], 1)
-            for reason in ACCEPTED_REASONS:
+            for reason in ACCEPTED_REASONS | REJECTED_REASONS:
                 stats.setdefault(reason, 0)
             for reason, count in sorted(stats.items()):
                 family = accepted if reason in ACCEPTED_REASONS else rejected
@@ -71,8 +80,49 @@ class StoreCollector:
         yield accepted
         yield rejected
         yield up
+        yield from self.durations(store)
+        yield from self.queue_depth(store)
         yield GaugeMetricFamily("progress_sse_clients", "Server-Sent Events streams open in this process.",
                                 value=hub.client_count)
+
+    def durations(self, store: ProgressStore):
+        """The shared duration histograms and the finished jobs' count, from Redis."""
+        jobs = HistogramMetricFamily(
+            "progress_job_duration_seconds", "Finished jobs' durations, started to finished, by pipeline "
+            "and outcome (every process).", labels=["pipeline", "outcome"])
+        steps = HistogramMetricFamily(
+            "progress_step_duration_seconds", "Finished jobs' step durations, read off their histories, by "
+            "pipeline and step (every process).", labels=["pipeline", "step"])
+        finished = CounterMetricFamily(
+            "progress_jobs_finished", "Finished jobs, by pipeline and outcome, counted as the mirror lands "
+            "them in PostgreSQL (every process).", labels=["pipeline", "outcome"])
+        try:
+            found = read_histograms(store)
+        except Exception as exc:  # as above: a scrape answers without them
+            logger.warning("metrics: cannot read the duration histograms: %s", exc)
+            found = []
+        for h in found:
+            if h.kind == "finished":
+                finished.add_metric(list(h.labels), h.count)
+            else:
+                family = jobs if h.kind == "job" else steps
+                family.add_metric(list(h.labels), buckets=h.buckets, sum_value=h.sum)
+        yield jobs
+        yield steps
+        yield finished
+
+    def queue_depth(self, store: ProgressStore):
+        """How many jobs wait in the RQ queue (RQ's connection, ``web.api.rq_connection``)."""
+        depth = GaugeMetricFamily("progress_queue_depth", "Jobs waiting in the RQ queue for a worker.",
+                                  labels=["queue"])
+        try:
+            from .api import rq_connection
+
+            with self.app.app_context():
+                depth.add_metric([store.settings.queue_name], queue.queue_depth(store.settings, rq_connection()))
+        except Exception as exc:  # as above
+            logger.warning("metrics: cannot read the queue's length: %s", exc)
+        yield depth
 
 
 class Metrics:

@@ -39,6 +39,8 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "NotJson": error("a write's body must be application/json, or none"),
     "TooLarge": error("the body is over 16 KiB"),
     "BackendDown": error("a backend (Redis) is down; Retry-After says when to try again"),
+    "PostgresDown": error("PostgreSQL is down, or its schema is missing (run progress-service db "
+                          "upgrade); Retry-After says when to try again"),
 }
 
 
@@ -291,6 +293,41 @@ PATHS: dict[str, dict[str, Any]] = {
                           "404": {"description": "no such batch"}, **READS},
         },
     },
+    "/api/v1/insights": {
+        "get": {
+            "operationId": "getInsights",
+            "summary": "per pipeline: jobs finished per hour or day, success rate, p50/p90 of job and "
+                       "step durations, the most frequent failures, the slowest recent jobs",
+            "description": "Read from PostgreSQL (the finished jobs the mirror has copied). A list: "
+                           "under PROGRESS_READ_AUTH=token it needs the API token.",
+            "parameters": [
+                {"name": "pipeline", "in": "query", "schema": ref("Id"),
+                 "description": "one pipeline (default: every pipeline)"},
+                {"name": "since", "in": "query",
+                 "schema": {"type": "string", "default": "24h", "examples": ["90m", "24h", "7d", "2w",
+                                                                             "2026-11-30T00:00:00Z"]},
+                 "description": "the window's start: a span back from now (m, h, d, w) or an ISO-8601 "
+                                "time with its zone; at most 90 days back"},
+            ],
+            "responses": {"200": json_answer("the insights", ref("Insights")),
+                          "400": respond("BadInput"), "401": respond("ReadUnauthorized"),
+                          "503": respond("PostgresDown")},
+        },
+    },
+    "/insights/": {
+        "get": {
+            "operationId": "insightsPage",
+            "summary": "the insights drawn as charts (Chart.js, served from /static/vendor/), "
+                       "with the same parameters as /api/v1/insights",
+            "parameters": [{"name": "pipeline", "in": "query", "schema": ref("Id")},
+                           {"name": "since", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "400": {"description": "a bad parameter (an HTML page)"},
+                          "401": respond("ReadUnauthorized"),
+                          "503": {"description": "PostgreSQL is down (an HTML page)"}},
+        },
+    },
     "/api/v1/openapi.json": {
         "get": {
             "operationId": "getOpenApi",
@@ -325,7 +362,8 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "staticFile",
             "summary": "the pages' scripts and styles, among them progress-client.js (an ES "
-                       "module any page may import: it is served with Access-Control-Allow-Origin: *)",
+                       "module any page may import: it is served with Access-Control-Allow-Origin: *) "
+                       "and the vendored Chart.js (vendor/chart.umd.js: filename may name a folder)",
             "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}},
         },

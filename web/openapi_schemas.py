@@ -49,7 +49,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
             "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at",
             "started_at", "progress_updated_at", "finished_at", "heartbeat_at", "is_stale",
-            "eta_seconds",
+            "eta_seconds", "eta_source",
         ],
         "properties": {
             "job_id": ID,
@@ -76,8 +76,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "attempt": {"type": "integer", "minimum": 1},
             "retry_of": nullable("string"),
             "is_stale": {"type": "boolean", "description": "derived at read time"},
-            "eta_seconds": nullable("number"),
-            "eta_source": {"enum": ["rate", "history", "blend", None]},
+            "eta_seconds": nullable("number", description="seconds left (a pending job: until it "
+                                    "finishes, its wait in the queue included): its own rate and "
+                                    "past jobs' step durations"),
+            "eta_source": {"enum": ["rate", "history", "blend", None],
+                           "description": "what eta_seconds rests on: the job's rate alone, past jobs "
+                                          "alone (no rate yet), both, or nothing (null)"},
         },
         "additionalProperties": False,
     },
@@ -223,6 +227,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "required": ["name", "workers"],
                 "properties": {"name": {"type": "string"}, "workers": {"type": "integer", "minimum": 0}},
             },
+            "typical_seconds": nullable("number", minimum=0,
+                                        description="how long a job of its pipeline typically takes: the "
+                                                    "median of its latest completed jobs"),
         },
         "additionalProperties": False,
     },
@@ -341,3 +348,62 @@ SCHEMAS["PipelineList"] = {
     },
     "additionalProperties": False,
 }
+
+
+# GET /api/v1/insights (progress_service.insights)
+def _closed(required: list[str], properties: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties,
+                              "additionalProperties": False}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+AT = {"type": "string", "format": "date-time"}
+COUNT = {"type": "integer", "minimum": 0}
+RATE = nullable("number", minimum=0, maximum=1, description="completed / (completed + failed); "
+                "null when neither happened")
+SECONDS = nullable("number", minimum=0)
+SCHEMAS["DurationPoint"] = _closed(
+    ["at", "jobs", "p50", "p90"],
+    {"at": {**AT, "description": "the bucket's start"}, "jobs": COUNT, "p50": SECONDS, "p90": SECONDS},
+    "p50 and p90, in seconds, of the durations of the sampled jobs that finished in the bucket")
+SCHEMAS["PipelineInsights"] = _closed(
+    ["pipeline", "finished", "completed", "failed", "canceled", "success_rate", "throughput",
+     "job_durations", "steps", "step_durations", "failures", "slowest"],
+    {
+        "pipeline": {"type": "string"},
+        "finished": COUNT, "completed": COUNT, "failed": COUNT, "canceled": COUNT,
+        "success_rate": RATE,
+        "throughput": {"type": "array", "description": "jobs finished per bucket, by outcome", "items": _closed(
+            ["at", "completed", "failed", "canceled", "success_rate"],
+            {"at": AT, "completed": COUNT, "failed": COUNT, "canceled": COUNT, "success_rate": RATE})},
+        "job_durations": {"type": "array", "items": ref("DurationPoint")},
+        "steps": {"type": "array", "items": {"type": "string"}},
+        "step_durations": {"type": "array", "items": _closed(
+            ["step", "points"], {"step": {"type": "string"},
+                                 "points": {"type": "array", "items": ref("DurationPoint")}})},
+        "failures": {"type": "array", "description": "the most frequent error texts of failed jobs",
+                     "items": _closed(["message", "count", "last_at", "last_job_id"],
+                                      {"message": {"type": "string"}, "count": COUNT, "last_at": AT,
+                                       "last_job_id": ID})},
+        "slowest": {"type": "array", "description": "the longest of the sampled jobs", "items": _closed(
+            ["job_id", "paper_id", "status", "duration_seconds", "finished_at"],
+            {"job_id": ID, "paper_id": ID, "status": ref("Status"),
+             "duration_seconds": {"type": "number", "minimum": 0}, "finished_at": AT})},
+    })
+SCHEMAS["Insights"] = _closed(
+    ["since", "until", "bucket", "pipeline", "sample", "available", "pipelines"],
+    {
+        "since": AT, "until": AT,
+        "bucket": {"enum": ["hour", "day"], "description": "an hour up to a 2-day window, else a day"},
+        "pipeline": nullable("string", description="the pipeline asked for; null: every pipeline"),
+        "sample": _closed(["jobs", "max_jobs", "truncated"],
+                          {"jobs": COUNT, "max_jobs": COUNT, "truncated": {"type": "boolean"}},
+                          "the durations are those of the newest max_jobs finished jobs of the window; "
+                          "truncated when it held more (the counts cover them all)"),
+        "available": {"type": "array", "items": {"type": "string"},
+                      "description": "every pipeline with jobs in the window, busiest first"},
+        "pipelines": {"type": "array", "items": ref("PipelineInsights")},
+    },
+    "finished jobs per pipeline over a window, read from PostgreSQL")

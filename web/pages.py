@@ -19,6 +19,7 @@ from .job_lookup import (
     latest_job,
     paper_status,
     progress_store,
+    typical_seconds,
     video_url,
     waiting_queue,
 )
@@ -50,6 +51,7 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
         "status_json_url": url_for("pages.status_page", paper_id=paper_id, _json=1) if paper_id else None,
         "video_url": video_url(snapshot) if snapshot else None,
         "queue": waiting_queue(snapshot),  # a pending job's RQ queue and its workers, as ?_json=1
+        "typical_seconds": typical_seconds(snapshot),  # how long a job of its pipeline takes, as ?_json=1
         # PROGRESS_READ_AUTH=token: the token this page was opened with, which its scripts send
         # on (a header for fetch, ?token= for EventSource and the video); None when reading is open
         "token": g.get("read_token"),

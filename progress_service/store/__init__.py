@@ -23,6 +23,7 @@ from redis.typing import EncodableT
 
 from ..config import Settings
 from ..errors import BackendUnavailable, InvalidInput, JobConflict
+from ..eta import estimate_fields
 from ..keys import Keys
 from ..models import (
     DEFAULT_STEPS,
@@ -47,14 +48,16 @@ from .arguments import step_arg as _step_arg
 from .arguments import text_arg as _text_arg
 from .arguments import whole as _whole
 from .batch_side import BatchSide
+from .eta_side import STATS_TTL, EtaSide, QueueProbe
 from .events import EventFeed, Subscription, parse_event
+from .histogram_side import HistogramSide
 from .mirror_side import MirrorSide
 from .summary_side import SummarySide
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ETA_WINDOW_MS", "INDEX_MAX", "MAX_TEXT", "EventFeed", "ProgressStore", "RedisClient", "connect",
-           "parse_event"]
+__all__ = ["ETA_WINDOW_MS", "INDEX_MAX", "MAX_TEXT", "EventFeed", "ProgressStore", "QueueProbe", "RedisClient",
+           "connect", "parse_event"]
 _T = TypeVar("_T")
 
 ETA_WINDOW_MS = 30_000  # the ETA's rate is the job's progress over about this long (read_job-2.lua)
@@ -73,7 +76,7 @@ def connect(settings: Settings) -> RedisClient:
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-class ProgressStore(MirrorSide, BatchSide, SummarySide):
+class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
     def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
@@ -84,6 +87,13 @@ class ProgressStore(MirrorSide, BatchSide, SummarySide):
         self._all_events = self.keys.all_events
         # redis-py blocks scripts in cluster pipelines: there, batches go one call each.
         self.is_cluster = isinstance(client, redis.RedisCluster)
+        # The ETA (store/eta_side.py): each pipeline's step statistics, kept stats_ttl seconds;
+        # a pending job's place in the queue, from whoever has RQ; the rate's window (None:
+        # ETA_WINDOW_MS).
+        self._stats_cache = {}
+        self.stats_ttl = STATS_TTL
+        self.queue_probe = None
+        self.eta_window_ms: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProgressStore:
@@ -320,8 +330,11 @@ class ProgressStore(MirrorSide, BatchSide, SummarySide):
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's snapshot, or None if Redis does not hold it."""
         job_key, history_key, _ = self._job_keys(job_id)  # validates the id on first sight
-        reply = self._call(self.scripts.read, [job_key, history_key], [ETA_WINDOW_MS])
-        return self._snapshot_from_reply(reply)
+        reply = self._call(self.scripts.read, [job_key, history_key], [self._eta_window()])
+        snap = self._snapshot_from_reply(reply)
+        if snap is not None:
+            self._add_queue_wait([snap])
+        return snap
 
     def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Snapshots of the jobs Redis still holds, in the order asked (missing ones left out)."""
@@ -330,19 +343,20 @@ class ProgressStore(MirrorSide, BatchSide, SummarySide):
         if not job_ids:
             return []
         k = self.keys
+        window = self._eta_window()
         if self.is_cluster:
-            replies = [self._call(self.scripts.read, [k.job(j), k.history(j)], [ETA_WINDOW_MS])
-                       for j in job_ids]
-            return [s for s in map(self._snapshot_from_reply, replies) if s is not None]
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            self.scripts.read(keys=[k.job(job_id), k.history(job_id)], args=[ETA_WINDOW_MS], client=pipe)
-        try:
-            replies = pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
-        snaps = (self._snapshot_from_reply(r) for r in replies)
-        return [s for s in snaps if s is not None]
+            replies = [self._call(self.scripts.read, [k.job(j), k.history(j)], [window]) for j in job_ids]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                self.scripts.read(keys=[k.job(job_id), k.history(job_id)], args=[window], client=pipe)
+            try:
+                replies = pipe.execute()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                raise BackendUnavailable(f"redis: {exc}") from exc
+        snaps = [s for s in map(self._snapshot_from_reply, replies) if s is not None]
+        self._add_queue_wait(snaps)
+        return snaps
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         """The job's capped history, oldest first."""
@@ -541,6 +555,12 @@ class ProgressStore(MirrorSide, BatchSide, SummarySide):
         now_ms = int(sec) * 1000 + int(usec) // 1000
         points = [(int(eta_at), float(eta_progress))] if eta_at else []
         s = self.settings
-        return build_snapshot(fields, now_ms, stale_after=s.stale_after,
-                              pending_stale_after=s.pending_stale_after, recent=points)
+        snap = build_snapshot(fields, now_ms, stale_after=s.stale_after, pending_stale_after=s.pending_stale_after)
+        if snap["status"] not in TERMINAL_VALUES:
+            stats = self.step_stats(snap["pipeline"])
+            snap["eta_seconds"], snap["eta_source"] = estimate_fields(fields, now_ms, stats, points, snap["steps"])
+        return snap
+
+    def _eta_window(self) -> int:
+        return ETA_WINDOW_MS if self.eta_window_ms is None else self.eta_window_ms
 

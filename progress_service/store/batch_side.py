@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,10 +26,14 @@ from ..models import history_entry, validate_id, validate_tags
 from ..scripts import as_text as _text
 from .part import StorePart
 
+if TYPE_CHECKING:
+    from ..step_stats import StepStats
+
 logger = logging.getLogger("progress_service.store")
 
-# what a batch's snapshot reads of each member
-MEMBER_FIELDS = ("status", "progress_percent", "started_at_ms", "finished_at_ms")
+# what a batch's snapshot reads of each member (the last three for its ETA)
+MEMBER_FIELDS = ("status", "progress_percent", "started_at_ms", "finished_at_ms", "current_step",
+                 "completed_count", "step_started_ms")
 # A history entry's stream id is the Redis clock at its XADD; its ``at`` the clock at its
 # script's start: reading from this long before ``at`` misses none.
 HISTORY_SLACK_MS = 5000
@@ -37,6 +41,9 @@ MemberEntry = dict[str, Any] | None
 
 
 class BatchSide(StorePart):
+    if TYPE_CHECKING:  # store/eta_side.py's
+        def step_stats(self, pipeline: str | None) -> StepStats | None: ...
+
     """``ProgressStore``'s methods for batches: their hash, their members' states and histories."""
 
     def create_batch(self, batch_id: str, job_ids: Sequence[str], pipeline: str, *,
@@ -117,7 +124,7 @@ class BatchSide(StorePart):
         if find_missing is not None:
             job_ids = json.loads(fields.get("job_ids") or "[]")
             members = [m if m is not None else find_missing(j) for j, m in zip(job_ids, members, strict=True)]
-        snap = build_batch_snapshot(fields, members, now_ms)
+        snap = build_batch_snapshot(fields, members, now_ms, self.step_stats(fields.get("pipeline")))
         mark = self.raise_batch_percent(batch_id, snap["progress_percent"])
         if mark is not None and mark > snap["progress_percent"]:
             snap["progress_percent"] = int(mark) if mark.is_integer() else mark

@@ -42,6 +42,7 @@ import { follow } from "./progress-client.js";
     finishedAt: null,
     videoUrl: cfg.video_url || null,
     queue: cfg.queue || null, // a pending job's RQ queue: {name, workers}, from the server
+    typical: cfg.typical_seconds, // how long a job of its pipeline typically takes (s), or null
     mode: "idle", // live | polling | finished | waiting
     follower: null, // progress-client.js's follow() of the job on screen
     waitTimer: null, // no job yet: the poll that waits for one
@@ -134,6 +135,7 @@ import { follow } from "./progress-client.js";
     var job = state.job;
     if (!st.exists) { if (!job) render(); return; }
     state.queue = st.queue || null;
+    if (typeof st.typical_seconds === "number") state.typical = st.typical_seconds;
     if (!job || st.job_id !== job.job_id) { loadJob(st.job_id); return; }
     renderQueue(job);
     if (st.progress_percent < job.progress_percent) return;
@@ -391,6 +393,22 @@ import { follow } from "./progress-client.js";
       ": its worker may have stopped. This page updates as soon as it moves again.";
   }
 
+  // The ETA, counted down from when the snapshot came: "about N s left" while running; before
+  // the job starts, how long its pipeline typically takes, and the wait when there is one.
+  function etaText(job) {
+    var eta = job.eta_seconds;
+    var left = typeof eta === "number" ? eta - (Date.now() - state.receivedAt) / 1000 : null;
+    if (job.status === "running" && left !== null) {
+      return left > 1 ? "about " + duration(left) + " left" : "almost done";
+    }
+    if (job.status === "pending" && typeof state.typical === "number") {
+      var text = "typically takes " + duration(state.typical);
+      if (left !== null && left - state.typical >= 1) text += " · about " + duration(left) + " left";
+      return text;
+    }
+    return "";
+  }
+
   // Every second: "updated N s ago", the ETA countdown, the running step's time, staleness.
   function tick() {
     var job = state.job;
@@ -401,13 +419,7 @@ import { follow } from "./progress-client.js";
     if (endedAt !== null) el.updated.textContent = job.status + " " + ago(t - endedAt);
     else el.updated.textContent = updatedAt === null ? "" : "updated " + ago(t - updatedAt);
 
-    var eta = job.eta_seconds;
-    if (job.status === "running" && typeof eta === "number") {
-      var left = eta - (Date.now() - state.receivedAt) / 1000;
-      el.eta.textContent = left > 1 ? "about " + duration(left) + " left" : "almost done";
-    } else {
-      el.eta.textContent = "";
-    }
+    el.eta.textContent = etaText(job);
 
     var quietFor = null;
     if (job.status === "running" && updatedAt !== null) quietFor = t - updatedAt - cfg.stale_after * 1000;
