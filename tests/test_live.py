@@ -186,6 +186,11 @@ def test_the_overview_is_the_streams_first_event_as_json(app, store):
     assert client.get("/api/v1/overview?status=canceled").get_json()["active"] == []
     assert client.get("/api/v1/overview?tag=team-a").get_json()["finished"] == []
     assert client.get("/api/v1/overview?limit=1").status_code == 200
+    store.create_job("c", "24906146")
+    store.update("c", status="completed")  # newer than b: ?status= picks before ?limit= cuts
+    newest = lambda: [j["job_id"] for j in client.get("/api/v1/overview?limit=1").get_json()["finished"]]  # noqa: E731
+    assert wait_until(lambda: newest() == ["c"], what="the board to learn of c from its event")
+    assert [j["job_id"] for j in client.get("/api/v1/overview?status=canceled&limit=1").get_json()["finished"]] == ["b"]
 
 
 @pytest.mark.parametrize(("query", "named"), [

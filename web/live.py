@@ -191,7 +191,8 @@ class Board:
             for entry in reversed(self._jobs.values()):
                 if len(active) >= ACTIVE_MAX and len(finished) >= filters.limit:
                     break
-                if not filters.admits(entry["pipeline"], entry["tags"]):
+                if not filters.admits(entry["pipeline"], entry["tags"]) or \
+                        (filters.status is not None and entry["status"] != filters.status):
                     continue
                 bucket = active if entry["status"] in ACTIVE else finished
                 bucket.append(entry["job_id"])
