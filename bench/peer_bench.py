@@ -50,6 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -68,7 +69,7 @@ from readers import (  # noqa: E402
 
 from progress_cli.embedded import EmbeddedRedis  # noqa: E402
 from progress_service.config import Settings  # noqa: E402
-from progress_service.models import DEFAULT_STEPS  # noqa: E402
+from progress_service.models import DEFAULT_STEPS, entry_at_ms  # noqa: E402
 from progress_service.store import ProgressStore  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "progress-service-bench"
@@ -167,29 +168,25 @@ def measure_rounds(client: redis.Redis, writers: list[Writer], jobs: int, rounds
             w.cmd_us.append((after_cmd.get(w.command, 0) - before_cmd.get(w.command, 0)) / jobs)
 
 
-# Where ours goes: the update's commands one by one, each part adding one, with the
-# arguments ProgressStore sends (a percent-only update of a running job).
+# Where ours goes: the fast path's commands one by one, each part adding one, with the
+# arguments ProgressStore sends (a percent-only update of a running job), each part
+# answering as the script does (one string).
 _HMGET = ("local rcall = redis.call\n"
-          "local cur = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'current_step', "
-          "'completed_count', 'total_steps', 'message', 'error', 'result', 'seq', 'started_at_ms', "
-          "'job_id', 'paper_id', 'finished_at_ms', 'completed_json')\n")
-_TIME = ("local t = rcall('TIME')\n"
-         "local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
-         "local seq = tostring(tonumber(cur[9]) + 1)\n")
-_HSET = "rcall('HSET', KEYS[1], 'progress_percent', ARGV[1], 'seq', seq, 'progress_updated_at_ms', now)\n"
-_XADD = ("rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'seq', seq, 'at', now, "
-         "'progress_percent', ARGV[1], 'current_step', cur[3], 'status', cur[1])\n")
-_PUBLISH = ("local payload = '{\"job_id\":\"' .. cur[11] .. '\",\"paper_id\":\"' .. cur[12] .. '\",\"seq\":' .. seq "
-            ".. ',\"status\":\"' .. cur[1] .. '\",\"progress_percent\":' .. ARGV[1] .. ',\"current_step\":null"
-            ",\"completed_steps\":' .. cur[14] .. ',\"total_steps\":' .. cur[5] .. ',\"message\":null,\"error\":null"
-            ",\"result\":null,\"progress_updated_at_ms\":' .. now .. ',\"started_at_ms\":null,\"finished_at_ms\":null}'\n"
-            "rcall('PUBLISH', ARGV[8], payload)\nrcall('PUBLISH', ARGV[9], payload)\n")
+          "local hot = rcall('HMGET', KEYS[1], 'status', 'progress_percent', 'seq', 'current_step', "
+          "'event_tail')\nlocal seq = tostring(tonumber(hot[3]) + 1)\n")
+_XADD = ("local id = rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, "
+         "'progress_percent', ARGV[5], 'current_step', hot[4], 'status', hot[1])\n"
+         "local now = string.sub(id, 1, string.find(id, '-', 1, true) - 1)\n")
+_HSET = "rcall('HSET', KEYS[1], 'progress_percent', ARGV[5], 'seq', seq, 'progress_updated_at_ms', now)\n"
+_PUBLISH = ("local payload = '{\"seq\":' .. seq .. ',\"status\":\"' .. hot[1] .. '\",\"progress_percent\":' "
+            ".. ARGV[5] .. ',\"progress_updated_at_ms\":' .. now .. ',' .. hot[5] .. '}'\n"
+            "rcall('PUBLISH', ARGV[1], payload)\nrcall('PUBLISH', ARGV[2], payload)\n")
+_RETURN = "return 'ok ' .. seq .. ' running'"
 PARTS = [
-    ("HMGET of 14 fields", _HMGET),
-    ("+ TIME", _HMGET + _TIME),
-    ("+ HSET of 3 fields", _HMGET + _TIME + _HSET),
-    ("+ XADD to the history", _HMGET + _TIME + _HSET + _XADD),
-    ("+ the event, 2 PUBLISHes", _HMGET + _TIME + _HSET + _XADD + _PUBLISH),
+    ("HMGET of 5 fields", _HMGET),
+    ("+ XADD to the history", _HMGET + _XADD),
+    ("+ HSET of 3 fields", _HMGET + _XADD + _HSET),
+    ("+ the event, 2 PUBLISHes", _HMGET + _XADD + _HSET + _PUBLISH),
 ]
 
 
@@ -198,7 +195,7 @@ def part_writers(raw: redis.Redis, store: ProgressStore, jobs: list[str]) -> lis
     out = []
     tick = [0]
     for name, body in PARTS:
-        sha = raw.script_load(body + "return 1")
+        sha = raw.script_load(body + _RETURN)
 
         def write(n: int, sha: str = sha) -> None:
             tick[0] += 1
@@ -220,8 +217,9 @@ def list_history_bytes(client: redis.Redis, store: ProgressStore, job_id: str, c
     """What the job's history would take as a LIST of compact entries capped at ``cap``
     (``seq,at,percent,step,status`` per entry), written as LPUSH + LTRIM would."""
     key = f"{store.keys.prefix}:listprobe:{job_id}"
-    entries = [",".join(str(e[f]) for f in ("seq", "at", "progress_percent", "current_step", "status"))
-               for e in client.xrange(store.keys.history(job_id)) for e in [e[1]]]
+    entries = [",".join(str(x) for x in (e["seq"], entry_at_ms(e, entry_id), e["progress_percent"],
+                                         e["current_step"], e["status"]))
+               for entry_id, e in client.xrange(store.keys.history(job_id))]
     pipe = client.pipeline(transaction=False)
     for entry in entries:
         pipe.lpush(key, entry)
@@ -272,6 +270,9 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=CACHE, help="where the bullmq npm tarball is kept")
     ap.add_argument("--npm", default="npm", help="the npm command that fetches bullmq")
     ap.add_argument("--no-sse", action="store_true", help="skip the SSE reader (no gunicorn)")
+    ap.add_argument("--baseline", type=Path, metavar="LUA",
+                    help="an earlier update_progress-2.lua (e.g. `git show main:lua/update_progress-2.lua`"
+                         " saved to a file): measured alongside, on jobs of its own, as 'baseline'")
     args = ap.parse_args()
 
     started = time.monotonic()
@@ -362,6 +363,39 @@ def main() -> int:
 
         writers.append(Writer("rq", "hset", rq))
         writers.append(Writer("floor", "evalsha", floor))
+        base_sha = None
+        if args.baseline is not None:
+            base_source = args.baseline.read_text()
+            base_sha = raw.script_load(base_source)
+            # before issue 14 the script took the percent first and the channels at ARGV[8..11]
+            old_layout = "ARGV[1] progress percent" in base_source
+            base_jobs = [f"b{i}" for i in range(len(jobs))]
+            for j in base_jobs:
+                store.create_job(j, "31452104", steps=DEFAULT_STEPS)
+
+            def baseline_call(job_id: str, **update: Any) -> tuple[list[str], list[Any]]:
+                keys, call_args = store._update_call(job_id, **update)
+                if old_layout:
+                    full = [*call_args, *["", "", "", "", "", "0"][len(call_args) - 5:]]
+                    call_args = full[4:] + full[:4]
+                return keys, call_args
+
+            def base_calls(n: int, **update: Any) -> None:
+                for start in range(0, n, CHUNK):
+                    pipe = raw.pipeline(transaction=False)
+                    for j in base_jobs[start:min(n, start + CHUNK)]:
+                        keys, call_args = baseline_call(j, **update)
+                        pipe.evalsha(base_sha, len(keys), *keys, *call_args)
+                    pipe.execute()
+
+            base_calls(len(base_jobs), status="running", current_step=DEFAULT_STEPS[0])
+            ticks["baseline"] = 0
+
+            def baseline(n: int) -> None:
+                ticks["baseline"] += 1
+                base_calls(n, progress_percent=ticks["baseline"] * 0.01)
+
+            writers.insert(1, Writer("baseline", "evalsha", baseline))
 
         # commandstats lumps every EVALSHA together, so each writer's rounds run alone
         measure_rounds(client, writers, len(jobs), args.rounds)
@@ -380,6 +414,14 @@ def main() -> int:
         list_cap_small = 20
         list_small = ours_hash + list_history_bytes(client, store, "mem", list_cap_small)
         rq_mem = memory_of(client, rq_jobs[0].key)
+        base_mem = None
+        if base_sha is not None:  # the same job through the baseline script
+            store.create_job("membase", "31452104", steps=DEFAULT_STEPS)
+            for i in range(1, args.updates + 1):
+                keys, call_args = baseline_call("membase", progress_percent=i * 0.9, status="running")
+                raw.evalsha(base_sha, len(keys), *keys, *call_args)
+            base_mem = (memory_of(client, store.keys.job("membase")),
+                        memory_of(client, store.keys.history("membase")))
         tuned = tuned_memory(client, settings, args.updates)
         bull_mem = None
         if bull_source is not None:
@@ -440,6 +482,8 @@ def main() -> int:
             print(f"  {w.name:<32}{median(w.cpu_us):>12.1f}{median(w.cmd_us):>12.1f}")
         print(f"memory of one running job after {args.updates} updates (MEMORY USAGE)")
         print(f"  ours (hash {ours_hash} B + history stream)   {ours_mem:>7} B")
+        if base_mem is not None:
+            print(f"  baseline (hash {base_mem[0]} B + history stream) {sum(base_mem):>5} B")
         print(f"  ours, history as a LIST capped at {list_cap:<4}     {list_mem:>7} B   (not shipped: a CONTRACT change)")
         print(f"  ours, history as a LIST capped at {list_cap_small:<4}     {list_small:>7} B   (not shipped: a CONTRACT change)")
         if bull_mem is not None:

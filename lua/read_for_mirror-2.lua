@@ -12,6 +12,8 @@ local history = {}
 for i, entry in ipairs(rcall('XRANGE', KEYS[2], '-', '+')) do
   local e, raw = {}, entry[2]
   for j = 1, #raw, 2 do e[raw[j]] = raw[j + 1] end
+  -- update_progress-2.lua's entries have no `at`: the id's ms is their time
+  if e.at == nil then e.at = string.match(entry[1], '^%d+') end
   history[i] = e
 end
 return cjson.encode({fields, history})

@@ -28,7 +28,8 @@ local function first_running(entries)
       elseif f[j] == 'progress_percent' then progress = f[j + 1] end
     end
     if status == 'running' then
-      return {at, progress}
+      -- update_progress-2.lua's entries have no `at`: the id's ms is their time
+      return {at or string.match(entry[1], '^%d+'), progress}
     end
   end
   return nil

@@ -115,12 +115,24 @@ def ms_from_iso(iso: str | None) -> int | None:
     return calendar.timegm(dt.utctimetuple()) * 1000 + dt.microsecond // 1000
 
 
-def history_entry(fields: Mapping[str, str]) -> dict[str, Any]:
-    """One entry of a job's history stream (its fields, decoded) -> CONTRACT's history entry."""
+def entry_at_ms(fields: Mapping[str, str], entry_id: str | None = None) -> int:
+    """When a history entry happened: its ``at`` field (create_job writes one), else its stream
+    id's milliseconds (update_progress-2.lua's entries: the id is the server's clock)."""
+    at = fields.get("at")
+    if at:
+        return int(at)
+    if entry_id is None:
+        raise ValueError("a history entry without `at` needs its stream id")
+    return int(entry_id.partition("-")[0])
+
+
+def history_entry(fields: Mapping[str, str], entry_id: str | None = None) -> dict[str, Any]:
+    """One entry of a job's history stream (its fields, decoded, and its id) -> CONTRACT's
+    history entry."""
     progress = float(fields.get("progress_percent") or 0)
     return {
         "seq": int(fields["seq"]),
-        "at": iso_ms(int(fields["at"])),
+        "at": iso_ms(entry_at_ms(fields, entry_id)),
         "progress_percent": int(progress) if progress.is_integer() else progress,
         "current_step": fields.get("current_step") or None,
         "status": fields.get("status"),

@@ -7,7 +7,6 @@ repository's ``lua/`` folder. :func:`lua_dir` is the one place that decides.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -54,11 +53,14 @@ def as_text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def parse_update_reply(reply: Sequence[int | bytes | str]) -> UpdateResult:
-    """``[accepted 0|1, reason, seq, status]`` as the script returns it."""
-    if len(reply) > 3:
-        return UpdateResult(reply[0] == 1, as_text(reply[1]), int(reply[2]), as_text(reply[3]))
-    return UpdateResult(reply[0] == 1, as_text(reply[1]), int(reply[2]), None)
+_ACCEPTED = frozenset({"ok", "unchanged"})
+
+
+def parse_update_reply(reply: bytes | str) -> UpdateResult:
+    """``"<reason> <seq> [<status>]"`` as update_progress-2.lua returns it."""
+    parts = as_text(reply).split(" ")
+    reason = parts[0]
+    return UpdateResult(reason in _ACCEPTED, reason, int(parts[1]), parts[2] if len(parts) > 2 else None)
 
 
 def invalid_from(exc: ResponseError) -> InvalidInput | None:

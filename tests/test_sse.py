@@ -475,3 +475,22 @@ def test_a_last_event_id_that_is_no_seq_is_a_400_json_error_over_gunicorn(server
     assert status_line.startswith("HTTP/1.1 400 "), (status_line, body[:200])
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"] == "invalid_input"
+
+
+def test_a_client_that_lags_a_full_queue_behind_is_told_to_resync():
+    """The hub never blocks on a slow client, nor lets its queue grow without end: at
+    QUEUE_LIMIT waiting events the queue is emptied and the client re-reads the store."""
+    from web.fanout import QUEUE_LIMIT, RESYNC, Delivery, EventHub, Subscription
+
+    sub = Subscription(EventHub(lambda: None, "unused"), "job-slow")
+    for seq in range(1, QUEUE_LIMIT + 1):
+        sub.push(Delivery(seq, {"seq": seq}))
+    first = sub.get(0.1)
+    assert isinstance(first, Delivery) and first.seq == 1  # below the limit: every event kept
+    sub.push(Delivery(QUEUE_LIMIT + 1, {}))
+    sub.push(Delivery(QUEUE_LIMIT + 2, {}))  # the queue is full again: emptied, then one resync
+    assert sub.get(0.1) == RESYNC
+    sub.push(Delivery(QUEUE_LIMIT + 3, {}))
+    later = sub.get(0.1)
+    assert isinstance(later, Delivery) and later.seq == QUEUE_LIMIT + 3
+    assert sub.get(0.01) is None

@@ -185,7 +185,7 @@ def test_invalid_input_raises_and_changes_nothing(store, job, kwargs, text):
 def test_validation_happens_inside_the_script_too(store, job):
     """A writer that bypasses the Python checks still cannot store nonsense."""
     k = store.keys
-    args = ["banana", "", "", "", "", "", "0", k.events(job), k.all_events, 100, 60]
+    args = [k.events(job), k.all_events, 100, 60, "banana", "", "", "", "", "", "0"]
     with pytest.raises(Exception, match="INVALID progress_percent"):
         store.scripts.update(keys=[k.job(job), k.history(job)], args=args)
     assert stored(store)["seq"] == 1
@@ -579,9 +579,10 @@ def test_restored_times_must_be_past_whole_milliseconds(store, field, value):
 
 def _update_args(store, job_id, **changes):
     keys, args = store._update_call(job_id, progress_percent=50)
-    names = ["progress", "step", "status", "message", "error", "result", "force", "channel",
-             "all_channel", "maxlen", "ttl"]
-    named = dict(zip(names, args, strict=True)) | changes
+    names = ["channel", "all_channel", "maxlen", "ttl", "progress", "step", "status", "message",
+             "error", "result", "force"]
+    full = [*args, *["", "", "", "", "", "0"][len(args) - 5:]]  # a percent-only call sends 5
+    named = dict(zip(names, full, strict=True)) | changes
     return keys, [named[n] for n in names if n in named]
 
 
@@ -594,8 +595,8 @@ def _update_args(store, job_id, **changes):
     ({"ttl": "0"}, "TTL"),
     ({"force": "yes"}, "force"),
     ({"channel": ""}, "channel"),
-    ({"message": "no equals sign"}, "ARGV[4]"),
-    ({"ttl": None}, "11 arguments"),  # one argument missing
+    ({"message": "no equals sign"}, "ARGV[8]"),
+    ({"progress": None}, "5 to 11 arguments"),  # the percent missing: only ARGV[1..4] sent
 ])
 def test_a_direct_update_with_broken_arguments_is_refused_before_any_write(store, job, changes,
                                                                            says):
@@ -603,7 +604,7 @@ def test_a_direct_update_with_broken_arguments_is_refused_before_any_write(store
     before = (store.client.hgetall(store.keys.job(job)), store.client.xlen(store.keys.history(job)))
     keys, args = _update_args(store, job, **{k: v for k, v in changes.items() if v is not None})
     if None in changes.values():
-        args = args[:-1]
+        args = args[:4]
     with pytest.raises(Exception, match=re.escape(says)) as err:
         store.scripts.update(keys=keys, args=args)
     assert "INVALID" in str(err.value)

@@ -22,7 +22,7 @@ from redis.typing import EncodableT
 
 from ..batches import build_batch_snapshot, is_finished
 from ..errors import BackendUnavailable, JobConflict
-from ..models import history_entry, validate_id, validate_tags
+from ..models import entry_at_ms, history_entry, validate_id, validate_tags
 from ..scripts import as_text as _text
 from .part import StorePart
 
@@ -185,6 +185,6 @@ class BatchSide(StorePart):
             now_ms = int(sec) * 1000 + int(usec) // 1000
         out = []
         for entries in replies:
-            fields = [{_text(a): _text(b) for a, b in raw.items()} for _, raw in entries]
-            out.append([{**history_entry(f), "at_ms": int(f["at"])} for f in fields])
+            fields = [({_text(a): _text(b) for a, b in raw.items()}, _text(i)) for i, raw in entries]
+            out.append([{**history_entry(f, i), "at_ms": entry_at_ms(f, i)} for f, i in fields])
         return now_ms - 1, out
