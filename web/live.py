@@ -339,11 +339,12 @@ class Board:
             self._counts[summary["status"]] += 1
             moved = True
         if entry is not None and d.seq > entry["seq"]:
-            if status != entry["status"] and status in STATES:
+            if status in STATES and status != entry["status"]:
                 self._counts[entry["status"]] -= 1
                 self._counts[status] += 1
                 moved = True
-            entry["status"], entry["seq"] = status, d.seq
+                entry["status"] = status
+            entry["seq"] = d.seq
         meta = entry or {"paper_id": event.get("paper_id"), "pipeline": None, "tags": [], "batch_id": None,
                          "created_at_ms": 0}  # gone already: what the event says
         base = {"job_id": job_id, "paper_id": meta["paper_id"] or event.get("paper_id"),
