@@ -366,7 +366,7 @@ def test_recent_jobs_page_lists_jobs(web, store, page):
     start_job(store, paper, percent=64)
     page.goto(f"{web.base}/")
     page.wait_for_selector(f"a[href='/status/{paper}/']", timeout=WAIT_MS)
-    assert "64%" in page.text_content("#jobs-body")
+    assert "64%" in page.text_content("#active-list")
     screenshot(page, "recent-jobs.png")
 
 
@@ -409,8 +409,8 @@ def test_the_pages_run_under_their_csp_and_the_bar_still_moves_live(web, store, 
     page.goto(f"{web.base}/")
     page.wait_for_selector(f"a[href='/status/{paper}/']", timeout=WAIT_MS)
     store.update(job_id, progress_percent=70, current_step=STEPS[3])
-    page.wait_for_selector(f"#jobs-body tr:has(a[href='/status/{paper}/']) .mini-pct:text-is('70%')",
-                           timeout=WAIT_MS)  # the table refreshed itself
+    page.wait_for_selector(f"#active-list li:has(a[href='/status/{paper}/']) .mini-pct:text-is('70%')",
+                           timeout=WAIT_MS)  # the dashboard follows every job live
     assert page.evaluate("window.__csp") == [] and console == []
 
 

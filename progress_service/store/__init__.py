@@ -52,6 +52,7 @@ from .eta_side import STATS_TTL, EtaSide, QueueProbe
 from .events import EventFeed, Subscription, parse_event
 from .histogram_side import HistogramSide
 from .mirror_side import MirrorSide
+from .summary_side import SummarySide
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def connect(settings: Settings) -> RedisClient:
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide):
+class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
     def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
