@@ -310,7 +310,9 @@ def test_while_polling_the_page_retries_its_stream_and_goes_live_again(web, stor
     opens = page.evaluate("window.__streamOpens")
     gaps = [b - a for a, b in zip(opens, opens[1:], strict=False)]
     assert all(gap >= 200 for gap in gaps), f"the page hammers the stream: {gaps} ms"  # 300 ms -20% jitter
-    assert gaps[1] > gaps[0] and gaps[2] >= 450, f"no backoff: {gaps} ms"  # 300, then 600 (the cap), +-20%
+    # 300, then 600 (the cap), +-20%. Only lower bounds: a loaded machine can stretch any
+    # one gap (comparing gaps[1] > gaps[0] failed when the first timer ran late).
+    assert gaps[1] >= 450 and gaps[2] >= 450, f"no backoff: {gaps} ms"
     assert page.get_attribute("#conn-dot", "data-mode") == "polling"
 
     page.unroute("**/events*")  # ...and back
