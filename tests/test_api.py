@@ -420,7 +420,10 @@ def test_pages_render_the_job(client, jobs):
     assert '<script type="module" src="/static/status.js">' in html  # it imports progress-client.js
     assert "http://" not in html and "https://" not in html  # no external assets
     index = client.get("/").get_data(as_text=True)
-    assert "job-1" in index and "/status/31452104/" in index
+    # the dashboard draws its jobs from its stream (index.js, GET /api/v1/events), not from the page
+    assert '<script type="module" src="/static/index.js">' in index
+    assert '"overview_url": "/api/v1/overview"' in index and '"status_base": "/status/"' in index
+    assert client.get("/?status=lost").status_code == 400  # a filter the dashboard does not know
     assert "No job for this paper yet" in client.get("/status/777/").get_data(as_text=True)
     assert client.get("/status/31452104").status_code == 308  # to the page with the slash
 

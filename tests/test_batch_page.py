@@ -11,6 +11,8 @@ from test_page_browser import (  # noqa: F401 - fixtures
     BAR,
     CHROMIUM,
     CHROMIUM_ARGS,
+    RECORD_STREAM_OPENS,
+    ROOT,
     browser,
     csp_page,
     page,
@@ -62,24 +64,6 @@ def test_the_batch_page_follows_its_members_to_the_end(web, store, page, tmp_pat
     assert page.evaluate("window.__csp") == [] and console == []
 
 
-def test_the_index_page_filters_by_tag(web, store, page):  # noqa: F811
-    console = csp_page(page)
-    store.create_job("tagged-1", "25719670", tags=["team-x", "june"])
-    store.create_job("untagged-1", "24906146")
-    page.goto(f"{web.base}/?tag=team-x")
-    wait_for_js(page, "document.querySelectorAll('#jobs-body tr').length >= 1")
-    rows = page.locator("#jobs-body tr")
-    ids = [rows.nth(i).locator(".job-id").text_content() for i in range(rows.count())]
-    assert "tagged-1" in ids and "untagged-1" not in ids
-    chips = page.locator("#jobs-body .job-tags a.tag")
-    assert chips.first.text_content() == "team-x"
-    assert chips.first.get_attribute("href") == "?tag=team-x"
-    store.create_job("tagged-2", "32007143", tags=["team-x"])
-    wait_for_js(page, "document.body.textContent.indexOf('tagged-2') >= 0")  # the refresh keeps the filter
-    assert "untagged-1" not in page.locator("#jobs-body").text_content()
-    assert page.evaluate("window.__csp") == [] and console == []
-
-
 def test_with_its_stream_blocked_the_batch_page_polls_to_the_end(web, store, page, tmp_path):  # noqa: F811
     batch_id = f"poll-{tmp_path.name[-10:].replace('_', '-').strip('-') or 'b'}"
     job_ids = [f"{batch_id}-m{i}" for i in range(3)]
@@ -96,3 +80,28 @@ def test_with_its_stream_blocked_the_batch_page_polls_to_the_end(web, store, pag
     wait_for_js(page, "document.getElementById('conn').textContent === 'Finished.'")
     assert page.locator(BAR).get_attribute("aria-valuenow") == "100"
     assert page.locator("tr.member[data-status='completed']").count() == 3
+
+
+def test_the_batch_page_follows_through_progress_client_and_has_no_stream_code_of_its_own(
+        web, store, page, tmp_path):  # noqa: F811
+    """One copy of the stream, resume, poll and back-off logic: progress-client.js's follow()."""
+    source = (ROOT / "web" / "static" / "batch.js").read_text()
+    assert "EventSource" not in source and "setInterval" not in source
+    assert 'import { follow } from "./progress-client.js";' in source
+    page.add_init_script(RECORD_STREAM_OPENS)
+    batch_id = f"one-{tmp_path.name[-10:].replace('_', '-').strip('-') or 'b'}"
+    job_ids = [f"{batch_id}-m{i}" for i in range(2)]
+    store.create_batch(batch_id, job_ids, "video")
+    for i, job_id in enumerate(job_ids):
+        store.create_job(job_id, f"3007114{i}", batch_id=batch_id)
+    html = page.goto(f"{web.base}/batches/{batch_id}/").text()
+    assert '<script type="module" src="/static/batch.js">' in html
+    wait_for_js(page, "document.getElementById('conn').textContent === 'Live.'")
+    assert len(page.evaluate("window.__streamOpens")) == 1  # follow() opened the batch's stream
+    store.update(job_ids[0], progress_percent=40)
+    wait_for_js(page, f"document.querySelector('{BAR}').getAttribute('aria-valuenow') === '20'")
+    for job_id in job_ids:
+        store.update(job_id, status="completed")
+    wait_for_js(page, "document.getElementById('conn').textContent === 'Finished.'")
+    assert page.locator("tr.member[data-status='completed']").count() == 2
+    assert len(page.evaluate("window.__streamOpens")) == 1  # ended, not reopened

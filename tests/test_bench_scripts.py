@@ -34,6 +34,11 @@ def test_scale_bench_runs(redis_server_bin):
     assert "updates/s" in out and "SSE delay ms" in out and "missing 0" in out
 
 
+def test_dashboard_bench_runs():
+    out = run_bench("dashboard_bench.py", "--jobs", "60", "--dashboards", "5", "--updates", "100")
+    assert "counts' read of 60 jobs" in out and "100 of 100 each" in out and "dashboard: goal met" in out
+
+
 def test_eta_bench_runs_and_prints_its_table(postgres_url, real_redis_url):
     out = run_bench("eta_bench.py", "--history", "4", "--jobs", "2", "--job-seconds", "0.3",
                     env={"REDIS_URL": real_redis_url, "DATABASE_URL": postgres_url})

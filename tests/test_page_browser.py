@@ -310,7 +310,9 @@ def test_while_polling_the_page_retries_its_stream_and_goes_live_again(web, stor
     opens = page.evaluate("window.__streamOpens")
     gaps = [b - a for a, b in zip(opens, opens[1:], strict=False)]
     assert all(gap >= 200 for gap in gaps), f"the page hammers the stream: {gaps} ms"  # 300 ms -20% jitter
-    assert gaps[1] > gaps[0] and gaps[2] >= 450, f"no backoff: {gaps} ms"  # 300, then 600 (the cap), +-20%
+    # 300, then 600 (the cap), +-20%. Only lower bounds: a loaded machine can stretch any
+    # one gap (comparing gaps[1] > gaps[0] failed when the first timer ran late).
+    assert gaps[1] >= 450 and gaps[2] >= 450, f"no backoff: {gaps} ms"
     assert page.get_attribute("#conn-dot", "data-mode") == "polling"
 
     page.unroute("**/events*")  # ...and back
@@ -366,7 +368,7 @@ def test_recent_jobs_page_lists_jobs(web, store, page):
     start_job(store, paper, percent=64)
     page.goto(f"{web.base}/")
     page.wait_for_selector(f"a[href='/status/{paper}/']", timeout=WAIT_MS)
-    assert "64%" in page.text_content("#jobs-body")
+    assert "64%" in page.text_content("#active-list")
     screenshot(page, "recent-jobs.png")
 
 
@@ -409,8 +411,8 @@ def test_the_pages_run_under_their_csp_and_the_bar_still_moves_live(web, store, 
     page.goto(f"{web.base}/")
     page.wait_for_selector(f"a[href='/status/{paper}/']", timeout=WAIT_MS)
     store.update(job_id, progress_percent=70, current_step=STEPS[3])
-    page.wait_for_selector(f"#jobs-body tr:has(a[href='/status/{paper}/']) .mini-pct:text-is('70%')",
-                           timeout=WAIT_MS)  # the table refreshed itself
+    page.wait_for_selector(f"#active-list li:has(a[href='/status/{paper}/']) .mini-pct:text-is('70%')",
+                           timeout=WAIT_MS)  # the dashboard follows every job live
     assert page.evaluate("window.__csp") == [] and console == []
 
 

@@ -131,12 +131,21 @@ def test_a_job_token_reads_its_job_by_header_or_query_and_nothing_else(client, j
     # a list is never a read token's, not even one that would hold only its job
     assert "API token" in assert_unauthorized(client.get("/api/v1/jobs?paper_id=paper-a", headers=bearer(token)))
     assert_unauthorized(client.get("/", headers=bearer(token)))
+    for url in ("/api/v1/events", "/api/v1/overview", "/api/v1/events?tag=x"):  # the dashboard's: lists
+        assert "API token" in assert_unauthorized(client.get(url, headers=bearer(token)))
+        assert "API token" in assert_unauthorized(client.get(f"{url}{'&' if '?' in url else '?'}token={token}"))
 
 
 def test_the_api_token_reads_everything_including_lists(client, jobs):
     for url in JOB_A_READS + ["/api/v1/jobs", "/", "/api/v1/jobs/job-b"]:
         assert client.get(url, headers=bearer(API_TOKEN)).status_code == 200, url
     assert client.get(f"/api/v1/jobs?token={API_TOKEN}").status_code == 200
+    assert client.get("/api/v1/overview", headers=bearer(API_TOKEN)).status_code == 200
+    stream = client.get(f"/api/v1/events?token={API_TOKEN}", buffered=False)  # EventSource: ?token=
+    assert stream.status_code == 200 and stream.mimetype == "text/event-stream"
+    chunks = iter(stream.response)
+    assert next(chunks).startswith(b"retry: ") and next(chunks).startswith(b"event: overview\n")
+    stream.close()
 
 
 def test_the_status_page_follows_the_papers_latest_job(client, jobs):
@@ -311,7 +320,7 @@ def test_every_reading_route_needs_a_token(app, jobs):
     rules = reading_rules(app)
     assert {"api.get_job", "api.list_jobs", "events.job_events", "api.job_video", "pages.status_page",
             "pages.index", "rq_dashboard.queues_overview", "batches.get_batch", "batches.batch_events",
-            "batches.batch_page"} <= {r.endpoint for r in rules}
+            "batches.batch_page", "live.all_events", "live.get_overview"} <= {r.endpoint for r in rules}
     for rule in rules:
         url = url_of(rule)
         for headers in ({}, bearer(other)):

@@ -30,6 +30,7 @@ from . import (
     errors,
     events,
     insights,
+    live,
     metrics,
     openapi,
     pages,
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None, *, redis_pool: int | None = Non
     app.register_blueprint(pages.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(insights.bp)
+    live.init_app(app)  # the dashboard's stream of every job, fed from the hub above
     dashboard.init_app(app, settings.redis_url)
     app.before_request(security.guard_writes)
     app.before_request(auth.guard_reads)

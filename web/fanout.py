@@ -2,8 +2,9 @@
 
 The hub subscribes once to ``<prefix>:events`` (the all-jobs channel) from one
 background listener and hands each event to the queues of the clients that
-watch that job. A thousand open streams cost one Redis connection, not a
-thousand.
+watch that job, and to each ``subscribe_all`` queue (the live dashboard's
+feeder, ``web.live``, which fans it out to every dashboard). A thousand open
+streams cost one Redis connection, not a thousand.
 
 Per job with watchers the hub keeps the last full snapshot it knows (its
 *base*). An event whose ``seq`` is the base's + 1 becomes the next snapshot
@@ -89,28 +90,48 @@ class _JobFeed:
         return Delivery(seq, event, snapshot, sse_frame(snapshot))
 
 
-class Subscription:
-    """One SSE client's view of one job: a queue the hub fills."""
+class Inbox:
+    """A queue one stream reads and a feeder fills; a slow reader is told to resync instead."""
 
-    def __init__(self, hub: EventHub, job_id: str, members: tuple[str, ...] = ()) -> None:
-        self.hub = hub
-        self.job_id = job_id
-        self.members = members or (job_id,)  # a batch's stream watches every member
+    def __init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()
         self.closed = False
 
-    def push(self, item: Delivery | str) -> None:
+    def push(self, item: Any) -> None:
         if self._queue.qsize() >= QUEUE_LIMIT:
             self._drain()
             item = RESYNC  # the client was too slow: it re-reads the store instead
         self._queue.put_nowait(item)
 
-    def get(self, timeout: float) -> Delivery | str | None:
-        """The next delivery, ``RESYNC``, or None after ``timeout`` seconds of quiet."""
+    def get(self, timeout: float) -> Any:
+        """The next item, ``RESYNC``, or None after ``timeout`` seconds of quiet."""
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+
+class Subscription(Inbox):
+    """One SSE client's view of one job (or of a batch's members, or of every job): a queue the
+    hub fills."""
+
+    def __init__(self, hub: EventHub, job_id: str, members: tuple[str, ...] = (), *,
+                 every_job: bool = False) -> None:
+        super().__init__()
+        self.hub = hub
+        self.job_id = job_id
+        self.every_job = every_job  # the all-jobs feed (web.live): each event, raw
+        self.members = () if every_job else (members or (job_id,))  # a batch's stream watches every member
+
+    def get(self, timeout: float) -> Delivery | str | None:
+        return super().get(timeout)
 
     def offer(self, snapshot: dict[str, Any]) -> None:
         """Tell the hub a snapshot this client read from the store (a base for the next event)."""
@@ -120,13 +141,6 @@ class Subscription:
         if not self.closed:
             self.closed = True
             self.hub.unsubscribe(self)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
 
 
 class EventHub:
@@ -143,6 +157,7 @@ class EventHub:
         self.channel = channel
         self.step_stats = step_stats  # pipeline -> its step statistics, for each event's ETA
         self._jobs: dict[str, _JobFeed] = {}
+        self._every: set[Subscription] = set()  # subscribe_all's
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -160,6 +175,14 @@ class EventHub:
 
     def subscribe_many(self, name: str, job_ids: list[str]) -> Subscription:
         """Watch every job of ``job_ids`` through one queue (a batch's stream, named ``name``)."""
+        return self._subscribe(Subscription(self, name, tuple(job_ids)))
+
+    def subscribe_all(self, name: str) -> Subscription:
+        """Watch every job: each event of the all-jobs channel, raw (``Delivery`` without a
+        snapshot), in the order published; ``RESYNC`` after a reconnect, ``SHUTDOWN`` at the end."""
+        return self._subscribe(Subscription(self, name, every_job=True))
+
+    def _subscribe(self, sub: Subscription) -> Subscription:
         if self._stopping.is_set():
             raise BackendUnavailable("this web process is shutting down")
         self._ensure_listener()
@@ -170,19 +193,31 @@ class EventHub:
             if self.last_error is not None or time.monotonic() > deadline:
                 raise BackendUnavailable(f"redis: the event listener is not subscribed: {self.last_error}")
             time.sleep(0.01)
-        sub = Subscription(self, name, tuple(job_ids))
         with self._lock:
+            if sub.every_job:
+                self._every.add(sub)
+            else:
+                self.client_count += 1  # a feeder of other streams (web.live) is none itself
             for job_id in sub.members:
                 feed = self._jobs.get(job_id)
                 if feed is None:
                     feed = self._jobs[job_id] = _JobFeed(eta=LiveEta(self.step_stats))
                 feed.watchers.add(sub)
-            self.client_count += 1
         return sub
+
+    def stopping(self) -> bool:
+        """Whether ``close`` was called: the process is shutting down."""
+        return self._stopping.is_set()
+
+    def count_clients(self, delta: int) -> None:
+        """Streams fed from a ``subscribe_all`` subscription (web.live's) come and go."""
+        with self._lock:
+            self.client_count += delta
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
             was_in = False
+            self._every.discard(sub)
             for job_id in sub.members:
                 feed = self._jobs.get(job_id)
                 if feed is None or sub not in feed.watchers:
@@ -217,7 +252,7 @@ class EventHub:
             with suppress(RedisError, OSError):  # closing a broken connection may fail; we are leaving anyway
                 pubsub.close()
         with self._lock:
-            watchers = {sub for feed in self._jobs.values() for sub in feed.watchers}
+            watchers = {sub for feed in self._jobs.values() for sub in feed.watchers} | self._every
         for sub in watchers:
             sub.push(SHUTDOWN)
 
@@ -282,18 +317,21 @@ class EventHub:
             logger.warning("event listener: ignored a malformed event %r", raw[:200])
             return
         with self._lock:
+            every = list(self._every)
             feed = self._jobs.get(event["job_id"])
-            if feed is None:
-                return
-            delivery = feed.advance(event)
-            watchers = list(feed.watchers)
+            delivery = None if feed is None else feed.advance(event)
+            watchers = [] if feed is None else list(feed.watchers)
         if delivery is not None:
             for sub in watchers:
                 sub.push(delivery)
+        if every:
+            plain = Delivery(int(event["seq"]), event)
+            for sub in every:
+                sub.push(plain)
 
     def _broadcast(self, item: str) -> None:
         with self._lock:
-            watchers = {sub for feed in self._jobs.values() for sub in feed.watchers}
+            watchers = {sub for feed in self._jobs.values() for sub in feed.watchers} | self._every
             for feed in self._jobs.values():
                 feed.base = None
         for sub in watchers:

@@ -63,6 +63,13 @@ READS = {"400": respond("BadInput"), "401": respond("ReadUnauthorized"), "503": 
 WRITES = {"400": respond("BadInput"), "401": respond("Unauthorized"), "403": respond("CrossSite"),
           "413": respond("TooLarge"), "415": respond("NotJson"), "503": respond("BackendDown")}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+DASHBOARD_FILTERS = [
+    {"name": "status", "in": "query", "schema": ref("Status")},
+    {"name": "pipeline", "in": "query", "schema": ref("Id")},
+    {"name": "tag", "in": "query", "schema": ref("Id")},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20},
+     "description": "finished jobs listed"},
+]
 
 PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/jobs": {
@@ -89,6 +96,35 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "200": json_answer("a Warning header says so when PostgreSQL could not be read",
                                    ref("JobList")),
+                **READS,
+            },
+        },
+    },
+    "/api/v1/overview": {
+        "get": {
+            "operationId": "getOverview",
+            "summary": "the live dashboard's snapshot: counts by state, active and recently "
+                       "finished jobs, recent batches (a list: under PROGRESS_READ_AUTH=token the "
+                       "API token)",
+            "parameters": DASHBOARD_FILTERS,
+            "responses": {"200": json_answer("the overview", ref("Overview")), **READS},
+        },
+    },
+    "/api/v1/events": {
+        "get": {
+            "operationId": "followEveryJob",
+            "summary": "Server-Sent Events of every job: `event: overview` (an Overview) first, then "
+                       "`event: job` (a job's Snapshot, without result), `event: counts` "
+                       "(StateCounts) and `event: batch` (a BatchBrief); never ends",
+            "description": "No id: a client that reconnects gets a fresh overview. ?pipeline= and "
+                           "?tag= narrow the jobs and batches sent, ?status= the overview's lists; "
+                           "the counts are of every job. A `: keep-alive` comment after quiet "
+                           "spells. web/static/progress-client.js's followAll() follows it. A "
+                           "list: under PROGRESS_READ_AUTH=token it needs the API token.",
+            "parameters": DASHBOARD_FILTERS,
+            "responses": {
+                "200": {"description": "the stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                 **READS,
             },
         },
@@ -330,10 +366,12 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/": {
         "get": {
-            "operationId": "recentJobsPage",
-            "summary": "the page of recent jobs, with a form to submit one",
+            "operationId": "dashboardPage",
+            "summary": "the live dashboard of every job (counts, running jobs, batches, recently "
+                       "finished), with filters and a form to submit a job",
+            "parameters": DASHBOARD_FILTERS,
             "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "401": respond("ReadUnauthorized"), "503": respond("BackendDown")},
+                          **READS},
         },
     },
     "/static/{filename}": {

@@ -292,6 +292,37 @@ SCHEMAS["BatchCanceled"]["required"].append("canceled_job_ids")
 SCHEMAS["BatchCanceled"]["properties"]["canceled_job_ids"] = {"type": "array", "items": ID}
 
 
+# the live dashboard (web/live.py): GET /api/v1/overview, and the first event of GET /api/v1/events
+SCHEMAS["StateCounts"] = {
+    "type": "object",
+    "description": "jobs by state, over the newest jobs Redis holds (at most count_window)",
+    "required": [*STATUSES, "total"],
+    "properties": {name: {"type": "integer", "minimum": 0} for name in [*STATUSES, "total"]},
+    "additionalProperties": False,
+}
+SCHEMAS["BatchBrief"] = copy.deepcopy(SCHEMAS["BatchSnapshot"])
+SCHEMAS["BatchBrief"].update(description="a batch's snapshot without its job_ids (the dashboard's)")
+SCHEMAS["BatchBrief"]["required"].remove("job_ids")
+del SCHEMAS["BatchBrief"]["properties"]["job_ids"]
+SCHEMAS["Overview"] = {
+    "type": "object",
+    "description": "the live dashboard's snapshot: counts of every job; the lists narrowed by "
+                   "?status=, ?pipeline= and ?tag=",
+    "required": ["counts", "count_window", "active", "finished", "batches", "pipelines", "server_now_ms"],
+    "properties": {
+        "counts": ref("StateCounts"),
+        "count_window": {"type": "integer", "minimum": 1, "description": "the most jobs counted"},
+        "active": {"type": "array", "items": ref("Snapshot"),
+                   "description": "pending and running jobs, newest first (200 at most)"},
+        "finished": {"type": "array", "items": ref("Snapshot"),
+                     "description": "the newest finished jobs (?limit=, 20 by default)"},
+        "batches": {"type": "array", "items": ref("BatchBrief"), "description": "recent batches, newest first"},
+        "pipelines": {"type": "array", "items": {"type": "string"},
+                      "description": "the pipelines of the jobs counted"},
+        "server_now_ms": {"type": "integer", "description": "the Redis server's clock"},
+    },
+    "additionalProperties": False,
+}
 # GET /api/v1/pipelines
 SCHEMAS["Pipeline"] = {
     "type": "object",

@@ -1,4 +1,4 @@
-"""The pages: ``/`` (recent jobs) and ``/status/<paper_id>/`` (the paper's latest job, live).
+"""The pages: ``/`` (the live dashboard of every job) and ``/status/<paper_id>/`` (the paper's latest job, live).
 
 The status page follows the paper's latest job, which after a retry is its latest attempt:
 a job that ends failed or canceled keeps the page asking for a newer one (an automatic
@@ -25,15 +25,14 @@ from .job_lookup import (
     latest_job,
     paper_status,
     progress_store,
-    recent_jobs,
     typical_seconds,
     video_url,
     waiting_queue,
 )
+from .live import STATES, filters_from
 
 bp = Blueprint("pages", __name__)
 
-RECENT_JOBS = 50
 POLL_MS = 3000  # the fallback's polling interval
 STREAM_RETRY_MS = 15_000  # while polling, the first try to reopen the event stream
 STREAM_RETRY_MAX_MS = 60_000  # the longest wait between two tries
@@ -68,16 +67,15 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
 
 @bp.get("/")
 def index():
-    tag = request.args.get("tag") or None  # ?tag=: only the jobs with that label
-    if tag is not None:
-        validate_id(tag, "tag")
-    jobs, _missing = recent_jobs(limit=RECENT_JOBS, tag=tag)
+    """The live dashboard (web/static/index.js), filtered by ``?status=``, ``?pipeline=``, ``?tag=``."""
+    filters = filters_from(request.args)  # a bad filter is a 400 that names it
     config = _page_config(None, None, None)
-    config["tag"] = tag
-    # the rows are drawn by index.js alone (web/static/index.js), from these
-    config["jobs"] = [{**job, "page_url": url_for("pages.status_page", paper_id=job["paper_id"])} for job in jobs]
+    config["filters"] = {"status": filters.status, "pipeline": filters.pipeline, "tag": filters.tag}
+    config["finished_limit"] = filters.limit
+    config["overview_url"] = url_for("live.get_overview")
     config["status_base"] = url_for("pages.status_page", paper_id="_")[:-2]
-    return render_template("index.html", config=config,
+    config["batch_base"] = url_for("batches.batch_page", batch_id="_")[:-2]
+    return render_template("index.html", config=config, states=STATES,
                            token_required=bool(progress_store().settings.api_token))
 
 

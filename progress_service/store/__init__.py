@@ -27,7 +27,6 @@ from ..eta import estimate_fields
 from ..keys import Keys
 from ..models import (
     DEFAULT_STEPS,
-    MAX_ATTEMPT,
     MAX_EXACT_INT,
     MAX_SEQ_FLOOR,
     TERMINAL_VALUES,
@@ -41,7 +40,7 @@ from ..models import (
 from ..scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
 from ..scripts import as_text as _text
 from ..tracking import TrackedJob, TrackOptions
-from .arguments import MAX_TEXT
+from .arguments import MAX_TEXT, lineage_args, resume_args
 from .arguments import progress_arg as _progress_arg
 from .arguments import result_arg as _result_arg
 from .arguments import status_arg as _status_arg
@@ -54,6 +53,7 @@ from .events import EventFeed, Subscription, parse_event
 from .histogram_side import HistogramSide
 from .mirror_side import MirrorSide
 from .retry_side import RetrySide
+from .summary_side import SummarySide
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def connect(settings: Settings) -> RedisClient:
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, RetrySide):
+class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide, RetrySide):
     def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
@@ -139,13 +139,7 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, RetrySide):
         share) and ``message`` saying so, also in its history's first entry.
         Raises ``JobConflict`` if the job exists already.
         """
-        restore: list[str] = []
-        if steps_done or progress_percent or message is not None:
-            _whole(steps_done, "steps_done", MAX_EXACT_INT)
-            if progress_percent and not steps_done:
-                raise InvalidInput("a new job starts at 0% unless steps_done > 0")
-            restore = ["", _progress_arg(progress_percent), "",
-                       "" if message is None else _text_arg(message, "message")]
+        restore = resume_args(steps_done, progress_percent, message)
         return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
                             created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=restore,
                             batch_id=batch_id, tags=tags, attempt=attempt, retry_of=retry_of,
@@ -179,8 +173,9 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, RetrySide):
         in the future; a running job without one starts now) and ``seq`` going
         on from ``seq_floor + 1``: readers, who drop any event not newer than what
         they have shown, take it, and none sees the job move back (CONTRACT,
-        "Redis"). Its ``batch_id``, ``tags``, ``attempt`` and ``retry_of`` are kept. Raises ``JobConflict`` if the job exists already, ``InvalidInput``
-        (before anything is written) for a bad argument.
+        "Redis"). Its ``batch_id``, ``tags``, ``attempt`` and ``retry_of`` are kept. Raises
+        ``JobConflict`` if the job exists already, ``InvalidInput`` (before anything is
+        written) for a bad argument.
         """
         status_arg = _status_arg(status)
         if status_arg not in (Status.PENDING.value, Status.RUNNING.value):
@@ -204,14 +199,7 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, RetrySide):
         validate_id(job_id, "job_id")
         if batch_id is not None:
             validate_id(batch_id, "batch_id")
-        _whole(attempt, "attempt", MAX_ATTEMPT)
-        if attempt < 1:
-            raise InvalidInput(f"attempt must be a whole number from 1 to {MAX_ATTEMPT}, got {attempt}")
-        if retry_of is not None:
-            validate_id(retry_of, "retry_of")
-        if (attempt == 1) != (retry_of is None):
-            raise InvalidInput("a first attempt retries no job; a later attempt names the job it retries "
-                               f"(attempt {attempt}, retry_of {retry_of!r})")
+        lineage = lineage_args(attempt, retry_of, steps_done)
         labels = validate_tags(list(tags))
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
@@ -228,7 +216,7 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, RetrySide):
              self.settings.history_maxlen, seq_floor,
              "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms,
              *(restore or ["", "", "", ""]), batch_id or "", json.dumps(labels) if labels else "",
-             attempt, retry_of or "", steps_done or ""],
+             *lineage],
         )
         created, seq, created_ms = (int(x) for x in reply)
         if not created:

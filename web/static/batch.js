@@ -1,13 +1,17 @@
 /* The batch page (/batches/<id>/): the overall bar, counts by state, the ETA and one live row
  * per member, from the page's config and then the batch's event stream
- * (GET /api/v1/batches/<id>/events: "batch" events carry the batch, "progress" events a member).
- * When the stream fails the page polls the batch and its members instead (status_url and
- * members_url), and ends both once the batch has finished; finished, failures come first.
+ * (GET /api/v1/batches/<id>/events: "batch" events carry the batch, "progress" events a member),
+ * followed by progress-client.js's follow(), the one copy of the stream, resume, poll and
+ * back-off logic: when the stream fails, follow() runs this page's poll (the batch, status_url,
+ * and its members, members_url) until the stream answers again; the page ends both once the
+ * batch has finished, and then failures come first.
  * Everything the page shows is drawn by render() from one `state` object. No inline script
  * or style (the page's CSP): rows come from #member-row, the bars' widths are set here.
- * Under PROGRESS_READ_AUTH=token (cfg.token: the token the page was opened with) fetch sends it
- * as a bearer header, the stream and the members' links as ?token=; a batch's read token reads
+ * Under PROGRESS_READ_AUTH=token (cfg.token: the token the page was opened with) this page's
+ * fetches send it as a bearer header, follow() and the members' links as ?token=; a batch's read token reads
  * no list, so while polling only the batch moves, and at the end the members are read one by one. */
+import { follow } from "./progress-client.js";
+
 (function () {
   "use strict";
   var cfg = JSON.parse(document.getElementById("page-config").textContent);
@@ -18,8 +22,7 @@
     members: {}, // job_id -> the fields a row shows
     mode: "connecting", // live | polling | done
     first: null, // [time ms, percent] when this page first saw the batch move, for the ETA
-    source: null,
-    pollTimer: null
+    follower: null // progress-client.js's follow() of the batch
   };
   (cfg.members || []).forEach(function (m) { state.members[m.job_id] = m; });
 
@@ -129,8 +132,7 @@
   function finishIfDone() {
     if (!FINISHED[state.batch.status]) return false;
     state.mode = "done";
-    if (state.source) { state.source.close(); state.source = null; }
-    if (state.pollTimer) { clearInterval(state.pollTimer); state.pollTimer = null; }
+    if (state.follower) { state.follower.close(); state.follower = null; }
     refreshMembers(); // the errors of failed members, which the stream does not carry
     return true;
   }
@@ -156,45 +158,39 @@
     });
   }
 
+  // While the stream is down, follow() calls this every cfg.poll_ms: the batch, then its members
+  // (read after it, so that when the batch has finished every row shows its member's end).
   function poll() {
-    var members = getJSON(cfg.members_url).catch(function () { return { jobs: [] }; }); // a read token: 401
-    Promise.all([getJSON(cfg.status_url), members]).then(function (both) {
-      acceptBatch(both[0]);
-      both[1].jobs.forEach(function (m) { state.members[m.job_id] = m; });
-      finishIfDone();
-      render();
-    }, function () {});
+    return getJSON(cfg.status_url).then(function (batch) {
+      var members = getJSON(cfg.members_url).catch(function () { return { jobs: [] }; }); // a read token: 401
+      return members.then(function (body) {
+        body.jobs.forEach(function (m) { acceptMember(m); });
+        acceptBatch(batch);
+        finishIfDone(); // a poll is ours: its end is ours to see
+        render();
+      });
+    });
   }
 
-  function startPolling() {
-    state.mode = "polling";
-    if (!state.pollTimer) state.pollTimer = setInterval(poll, cfg.poll_ms);
-    poll();
-  }
-
-  function openStream() {
-    if (!window.EventSource) { startPolling(); return; }
-    var es = new EventSource(withToken(cfg.events_url));
-    state.source = es;
-    es.onopen = function () { state.mode = "live"; render(); };
-    es.addEventListener("batch", function (ev) {
-      state.mode = "live";
-      acceptBatch(JSON.parse(ev.data));
-      finishIfDone();
-      render();
+  function follower() {
+    return follow(cfg.status_url, {
+      eventsUrl: cfg.events_url,
+      token: cfg.token,
+      pollMs: cfg.poll_ms,
+      poll: poll,
+      onMode: function (mode) {
+        if (state.mode !== "done") state.mode = mode === "ended" ? "done" : mode;
+        render();
+      },
+      onUpdate: function (snap, info) {
+        if (info.type === "batch") acceptBatch(snap);
+        else acceptMember(snap);
+        render();
+      },
+      onEnd: function () { finishIfDone(); render(); } // the stream's terminal "batch" event
     });
-    es.addEventListener("progress", function (ev) {
-      acceptMember(JSON.parse(ev.data));
-      render();
-    });
-    es.onerror = function () {
-      if (state.mode === "done") return;
-      es.close();
-      state.source = null;
-      startPolling();
-    };
   }
 
   render();
-  if (!finishIfDone()) openStream();
+  if (!finishIfDone()) state.follower = follower();
 })();

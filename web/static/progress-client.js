@@ -27,8 +27,20 @@
  *   whichever way it came: the caller never sees a job move back.
  *
  * Options besides: `onMode(mode)` ("live" | "polling" | "ended"), `lastEventId` (resume
- * from there), and `poll` (a function returning a promise: the caller's own poll, used
- * instead of reading `url`; the caller then ends it with close()).
+ * from there), `poll` (a function returning a promise: the caller's own poll, used
+ * instead of reading `url`; the caller then ends it with close()), `eventType` (the
+ * stream's event that carries what `url` answers; "batch" for a batch's URL, else
+ * "progress") and `eventTypes` (more events to give onUpdate, as they come).
+ *
+ * Every job at once (the live dashboard), with the same logic:
+ *
+ *   import { followAll } from ".../static/progress-client.js";
+ *   followAll("https://progress.example.org/api/v1/overview?pipeline=video", {
+ *     onUpdate(data, info) { ... },  // info.type: "overview" (counts, active, finished,
+ *   });                              // batches), "job", "counts" or "batch"
+ *
+ * Its stream is /api/v1/events (same query); it never ends, and a reopened one starts
+ * with a fresh "overview"; while it is down, `url` (the overview) is polled.
  *
  * Another origin: the API answers its reads (JSON and event streams) and this file with
  * `Access-Control-Allow-Origin: *`, so a page anywhere can import it and follow a job.
@@ -54,6 +66,7 @@ function noop() {}
 export function follow(url, options = {}) {
   const opts = { ...DEFAULTS, ...options };
   const onUpdate = opts.onUpdate || noop, onEnd = opts.onEnd || noop, onMode = opts.onMode || noop;
+  const pollUrl = new URL(url, document.baseURI).toString(); // its query kept (a filter)
   const base = new URL(url, document.baseURI);
   base.search = "";
   const eventsUrl = opts.eventsUrl || base.toString().replace(/\/$/, "") + "/events";
@@ -110,8 +123,8 @@ export function follow(url, options = {}) {
       if (ev.lastEventId) state.lastEventId = ev.lastEventId;
       deliver(snap, { type: ev.type, id: ev.lastEventId || null, source: "stream" });
     };
-    source.addEventListener("progress", onMessage);
-    if (mainType !== "progress") source.addEventListener(mainType, onMessage);
+    const types = new Set(["progress", mainType, ...(opts.eventTypes || [])]);
+    types.forEach((type) => source.addEventListener(type, onMessage));
     source.onerror = () => {
       if (state.source !== source) return;
       // Failed, refused, cut, or 204 (the end, which we have): close it, poll (which
@@ -145,10 +158,10 @@ export function follow(url, options = {}) {
   /* -- polling --------------------------------------------------------------- */
 
   function readSnapshot() {
-    return fetch(withQuery(base.toString(), { token: opts.token }), {
+    return fetch(withQuery(pollUrl, { token: opts.token }), {
       cache: "no-store", headers: { Accept: "application/json" },
     }).then((r) => {
-      if (!r.ok) throw new Error(base + ": HTTP " + r.status);
+      if (!r.ok) throw new Error(pollUrl + ": HTTP " + r.status);
       return r.json();
     }).then((snap) => deliver(snap, { type: mainType, id: null, source: "poll" }));
   }
@@ -193,4 +206,14 @@ export function follow(url, options = {}) {
     get mode() { return state.mode; },
     get snapshot() { return state.last; },
   };
+}
+
+// Every job (the live dashboard): `url` is GET /api/v1/overview (with its filters), polled while
+// the stream is down; the stream is GET /api/v1/events with the same query.
+export function followAll(url, options = {}) {
+  const u = new URL(url, document.baseURI);
+  const events = new URL(u.pathname.replace(/\/overview\/?$/, "/events") + u.search, u);
+  return follow(u.toString(), {
+    ...options, eventsUrl: events.toString(), eventType: "overview", eventTypes: ["job", "counts", "batch"],
+  });
 }
