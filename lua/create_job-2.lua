@@ -23,12 +23,17 @@
 --         lost` (worker/lost.py) before the runner's next heartbeat.
 -- ARGV[15] batch_id   ARGV[16] tags, a JSON array of labels (optional; absent or "" = none):
 --         the batch the job belongs to and the labels given at submit, kept on the hash.
+-- ARGV[17] attempt (optional; absent or "" = 1)   ARGV[18] retry_of, the job this one retries
+--         (optional; absent or "" = none): a retry is a new job, attempt + 1.
+-- ARGV[19] steps done (optional; absent or "" = 0): a retry of a resumable pipeline starts
+--         `pending` with its first N steps completed and its bar at ARGV[12] (their share);
+--         ARGV[14] says why (its history's first entry carries that message).
 -- returns {created 0|1, seq, created_at_ms}
 -- raises "INVALID <what>" on bad arguments, before anything is written.
 local rcall = redis.call
 
-if #KEYS ~= 2 or #ARGV < 7 or #ARGV > 16 then
-  return redis.error_reply('INVALID create_job takes 2 keys and 7 to 16 arguments, got '
+if #KEYS ~= 2 or #ARGV < 7 or #ARGV > 19 then
+  return redis.error_reply('INVALID create_job takes 2 keys and 7 to 19 arguments, got '
     .. #KEYS .. ' and ' .. #ARGV)
 end
 -- The ids go into event payloads unescaped (update_progress-2.lua): CONTRACT's pattern.
@@ -44,6 +49,17 @@ if batch_id ~= '' and (#batch_id > 64 or not string.find(batch_id, '^[A-Za-z0-9]
 end
 if tags ~= '' and string.byte(tags) ~= 91 then -- 91: '['
   return redis.error_reply('INVALID tags must be a JSON array')
+end
+local attempt, retry_of = ARGV[17] or '', ARGV[18] or ''
+if attempt == '' then attempt = '1' end
+if #attempt > 6 or not string.find(attempt, '^[1-9]%d*$') then
+  return redis.error_reply('INVALID attempt must be a whole number from 1 to 999999, got ' .. attempt)
+end
+if retry_of ~= '' and (#retry_of > 64 or not string.find(retry_of, '^[A-Za-z0-9][A-Za-z0-9._%-]*$')) then
+  return redis.error_reply('INVALID retry_of must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$, got ' .. retry_of)
+end
+if (attempt == '1') ~= (retry_of == '') then
+  return redis.error_reply('INVALID a first attempt retries nothing; a later one names the job it retries')
 end
 if ARGV[5] == '' or ARGV[6] == '' then
   return redis.error_reply('INVALID the job\'s channel and the all-jobs channel must be named')
@@ -117,8 +133,16 @@ if message ~= '' then
   end
   message = string.sub(message, 2)
 end
-if status == 'pending' and (progress > 0 or step ~= '') then
-  return redis.error_reply('INVALID a pending job has no progress and no step')
+local preset = ARGV[19] or ''
+if preset ~= '' then
+  if status ~= 'pending' or step ~= '' or not string.find(preset, '^%d+$') or tonumber(preset) >= #steps then
+    return redis.error_reply('INVALID steps done must be a whole number below the number of steps, '
+      .. 'for a pending job without a current step; got ' .. preset)
+  end
+  done = tonumber(preset)
+end
+if status == 'pending' and (step ~= '' or (progress > 0 and done == 0)) then
+  return redis.error_reply('INVALID a pending job has no step, and no progress unless steps are done')
 end
 if status == 'running' and not started then started = now end
 local done_json = '[]'
@@ -138,8 +162,15 @@ if started then rcall('HSET', KEYS[1], 'started_at_ms', started) end
 if batch_id ~= '' then rcall('HSET', KEYS[1], 'batch_id', batch_id) end
 if tags ~= '' then rcall('HSET', KEYS[1], 'tags', tags) end
 if status == 'running' then rcall('HSET', KEYS[1], 'heartbeat_at_ms', now) end
-rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'at', now,
-  'progress_percent', percent, 'current_step', step, 'status', status)
+if attempt ~= '1' then rcall('HSET', KEYS[1], 'attempt', attempt, 'retry_of', retry_of) end
+if done > 0 and status == 'pending' then
+  -- a resumed retry: its first entry says which steps it starts with done, and why
+  rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'at', now,
+    'progress_percent', percent, 'current_step', step, 'status', status, 'message', message)
+else
+  rcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'at', now,
+    'progress_percent', percent, 'current_step', step, 'status', status)
+end
 local function jstr(text)
   if text == '' then return 'null' end
   return cjson.encode(text)
@@ -149,7 +180,7 @@ local payload = '{"job_id":' .. cjson.encode(ARGV[1]) .. ',"paper_id":' .. cjson
   .. ',"current_step":' .. jstr(step) .. ',"completed_steps":' .. done_json
   .. ',"total_steps":' .. #steps .. ',"message":' .. jstr(message) .. ',"error":null,"result":null'
   .. ',"progress_updated_at_ms":' .. now .. ',"started_at_ms":' .. (started or 'null')
-  .. ',"finished_at_ms":null}'
+  .. ',"finished_at_ms":null,"attempt":' .. attempt .. ',"retry_of":' .. jstr(retry_of) .. '}'
 rcall('PUBLISH', ARGV[5], payload)
 rcall('PUBLISH', ARGV[6], payload)
 return {1, seq, created}

@@ -4,7 +4,7 @@ It lives outside ``progress_service`` because it wires every room together
 (the core, ``worker`` and ``web``), and the core imports neither. Each area
 registers its own subcommands from its own module here:
 
-- ``worker_commands``: worker, submit, run, papers
+- ``worker_commands``: worker, submit, retry, cancel, run, papers
 - ``web_commands``: web
 - ``data_commands``: watch, mirror, db, demo
 - ``pipeline_commands``: pipelines

@@ -1,8 +1,9 @@
-"""Subcommands about running jobs: worker, submit, run, papers.
+"""Subcommands about running jobs: worker, submit, retry, run, papers.
 
 - ``worker``: an RQ worker on the pipeline queue, with the lost-job sweeper and
   (unless ``--no-mirror``) the PostgreSQL mirror loop in threads beside it.
 - ``submit PAPER_ID``: queue a job; ``--wait`` follows it with a live bar.
+- ``retry JOB_ID``: a new attempt of a failed or canceled job; ``--wait`` as submit's.
 - ``run -- CMD ARG...``: any command as a tracked job, no queue, no worker.
 - ``papers``: the bundled paper ids.
 """
@@ -66,8 +67,22 @@ examples:
   progress-service submit 34265844                    # prints the job id
   progress-service submit 34265844 --wait             # ... and follows it to the end
   progress-service submit 34265844 --pipeline video --job-id paper-34265844-1
+  progress-service submit 34265844 --retries 3        # a failure runs again, up to 3 times
   progress-service submit 34265844 25719670 --tag team-a   # one batch; prints its id
   progress-service watch "$(progress-service submit 34265844)\""""
+
+RETRY_EPILOG = """\
+Prints the new job's id. It has JOB_ID's paper, pipeline and tags, attempt + 1 and
+retry_of JOB_ID; the paper's page follows it and lists the earlier attempts. A job is
+retried once: retry the newest attempt. A job Redis has expired is read from PostgreSQL.
+
+exit status: 0 queued (with --wait: 0 completed, 1 failed, 2 canceled; 124 --timeout
+passed); 64 a bad id, or a job that is not failed or canceled, or retried already;
+66 no such job in Redis or PostgreSQL; 69 Redis does not answer.
+
+examples:
+  progress-service retry 3f2a9c...                    # prints the new job's id
+  progress-service retry 3f2a9c... --wait             # ... and follows it to the end"""
 
 CANCEL_EPILOG = """\
 exit status: 0 canceled; 64 a bad id, or a job that had already finished; 66 no such job
@@ -130,10 +145,18 @@ def register(subparsers) -> None:
                              "lists them)")
     submit.add_argument("--job-id", default=None, metavar="ID",
                         help="the job's id (default: a random one)")
-    submit.add_argument("--wait", action="store_true",
-                        help="follow the job with a live bar; the exit status tells how it ended")
-    submit.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
-                        help="with --wait: give up waiting after this long (exit 124)")
+    submit.add_argument("--retries", type=_retries, default=0, metavar="N",
+                        help="retry a failure up to N times (0-10), each a new job after a "
+                             "doubling backoff (PROGRESS_RETRY_BACKOFF); one job only")
+    _add_wait(submit, "the job")
+
+    retry = add_command(
+        subparsers, "retry", cmd_retry, help="a new attempt of a failed or canceled job; prints its id",
+        description="Create and queue a new job for JOB_ID's paper, pipeline and tags (attempt + 1, "
+        "retry_of JOB_ID). A resumable pipeline's retry skips the steps JOB_ID completed.",
+        epilog=RETRY_EPILOG)
+    retry.add_argument("job_id", metavar="JOB_ID", help="a failed or canceled job (Redis or PostgreSQL)")
+    _add_wait(retry, "the new job")
 
     cancel = add_command(
         subparsers, "cancel", cmd_cancel, help="cancel a job, or every unfinished job of a batch",
@@ -178,6 +201,23 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
+
+
+def _add_wait(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--wait`` and ``--timeout``: follow ``what`` to its end (``_wait_for``)."""
+    parser.add_argument("--wait", action="store_true",
+                        help=f"follow {what} with a live bar; the exit status tells how it ended")
+    parser.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="with --wait: give up waiting after this long (exit 124)")
+
+
+def _retries(text: str) -> int:
+    from progress_service.queue import validate_retries
+
+    try:
+        return validate_retries(int(text))
+    except (ValueError, InvalidInput):
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 10, got {text!r}") from None
 
 
 def _fail(command: str, message: str, code: int = exit_codes.USAGE) -> int:
@@ -230,7 +270,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         mirror_state, "burst mode" if args.burst else "waiting for jobs")
     try:
         announcer.start(stop)  # withdrawn in the finally below
-        worker.work(burst=args.burst, logging_level="DEBUG" if args.verbose else None)
+        # with_scheduler: RQ's scheduler queues an automatic retry when its backoff is over
+        worker.work(burst=args.burst, logging_level="DEBUG" if args.verbose else None, with_scheduler=True)
     finally:
         stop.set()
         announcer.stop()
@@ -257,7 +298,6 @@ def _start_mirror(store, settings: Settings, stop: threading.Event):
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
     from progress_service.queue import submit_job
 
     settings = Settings.from_env()
@@ -266,20 +306,51 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _submit_batch(args, settings, store)
     try:
         job_id = submit_job(settings, args.paper_ids[0], args.pipeline, job_id=args.job_id, store=store,
-                            tags=validate_tags(args.tags))
+                            tags=validate_tags(args.tags), retries=args.retries)
     except (InvalidInput, JobConflict) as exc:
         return _fail("submit", str(exc))
     print(job_id, flush=True)
     if not args.wait:
         return 0
+    return _wait_for(settings, store, job_id, "submit", args.timeout)
+
+
+def _wait_for(settings: Settings, store: ProgressStore, job_id: str, command: str,
+              timeout: float | None) -> int:
+    """``--wait``: a live bar until ``job_id`` ends; its outcome as the exit status."""
+    from progress_cli.terminal import NoWorkerNotice, exit_code_for, follow_job, summary_line
+
     try:
-        with NoWorkerNotice(settings, job_id, "submit"):
-            final = follow_job(store, job_id, out=sys.stderr, timeout=args.timeout)
+        with NoWorkerNotice(settings, job_id, command):
+            final = follow_job(store, job_id, out=sys.stderr, timeout=timeout)
     except TimeoutError:
-        return _fail("submit", f"job {job_id} did not finish within {args.timeout:g}s",
-                     exit_codes.TIMEOUT)
+        return _fail(command, f"job {job_id} did not finish within {timeout:g}s", exit_codes.TIMEOUT)
     print(f"job {summary_line(final)}", file=sys.stderr)
     return exit_code_for(final["status"])
+
+
+# -- retry ------------------------------------------------------------------------
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from progress_service.retries import retry_job
+
+    validate_id(args.job_id, "job_id")
+    settings = Settings.from_env()
+    store = ProgressStore.from_settings(settings)
+
+    def from_postgres(job_id: str) -> dict | None:
+        from progress_service.mirror import Mirror  # psycopg: only for a job Redis expired
+
+        with Mirror(store, settings.database_url) as mirror:
+            return mirror.fetch(job_id)
+
+    # unknown: 66; not failed or canceled, or retried already: 64; Redis or PostgreSQL down: 69
+    job_id = retry_job(settings, args.job_id, store=store, find=from_postgres)
+    print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    return _wait_for(settings, store, job_id, "retry", args.timeout)
 
 
 def _submit_batch(args: argparse.Namespace, settings: Settings, store) -> int:
@@ -288,6 +359,8 @@ def _submit_batch(args: argparse.Namespace, settings: Settings, store) -> int:
 
     if args.job_id is not None:
         return _fail("submit", "--job-id names one job: give one PAPER_ID with it")
+    if args.retries:
+        return _fail("submit", "--retries goes with one PAPER_ID: a batch's members are not retried")
     try:
         batch_id, _job_ids = submit_batch(settings, args.paper_ids, args.pipeline, tags=args.tags,
                                           store=store)

@@ -119,8 +119,8 @@ def _database_url(url: str) -> str:
 class Settings:
     """Every setting of CONTRACT's configuration table, with its default.
 
-    The five before ``read_auth`` and ``eta_history_jobs`` are this implementation's own
-    (README, "Configuration").
+    The five before ``read_auth``, ``eta_history_jobs`` and ``retry_backoff`` are this
+    implementation's own (README, "Configuration").
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -146,6 +146,7 @@ class Settings:
     # PROGRESS_PIPELINES: a TOML file of the user's own pipelines, read where the registry is
     # first asked for (progress_service.pipelines.load_pipelines), not here
     pipelines_file: str | None = None
+    retry_backoff: float = 10.0  # PROGRESS_RETRY_BACKOFF: seconds before an automatic retry, doubled each time
 
     @property
     def reads_need_token(self) -> bool:
@@ -199,6 +200,7 @@ class Settings:
             eta_history_jobs=_whole_number(env, "PROGRESS_ETA_HISTORY_JOBS", DEFAULT_ETA_HISTORY_JOBS,
                                            minimum=1, maximum=MAX_ETA_HISTORY_JOBS),
             pipelines_file=(env.get("PROGRESS_PIPELINES") or "").strip() or None,
+            retry_backoff=_number(env, "PROGRESS_RETRY_BACKOFF", 10.0),
         )
 
 

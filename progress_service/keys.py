@@ -35,6 +35,10 @@ class Keys:
         """Pub/sub channel of one job."""
         return f"{self.prefix}:{{{job_id}}}:events"
 
+    def retried(self, job_id: str) -> str:
+        """The id of the job that retries ``job_id`` (one retry per job; expires with the job)."""
+        return f"{self.prefix}:{{{job_id}}}:retried"
+
     def paper_jobs(self, paper_id: str) -> str:
         """Sorted set of one paper's job ids scored by creation time (ms)."""
         return f"{self.prefix}:paper:{paper_id}:jobs"

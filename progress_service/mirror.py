@@ -84,6 +84,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("heartbeat_at", "timestamptz"),
     ("batch_id", "text"),
     ("tags", "jsonb"),
+    ("attempt", "int4"),
+    ("retry_of", "text"),
     ("history", "jsonb"),
 )
 _NAMES = [name for name, _ in COLUMNS]
@@ -135,7 +137,8 @@ def job_row(snapshot: dict[str, Any], history: list[dict[str, Any]]) -> JobRow:
         s["current_step"], _dumps(s["steps"]), _dumps(s["completed_steps"]), s["total_steps"],
         s["message"], s["error"], _dumps(s["result"]), s["seq"],
         s["created_at"], s["started_at"], s["progress_updated_at"], s["finished_at"],
-        s["heartbeat_at"], s.get("batch_id"), _dumps(s.get("tags") or []), _dumps(history),
+        s["heartbeat_at"], s.get("batch_id"), _dumps(s.get("tags") or []), int(s.get("attempt") or 1),
+        s.get("retry_of"), _dumps(history),
     )  # fmt: skip
 
 

@@ -66,6 +66,7 @@ def validate_id(value: object, what: str = "job_id") -> str:
 
 
 MAX_TAGS = 16
+MAX_ATTEMPT = 999_999  # create_job-2.lua's bound
 
 
 def validate_tags(tags: object) -> list[str]:
@@ -130,13 +131,16 @@ def history_entry(fields: Mapping[str, str], entry_id: str | None = None) -> dic
     """One entry of a job's history stream (its fields, decoded, and its id) -> CONTRACT's
     history entry."""
     progress = float(fields.get("progress_percent") or 0)
-    return {
+    entry: dict[str, Any] = {
         "seq": int(fields["seq"]),
         "at": iso_ms(entry_at_ms(fields, entry_id)),
         "progress_percent": int(progress) if progress.is_integer() else progress,
         "current_step": fields.get("current_step") or None,
         "status": fields.get("status"),
     }
+    if fields.get("message"):  # only a resumed retry's first entry has one: the steps it skips
+        entry["message"] = fields["message"]
+    return entry
 
 
 def _int_or_none(raw: str | None) -> int | None:
@@ -189,11 +193,23 @@ def build_snapshot(
         "heartbeat_at": iso_ms(heartbeat),
         "batch_id": fields.get("batch_id") or None,
         "tags": json.loads(fields.get("tags") or "[]"),
+        "attempt": int(fields.get("attempt") or 1),  # a job made before retries existed: 1
+        "retry_of": fields.get("retry_of") or None,
         "is_stale": is_stale(status, now_ms, created, started, updated, stale_after, pending_stale_after),
         "eta_seconds": None,
         "eta_source": None,
     }
     return snap
+
+
+LINEAGE = ("batch_id", "tags", "attempt", "retry_of")  # what a job keeps when it is re-created
+
+
+def lineage_of(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``snapshot`` that say where the job comes from (its batch, tags, attempt
+    and the job it retries): what ``ProgressStore.restore_job`` takes to re-create it as it was."""
+    return {"batch_id": snapshot.get("batch_id"), "tags": list(snapshot.get("tags") or ()),
+            "attempt": int(snapshot.get("attempt") or 1), "retry_of": snapshot.get("retry_of")}
 
 
 def is_stale(

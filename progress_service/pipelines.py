@@ -70,7 +70,9 @@ class Pipeline:
     description: str = ""
     # seconds RQ lets one job run; None: PROGRESS_JOB_TIMEOUT
     timeout: int | None = None
-    # the command skips the steps whose output exists already (a retry may reuse its folder)
+    # the command skips the steps whose output its output folder already holds: a retry of a
+    # job of this pipeline starts in a copy of the previous attempt's folder, with the steps
+    # that attempt completed done (progress_service.retries, worker.resume)
     resumable: bool = False
     # where it comes from: "bundled", the TOML file's path, "entry point <name>"
     source: str = BUNDLED
@@ -102,6 +104,14 @@ class Pipeline:
             raise ValueError(f"pipeline {self.name!r}: command must be callable "
                              "(paper_id, out_dir, job_id) -> argv")
 
+    def start_percent(self, steps_done: int) -> float:
+        """The bar's percent when the first ``steps_done`` steps are done: the same figure,
+        rounded the same way, as the runner's tracker reaches on entering the next step."""
+        weights = [float(w) for w in self.weights] if self.weights is not None else [1.0] * len(self.steps)
+        total = sum(weights)
+        shares = [w * 100.0 / total for w in weights]
+        return round(min(sum(shares[:steps_done]), 99.9), 2)  # 99.9: the tracker's cap
+
 
 def _video_command(paper_id: str, out_dir: str, job_id: str) -> list[str]:
     # The program is named, not imported: the core imports nothing from worker/.
@@ -123,6 +133,7 @@ PIPELINES: dict[str, Pipeline] = {
         weights=(2.0, 2.0, 8.0, 48.0, 40.0),
         command=_video_command,
         description="a bundled PubMed paper -> a narrated slide video (MP4)",
+        resumable=True,  # it skips a step whose output (checked) is there already
     ),
 }
 

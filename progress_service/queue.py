@@ -19,6 +19,8 @@ import logging
 import uuid
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -37,13 +39,43 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FAILURE_CALLBACK", "JOB_FUNCTION", "STOPPED_CALLBACK", "RQQueueProbe", "cancel_batch", "cancel_job",
-           "queue_depth", "queue_probe", "rq_connection", "submit_batch", "submit_job", "waiting_queue"]
+__all__ = ["FAILURE_CALLBACK", "JOB_FUNCTION", "MAX_RETRIES", "STOPPED_CALLBACK", "Attempt", "RQQueueProbe",
+           "cancel_batch", "cancel_job", "queue_depth", "queue_probe", "rq_connection", "submit_batch",
+           "submit_job", "validate_retries", "waiting_queue"]
 
 # What the worker runs, by name (worker/jobs.py).
 JOB_FUNCTION = "worker.jobs.run_pipeline"
 FAILURE_CALLBACK = "worker.jobs.on_rq_failure"
 STOPPED_CALLBACK = "worker.jobs.on_rq_stopped"
+
+MAX_RETRIES = 10  # "retries" at submit: 0 to this
+MAX_DELAY = 24 * 3600  # the longest wait before a job is queued (a retry's backoff)
+
+
+def validate_retries(retries: object) -> int:
+    """``retries`` if it is a whole number from 0 to ``MAX_RETRIES``, else ``InvalidInput``."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise InvalidInput(f"retries must be a whole number from 0 to {MAX_RETRIES}, got {retries!r}")
+    return retries
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A job that retries another: its number (2 or more), the job it retries, and where it
+    starts (a resumable pipeline's retry: the steps done before, their share of the bar, and
+    a message saying so)."""
+
+    number: int
+    retry_of: str
+    steps_done: int = 0
+    progress_percent: float = 0
+    message: str | None = None
+
+    def create_args(self) -> dict[str, Any]:
+        """``ProgressStore.create_job``'s keywords for this attempt."""
+        return {"attempt": self.number, "retry_of": self.retry_of, "steps_done": self.steps_done,
+                "progress_percent": self.progress_percent, "message": self.message}
+
 
 def rq_connection(settings: Settings) -> redis.Redis:
     """A client for RQ's queue (bytes in, bytes out: RQ's own convention)."""
@@ -62,8 +94,16 @@ def submit_job(
     result_ttl: int | None = None,
     tags: Sequence[str] = (),
     batch_id: str | None = None,
+    retries: int = 0,
+    attempt: Attempt | None = None,
+    delay: float = 0.0,
 ) -> str:
     """Create the job (``pending``, with the pipeline's steps) and queue it; return its id.
+
+    ``retries`` (0 to ``MAX_RETRIES``): how many times a failure is retried automatically,
+    each a new job (``progress_service.retries``). ``attempt``: this job is a retry (its
+    number, the job it retries, the steps it starts with done). ``delay``: seconds before
+    a worker may take it (RQ's scheduler queues it then; ``progress-service worker`` runs one).
 
     The store's job exists before RQ's, so a status read never misses it. Raises
     ``InvalidInput`` for a bad id, a pipeline this process does not know, or one the
@@ -78,6 +118,9 @@ def submit_job(
     """
     validate_id(paper_id, "paper_id")
     spec = require_pipeline(pipeline, settings)
+    validate_retries(retries)
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= MAX_DELAY:
+        raise InvalidInput(f"delay must be a number of seconds from 0 to {MAX_DELAY}, got {delay!r}")
     job_id = job_id if job_id is not None else uuid.uuid4().hex
     validate_id(job_id, "job_id")
     timeout = job_timeout if job_timeout is not None else spec.timeout or settings.job_timeout
@@ -88,39 +131,46 @@ def submit_job(
     store = store if store is not None else ProgressStore.from_settings(settings)
     ttl = result_ttl if result_ttl is not None else settings.job_ttl
     return _create_and_queue(settings, spec, paper_id, job_id, store=store, conn=conn, timeout=timeout,
-                             ttl=ttl, tags=tags, batch_id=batch_id)
+                             ttl=ttl, tags=tags, batch_id=batch_id, retries=retries, attempt=attempt,
+                             delay=delay)
 
 
 def _create_and_queue(settings: Settings, spec: Pipeline, paper_id: str, job_id: str, *,
                       store: ProgressStore, conn: redis.Redis, timeout: int, ttl: int,
-                      tags: Sequence[str], batch_id: str | None) -> str:
+                      tags: Sequence[str], batch_id: str | None, retries: int = 0,
+                      attempt: Attempt | None = None, delay: float = 0.0) -> str:
     """``submit_job``'s writes, its arguments checked."""
     from rq import Callback, Queue
 
     store.create_job(job_id, paper_id, steps=list(spec.steps), pipeline=spec.name,
-                     tags=tags, batch_id=batch_id)
+                     tags=tags, batch_id=batch_id, **(attempt.create_args() if attempt else {}))
     queue = Queue(settings.queue_name, connection=conn)
+    number = attempt.number if attempt else 1
+    options: dict[str, Any] = dict(
+        args=(paper_id, spec.name),
+        job_id=job_id,
+        result_ttl=ttl,
+        failure_ttl=ttl,
+        description=f"{spec.name} pipeline for paper {paper_id}"
+                    + (f" (attempt {number})" if number > 1 else ""),
+        meta={"progress": {"percent": 0, "step": None}, "paper_id": paper_id,
+              "pipeline": spec.name, "retries": retries},
+        on_failure=Callback(FAILURE_CALLBACK),
+        on_stopped=Callback(STOPPED_CALLBACK),
+    )
     try:
-        queue.enqueue_call(
-            JOB_FUNCTION,
-            args=(paper_id, spec.name),
-            job_id=job_id,
-            timeout=timeout,
-            result_ttl=ttl,
-            failure_ttl=ttl,
-            description=f"{spec.name} pipeline for paper {paper_id}",
-            meta={"progress": {"percent": 0, "step": None}, "paper_id": paper_id,
-                  "pipeline": spec.name},
-            on_failure=Callback(FAILURE_CALLBACK),
-            on_stopped=Callback(STOPPED_CALLBACK),
-        )
+        if delay > 0:
+            queue.enqueue_in(timedelta(seconds=delay), JOB_FUNCTION, job_timeout=timeout, **options)
+        else:
+            queue.enqueue_call(JOB_FUNCTION, timeout=timeout, **options)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         error = f"could not queue the job: {exc}"
         with suppress(BackendUnavailable):  # Redis is away altogether: the error below says so
             store.update(job_id, status=Status.FAILED.value, error=error)
         raise BackendUnavailable(f"redis (RQ queue {settings.queue_name}): {exc}") from exc
-    logger.info("job %s: queued on %s (%s pipeline, paper %s, timeout %ds)", job_id,
-                settings.queue_name, spec.name, paper_id, timeout)
+    logger.info("job %s: queued on %s (%s pipeline, paper %s, timeout %ds%s%s)", job_id,
+                settings.queue_name, spec.name, paper_id, timeout,
+                f", attempt {number}" if number > 1 else "", f", in {delay:g} s" if delay > 0 else "")
     return job_id
 
 

@@ -59,7 +59,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from .errors import InvalidInput, JobConflict, JobNotFound
-from .models import TERMINAL_VALUES, Status, validate_id, validate_steps
+from .models import TERMINAL_VALUES, Status, lineage_of, validate_id, validate_steps
 from .scripts import UpdateResult
 from .throttle import Throttle
 
@@ -127,6 +127,7 @@ class TrackedJob:
         self._write_failed = False  # the last write failed; its fields wait in the throttle
         self._last_seq = 0
         self._state: dict[str, Any] = {}  # the progress fields the store last accepted
+        self._lineage: dict[str, Any] = {}  # an existing job's batch, tags, attempt: kept if re-created
         self._thread: threading.Thread | None = None
 
     # -- the caller's side --------------------------------------------------
@@ -372,7 +373,7 @@ class TrackedJob:
             if self._lost:
                 store.restore_job(self.job_id, self.paper_id, self.steps, self.pipeline,
                                   seq_floor=self._last_seq, status=Status.RUNNING.value,
-                                  **self._state)
+                                  **self._state, **self._lineage)
                 logger.warning("job %s: the store lost the job; re-created it at seq > %d",
                                self.job_id, self._last_seq)
             else:
@@ -387,6 +388,7 @@ class TrackedJob:
         snap = self.store.get(self.job_id)
         if snap is None:
             return
+        self._lineage = lineage_of(snap)
         if snap["status"] in TERMINAL_VALUES:
             self._ended(snap["status"])
         if tuple(snap["steps"]) == self.steps:

@@ -6,6 +6,8 @@ conftest.py imports from here what its fixtures need; fixtures stay there.
 - ``read_pids``: the process ids a test command wrote to a file.
 - ``tree_script``: a command that starts grandchildren, writes their pids, and waits.
 - ``cli_env``: the environment of a ``progress-service`` subprocess.
+- ``worker_env``, ``work_burst``: an RQ job function's environment, and a burst of
+  ``ProgressSimpleWorker`` in the test's own thread.
 - ``write_worker_launcher``: a worker that knows a test's own pipelines.
 - ``unavailable``: skip for want of a backend (fail in strict mode).
 - ``embedded_redis``: a redis-server of the test's own, for a block.
@@ -111,6 +113,40 @@ def cli_env(settings, **values: str) -> dict[str, str]:
     )
     env.update(values)
     return env
+
+
+def worker_env(settings, output_dir: Path, **values: str) -> dict[str, str]:
+    """What the job function reads from the environment (set it with monkeypatch): this
+    test's prefix, queue and output folder, quick throttle and staleness, fast videos."""
+    return {
+        "REDIS_URL": settings.redis_url,
+        "PROGRESS_KEY_PREFIX": settings.key_prefix,
+        "PROGRESS_QUEUE": settings.queue_name,
+        "PROGRESS_MIN_INTERVAL": "0.05",
+        "PROGRESS_STALE_AFTER": "2",
+        "PROGRESS_WORKER_LOST_AFTER": "3",
+        "PROGRESS_OUTPUT_DIR": str(output_dir),
+        "DATABASE_URL": CLOSED_DATABASE_URL,
+        "VIDEO_PIPELINE_FAST": "1",
+        **values,
+    }
+
+
+def work_burst(settings, conn, store, *, with_scheduler: bool = False) -> None:
+    """A burst of ProgressSimpleWorker in this thread; the signal handlers RQ sets are undone.
+    ``with_scheduler``: RQ's scheduler first queues the scheduled jobs that are due."""
+    import signal
+
+    from worker.jobs import ProgressSimpleWorker
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    try:
+        worker = ProgressSimpleWorker([settings.queue_name], connection=conn, store=store,
+                                      name=f"{settings.key_prefix}-{time.monotonic_ns()}")
+        worker.work(burst=True, with_scheduler=with_scheduler)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 WORKER_LAUNCHER = """

@@ -26,8 +26,8 @@ NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "n
 SNAPSHOT_KEYS = {
     "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
     "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at", "started_at",
-    "progress_updated_at", "finished_at", "heartbeat_at", "batch_id", "tags", "is_stale", "eta_seconds",
-    "eta_source",
+    "progress_updated_at", "finished_at", "heartbeat_at", "batch_id", "tags", "attempt", "retry_of",
+    "is_stale", "eta_seconds", "eta_source",
 }
 STATUS_KEYS = {
     "paper_id", "pmid", "exists", "status", "current_step", "completed_steps", "progress_percent",

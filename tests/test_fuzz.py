@@ -218,8 +218,8 @@ def test_no_endpoint_answers_5xx_or_an_error_that_is_not_json(fuzz_app, private_
                 # the guard; or routing's own answer before it: no such route, a redirect
                 assert status in (401, 404) or 300 <= status < 400, what
                 return
-            if method == "POST" and path == "/api/v1/jobs" and status == 202:
-                queued.add(response.get_json()["job_id"])
+            if method == "POST" and (path == "/api/v1/jobs" or path.endswith("/retry")) and status == 202:
+                queued.add(response.get_json()["job_id"])  # a submit, or a retry of a job it canceled
             pairs = urllib.parse.parse_qsl(qs, keep_blank_values=True)
             asked = next((v for k, v in pairs if k == "_json"), "")  # the first, as Flask reads it
             wants_json = (path.startswith("/api/") or path in ("/healthz", "/metrics")

@@ -78,6 +78,7 @@ def test_db_upgrade_creates_every_snapshot_column_and_twice_is_harmless(empty_db
         "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
         "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at",
         "started_at", "progress_updated_at", "finished_at", "heartbeat_at", "batch_id", "tags",
+        "attempt", "retry_of",
     }
     assert set(columns) == snapshot_fields | {"history", "mirrored_at"}
     for name in ("steps", "completed_steps", "result", "history"):

@@ -10,7 +10,6 @@ and test_worker_lost.py.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,14 +20,13 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 import redis
-from helpers import CLOSED_DATABASE_URL, read_pids, tree_script, wait_until
+from helpers import read_pids, tree_script, wait_until, work_burst, worker_env
 from rq.job import Job, JobStatus
 
 from progress_service import InvalidInput, JobConflict, JobNotFound
 from progress_service.pipelines import PIPELINES, Pipeline
 from progress_service.queue import cancel_job, submit_job
 from worker import jobs
-from worker.jobs import ProgressSimpleWorker
 from worker.pipelines.papers import list_papers
 from worker.process_tree import process_alive
 
@@ -56,17 +54,7 @@ def store(connected_store):
 @pytest.fixture
 def env(monkeypatch, settings, tmp_path):
     """The worker's environment, which the job function reads: this test's prefix and queue."""
-    values = {
-        "REDIS_URL": settings.redis_url,
-        "PROGRESS_KEY_PREFIX": settings.key_prefix,
-        "PROGRESS_QUEUE": settings.queue_name,
-        "PROGRESS_MIN_INTERVAL": "0.05",
-        "PROGRESS_STALE_AFTER": "2",
-        "PROGRESS_WORKER_LOST_AFTER": "3",
-        "PROGRESS_OUTPUT_DIR": str(tmp_path / "out"),
-        "DATABASE_URL": CLOSED_DATABASE_URL,
-        "VIDEO_PIPELINE_FAST": "1",
-    }
+    values = worker_env(settings, tmp_path / "out")
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     for name in ("PROGRESS_REDIS_URL", "PROGRESS_REDIS_CLUSTER", "PROGRESS_JOB_TIMEOUT"):
@@ -83,15 +71,8 @@ def command_pipeline(monkeypatch, name: str, source: str, steps=("a", "b")) -> N
 
 
 def work(settings, conn, store) -> None:
-    """A burst of ProgressSimpleWorker in this thread; the signal handlers RQ sets are undone."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
-    try:
-        worker = ProgressSimpleWorker([settings.queue_name], connection=conn, store=store,
-                                      name=f"{settings.key_prefix}-{time.monotonic_ns()}")
-        worker.work(burst=True)
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    """A burst of ProgressSimpleWorker in this thread (``helpers.work_burst``)."""
+    work_burst(settings, conn, store)
 
 
 def submit_tree(settings, store, rq_conn, monkeypatch, name: str, **options) -> str:

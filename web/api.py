@@ -1,4 +1,4 @@
-"""The JSON API (``/api/v1``): submit, read, list and cancel jobs, take a producer's progress,
+"""The JSON API (``/api/v1``): submit, read, list, cancel and retry jobs, take a producer's progress,
 serve a job's video, and list the pipelines.
 
 Reading is open unless ``PROGRESS_READ_AUTH=token`` (then each reading view
@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file, url_for
 
-from progress_service import queue
+from progress_service import queue, retries
 from progress_service.errors import InvalidInput, JobNotFound, Unauthorized
 from progress_service.models import Status, validate_id, validate_steps, validate_tags
 from progress_service.pipeline_workers import worker_support
@@ -104,15 +104,19 @@ def run_cancel(cancel, target_id: str, field: str):
 @bp.post("/jobs")
 @require_token
 def submit_job():
-    body = json_object({"paper_id", "pipeline", "tags", *TRACKED_FIELDS}, frozenset({"paper_id"}))
+    body = json_object({"paper_id", "pipeline", "tags", "retries", *TRACKED_FIELDS}, frozenset({"paper_id"}))
     if "steps" in body or body.get("enqueue", True) is not True:
+        if "retries" in body:
+            raise InvalidInput('"retries" goes with a queued job: a tracked job ("enqueue": false) is '
+                               "run by no worker, so nothing retries it")
         return create_tracked_job(body)
     paper_id = validate_id(body["paper_id"], "paper_id")
     pipeline = validate_id(body.get("pipeline", "video"), "pipeline")
     tags = validate_tags(body.get("tags"))
+    retry_count = queue.validate_retries(body.get("retries", 0))
     store = progress_store()
     job_id = queue.submit_job(store.settings, paper_id, pipeline, store=store,
-                              redis_conn=rq_connection(), tags=tags)
+                              redis_conn=rq_connection(), tags=tags, retries=retry_count)
     answer = submit_answer(job_id, paper_id)
     return jsonify(answer), 202, {"Location": answer["status_url"]}
 
@@ -214,6 +218,22 @@ def cancel_job(job_id: str):
     answer.setdefault("job_id", job_id)
     answer.setdefault("status_url", url_for("api.get_job", job_id=job_id))
     return jsonify(answer), 202
+
+
+@bp.post("/jobs/<job_id>/retry")
+@require_token
+def retry_job(job_id: str):
+    """A new attempt of a failed or canceled job (202, a submit's answer plus ``attempt`` and
+    ``retry_of``), resuming after its completed steps where the pipeline is resumable; 409 for
+    a job in another state or retried already; works for a job only PostgreSQL still keeps."""
+    validate_id(job_id, "job_id")
+    json_object(set())
+    store = progress_store()
+    new_id = retries.retry_job(store.settings, job_id, store=store, redis_conn=rq_connection(),
+                               find=find_job)
+    snap = require_job(new_id)
+    answer = {**submit_answer(new_id, snap["paper_id"]), "attempt": snap["attempt"], "retry_of": job_id}
+    return jsonify(answer), 202, {"Location": answer["status_url"]}
 
 
 @bp.get("/jobs/<job_id>/video")

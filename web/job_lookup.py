@@ -111,6 +111,37 @@ def latest_job(paper_id: str) -> dict[str, Any] | None:
     return None if job_id is None else find_job(job_id)
 
 
+MAX_ATTEMPTS_SHOWN = 20  # earlier attempts a page lists
+
+
+def earlier_attempts(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts before ``snapshot``'s job, newest first, followed back through ``retry_of``
+    (Redis, then PostgreSQL; at most ``MAX_ATTEMPTS_SHOWN``): each its ``job_id``, ``attempt``,
+    ``status``, ``error``, ``finished_at`` and ``url`` (its snapshot). One neither keeps (or
+    PostgreSQL not answering) ends the list with what is known of it: its id and number."""
+    out: list[dict[str, Any]] = []
+    seen = {snapshot["job_id"]}
+    current = snapshot
+    while current.get("retry_of") and len(out) < MAX_ATTEMPTS_SHOWN:
+        job_id = current["retry_of"]
+        if job_id in seen:
+            break
+        seen.add(job_id)
+        try:
+            found = find_job(job_id)
+        except BackendUnavailable:
+            found = None
+        entry = {"job_id": job_id, "attempt": int(current.get("attempt") or 2) - 1, "status": None,
+                 "error": None, "finished_at": None, "url": url_for("api.get_job", job_id=job_id)}
+        if found is None:
+            out.append(entry)
+            break
+        entry.update((k, found.get(k)) for k in ("attempt", "status", "error", "finished_at"))
+        out.append(entry)
+        current = found
+    return out
+
+
 def video_file(snapshot: dict[str, Any]) -> Path | None:
     """The video a completed job's result names (``video_path``), if it is a file that exists.
 

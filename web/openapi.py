@@ -223,6 +223,22 @@ PATHS: dict[str, dict[str, Any]] = {
                           "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
         },
     },
+    "/api/v1/jobs/{job_id}/retry": {
+        "post": {
+            "operationId": "retryJob",
+            "summary": "a new attempt of a failed or canceled job: a new job (attempt + 1, "
+                       "retry_of), queued",
+            "description": "Same paper, pipeline and tags. A resumable pipeline's retry starts "
+                           "with the steps the job completed done (its bar at their share) and "
+                           "runs in a copy of its output folder. 409 for a job in another state, "
+                           "or one retried already (the detail names its retry). Works for a job "
+                           "only PostgreSQL still keeps. The body, if any, is {}.",
+            "security": BEARER,
+            "parameters": [JOB_ID],
+            "responses": {"202": json_answer("the new attempt, queued", ref("Retried")),
+                          "404": respond("NotFound"), "409": respond("Conflict"), **WRITES},
+        },
+    },
     "/api/v1/tokens": {
         "post": {
             "operationId": "mintReadToken",

@@ -48,8 +48,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": [
             "job_id", "paper_id", "pipeline", "status", "progress_percent", "current_step", "steps",
             "completed_steps", "total_steps", "message", "error", "result", "seq", "created_at",
-            "started_at", "progress_updated_at", "finished_at", "heartbeat_at", "is_stale",
-            "eta_seconds", "eta_source",
+            "started_at", "progress_updated_at", "finished_at", "heartbeat_at", "attempt", "retry_of",
+            "is_stale", "eta_seconds", "eta_source",
         ],
         "properties": {
             "job_id": ID,
@@ -73,8 +73,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "heartbeat_at": TIME,
             "batch_id": nullable("string"),
             "tags": {"type": "array", "items": ID, "maxItems": 16},
-            "attempt": {"type": "integer", "minimum": 1},
-            "retry_of": nullable("string"),
+            "attempt": {"type": "integer", "minimum": 1, "description": "1 for a first run; a retry is "
+                                                                        "attempt + 1"},
+            "retry_of": nullable("string", description="the job this one retries"),
             "is_stale": {"type": "boolean", "description": "derived at read time"},
             "eta_seconds": nullable("number", description="seconds left (a pending job: until it "
                                     "finishes, its wait in the queue included): its own rate and "
@@ -116,6 +117,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "progress_percent": {"type": "number", "minimum": 0, "maximum": 100},
             "current_step": nullable("string"),
             "status": ref("Status"),
+            "message": {"type": "string", "description": "a resumed retry's first entry only: "
+                                                         "the steps it starts with done"},
         },
         "additionalProperties": False,
     },
@@ -133,6 +136,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "steps": {"type": "array", "minItems": 1, "uniqueItems": True,
                       "items": {"type": "string", "minLength": 1, "maxLength": 200},
                       "description": "a tracked job's steps, in order (with enqueue false)"},
+            "retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 0,
+                        "description": "a failure is retried this many times, each a new job "
+                                       "(attempt + 1) after a doubling backoff; not a cancel, "
+                                       "nor a command that refused its input"},
         },
         "additionalProperties": False,
     },
@@ -267,6 +274,14 @@ SCHEMAS["Canceled"] = copy.deepcopy(SCHEMAS["Snapshot"])
 SCHEMAS["Canceled"].update(description="the job's snapshot after the cancel, and its status_url")
 SCHEMAS["Canceled"]["required"].append("status_url")
 SCHEMAS["Canceled"]["properties"]["status_url"] = {"type": "string"}
+
+
+# the retry answer: a submit's, with the new job's attempt and the job it retries
+SCHEMAS["Retried"] = copy.deepcopy(SCHEMAS["Submitted"])
+SCHEMAS["Retried"].update(description="the new attempt: its id and URLs, its attempt number and "
+                                      "the job it retries")
+SCHEMAS["Retried"]["required"] += ["attempt", "retry_of"]
+SCHEMAS["Retried"]["properties"].update(attempt={"type": "integer", "minimum": 2}, retry_of=ID)
 
 
 # the batch cancel answer: the batch's snapshot after it, and the members it canceled

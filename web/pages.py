@@ -1,5 +1,10 @@
 """The pages: ``/`` (the live dashboard of every job) and ``/status/<paper_id>/`` (the paper's latest job, live).
 
+The status page follows the paper's latest job, which after a retry is its latest attempt:
+a job that ends failed or canceled keeps the page asking for a newer one (an automatic
+retry, or one by request), and the page lists the earlier attempts, each linked to its
+snapshot (``attempts`` in the page's config, from ``job_lookup.earlier_attempts``).
+
 ``/status/<paper_id>/?_json=1`` is CONTRACT's small JSON status of the paper,
 the page's fallback when its event stream fails: the page polls it every
 ``POLL_MS`` and meanwhile tries its stream again, first after
@@ -15,6 +20,7 @@ from progress_service.models import validate_id
 
 from .auth import PAPER, read_access
 from .job_lookup import (
+    earlier_attempts,
     job_history,
     latest_job,
     paper_status,
@@ -55,6 +61,7 @@ def _page_config(paper_id: str | None, snapshot, history) -> dict:
         # PROGRESS_READ_AUTH=token: the token this page was opened with, which its scripts send
         # on (a header for fetch, ?token= for EventSource and the video); None when reading is open
         "token": g.get("read_token"),
+        "attempts": earlier_attempts(snapshot) if snapshot else [],
     }
 
 

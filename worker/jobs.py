@@ -24,7 +24,13 @@ job timeout               ``failed``, "timed out after N s"      failed (JobTime
 cancel while queued       ``canceled``                           canceled
 cancel while running      ``canceled``, tree killed              stopped
 worker SIGKILLed          ``failed``, "worker lost"              failed (worker.lost)
+a failure, retries left   a new job, attempt + 1, ``pending``    scheduled after a backoff
 ========================  =====================================  ======================
+
+A job submitted with ``"retries": N`` (RQ's ``meta["retries"]``) that fails (not canceled,
+and not refused: its command exited 2, 64 or 65) is retried by its worker as a new job,
+queued after a backoff by RQ's scheduler (``progress_service.retries``); a retry of a
+``resumable`` pipeline starts in a copy of the previous attempt's folder (``worker.resume``).
 
 The job timeout (``job_timeout``, else the pipeline's ``timeout``, else
 ``PROGRESS_JOB_TIMEOUT``, default 3600 s) is enforced by the runner, which kills
@@ -55,10 +61,12 @@ from progress_service import ProgressStore, Settings, Status
 from progress_service.config import ConfigError
 from progress_service.errors import ProgressError
 from progress_service.pipelines import Pipeline, get_pipeline
+from progress_service.retries import retry_failed
 from progress_service.scripts import UpdateResult
 from progress_service.store import connect
 from worker.lost import WORKER_LOST, command_tag, kill_orphaned_tree
 from worker.process_tree import KILL_GRACE, descendants, kill_process_tree
+from worker.resume import RESUME_FROM_ENV, copy_previous_output
 from worker.rq_adapter import HookedSimpleWorker, HookedWorker, rq_owns_alarm
 from worker.runner import job_tag, run_command
 
@@ -84,7 +92,14 @@ class JobCanceled(Exception):
 
 
 class PipelineFailed(Exception):
-    """The pipeline's command failed; the message is the job's error (``markup_free``)."""
+    """The pipeline's command failed; the message is the job's error (``markup_free``),
+    ``exit_code`` the command's (None: it was killed, or did not start). ``retryable`` False:
+    the job was refused (a pipeline this worker does not run as submitted), no retry will help."""
+
+    def __init__(self, message: str, exit_code: int | None = None, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.retryable = retryable
 
 
 NO_TAGS = str.maketrans({"<": "\u2039", ">": "\u203a"})  # ‹ ›
@@ -134,6 +149,9 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
     runner_timeout = _take_over_rq_alarm(timeout)
     tag = job_tag(settings.key_prefix, job.id)
     meta = _RQMeta(job, tag)
+    env = _child_env()
+    if spec.resumable:
+        _resume(store, job.id, output_root(settings), out_dir, env)
 
     def describe(exc: BaseException) -> str | None:
         if isinstance(exc, JobTimeoutException) and timeout:
@@ -143,7 +161,7 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
     try:
         outcome = run_command(
             store, job.id, spec.command(paper_id, str(out_dir), job.id), steps=spec.steps,
-            weights=spec.weights, settings=settings, env=_child_env(), on_write=meta.on_write,
+            weights=spec.weights, settings=settings, env=env, on_write=meta.on_write,
             on_start=meta.on_start, timeout=runner_timeout, describe_exception=describe, tag=tag,
         )
     finally:
@@ -154,7 +172,20 @@ def run_pipeline(paper_id: str, pipeline: str = "video") -> dict[str, Any]:
         raise JobTimeoutException(markup_free(outcome.error or f"timed out after {timeout} s"))
     if outcome.status == Status.CANCELED.value:
         raise JobCanceled(f"job {job.id} was canceled")
-    raise PipelineFailed(markup_free(outcome.error or f"job {job.id} {outcome.status}"))
+    raise PipelineFailed(markup_free(outcome.error or f"job {job.id} {outcome.status}"), outcome.exit_code)
+
+
+def _resume(store: ProgressStore, job_id: str, root: Path, out_dir: Path, env: dict[str, str]) -> None:
+    """A retry of a resumable pipeline: the previous attempt's folder copied into ``out_dir``,
+    and named in the command's environment (``worker.resume``)."""
+    try:
+        snap = store.get(job_id)
+    except ProgressError as exc:
+        logger.warning("job %s: cannot read the job (%s): it does not resume", job_id, exc)
+        return
+    retry_of = snap.get("retry_of") if snap else None
+    if retry_of and copy_previous_output(root / retry_of, out_dir, job_id):
+        env[RESUME_FROM_ENV] = str(root / retry_of)
 
 
 def _known_pipeline(store: ProgressStore, settings: Settings, job_id: str, name: str) -> Pipeline:
@@ -176,7 +207,7 @@ def _known_pipeline(store: ProgressStore, settings: Settings, job_id: str, name:
         error = f"worker {socket.gethostname()}: {exc}"
         _finish_in_store(job_id, Status.FAILED.value, error=error, store=store)
         store.close()
-        raise PipelineFailed(markup_free(error)) from None
+        raise PipelineFailed(markup_free(error), retryable=False) from None
     return spec
 
 
@@ -246,8 +277,15 @@ def on_rq_failure(job: Job, connection, exc_type=None, exc_value=None, tb=None) 
     RQ calls it when the job raised (a timeout included) and when its abandoned-job
     cleanup finds the job's worker dead (``AbandonedJobError``: ``worker lost``).
     """
-    if exc_type is not None and issubclass(exc_type, JobCanceled | PipelineFailed):
-        return  # the runner has written the store already
+    if exc_type is not None and issubclass(exc_type, JobCanceled):
+        return  # the runner has written the store already; a cancel is not retried
+    if exc_type is None or not issubclass(exc_type, PipelineFailed):  # else the runner has written it
+        _fail_in_store(job, exc_type, exc_value)
+    if getattr(exc_value, "retryable", True):
+        _retry_if_due(job, connection, getattr(exc_value, "exit_code", None))
+
+
+def _fail_in_store(job: Job, exc_type, exc_value) -> None:
     if exc_type is not None and issubclass(exc_type, AbandonedJobError):
         error = WORKER_LOST
         kill_orphaned_tree(job.meta.get("pipeline_process"), job.id)
@@ -258,6 +296,25 @@ def on_rq_failure(job: Job, connection, exc_type=None, exc_value=None, tb=None) 
     else:
         error = "failed in RQ"
     _finish_in_store(job.id, Status.FAILED.value, error=error)
+
+
+def _retry_if_due(job: Job, connection, exit_code: int | None) -> None:
+    """A failed job submitted with ``"retries"`` left (RQ's ``meta["retries"]``) runs again as a
+    new attempt, after a backoff (``progress_service.retries.retry_failed``)."""
+    retries = job.meta.get("retries") or 0
+    if not isinstance(retries, int) or retries <= 0:
+        return
+    store = None
+    try:
+        settings = Settings.from_env()
+        store = ProgressStore(connect(settings), settings)
+        conn = connection if isinstance(connection, redis.Redis) else None
+        retry_failed(settings, job.id, retries=retries, exit_code=exit_code, store=store, redis_conn=conn)
+    except (ProgressError, ConfigError, redis.RedisError, OSError):
+        logger.exception("job %s: could not retry it", job.id)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def on_rq_stopped(job: Job, connection) -> None:
@@ -350,6 +407,7 @@ class ProgressWorker(_StopsCommands, HookedWorker):
         how = f"signal {os.WTERMSIG(ret_val)}" if ret_val and os.WIFSIGNALED(ret_val) else f"status {ret_val}"
         _finish_in_store(job.id, Status.FAILED.value,
                          error=f"work horse died unexpectedly ({how})", store=self.progress_store)
+        _retry_if_due(job, self.connection, None)
 
 
 class ProgressSimpleWorker(_StopsCommands, HookedSimpleWorker):

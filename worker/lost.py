@@ -21,6 +21,9 @@ session of its own, so a SIGKILL of the work horse does not reach it), it is
 killed too: the processes that carry the run's ``PROGRESS_JOB_TAG`` (recorded in
 the RQ job's ``meta["pipeline_process"]``) in their environment, and no other. Not
 the job id: another deployment on the machine may run a job of the same id.
+
+A lost job submitted with ``"retries"`` left (RQ's ``meta["retries"]``) is retried like
+any failure (``progress_service.retries.retry_failed``): a new attempt, after a backoff.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from progress_service import ProgressStore, Settings, Status
 from progress_service.errors import BackendUnavailable
 from progress_service.models import ID_PATTERN, ms_from_iso
+from progress_service.retries import retry_failed
 from worker.process_tree import (
     KILL_GRACE,
     environ_has,
@@ -148,7 +152,20 @@ def sweep_lost_jobs(
                                   f"{WORKER_LOST}: no heartbeat for {silent:.1f} s")
             if process:
                 kill_orphaned_tree(process, job_id)
+            _retry_lost(store, settings, rq_connection, job_id)
     return failed
+
+
+def _retry_lost(store: ProgressStore, settings: Settings, connection, job_id: str) -> None:
+    """A lost job with retries left (its RQ job's ``meta["retries"]``) runs again."""
+    from rq.job import Job
+
+    try:
+        retries = Job.fetch(job_id, connection=connection).meta.get("retries") or 0
+        if isinstance(retries, int) and retries > 0:
+            retry_failed(settings, job_id, retries=retries, store=store, redis_conn=connection)
+    except Exception as exc:  # an RQ job gone or unreadable, Redis away: the job stays failed
+        logger.warning("job %s: not retried after it was lost: %s", job_id, exc)
 
 
 def fail_rq_job(connection, job_id: str, exc_string: str) -> dict[str, Any] | None:

@@ -40,7 +40,7 @@ from ..models import (
 from ..scripts import Scripts, UpdateResult, invalid_from, parse_update_reply
 from ..scripts import as_text as _text
 from ..tracking import TrackedJob, TrackOptions
-from .arguments import MAX_TEXT
+from .arguments import MAX_TEXT, lineage_args, resume_args
 from .arguments import progress_arg as _progress_arg
 from .arguments import result_arg as _result_arg
 from .arguments import status_arg as _status_arg
@@ -52,6 +52,7 @@ from .eta_side import STATS_TTL, EtaSide, QueueProbe
 from .events import EventFeed, Subscription, parse_event
 from .histogram_side import HistogramSide
 from .mirror_side import MirrorSide
+from .retry_side import RetrySide
 from .summary_side import SummarySide
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def connect(settings: Settings) -> RedisClient:
     return redis.Redis.from_url(settings.progress_redis_url, decode_responses=True, health_check_interval=30)
 
 
-class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
+class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide, RetrySide):
     def __init__(self, client: RedisClient, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings or Settings()
@@ -121,18 +122,28 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
         started_at_ms: int | None = None,
         batch_id: str | None = None,
         tags: Sequence[str] = (),
+        attempt: int = 1,
+        retry_of: str | None = None,
+        steps_done: int = 0,
+        progress_percent: float = 0,
+        message: str | None = None,
     ) -> dict[str, Any]:
         """Create ``job_id`` in ``pending`` and return its snapshot.
 
         Its first ``seq`` is ``seq_floor + 1`` (default 1); ``created_at_ms`` and
         ``started_at_ms`` carry over a lost job's times (see :meth:`restore_job`,
         which a runner re-creating a running job uses instead).
-        ``batch_id`` and ``tags`` go on the snapshot as given.
+        ``batch_id`` and ``tags`` go on the snapshot as given; so do ``attempt`` and
+        ``retry_of`` (a retry: ``progress_service.retries``). A retry that resumes starts with
+        its first ``steps_done`` steps completed, its bar at ``progress_percent`` (their
+        share) and ``message`` saying so, also in its history's first entry.
         Raises ``JobConflict`` if the job exists already.
         """
+        restore = resume_args(steps_done, progress_percent, message)
         return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
-                            created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=[],
-                            batch_id=batch_id, tags=tags)
+                            created_at_ms=created_at_ms, started_at_ms=started_at_ms, restore=restore,
+                            batch_id=batch_id, tags=tags, attempt=attempt, retry_of=retry_of,
+                            steps_done=steps_done)
 
     def restore_job(
         self,
@@ -148,6 +159,10 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
         progress_percent: float = 0,
         current_step: str | None = None,
         message: str | None = None,
+        batch_id: str | None = None,
+        tags: Sequence[str] = (),
+        attempt: int = 1,
+        retry_of: str | None = None,
     ) -> dict[str, Any]:
         """Re-create a job the store lost (Redis restarted empty) at the state it had.
 
@@ -158,8 +173,9 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
         in the future; a running job without one starts now) and ``seq`` going
         on from ``seq_floor + 1``: readers, who drop any event not newer than what
         they have shown, take it, and none sees the job move back (CONTRACT,
-        "Redis"). Raises ``JobConflict`` if the job exists already, ``InvalidInput``
-        (before anything is written) for a bad argument.
+        "Redis"). Its ``batch_id``, ``tags``, ``attempt`` and ``retry_of`` are kept. Raises
+        ``JobConflict`` if the job exists already, ``InvalidInput`` (before anything is
+        written) for a bad argument.
         """
         status_arg = _status_arg(status)
         if status_arg not in (Status.PENDING.value, Status.RUNNING.value):
@@ -171,16 +187,19 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
                    "" if message is None else _text_arg(message, "message")]
         return self._create(job_id, paper_id, steps, pipeline, seq_floor=seq_floor,
                             created_at_ms=created_at_ms, started_at_ms=started_at_ms,
-                            restore=restore)
+                            restore=restore, batch_id=batch_id, tags=tags, attempt=attempt,
+                            retry_of=retry_of)
 
     def _create(self, job_id: str, paper_id: str, steps: Iterable[str], pipeline: str, *,
                 seq_floor: int, created_at_ms: int | None, started_at_ms: int | None,
                 restore: list[str], batch_id: str | None = None,
-                tags: Sequence[str] = ()) -> dict[str, Any]:
+                tags: Sequence[str] = (), attempt: int = 1, retry_of: str | None = None,
+                steps_done: int = 0) -> dict[str, Any]:
         """create_job-2.lua, then the job's place in the indexes; ``restore``: its ARGV[11..14]."""
         validate_id(job_id, "job_id")
         if batch_id is not None:
             validate_id(batch_id, "batch_id")
+        lineage = lineage_args(attempt, retry_of, steps_done)
         labels = validate_tags(list(tags))
         validate_id(paper_id, "paper_id")
         validate_id(pipeline, "pipeline")
@@ -196,7 +215,8 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
             [job_id, paper_id, pipeline, json.dumps(names), k.events(job_id), k.all_events,
              self.settings.history_maxlen, seq_floor,
              "" if created_at_ms is None else created_at_ms, "" if started_at_ms is None else started_at_ms,
-             *(restore or ["", "", "", ""]), batch_id or "", json.dumps(labels) if labels else ""],
+             *(restore or ["", "", "", ""]), batch_id or "", json.dumps(labels) if labels else "",
+             *lineage],
         )
         created, seq, created_ms = (int(x) for x in reply)
         if not created:
@@ -219,12 +239,12 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide):
             pipe.execute()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
-        if restore:
+        if restore and restore[0]:
             logger.info("job %s: restored for paper %s (%s, %s at %s%%, seq %d)", job_id, paper_id,
                         pipeline, restore[0], restore[1], seq)
         else:
-            logger.info("job %s: created for paper %s (%s, %d steps)", job_id, paper_id, pipeline,
-                        len(names))
+            logger.info("job %s: created for paper %s (%s, %d steps%s)", job_id, paper_id, pipeline,
+                        len(names), f", attempt {attempt} retrying {retry_of}" if retry_of else "")
         snap = self.get(job_id)
         assert snap is not None
         return snap

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 
 from ..errors import InvalidInput
-from ..models import Status
+from ..models import MAX_ATTEMPT, MAX_EXACT_INT, Status, validate_id
 
 MAX_TEXT = 8192  # characters of a message or an error
 
@@ -72,3 +72,26 @@ def result_arg(value: object) -> str:
         raise InvalidInput(f"result must be JSON-serialisable: {exc}") from None
     except RecursionError:  # the script allows 64 levels (update_progress-2.lua)
         raise InvalidInput("result must nest at most 64 levels deep") from None
+
+
+def lineage_args(attempt: object, retry_of: object, steps_done: object) -> list[str]:
+    """create_job-2.lua's ARGV[17..19]: the job's attempt, the job it retries, its steps done."""
+    whole(attempt, "attempt", MAX_ATTEMPT)
+    if retry_of is not None:
+        validate_id(retry_of, "retry_of")
+    if attempt == 0 or (attempt == 1) != (retry_of is None):
+        raise InvalidInput("a first attempt (1) retries no job; a later attempt names the job it retries "
+                           f"(attempt {attempt}, retry_of {retry_of!r})")
+    whole(steps_done, "steps_done", MAX_EXACT_INT)
+    return [str(attempt), str(retry_of or ""), str(steps_done or "")]
+
+
+def resume_args(steps_done: object, progress_percent: object, message: object) -> list[str]:
+    """create_job-2.lua's ARGV[11..14] for a retry that resumes: pending, its bar at
+    ``progress_percent`` (the share of its ``steps_done`` steps), ``message`` saying why; none
+    of that for a job that starts from the beginning."""
+    if not steps_done and not progress_percent and message is None:
+        return []
+    if progress_percent and not steps_done:
+        raise InvalidInput("a new job starts at 0% unless steps_done > 0")
+    return ["", progress_arg(progress_percent), "", "" if message is None else text_arg(message, "message")]

@@ -6,7 +6,10 @@
  * doubling intervals up to cfg.stream_retry_max_ms. This page's poll is its own:
  * /status/<paper>/?_json=1, which also tells it of a newer job of the paper and of a
  * pending job's queue. With no job yet, it polls that alone until one appears.
- * Once a terminal state is shown, stream, polling and retries all stop.
+ * Once a terminal state is shown, stream, polling and retries all stop; but a job that
+ * failed or was canceled may be retried (a new job of the paper, attempt + 1): the page
+ * keeps asking ?_json=1 every cfg.poll_ms and follows the new attempt when there is one,
+ * listing the earlier ones (cfg.attempts, then each attempt it replaces) with links.
  *
  * It never shows an update older than the one on screen: a snapshot whose seq
  * is not newer is ignored, and a polled status that is behind (lower percent,
@@ -49,7 +52,8 @@ import { follow } from "./progress-client.js";
     lastNewsAt: Date.now(),
     lastCheckAt: 0,
     checking: false, // a status poll is under way
-    lastBeatCheckAt: 0
+    lastBeatCheckAt: 0,
+    attempts: cfg.attempts || [] // the earlier attempts of the job on screen, newest first
   };
 
   function $(id) { return document.getElementById(id); }
@@ -61,7 +65,9 @@ import { follow } from "./progress-client.js";
     message: $("message"), updated: $("updated"), steps: $("steps"),
     videoBox: $("video-box"), video: $("video"), videoLink: $("video-link"),
     conn: $("conn"), connDot: $("conn-dot"), stepTemplate: $("step-template"),
-    noWorker: $("no-worker"), noWorkerQueue: $("no-worker-queue")
+    noWorker: $("no-worker"), noWorkerQueue: $("no-worker-queue"),
+    attempt: $("attempt"), attemptNumber: $("attempt-number"), attemptsBox: $("attempts-box"),
+    attempts: $("attempts")
   };
 
   function now() { return Date.now() + OFFSET; }
@@ -98,6 +104,13 @@ import { follow } from "./progress-client.js";
   function noteHistory(entries) {
     (entries || []).forEach(function (e) { noteEntry(ms(e.at), e.current_step, e.status); });
   }
+  // A retry replaces the job on screen: the old one joins the earlier attempts.
+  function noteAttempt(old, snap) {
+    if (!old || snap.retry_of !== old.job_id) return;
+    if (state.attempts.some(function (a) { return a.job_id === old.job_id; })) return;
+    state.attempts.unshift({ job_id: old.job_id, attempt: old.attempt || 1, status: old.status,
+                             error: old.error || null, url: jobUrl(old.job_id) });
+  }
   // Another job of the paper replaces the one on screen: what was learned of the old one goes.
   function forgetJob() {
     state.stepStart = {};
@@ -119,7 +132,7 @@ import { follow } from "./progress-client.js";
       }
       return false;
     }
-    if (job && snap.job_id !== job.job_id) forgetJob();
+    if (job && snap.job_id !== job.job_id) { noteAttempt(job, snap); forgetJob(); }
     state.job = snap;
     state.receivedAt = Date.now();
     state.lastNewsAt = Date.now();
@@ -192,8 +205,9 @@ import { follow } from "./progress-client.js";
     Promise.all([getJSON(jobUrl(id)), getJSON(jobUrl(id, "/history")).catch(function () { return []; })])
       .then(function (both) {
         var snap = both[0];
-        if (state.job && state.job.job_id !== snap.job_id) forgetJob();
+        if (state.job && state.job.job_id !== snap.job_id) { noteAttempt(state.job, snap); forgetJob(); }
         state.job = null;
+        if (state.mode === "finished") setMode("idle"); // a new attempt: it is followed, and it ends too
         noteHistory(both[1]);
         accept(snap);
         start();
@@ -257,6 +271,8 @@ import { follow } from "./progress-client.js";
     if (job) {
       refreshJob(job.job_id);
       if (job.status === "completed" && !state.videoUrl) fetchStatus(); // final_video_url
+      // failed or canceled: a retry (a newer job of the paper) may follow; acceptStatus loads it
+      else if (job.status !== "completed") state.waitTimer = setInterval(fetchStatus, cfg.poll_ms);
     }
   }
 
@@ -290,6 +306,8 @@ import { follow } from "./progress-client.js";
     el.badge.setAttribute("data-status", job.status);
     el.jobId.textContent = job.job_id;
     el.pipeline.textContent = job.pipeline || "";
+    el.attempt.hidden = !(job.attempt > 1);
+    el.attemptNumber.textContent = String(job.attempt || 1);
     if (job.result && job.result.title) el.title.textContent = job.result.title;
     // a finished job's last message is old news, unless it says the video has no sound
     var silent = job.status === "completed" && job.result && job.result.narration === "silent";
@@ -303,7 +321,37 @@ import { follow } from "./progress-client.js";
     renderSteps(job);
     renderVideo(job);
     renderQueue(job);
+    renderAttempts();
     tick();
+  }
+
+  // The earlier attempts, newest first, each linked to its snapshot.
+  function renderAttempts() {
+    var list = state.attempts;
+    el.attemptsBox.hidden = list.length === 0;
+    var shown = Array.prototype.map.call(el.attempts.children, function (li) { return li.getAttribute("data-job-id"); });
+    if (shown.join(" ") === list.map(function (a) { return a.job_id; }).join(" ")) return;
+    el.attempts.replaceChildren.apply(el.attempts, list.map(function (a) {
+      var li = document.createElement("li");
+      li.setAttribute("data-job-id", a.job_id);
+      var badge = document.createElement("span");
+      badge.className = "badge";
+      badge.setAttribute("data-status", a.status || "");
+      badge.textContent = a.status || "unknown";
+      var link = document.createElement("a");
+      link.href = withToken(a.url);
+      var code = document.createElement("code");
+      code.textContent = a.job_id;
+      link.appendChild(code);
+      li.append("attempt " + a.attempt + " · ", badge, " ", link);
+      if (a.error) {
+        var error = document.createElement("span");
+        error.className = "muted";
+        error.textContent = " " + a.error;
+        li.appendChild(error);
+      }
+      return li;
+    }));
   }
 
   // A pending job with no worker on its queue says so: it would wait forever without a word.

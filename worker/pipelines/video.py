@@ -36,7 +36,22 @@ The result
 
 Errors
     Any failure prints ``video pipeline: <step>: <what went wrong>`` as the last line on
-    stderr and exits 1 (argparse's usage errors exit 2).
+    stderr and exits 1; an unknown or invalid paper id exits 65 (``EX_DATAERR``: a retry
+    would fail the same way, so none is made), argparse's usage errors 2.
+
+Resuming
+    The pipeline is ``resumable``: after each step it records the step's output files
+    (size, SHA-256) and state in DIR/checkpoints.json (worker/pipelines/checkpoints.py),
+    and a run that starts in a folder where a step's checkpoint holds skips that step,
+    printing ``{"message": "skipped <step>: its output is there"}`` instead of its ``STEP``
+    line. A retry runs in a copy of the failed attempt's folder (worker/resume.py), so it
+    goes on from the step that failed. The last step is never skipped.
+
+Fault injection (for tests)
+    ``VIDEO_PIPELINE_FAIL_AT=<step>`` in the environment makes the run fail (exit 1) when
+    it reaches that step, after the steps before it have completed and been recorded:
+    how the tests make a job fail at ``generate-videos`` and then retry it. Nothing else
+    reads it; leave it unset.
 
 Speed
     Defaults stay small (640x360, 3 fps, at most 6 text slides). ``--fast``, or the
@@ -65,7 +80,9 @@ from typing import TYPE_CHECKING
 from progress_service.config import positive_int
 from progress_service.models import ID_RULE, is_valid_id
 from progress_service.pipelines import get_pipeline
+from worker.pipelines.checkpoints import Checkpoints
 from worker.pipelines.papers import Paper, UnknownPaperError, list_papers, load_paper
+from worker.pipelines.slides import Slide, render_slide
 from worker.pipelines.speech import SAMPLE_RATE, SpeechError, find_voice
 
 if TYPE_CHECKING:  # Pillow itself is imported where it is used, as before
@@ -78,6 +95,8 @@ STEPS: tuple[str, ...] = get_pipeline("video").steps
 WEIGHTS: tuple[float, ...] = get_pipeline("video").weights or (1.0,) * len(STEPS)
 
 FAST_ENV = "VIDEO_PIPELINE_FAST"
+FAIL_AT_ENV = "VIDEO_PIPELINE_FAIL_AT"  # a test hook: the run fails when it reaches this step
+EX_DATAERR = 65  # sysexits: the input is bad (an unknown paper); a retry would fail the same way
 PAUSE_SECONDS = 0.4  # silence after each slide's narration
 SILENT_HINT = "install espeak-ng, or the espeakng-loader wheel, for a narrated video"
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
@@ -88,20 +107,15 @@ class PipelineError(Exception):
     """A step failed for a reason worth telling the user in one line."""
 
 
+class InvalidPaper(PipelineError):
+    """The paper id itself is wrong: the run exits ``EX_DATAERR`` (65), which is not retried."""
+
+
 def overall_percent(step: str, fraction: float) -> float:
     """Overall percent at ``fraction`` (0..1) of ``step``, by the steps' weights."""
     index = STEPS.index(step)
     start = sum(WEIGHTS[:index])
     return round((start + WEIGHTS[index] * min(max(fraction, 0.0), 1.0)) * 100 / sum(WEIGHTS), 1)
-
-
-@dataclass
-class Slide:
-    heading: str
-    body: str
-    narration: str
-    footer: str = ""
-    seconds: float = 0.0  # filled by generate-audio
 
 
 @dataclass
@@ -139,7 +153,7 @@ def warn(text: str) -> None:
 
 def fetch_paper(run: Run) -> None:
     if not is_valid_id(run.paper_id):
-        raise PipelineError(f"invalid paper id {run.paper_id!r}: ids match {ID_RULE}")
+        raise InvalidPaper(f"invalid paper id {run.paper_id!r}: ids match {ID_RULE}")
     run.paper = load_paper(run.paper_id)
     (run.out / "paper.json").write_text(
         json.dumps(run.paper.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
@@ -193,7 +207,8 @@ def generate_script(run: Run) -> None:
         "pmid": run.paper.pmid,
         "title": run.paper.title,
         "slides": [
-            {"index": i, "heading": s.heading, "body": s.body, "narration": s.narration}
+            {"index": i, "heading": s.heading, "body": s.body, "narration": s.narration,
+             "footer": s.footer}
             for i, s in enumerate(run.slides, start=1)
         ],
     }
@@ -251,62 +266,6 @@ def generate_audio(run: Run) -> None:
 
 
 # -- 4. generate-videos ---------------------------------------------------------------
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # an old Pillow, or no FreeType
-        return ImageFont.load_default()
-
-
-def _wrap(draw, text: str, font, width: int) -> list[str]:
-    lines: list[str] = []
-    current = ""
-    for word in text.split():
-        trial = f"{current} {word}" if current else word
-        if not current or draw.textlength(trial, font=font) <= width:
-            current = trial
-        else:
-            lines.append(current)
-            current = word
-    if current:
-        lines.append(current)
-    return lines
-
-
-def render_slide(slide: Slide, number: int, total: int, width: int, height: int) -> Image.Image:
-    """One slide as a Pillow image (the frames add a moving time strip to it)."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (width, height), (15, 30, 60))
-    draw = ImageDraw.Draw(image)
-    margin = max(8, width // 20)
-    heading_font = _font(max(10, height // 16))
-    footer_font = _font(max(8, height // 26))
-    draw.text((margin, margin), slide.heading, font=heading_font, fill=(127, 179, 255))
-    top = margin + int(height / 16 * 1.8)
-    bottom = height - margin - int(height / 26 * 2.2)
-    size = max(10, height // 11 if number == 1 else height // 15)
-    while True:  # the largest font that fits the body in the box
-        font = _font(size)
-        lines = _wrap(draw, slide.body, font, width - 2 * margin)
-        line_height = int(size * 1.3)
-        if len(lines) * line_height <= bottom - top or size <= 8:
-            break
-        size -= 1
-    for i, line in enumerate(lines):
-        y = top + i * line_height
-        if y + line_height > bottom + line_height // 2:
-            break
-        draw.text((margin, y), line, font=font, fill=(240, 244, 250))
-    footer = f"{slide.footer}   {number}/{total}".strip()
-    draw.text(
-        (margin, height - margin - height // 26), footer, font=footer_font, fill=(150, 160, 180)
-    )
-    return image
 
 
 def generate_videos(run: Run) -> None:
@@ -428,6 +387,50 @@ def assemble_video(run: Run) -> None:
 
 # -- the run --------------------------------------------------------------------------
 
+
+def outputs(run: Run, step: str) -> tuple[list[Path], dict]:
+    """What ``step`` wrote (its checkpoint's files) and what later steps need of it (its state)."""
+    out = run.out
+    if step == "fetch-paper":
+        return [out / "paper.json"], {}
+    if step == "generate-script":
+        return [out / "script.json"], {}
+    if step == "generate-audio":
+        assert run.narration is not None
+        return [run.narration], {"seconds": [s.seconds for s in run.slides], "duration": run.duration,
+                                 "narrated_by": run.narrated_by}
+    if step == "generate-videos":
+        assert run.frames is not None
+        return sorted(run.frames.glob("frame_*.png")), {"frame_count": run.frame_count}
+    assert run.video is not None
+    return [run.video], {"duration": run.duration}
+
+
+def restore(run: Run, step: str, state: dict) -> bool:
+    """Take ``step``'s output from the folder as if the step had just run (its checkpoint
+    holds); False if it cannot be read back after all (the step runs again)."""
+    try:
+        if step == "fetch-paper":
+            fields = json.loads((run.out / "paper.json").read_text(encoding="utf-8"))
+            run.paper = Paper(**{**fields, "authors": tuple(fields["authors"])})
+        elif step == "generate-script":
+            slides = json.loads((run.out / "script.json").read_text(encoding="utf-8"))["slides"]
+            run.slides = [Slide(s["heading"], s["body"], s["narration"], s.get("footer", "")) for s in slides]
+        elif step == "generate-audio":
+            if len(state["seconds"]) != len(run.slides):
+                return False
+            for slide, seconds in zip(run.slides, state["seconds"], strict=True):
+                slide.seconds = float(seconds)
+            run.narration, run.duration = run.out / "narration.wav", float(state["duration"])
+            run.narrated_by = state.get("narrated_by")
+        elif step == "generate-videos":
+            run.frames, run.frame_count = run.out / "frames", int(state["frame_count"])
+        else:
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
 STEP_FUNCTIONS: tuple[tuple[str, Callable[[Run], None]], ...] = (
     ("fetch-paper", fetch_paper),
     ("generate-script", generate_script),
@@ -530,9 +533,21 @@ def main(argv: list[str] | None = None) -> int:
     step = STEPS[0]
     try:
         run.out.mkdir(parents=True, exist_ok=True)
+        checkpoints = Checkpoints(run.out, {"paper_id": run.paper_id, "fps": run.fps, "size": [run.width, run.height],
+                                            "max_slides": run.max_slides, "speech_rate": run.speech_rate,
+                                            "silent": run.silent})
+        resuming = True
         for number, (step, function) in enumerate(STEP_FUNCTIONS, start=1):
+            state = checkpoints.holds(step) if resuming and step != STEPS[-1] else None
+            if state is not None and restore(run, step, state):
+                say(json.dumps({"message": f"skipped {step}: its output is there"}))
+                continue
+            resuming = False
             say(f"STEP {number}/{len(STEPS)} {step}")
+            if os.environ.get(FAIL_AT_ENV) == step:
+                raise PipelineError(f"failure injected at {step} ({FAIL_AT_ENV})")
             function(run)
+            checkpoints.record(step, *outputs(run, step))
         assert run.video is not None and run.paper is not None
         last: dict = {"result": {
             "video_url": run.video.as_uri(),
@@ -552,8 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # whoever read our output went away
         return 1
-    except (PipelineError, SpeechError, UnknownPaperError, OSError,
-            subprocess.SubprocessError) as exc:
+    except (InvalidPaper, UnknownPaperError) as exc:  # the input: no retry will help
+        warn(f"video pipeline: {step}: {exc}")
+        return EX_DATAERR
+    except (PipelineError, SpeechError, OSError, subprocess.SubprocessError) as exc:
         warn(f"video pipeline: {step}: {exc}")
         return 1
     except Exception as exc:  # a bug: the traceback for us, one clear line for the user

@@ -13,7 +13,7 @@ from typing import Any
 
 from progress_service import ProgressStore, Status
 from progress_service.errors import BackendUnavailable, JobConflict
-from progress_service.models import ms_from_iso
+from progress_service.models import LINEAGE, lineage_of, ms_from_iso
 from progress_service.scripts import UpdateResult
 from worker.runner.options import logger
 
@@ -31,7 +31,8 @@ class JobRecovery:
         self.state: dict[str, Any] = {}  # step, percent, message the store accepted
 
     def read_spec(self) -> None:
-        """Read the job's paper, pipeline and steps as the store has them (None if unreadable)."""
+        """Read the job's paper, pipeline, steps, batch, tags and attempt as the store has them
+        (None if unreadable)."""
         try:
             snap = self.store.get(self.job_id)
         except BackendUnavailable as exc:
@@ -42,7 +43,7 @@ class JobRecovery:
             return
         self.spec = {"paper_id": snap["paper_id"], "pipeline": snap["pipeline"], "steps": snap["steps"],
                      "created_at_ms": ms_from_iso(snap["created_at"]),
-                     "started_at_ms": ms_from_iso(snap["started_at"])}
+                     "started_at_ms": ms_from_iso(snap["started_at"]), **lineage_of(snap)}
 
     def record(self, fields: dict[str, Any], result: UpdateResult) -> None:
         """One write's answer: its seq, and what it set if the store accepted it."""
@@ -71,7 +72,8 @@ class JobRecovery:
             snap = self.store.restore_job(self.job_id, spec["paper_id"], spec["steps"], spec["pipeline"],
                                           seq_floor=self.last_seq, created_at_ms=spec["created_at_ms"],
                                           started_at_ms=spec["started_at_ms"],
-                                          status=Status.RUNNING.value, **state)
+                                          status=Status.RUNNING.value, **state,
+                                          **{k: spec[k] for k in LINEAGE})
             self.last_seq = max(self.last_seq, snap["seq"])
         except JobConflict:  # it is back already: bring it up to date (forward only)
             restored = self.store.update(self.job_id, status=Status.RUNNING.value, **state)
