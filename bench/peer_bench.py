@@ -26,7 +26,7 @@ BullMQ's job plus its share of the queue's event stream), the latency from an
 update to a reader (ours: the all-jobs pub/sub channel the web listens on, and an
 SSE client of the real web app; BullMQ: ``XREAD BLOCK`` on its event stream), and
 the ratios against BullMQ. Also the memory the history would take as a capped
-LIST instead of a stream (a CONTRACT question: see README, "Benchmarks").
+LIST instead of a stream (a question for the public contract: see README, "Benchmarks").
 
 Targets (issue 14): CPU per update <= BullMQ's; memory of a running job after 100
 updates <= 1.5 KB; update -> SSE client p50 <= BullMQ's XREAD reader. Each line
@@ -484,8 +484,8 @@ def main() -> int:
         print(f"  ours (hash {ours_hash} B + history stream)   {ours_mem:>7} B")
         if base_mem is not None:
             print(f"  baseline (hash {base_mem[0]} B + history stream) {sum(base_mem):>5} B")
-        print(f"  ours, history as a LIST capped at {list_cap:<4}     {list_mem:>7} B   (not shipped: a CONTRACT change)")
-        print(f"  ours, history as a LIST capped at {list_cap_small:<4}     {list_small:>7} B   (not shipped: a CONTRACT change)")
+        print(f"  ours, history as a LIST capped at {list_cap:<4}     {list_mem:>7} B   (not shipped: changes the public key type)")
+        print(f"  ours, history as a LIST capped at {list_cap_small:<4}     {list_small:>7} B   (not shipped: changes the public key type)")
         if bull_mem is not None:
             print(f"  BullMQ (job hash + 1/{len(jobs)} of the event stream) {bull_mem:>7.0f} B")
         print(f"  RQ (job hash, meta pickled)             {rq_mem:>7} B")

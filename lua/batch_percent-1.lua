@@ -3,7 +3,7 @@
 -- ARGV[1] the percent a reader has just computed from the members (0..100)
 -- returns the mark after the call (a string), or false when the batch hash is gone.
 -- Every reader passes its figure through here before it shows it, so no reader
--- ever shows a lower percent than one shown before (CONTRACT, "Batches"), even
+-- ever shows a lower percent than one shown before (README, "Batches and tags"), even
 -- when a member's percent was forced down or a member read from PostgreSQL.
 local rcall = redis.call
 

@@ -36,7 +36,7 @@ if #KEYS ~= 2 or #ARGV < 7 or #ARGV > 19 then
   return redis.error_reply('INVALID create_job takes 2 keys and 7 to 19 arguments, got '
     .. #KEYS .. ' and ' .. #ARGV)
 end
--- The ids go into event payloads unescaped (update_progress-2.lua): CONTRACT's pattern.
+-- The ids go into event payloads unescaped (update_progress-2.lua): the documented pattern.
 for i, name in ipairs({'job_id', 'paper_id'}) do
   local id = ARGV[i]
   if #id > 64 or not string.find(id, '^[A-Za-z0-9][A-Za-z0-9._%-]*$') then

@@ -1,4 +1,4 @@
--- update_progress: apply one progress update atomically (CONTRACT, "The update rules").
+-- update_progress: apply one progress update atomically (README, "The update rules").
 -- KEYS[1] job hash   KEYS[2] history stream
 -- ARGV[1] the job's channel   ARGV[2] the all-jobs channel
 -- ARGV[3] history MAXLEN (approximate)   ARGV[4] TTL in seconds of a finished job
@@ -66,7 +66,7 @@ end
 
 local RANK = {pending = 0, running = 1, completed = 2, failed = 2, canceled = 2}
 
--- CONTRACT's percent precision: 6 decimals. Every percent is rounded here, the stored one
+-- The documented percent precision: 6 decimals. Every percent is rounded here, the stored one
 -- too (one written before this rule), so that comparing, completing at 100, storing and
 -- publishing all see the same number. A whole number comes back as one (Lua >= 5.3
 -- would print 40.0).

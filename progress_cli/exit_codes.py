@@ -1,6 +1,6 @@
 """What ``progress-service`` exits with: a job's outcome, or why the tool could not go on.
 
-0, 1 and 2 are CONTRACT's job outcomes (``watch``, ``submit --wait``): a script
+0, 1 and 2 are the documented job outcomes (``watch``, ``submit --wait``): a script
 reads them as "completed", "failed", "canceled". Everything that is about the
 tool itself (a bad argument, an unknown job, Redis or PostgreSQL not answering)
 exits with a code of its own from BSD's ``sysexits.h``, so that "the job failed"

@@ -1,4 +1,4 @@
-"""A batch: the jobs of many papers submitted together, and its snapshot (CONTRACT, "Batches").
+"""A batch: the jobs of many papers submitted together, and its snapshot (README, "Batches and tags").
 
 How the snapshot stays consistent, on one Redis and on a Redis Cluster
 ----------------------------------------------------------------------
@@ -60,7 +60,7 @@ def validate_batch(paper_ids: object, pipeline: object, tags: object, name: obje
 
 
 def batch_status(counts: Mapping[str, int], canceled: bool) -> str:
-    """CONTRACT's batch status from its members' counts and whether it was canceled.
+    """The documented batch status from its members' counts and whether it was canceled.
 
     Running (pending while no member has started) while any member is unfinished;
     then canceled if it was canceled, failed if any member failed, canceled if any

@@ -117,7 +117,7 @@ def _database_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of CONTRACT's configuration table, with its default.
+    """Every setting of the documented configuration table, with its default.
 
     The five before ``read_auth``, ``eta_history_jobs`` and ``retry_backoff`` are this
     implementation's own (README, "Configuration").

@@ -31,7 +31,7 @@ def _at_ms(entry: Mapping[str, Any]) -> int | None:
 def step_durations(history: Iterable[Mapping[str, Any]], steps: Sequence[str]) -> dict[str, float]:
     """Seconds each step took, for the steps the history shows from start to end.
 
-    ``history`` is the CONTRACT's history (entries with ``seq``, ``at`` as ISO-8601
+    ``history`` is the documented history (entries with ``seq``, ``at`` as ISO-8601
     or integer ms, ``current_step``, ``status``), oldest first. A step whose start is
     not in the history (the capped history dropped it) is left out, as is one the
     job never finished (a failure, a cancel).

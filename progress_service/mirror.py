@@ -335,7 +335,7 @@ class Mirror:
     def fetch(self, job_id: str) -> dict[str, Any] | None:
         """The snapshot PostgreSQL keeps of a finished job, or None (for a job Redis expired).
 
-        Besides CONTRACT's snapshot fields (``is_stale`` False, ``eta_seconds`` and ``eta_source`` None)
+        Besides the documented snapshot fields (``is_stale`` False, ``eta_seconds`` and ``eta_source`` None)
         it carries the row's ``history`` (a list) and ``mirrored_at`` (ISO-8601).
         """
         validate_id(job_id)

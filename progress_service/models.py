@@ -1,4 +1,4 @@
-"""Status, id validation and the snapshot: the shapes of CONTRACT."""
+"""Status, id validation and the snapshot: the public shapes (README; web/openapi.py for HTTP)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any, TypeGuard
 
 from .errors import InvalidInput
 
-# CONTRACT spells the id pattern with ``$``; in Python ``$`` also matches before a
+# The public id pattern is spelt with ``$``; in Python ``$`` also matches before a
 # trailing newline ("abc\n"), so the compiled pattern ends in ``\Z``: its ``match``,
-# ``fullmatch`` and ``search`` all refuse what CONTRACT refuses.
+# ``fullmatch`` and ``search`` all refuse what the documented pattern refuses.
 ID_RULE = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # Lua's numbers are doubles: whole numbers are exact to 2**53, and Lua prints them with 14
@@ -49,7 +49,7 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
 def is_valid_id(value: object) -> TypeGuard[str]:
-    """Whether ``value`` is an id CONTRACT allows (a str matching ``ID_RULE``, to its very end)."""
+    """Whether ``value`` is an id the public pattern allows (a str matching ``ID_RULE``, to its very end)."""
     return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
 
 
@@ -70,7 +70,7 @@ MAX_ATTEMPT = 999_999  # create_job-2.lua's bound
 
 
 def validate_tags(tags: object) -> list[str]:
-    """A list of at most ``MAX_TAGS`` distinct ids (CONTRACT's pattern), in the order given."""
+    """A list of at most ``MAX_TAGS`` distinct ids (the documented id pattern), in the order given."""
     if tags is None:
         return []
     if isinstance(tags, str | bytes) or not isinstance(tags, list | tuple):
@@ -128,7 +128,7 @@ def entry_at_ms(fields: Mapping[str, str], entry_id: str | None = None) -> int:
 
 
 def history_entry(fields: Mapping[str, str], entry_id: str | None = None) -> dict[str, Any]:
-    """One entry of a job's history stream (its fields, decoded, and its id) -> CONTRACT's
+    """One entry of a job's history stream (its fields, decoded, and its id) -> the documented
     history entry."""
     progress = float(fields.get("progress_percent") or 0)
     entry: dict[str, Any] = {
@@ -158,7 +158,7 @@ def build_snapshot(
     stale_after: float,
     pending_stale_after: float,
 ) -> dict[str, Any]:
-    """Turn a job hash (decoded str -> str) into CONTRACT's snapshot.
+    """Turn a job hash (decoded str -> str) into the documented snapshot.
 
     ``now_ms`` is the Redis server's clock. ``eta_seconds`` and ``eta_source`` are left
     None: the store fills them in (``progress_service.eta``), which needs more than the hash.

@@ -1,4 +1,4 @@
-"""The write throttle the worker uses (CONTRACT, "Python API").
+"""The write throttle the worker uses (README, "The update rules").
 
 The first change goes at once. Later percent-only changes inside
 ``min_interval`` are merged into one trailing write, made by a timer when the

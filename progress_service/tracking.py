@@ -1,4 +1,4 @@
-"""Reporting progress from any Python code: ``store.track(...)`` (CONTRACT, "Reporting from anywhere").
+"""Reporting progress from any Python code: ``store.track(...)`` (README, "Reporting from anywhere").
 
     with store.track(job_id, paper_id="p1", steps=["a", "b"]) as job:
         job.step("a")

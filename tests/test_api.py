@@ -32,8 +32,8 @@ SNAPSHOT_KEYS = {
 STATUS_KEYS = {
     "paper_id", "pmid", "exists", "status", "current_step", "completed_steps", "progress_percent",
     "progress_updated_at", "is_stale", "final_video", "final_video_url", "job_id",
-    "queue",  # beyond CONTRACT: a pending job's RQ queue and how many workers listen there
-    "typical_seconds",  # beyond CONTRACT: how long a job of its pipeline typically takes
+    "queue",  # beyond the core snapshot: a pending job's RQ queue and how many workers listen there
+    "typical_seconds",  # beyond the core snapshot: how long a job of its pipeline typically takes
 }
 TOKEN = "s3cret-token"
 BAD_IDS = ["bad%20id", "-leading-dash", "x" * 65, "semi%3Bcolon", "%C3%A9t%C3%A9"]

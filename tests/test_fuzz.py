@@ -1,4 +1,4 @@
-"""Fuzzing every HTTP endpoint (hypothesis): never a 5xx, errors in CONTRACT's JSON shape,
+"""Fuzzing every HTTP endpoint (hypothesis): never a 5xx, errors in the documented JSON shape,
 and no Redis key outside the test's prefix afterwards.
 
 The endpoints come from the app's ``url_map``, so a new route is fuzzed without a change

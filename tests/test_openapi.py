@@ -78,7 +78,7 @@ def test_an_answer_that_drifts_from_the_document_fails_the_check(app):
     check_response("GET", "/api/v1/jobs/job-drift", answer(200, snap))
     for drifted in (
         {k: v for k, v in snap.items() if k != "seq"},  # a field gone
-        {**snap, "status": "paused"},  # a status CONTRACT does not have
+        {**snap, "status": "paused"},  # a status the API does not have
         {**snap, "progress_percent": 101},
         {**snap, "surprise": 1},  # a field nobody documented
     ):

@@ -1,4 +1,4 @@
-"""Producers that are not Python (CONTRACT, HTTP): a tracked job made with ``"enqueue": false``
+"""Producers that are not Python (README, "HTTP API and events"): a tracked job made with ``"enqueue": false``
 and reported on through ``POST /api/v1/jobs/<job_id>/progress``.
 
 Through Flask's test client on the real Redis, and once through a real gunicorn server

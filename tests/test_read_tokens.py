@@ -25,7 +25,7 @@ from web import auth, create_app, read_tokens
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "read-token-secret"
 API_TOKEN = "the-api-token"
-# GET routes that stay open under PROGRESS_READ_AUTH=token: health and metrics (CONTRACT), the
+# GET routes that stay open under PROGRESS_READ_AUTH=token: health and metrics (README, "HTTP API and events"), the
 # OpenAPI document (it describes the endpoints, no job's data) and static files.
 OPEN_ROUTES = frozenset({"static", "ops.healthz", "ops.metrics_text", "openapi.openapi_json"})
 

@@ -771,7 +771,7 @@ def _position(event: dict, steps: list[str]) -> tuple:
 
 def test_no_event_shows_a_job_moving_back_while_its_runner_recreates_it(restartable_redis, settings,
                                                                          tmp_path):
-    """CONTRACT, "Redis": a subscriber started before an empty Redis restart records every
+    """README, "Redis pub/sub": a subscriber started before an empty Redis restart records every
     event of a running job through the kill and restart. The re-created job's first event
     already shows it running at its step, percent and start time; none after the restart
     shows a lower percent, an earlier step or an earlier status than one before it."""

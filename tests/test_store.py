@@ -1,4 +1,4 @@
-"""CONTRACT's update rules, through ProgressStore, on fakeredis and on a real Redis."""
+"""The documented update rules, through ProgressStore, on fakeredis and on a real Redis."""
 
 from __future__ import annotations
 

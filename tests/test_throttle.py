@@ -1,4 +1,4 @@
-"""The worker's write throttle (CONTRACT: first at once, percent-only merged, nothing dropped)."""
+"""The worker's write throttle (README, "The update rules": first at once, percent-only merged, nothing dropped)."""
 
 from __future__ import annotations
 

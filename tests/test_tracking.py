@@ -1,4 +1,4 @@
-"""``store.track``: reporting progress from any Python code (CONTRACT, "Reporting from anywhere").
+"""``store.track``: reporting progress from any Python code (README, "Reporting from anywhere").
 
 Every test runs on fakeredis and on the real Redis. The outage tests take Redis away
 mid-block: the real one behind the suite's TcpProxy (``down()`` cuts every connection

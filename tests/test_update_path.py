@@ -17,7 +17,7 @@ from progress_service.config import Settings
 from progress_service.models import DEFAULT_STEPS, ms_from_iso
 
 STEPS = list(DEFAULT_STEPS)
-# CONTRACT's event fields, and the snapshot field each must equal (None: the same name)
+# the documented event fields, and the snapshot field each must equal (None: the same name)
 EVENT_FIELDS = {
     "job_id": None, "paper_id": None, "seq": None, "status": None, "progress_percent": None,
     "current_step": None, "completed_steps": None, "total_steps": None, "message": None,
@@ -55,7 +55,7 @@ def events(store):
 
 
 def agrees_with_the_snapshot(store: ProgressStore, event: dict) -> None:
-    """Every CONTRACT field of ``event`` is what the stored job says right after it."""
+    """Every documented field of ``event`` is what the stored job says right after it."""
     snap = store.get(event["job_id"])
     assert snap is not None and set(event) >= set(EVENT_FIELDS)
     for name, snap_name in EVENT_FIELDS.items():

@@ -77,7 +77,7 @@ def handle_error(exc: Exception):
     allowed = getattr(exc, "valid_methods", None)
     if allowed:
         headers["Allow"] = ", ".join(allowed)
-    if wants_json() or isinstance(exc, Unauthorized):  # a missing token is a JSON 401 everywhere (CONTRACT)
+    if wants_json() or isinstance(exc, Unauthorized):  # a missing token is a JSON 401 everywhere (README, "HTTP API and events")
         return jsonify(error=what, detail=detail), status, headers
     page = render_template("error.html", status=status, what=what, detail=detail)
     return page, status, headers

@@ -1,4 +1,4 @@
-"""gunicorn's own error answers in CONTRACT's JSON error shape (adapter to gunicorn internals).
+"""gunicorn's own error answers in the documented JSON error shape (adapter to gunicorn internals).
 
 gunicorn answers some requests itself, before the app sees them: a malformed request
 line or header (400), a request line over ``--limit-request-line`` (414), headers over

@@ -203,11 +203,11 @@ def typical_seconds(snapshot: dict[str, Any] | None) -> float | None:
 
 
 def paper_status(paper_id: str) -> dict[str, Any]:
-    """CONTRACT's ``/status/<paper_id>/?_json=1`` answer for the paper's latest job.
+    """The documented ``/status/<paper_id>/?_json=1`` answer for the paper's latest job.
 
     An unknown paper is not an error: ``exists`` is false and the rest null (or
     empty), so a page opened before the job was submitted can keep polling. One
-    field beyond CONTRACT's: ``queue``, :func:`waiting_queue` (null unless the job
+    field beyond the documented ones: ``queue``, :func:`waiting_queue` (null unless the job
     waits in an RQ queue), so the page can say that no worker listens there; and
     ``typical_seconds`` (:func:`typical_seconds`), so a page can say how long a job takes.
     """

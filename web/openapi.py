@@ -7,7 +7,7 @@ schema of its operation. A new endpoint is therefore documented here in the same
 change that adds it: its path below, its shapes under ``SCHEMAS`` (web/openapi_schemas.py).
 
 Schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect): ``"type": ["string",
-"null"]`` for a nullable field. The snapshot lists CONTRACT's fields; ``required``
+"null"]`` for a nullable field. The snapshot lists the documented fields; ``required``
 names those the service sends today.
 """
 

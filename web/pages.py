@@ -5,7 +5,7 @@ a job that ends failed or canceled keeps the page asking for a newer one (an aut
 retry, or one by request), and the page lists the earlier attempts, each linked to its
 snapshot (``attempts`` in the page's config, from ``job_lookup.earlier_attempts``).
 
-``/status/<paper_id>/?_json=1`` is CONTRACT's small JSON status of the paper,
+``/status/<paper_id>/?_json=1`` is the documented small JSON status of the paper,
 the page's fallback when its event stream fails: the page polls it every
 ``POLL_MS`` and meanwhile tries its stream again, first after
 ``STREAM_RETRY_MS``, then at doubling intervals up to ``STREAM_RETRY_MAX_MS``

@@ -1,4 +1,4 @@
-"""Read a pipeline's output: the CONTRACT's "What the pipeline prints", as pure code.
+"""Read a pipeline's output: README's "What a pipeline prints", as pure code.
 
 Nothing here does I/O or talks to Redis; the runner feeds bytes in and writes what comes
 out. Three pieces, used in this order:

@@ -1,4 +1,4 @@
--- 0001 progress_jobs: one row per finished job (CONTRACT, "PostgreSQL").
+-- 0001 progress_jobs: one row per finished job (README, "How it fits together").
 -- A column for every snapshot field except the derived ones (is_stale,
 -- eta_seconds); the lists, the result and the history as jsonb; the
 -- Redis server's times as timestamptz. The mirror's upsert keeps the row

@@ -1,5 +1,5 @@
 -- 0003 progress_batches: a job's batch and tags (snapshot fields), and one row per
--- finished batch with its member ids (CONTRACT, "Batches"), served once Redis expired it.
+-- finished batch with its member ids (README, "Batches and tags"), served once Redis expired it.
 ALTER TABLE progress_jobs ADD COLUMN batch_id text;
 ALTER TABLE progress_jobs ADD COLUMN tags jsonb NOT NULL DEFAULT '[]';
 CREATE INDEX progress_jobs_batch_id ON progress_jobs (batch_id) WHERE batch_id IS NOT NULL;

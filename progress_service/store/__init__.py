@@ -1,6 +1,6 @@
 """ProgressStore: the only code that talks to the progress store (Redis).
 
-Every write goes through one Lua script (``lua/``), so the rules of CONTRACT
+Every write goes through one Lua script (``lua/``), so the update rules (README)
 hold however many writers race. Reads take the Redis server's clock in the
 same round trip, so ``is_stale`` never depends on a worker's or web server's
 clock.
@@ -172,7 +172,7 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide, 
         ``created_at_ms`` / ``started_at_ms`` (Redis-clock times read before, not
         in the future; a running job without one starts now) and ``seq`` going
         on from ``seq_floor + 1``: readers, who drop any event not newer than what
-        they have shown, take it, and none sees the job move back (CONTRACT,
+        they have shown, take it, and none sees the job move back (README,
         "Redis"). Its ``batch_id``, ``tags``, ``attempt`` and ``retry_of`` are kept. Raises
         ``JobConflict`` if the job exists already, ``InvalidInput`` (before anything is
         written) for a bad argument.
@@ -260,7 +260,7 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide, 
         result: Mapping[str, Any] | None = None,
         force: bool = False,
     ) -> UpdateResult:
-        """Apply one update through the Lua script; see CONTRACT's update rules.
+        """Apply one update through the Lua script; see README's "The update rules".
 
         An argument left as None keeps the stored value. Invalid input raises
         ``InvalidInput`` (a ValueError) and changes nothing.
@@ -335,7 +335,7 @@ class ProgressStore(MirrorSide, BatchSide, HistogramSide, EtaSide, SummarySide, 
         steps: Iterable[str],
         **options: Unpack[TrackOptions],
     ) -> TrackedJob:
-        """Report on ``job_id`` from the caller's own code, as a context manager (CONTRACT,
+        """Report on ``job_id`` from the caller's own code, as a context manager (README,
         "Reporting from anywhere"): creates the job if missing, writes through the throttle
         with a heartbeat, completes it when the block ends or fails it with the exception's
         text. A Redis outage never raises in the block. ``options``: ``pipeline`` (the name a

@@ -110,7 +110,7 @@ class BatchSide(StorePart):
 
     def get_batch(self, batch_id: str, *,
                   find_missing: Callable[[str], MemberEntry] | None = None) -> dict[str, Any] | None:
-        """The batch's snapshot (CONTRACT, "Batches"), or None if Redis does not hold it.
+        """The batch's snapshot (README, "Batches and tags"), or None if Redis does not hold it.
 
         ``find_missing(job_id)`` gives a member entry for a member Redis has let go
         (the web reads PostgreSQL's copy). The percent shown is the batch's

@@ -32,7 +32,7 @@ POLL = 0.5  # seconds one wait for an event lasts (and one wait for a Redis that
 
 
 def parse_event(raw: str | bytes) -> dict[str, Any]:
-    """One pub/sub payload (CONTRACT, "Redis") -> a dict; ``ValueError`` if it is not one."""
+    """One pub/sub payload (README, "Redis pub/sub") -> a dict; ``ValueError`` if it is not one."""
     event = json.loads(raw)
     if not isinstance(event, dict) or not isinstance(event.get("job_id"), str) \
             or not isinstance(event.get("seq"), int):

@@ -2,7 +2,7 @@
 
     python -m worker.pipelines.video PAPER_ID --out DIR [--fast] [options]
 
-Five steps, each announced on stdout as ``STEP i/5 <name>`` (the CONTRACT's
+Five steps, each announced on stdout as ``STEP i/5 <name>`` (the documented
 "What the pipeline prints"; stdout is flushed line by line):
 
 1. ``fetch-paper``      the record from the bundled offline set (worker/pipelines/papers.json)
